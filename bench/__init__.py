@@ -1,0 +1,1 @@
+"""mathforge.bench: benchmarks whose results go to bench/results/<device>/ (never into tests)."""

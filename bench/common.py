@@ -1,0 +1,87 @@
+"""What every benchmark result carries: device, versions, git revision and date, and where it goes."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import platform
+import subprocess
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+def cpu_name() -> str:
+    """The CPU model from /proc/cpuinfo, else platform's processor string."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def device_slug() -> str:
+    """Folder name for results: 'cpu', or the GPU's name in lower case with dashes (e.g. 'nvidia-h100-80gb-hbm3')."""
+    import torch
+
+    if torch.cuda.is_available():
+        return "-".join(torch.cuda.get_device_name().lower().replace("_", " ").split())
+    return "cpu"
+
+
+def package_versions(*names: str) -> dict[str, str | None]:
+    out: dict[str, str | None] = {}
+    for name in names:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def git_revision() -> str | None:
+    try:
+        result = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=Path(__file__).resolve().parent,
+        )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).resolve().parent,
+        ).stdout.strip()
+        return result.stdout.strip() + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def environment(*extra_packages: str) -> dict[str, Any]:
+    """Device, versions, git revision and date for a results file."""
+    import torch
+
+    return {
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else cpu_name(),
+        "device_slug": device_slug(),
+        "python": platform.python_version(),
+        "versions": package_versions("mathforge", "torch", "triton", "numpy", *extra_packages),
+        "cuda": torch.version.cuda,
+        "git_revision": git_revision(),
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def write_result(name: str, payload: dict[str, Any], out_dir: Path | None = None) -> Path:
+    """Writes `payload` as JSON to bench/results/<device>/<name>.json (or `out_dir`) and returns the path."""
+    folder = out_dir or RESULTS_DIR / payload.get("environment", {}).get("device_slug", device_slug())
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.json"
+    path.write_text(json.dumps(payload, indent=2) + "\n")
+    return path

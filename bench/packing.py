@@ -1,0 +1,144 @@
+"""Packing benchmark: mathforge's compiled best-fit-decreasing vs TRL's BFD packer, same lengths, one core.
+
+    python -m mathforge.bench.packing [--items 6000000] [--max-tokens 4096] [--quick]
+
+Lengths follow a realistic SFT mix: lognormal with median 350 tokens (sigma 0.9), clipped to
+[16, 4096]. Rows measured:
+- ``mathforge.pack``: bin assignment, returning each bin's item indices;
+- ``mathforge.pack+gather``: the same, then gathering a pyarrow token table into packed order
+  (the work TRL's packer does, so the two compare like for like);
+- ``trl._pack_bfd``: TRL's packer on a pyarrow table of 1-byte tokens of those lengths.
+The process is pinned to one core. Results go to bench/results/<device>/packing.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+from collections.abc import Callable
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from mathforge.bench.common import environment, write_result
+from mathforge.trainer.packing import fill_ratio, pack
+
+
+def sft_lengths(n: int, seed: int = 0, median: float = 350.0, sigma: float = 0.9) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return np.clip(np.round(rng.lognormal(np.log(median), sigma, n)), 16, 4096).astype(np.int64)
+
+
+def _time(fn: Callable[[], object], repeats: int) -> tuple[list[float], object]:
+    times, out = [], None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - start)
+    return times, out
+
+
+def _token_table(lengths: np.ndarray):
+    import pyarrow as pa
+
+    offsets = np.concatenate(([0], np.cumsum(lengths)))
+    values = pa.array(np.zeros(int(offsets[-1]), dtype=np.int8))
+    return pa.Table.from_arrays([pa.LargeListArray.from_arrays(pa.array(offsets), values)], names=["input_ids"])
+
+
+def run(items: int, max_tokens: int, repeats: int, peers: bool) -> dict:
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+    lengths = sft_lengths(items)
+    rows = []
+
+    times, bins = _time(lambda: pack(lengths, max_tokens), repeats)
+    rows.append(
+        {"name": "mathforge.pack", "seconds": times, "bins": len(bins), "fill": fill_ratio(bins, lengths, max_tokens)}
+    )
+
+    if peers:
+        table = _token_table(lengths)
+
+        def pack_and_gather():
+            order = np.concatenate(pack(lengths, max_tokens))
+            return table.take(order)
+
+        times, _ = _time(pack_and_gather, repeats)
+        rows.append(
+            {"name": "mathforge.pack+gather", "seconds": times, "bins": rows[0]["bins"], "fill": rows[0]["fill"]}
+        )
+        try:
+            from trl.data_utils import _pack_bfd
+        except ImportError:
+            rows.append({"name": "trl._pack_bfd", "skipped": "trl is not installed"})
+        else:
+            times, packed = _time(lambda: _pack_bfd(table, max_tokens), 1)
+            packed_tokens = int(np.asarray(packed.column("seq_lengths").combine_chunks().flatten()).sum())
+            rows.append(
+                {
+                    "name": "trl._pack_bfd",
+                    "seconds": times,
+                    "bins": packed.num_rows,
+                    "fill": packed_tokens / (packed.num_rows * max_tokens),
+                }
+            )
+
+    for row in rows:
+        if "seconds" in row:
+            row["median_s"] = statistics.median(row["seconds"])
+    base = rows[0]["median_s"]
+    for row in rows:
+        if "median_s" in row:
+            row["slowdown_vs_mathforge_pack"] = row["median_s"] / base
+    return {
+        "benchmark": "packing",
+        "environment": environment("trl", "pyarrow"),
+        "workload": {
+            "items": items,
+            "max_tokens": max_tokens,
+            "lengths": "lognormal(median=350, sigma=0.9) clipped to [16, 4096], seed 0",
+            "mean_length": float(lengths.mean()),
+            "threads": "pinned to one core",
+            "repeats": repeats,
+        },
+        "rows": rows,
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--items", type=int, default=6_000_000)
+    parser.add_argument("--max-tokens", type=int, default=4096)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="200k items, no result file")
+    parser.add_argument("--no-peers", action="store_true", help="skip TRL and the gather row")
+    args = parser.parse_args(argv)
+    items = 200_000 if args.quick else args.items
+    result = run(items, args.max_tokens, args.repeats, peers=not args.no_peers)
+
+    table = Table(title=f"packing {items:,} items into {args.max_tokens}-token bins (one core)")
+    for column in ("packer", "median s", "bins", "fill", "x mathforge.pack"):
+        table.add_column(column, justify="right" if column != "packer" else "left")
+    for row in result["rows"]:
+        if "median_s" in row:
+            table.add_row(
+                row["name"],
+                f"{row['median_s']:.3f}",
+                f"{row['bins']:,}",
+                f"{row['fill']:.4%}",
+                f"{row['slowdown_vs_mathforge_pack']:.1f}",
+            )
+        else:
+            table.add_row(row["name"], row["skipped"], "", "", "")
+    console = Console()
+    console.print(table)
+    if not args.quick:
+        console.print(f"wrote {write_result('packing', result)}")
+
+
+if __name__ == "__main__":
+    main()

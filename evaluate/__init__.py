@@ -1,0 +1,1 @@
+"""mathforge.evaluate: benchmarks (vendored GSM8K / MATH), generation, answer extraction, grading."""

@@ -1,0 +1,1 @@
+"""mathforge.kernels: Triton ops with torch references, autograd and attention dispatch."""

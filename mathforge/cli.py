@@ -1,0 +1,53 @@
+"""The `mathforge` command line. Errors a user can fix print as one message, without a traceback."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import typer
+
+from mathforge.errors import MathforgeError
+
+app = typer.Typer(
+    help="mathforge: synthesize math problems, fine-tune LLMs on them, evaluate on GSM8K and MATH.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+@app.callback()
+def _root() -> None:
+    """mathforge: synthesize math problems, fine-tune LLMs on them, evaluate on GSM8K and MATH."""
+
+
+@app.command()
+def doctor(
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+    measure: bool = typer.Option(
+        True, "--measure/--no-measure", help="Time bf16 matmul and copy bandwidth on the GPU."
+    ),
+) -> None:
+    """Versions, the GPU and its measured ceilings, the native extension, the attention backends."""
+    from mathforge.doctor import render, report
+
+    info = report(measure=measure)
+    if as_json:
+        print(json.dumps(info, indent=2))
+    else:
+        render(info)
+    if not info["native_extension"]["ok"]:
+        raise typer.Exit(1)
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        app(args=argv, prog_name="mathforge", standalone_mode=True)
+    except MathforgeError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""mathforge.synth: synthesis backends and the Skywork-Math / JiuZhang3.0 pipelines."""

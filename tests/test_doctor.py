@@ -1,0 +1,29 @@
+"""`mathforge doctor` reports this environment truthfully; the GPU part runs only with CUDA."""
+
+import json
+
+import pytest
+import torch
+
+from mathforge.cli import main
+
+
+def test_doctor_json_matches_environment(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["doctor", "--json", "--no-measure"])
+    assert exit_info.value.code == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["versions"]["torch"] == torch.__version__
+    assert info["native_extension"]["ok"] is True
+    backends = {b["name"]: b for b in info["attention_backends"]}
+    assert list(backends) == ["flash-attn-3", "flash-attn-2", "torch-varlen", "flex", "sdpa"]
+    assert backends["sdpa"]["usable"] is True
+    assert info["cuda"]["available"] == torch.cuda.is_available()
+
+
+@pytest.mark.gpu
+def test_gpu_ceilings_are_plausible():
+    from mathforge.bench.ceilings import copy_bandwidth_gbs, matmul_tflops
+
+    assert 10 < matmul_tflops(n=4096, iters=5) < 5000
+    assert 50 < copy_bandwidth_gbs(nbytes=1 << 28, iters=5) < 20000

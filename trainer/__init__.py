@@ -1,0 +1,1 @@
+"""mathforge.trainer: the lean model, data and sequence packing, and the training loop."""
