@@ -1,0 +1,105 @@
+"""Pure-torch references for every mathforge kernel: the ground truth in tests and the CPU path.
+
+Each computes in fp32 (or fp64 when given fp64) and returns the input's dtype, except the losses,
+which return fp32 (fp64 for fp64 input). They are written for clarity, not memory: the losses
+materialise the full [N, V] logits.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+REDUCTIONS = ("mean", "sum", "none")
+
+
+def _compute_dtype(t: torch.Tensor) -> torch.dtype:
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+
+def cross_entropy(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    label_smoothing: float = 0.0,
+    z_loss: float = 0.0,
+    softcap: float | None = None,
+) -> torch.Tensor:
+    """Per non-ignored token i, with z = softcap·tanh(logits/softcap) (or the logits) and lse = logsumexp(z):
+    loss_i = (1 − ε)(lse − z[target]) + ε(lse − mean(z)) + z_loss·lse². "mean" divides by the number of
+    non-ignored tokens (0.0 when there are none); "none" gives 0 at ignored positions."""
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    z = logits.to(_compute_dtype(logits))
+    if softcap is not None:
+        z = softcap * torch.tanh(z / softcap)
+    lse = torch.logsumexp(z, dim=-1)
+    valid = target != ignore_index
+    safe_target = torch.where(valid, target, torch.zeros_like(target))
+    nll = lse - z.gather(-1, safe_target.unsqueeze(-1)).squeeze(-1)
+    loss = (1.0 - label_smoothing) * nll + label_smoothing * (lse - z.mean(dim=-1)) + z_loss * lse.square()
+    loss = torch.where(valid, loss, torch.zeros_like(loss))
+    if reduction == "none":
+        return loss
+    if reduction == "sum":
+        return loss.sum()
+    return loss.sum() / valid.sum().clamp(min=1)
+
+
+def fused_linear_cross_entropy(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    bias: torch.Tensor | None = None,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    label_smoothing: float = 0.0,
+    z_loss: float = 0.0,
+    softcap: float | None = None,
+) -> torch.Tensor:
+    """`cross_entropy(hidden @ weight.T + bias, target, ...)` with the logits computed in fp32."""
+    dtype = _compute_dtype(hidden)
+    logits = hidden.to(dtype) @ weight.to(dtype).T
+    if bias is not None:
+        logits = logits + bias.to(dtype)
+    return cross_entropy(
+        logits, target, ignore_index=ignore_index, reduction=reduction,
+        label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap,
+    )  # fmt: skip
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6, offset: float = 0.0) -> torch.Tensor:
+    """x / sqrt(mean(x², -1) + eps) · (offset + weight); offset=1.0 is Gemma's (1 + w)."""
+    dtype = _compute_dtype(x)
+    x32 = x.to(dtype)
+    y = x32 * torch.rsqrt(x32.square().mean(dim=-1, keepdim=True) + eps) * (offset + weight.to(dtype))
+    return y.to(x.dtype)
+
+
+def swiglu(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    """silu(gate) · up."""
+    dtype = _compute_dtype(gate)
+    return (F.silu(gate.to(dtype)) * up.to(dtype)).to(gate.dtype)
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def apply_rope(
+    q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rotary embedding in the half-rotation layout of Llama/HF: q, k [tokens, heads, head_dim];
+    cos, sin [tokens, head_dim] (each the per-position angles repeated over both halves)."""
+    dtype = _compute_dtype(q)
+    c, s = cos.to(dtype).unsqueeze(-2), sin.to(dtype).unsqueeze(-2)
+
+    def rotate(x: torch.Tensor) -> torch.Tensor:
+        x32 = x.to(dtype)
+        return (x32 * c + rotate_half(x32) * s).to(x.dtype)
+
+    return rotate(q), rotate(k)
