@@ -2,9 +2,15 @@
 #include <nanobind/nanobind.h>
 #include <nanobind/ndarray.h>
 #include <nanobind/stl/pair.h>
+#include <nanobind/stl/string.h>
+#include <nanobind/stl/vector.h>
 
+#include <stdexcept>
+#include <string>
 #include <utility>
+#include <vector>
 
+#include "minhash.hpp"
 #include "packing.hpp"
 
 namespace nb = nanobind;
@@ -21,7 +27,7 @@ nb::ndarray<nb::numpy, T, nb::ndim<1>> to_numpy(std::vector<T>&& values) {
 }  // namespace
 
 NB_MODULE(_native, m) {
-  m.doc() = "Compiled helpers for mathforge (sequence packing).";
+  m.doc() = "Compiled helpers for mathforge (sequence packing, n-gram hashing).";
   m.def(
       "best_fit_decreasing",
       [](nb::ndarray<const int64_t, nb::ndim<1>, nb::c_contig, nb::device::cpu> lengths, int64_t max_tokens) {
@@ -35,4 +41,25 @@ NB_MODULE(_native, m) {
       nb::arg("lengths"), nb::arg("max_tokens"),
       "Best-fit-decreasing packing of int64 `lengths` (each in [0, max_tokens]) into bins of `max_tokens`.\n"
       "Returns (items, bin_starts): item ids grouped by bin, and CSR offsets of each bin into `items`.");
+  m.def(
+      "ngram_hashes",
+      [](const std::string& text, int n) { return to_numpy(mathforge::ngram_hashes(text, n)); },
+      nb::arg("text"), nb::arg("n"),
+      "uint64 hashes of the word n-grams of `text` (lower-cased ASCII words; empty if fewer than n words).");
+  m.def(
+      "minhash_signatures",
+      [](std::vector<std::string> texts, int n, int num_perm, uint64_t seed) {
+        if (num_perm <= 0) throw std::invalid_argument("num_perm must be positive");
+        auto* owned = new std::vector<uint64_t>(texts.size() * static_cast<size_t>(num_perm));
+        {
+          nb::gil_scoped_release release;
+          for (size_t i = 0; i < texts.size(); ++i)
+            mathforge::minhash_signature(texts[i], n, num_perm, seed, owned->data() + i * num_perm);
+        }
+        nb::capsule deleter(owned, [](void* p) noexcept { delete static_cast<std::vector<uint64_t>*>(p); });
+        return nb::ndarray<nb::numpy, uint64_t, nb::ndim<2>>(owned->data(), {texts.size(), size_t(num_perm)},
+                                                             deleter);
+      },
+      nb::arg("texts"), nb::arg("n"), nb::arg("num_perm"), nb::arg("seed") = 0,
+      "MinHash signatures [len(texts), num_perm] (uint64) of the word n-gram sets of `texts`.");
 }

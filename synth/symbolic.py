@@ -403,7 +403,7 @@ def probability(rng: random.Random, level: int, max_digits: int = 3):
         target = rng.randint(3, 11)
         ways = sum(1 for a, b in product(range(1, 7), repeat=2) if a + b == target)
         ans = Fraction(ways, sides**dice)
-        q = f"Two fair six-sided dice are rolled. What is the probability that the sum is {target}?"
+        q = f"We throw a pair of ordinary dice with faces 1 to 6. How likely is a total of {target}? Give a fraction."
         steps = ["There are 6 * 6 = 36 equally likely outcomes.", f"{ways} of them have sum {target}.",
                  f"The probability is {ways}/36 = {_plain(ans)}."]
         check = {"dice": dice, "sides": sides, "sum": target}
