@@ -1,0 +1,57 @@
+"""Helpers shared by the Triton op files: block sizes, launch settings and the target check mode.
+
+Check mode: set the environment variable `MATHFORGE_CHECK=1` to validate inputs that a kernel cannot
+check without a host synchronisation (today: loss targets outside [0, V) that are not `ignore_index`).
+It is read at call time, costs one `.item()` per call, and raises `mathforge.errors.DataError`.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+
+from mathforge.errors import DataError
+
+
+def interpreting() -> bool:
+    """True when Triton runs under its CPU interpreter (TRITON_INTERPRET=1)."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def check_enabled() -> bool:
+    """True when `MATHFORGE_CHECK=1` asks for the (host-synchronising) input checks."""
+    return os.environ.get("MATHFORGE_CHECK", "0") not in ("", "0")
+
+
+def check_targets(target: torch.Tensor, vocab_size: int, ignore_index: int) -> None:
+    """Raises DataError naming the first target that is neither `ignore_index` nor in [0, vocab_size)."""
+    bad = (target != ignore_index) & ((target < 0) | (target >= vocab_size))
+    if bool(bad.any()):
+        position = int(bad.nonzero()[0, 0])
+        value = int(target.reshape(-1)[position])
+        raise DataError(
+            f"target[{position}] = {value} is out of range for vocab size {vocab_size} "
+            f"(allowed: 0..{vocab_size - 1} or ignore_index={ignore_index}); {int(bad.sum())} such targets"
+        )
+
+
+def row_block(n_cols: int, cap: int = 32768) -> int:
+    """Block width for a loop over one row of `n_cols` elements: the whole row up to `cap`."""
+    return min(triton.next_power_of_2(max(n_cols, 1)), cap)
+
+
+def num_warps_for(block: int) -> int:
+    """Warps for a program working on `block` elements (more warps for wide blocks)."""
+    if interpreting():
+        return 1
+    return 4 if block <= 2048 else 8 if block <= 8192 else 16 if block <= 16384 else 32
+
+
+REDUCTIONS = ("mean", "sum", "none")
+
+
+def check_reduction(reduction: str) -> None:
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")

@@ -1,0 +1,142 @@
+"""Triton RMSNorm: y = x / sqrt(mean(x², -1) + eps) · (offset + w); offset=1.0 gives Gemma's (1 + w).
+
+Forward: a program normalises BLOCK_M rows at once (the whole row in registers) and stores rstd [N] fp32.
+Backward: with w' = offset + w and x̂ = x·rstd,
+    dx = rstd · (dy·w' − x̂ · mean(dy·w'·x̂)),   dw = Σ_rows dy·x̂,
+each of a fixed number of programs walks its share of row tiles and keeps a fp32 partial dw, summed at
+the end (no atomics, deterministic).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from mathforge.kernels._common import interpreting, num_warps_for
+
+
+@triton.jit
+def _rms_fwd_kernel(
+    x_ptr, x_stride, w_ptr, y_ptr, rstd_ptr, n_rows, n_cols, eps, offset,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):  # fmt: skip
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = tl.arange(0, BLOCK_N)
+    mask = (rows < n_rows)[:, None] & (cols < n_cols)[None, :]
+    x = tl.load(x_ptr + rows[:, None] * x_stride + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    w = tl.load(w_ptr + cols, mask=cols < n_cols, other=0.0).to(tl.float32) + offset
+    rstd = 1.0 / tl.sqrt(tl.sum(x * x, 1) / n_cols + eps)
+    tl.store(y_ptr + rows[:, None] * n_cols + cols[None, :], x * rstd[:, None] * w[None, :], mask=mask)
+    tl.store(rstd_ptr + rows, rstd, mask=rows < n_rows)
+
+
+@triton.jit
+def _rms_bwd_kernel(
+    dy_ptr, dy_stride, x_ptr, x_stride, w_ptr, rstd_ptr, dx_ptr, dw_partial_ptr, n_rows, n_cols, offset,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):  # fmt: skip
+    pid = tl.program_id(0)
+    n_programs = tl.num_programs(0)
+    cols = tl.arange(0, BLOCK_N)
+    col_mask = cols < n_cols
+    w = tl.load(w_ptr + cols, mask=col_mask, other=0.0).to(tl.float32) + offset
+    dw = tl.zeros([BLOCK_N], tl.float32)
+    for tile in range(pid, tl.cdiv(n_rows, BLOCK_M), n_programs):
+        rows = (tile * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
+        row_mask = rows < n_rows
+        mask = row_mask[:, None] & col_mask[None, :]
+        x = tl.load(x_ptr + rows[:, None] * x_stride + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        dy = tl.load(dy_ptr + rows[:, None] * dy_stride + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        rstd = tl.load(rstd_ptr + rows, mask=row_mask, other=0.0)
+        x_hat = x * rstd[:, None]
+        dyw = dy * w[None, :]
+        dot = tl.sum(dyw * x_hat, 1) / n_cols
+        dx = rstd[:, None] * (dyw - x_hat * dot[:, None])
+        tl.store(dx_ptr + rows[:, None] * n_cols + cols[None, :], dx, mask=mask)
+        dw += tl.sum(dy * x_hat, 0)
+    tl.store(dw_partial_ptr + pid * n_cols + cols, dw, mask=col_mask)
+
+
+def _blocks(n_cols: int) -> tuple[int, int]:
+    block_n = triton.next_power_of_2(n_cols)
+    budget = 65536 if interpreting() else 8192  # elements per program tile
+    return max(1, min(64, budget // block_n)), block_n
+
+
+def _rows2d(t: torch.Tensor) -> torch.Tensor:
+    t = t.reshape(-1, t.shape[-1])
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
+@torch.library.custom_op("mathforge::rms_norm_fwd", mutates_args=())
+def rms_norm_fwd(x: torch.Tensor, weight: torch.Tensor, eps: float, offset: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """y (x's dtype and shape) and rstd [rows] fp32."""
+    x2 = _rows2d(x)
+    n, h = x2.shape
+    y = torch.empty((n, h), device=x.device, dtype=x.dtype)
+    rstd = torch.empty(n, device=x.device, dtype=torch.float32)
+    block_m, block_n = _blocks(h)
+    if n:
+        _rms_fwd_kernel[(triton.cdiv(n, block_m),)](
+            x2, x2.stride(0), weight, y, rstd, n, h, eps, offset, BLOCK_M=block_m, BLOCK_N=block_n,
+            num_warps=num_warps_for(block_m * block_n),
+        )  # fmt: skip
+    return y.view(x.shape), rstd
+
+
+@rms_norm_fwd.register_fake
+def _(x, weight, eps, offset):
+    return torch.empty_like(x, memory_format=torch.contiguous_format), x.new_empty(
+        x.numel() // x.shape[-1], dtype=torch.float32
+    )
+
+
+@torch.library.custom_op("mathforge::rms_norm_bwd", mutates_args=())
+def rms_norm_bwd(
+    dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, rstd: torch.Tensor, offset: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """dx (x's dtype) and dweight (weight's dtype; accumulated in fp32)."""
+    x2, dy2 = _rows2d(x), _rows2d(dy)
+    n, h = x2.shape
+    block_m, block_n = _blocks(h)
+    tiles = triton.cdiv(n, block_m)
+    programs = tiles if interpreting() or not x.is_cuda else min(tiles, 4 * torch.cuda.get_device_properties(
+        x.device).multi_processor_count)  # fmt: skip
+    dx = torch.empty((n, h), device=x.device, dtype=x.dtype)
+    partial = torch.empty((max(programs, 1), h), device=x.device, dtype=torch.float32)
+    if n:
+        _rms_bwd_kernel[(programs,)](
+            dy2, dy2.stride(0), x2, x2.stride(0), weight, rstd, dx, partial, n, h, offset,
+            BLOCK_M=block_m, BLOCK_N=block_n, num_warps=num_warps_for(block_m * block_n),
+        )  # fmt: skip
+    else:
+        partial.zero_()
+    return dx.view(x.shape), partial.sum(0).to(weight.dtype)
+
+
+@rms_norm_bwd.register_fake
+def _(dy, x, weight, rstd, offset):
+    return torch.empty_like(x, memory_format=torch.contiguous_format), torch.empty_like(weight)
+
+
+class RMSNormFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, eps, offset):
+        y, rstd = torch.ops.mathforge.rms_norm_fwd(x, weight, eps, offset)
+        ctx.save_for_backward(x, weight, rstd)
+        ctx.offset = offset
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, weight, rstd = ctx.saved_tensors
+        dx, dw = torch.ops.mathforge.rms_norm_bwd(dy, x, weight, rstd, ctx.offset)
+        return dx, dw, None, None
+
+
+def rms_norm_triton(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6, offset: float = 0.0) -> torch.Tensor:
+    """The Triton path of `mathforge.kernels.rms_norm`: x [..., H], weight [H]."""
+    if weight.shape != x.shape[-1:]:
+        raise ValueError(f"weight shape {tuple(weight.shape)} does not match the last dim of x {tuple(x.shape)}")
+    return RMSNormFunction.apply(x, weight, float(eps), float(offset))
