@@ -173,7 +173,6 @@ class CrossEntropyFunction(torch.autograd.Function):
         )
         ctx.save_for_backward(logits, target, lse)
         ctx.args = (ignore_index, label_smoothing, z_loss, softcap)
-        ctx.mark_non_differentiable(lse)
         return loss
 
     @staticmethod

@@ -177,9 +177,14 @@ class FusedLinearCrossEntropyFunction(torch.autograd.Function):
         if ctx.reduction == "none":
             hidden, weight, bias, target, lse = ctx.saved_tensors
             gh, gw, gb = torch.ops.mathforge.flce_bwd(grad_out, hidden, weight, bias, target, lse, *ctx.args)
-        else:  # gradients of the reduced loss were computed in the forward: scale by the upstream scalar
+        else:  # gradients of the reduced loss were computed in the forward: scale them by the upstream scalar,
+            # in place so no second [V, H] buffer appears (hence a second backward through this node is refused)
+            if getattr(ctx, "consumed", False):
+                raise RuntimeError("fused_linear_cross_entropy: backward through the same loss twice is not supported")
+            ctx.consumed = True
             gh, gw, gb = ctx.saved_tensors
-            gh, gw, gb = gh * grad_out.to(gh.dtype), gw * grad_out.to(gw.dtype), gb * grad_out.to(gb.dtype)
+            for g in (gh, gw, gb):
+                g.mul_(grad_out.to(g.dtype))
         return gh, gw, None, gb if ctx.has_bias else None, None, None, None, None, None, None
 
 
