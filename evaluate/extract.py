@@ -1,0 +1,150 @@
+"""Answer extraction: the final answer a model wrote, as a string (LaTeX kept), or None.
+
+    extract_answer(r"... so the area is $\\boxed{\\frac{1}{2}}$.")   # -> "\\frac{1}{2}"
+
+Styles, tried in this order by `style="auto"`:
+- ``boxed``: the last ``\\boxed{…}`` / ``\\fbox{…}`` (nested braces matched; ``\\boxed 5`` too);
+- ``minerva``: "Final Answer: The final answer is X. I hope it is correct.";
+- ``gsm8k``: the text after the last ``####``;
+- ``answer_is``: the last "The answer is X" / "answer: X";
+- ``last_number``: the last number in the text (a last resort, never for a text without digits).
+"""
+
+from __future__ import annotations
+
+import re
+
+STYLES = ("auto", "boxed", "minerva", "gsm8k", "answer_is", "last_number")
+
+_BOX_RE = re.compile(r"\\(?:boxed|fbox)\b")
+_MINERVA_RE = re.compile(r"final answer is\s*(.+?)\s*(?:\.\s*)?I hope", re.IGNORECASE | re.DOTALL)
+_MINERVA_LOOSE_RE = re.compile(r"final answer(?: is)?\s*[:：]?\s*(.+)", re.IGNORECASE)
+_ANSWER_IS_RE = re.compile(r"(?:the\s+(?:final\s+)?answer\s+is|answer\s*[:：])\s*[:：]?\s*(.+)", re.IGNORECASE)
+_NUMBER_RE = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:/\d+)?|-?\.\d+")
+
+
+def match_braces(text: str, start: int) -> int | None:
+    """Index just past the `}` matching the `{` at `text[start]`, or None when unbalanced."""
+    if start >= len(text) or text[start] != "{":
+        return None
+    depth = 0
+    i = start
+    while i < len(text):
+        ch = text[i]
+        if ch == "\\":  # skip escaped characters such as \{ and \}
+            i += 2
+            continue
+        if ch == "{":
+            depth += 1
+        elif ch == "}":
+            depth -= 1
+            if depth == 0:
+                return i + 1
+        i += 1
+    return None
+
+
+def last_boxed(text: str) -> str | None:
+    """Content of the last complete \\boxed{…} or \\fbox{…} (or `\\boxed 5`), else None."""
+    for match in reversed(list(_BOX_RE.finditer(text))):
+        i = match.end()
+        while i < len(text) and text[i] == " ":
+            i += 1
+        if i < len(text) and text[i] == "{":
+            end = match_braces(text, i)
+            if end is not None:
+                return text[i + 1 : end - 1].strip()
+            continue
+        if i > match.end():  # "\boxed 5": the token up to whitespace or `$`
+            token = re.match(r"[^\s$]+", text[i:])
+            if token:
+                return token.group(0).rstrip(".")
+    return None
+
+
+def _clean_tail(answer: str) -> str | None:
+    answer = answer.strip()
+    # an answer written inline ends at the sentence end: "42. So ..." or a line break
+    answer = answer.split("\n", 1)[0].strip()
+    if answer.startswith("$") and answer.count("$") >= 2:
+        answer = answer[1 : answer.index("$", 1)]
+    answer = answer.strip().strip("$").strip()
+    answer = re.sub(r"(?<=\S)\.(\s.*)?$", "", answer) if not re.search(r"\d\.\d*$", answer) else answer
+    answer = answer.rstrip(".").strip()
+    if answer.startswith("\\(") and answer.endswith("\\)"):
+        answer = answer[2:-2].strip()
+    return answer or None
+
+
+def _minerva(text: str) -> str | None:
+    matches = _MINERVA_RE.findall(text)
+    if matches:
+        return _clean_tail(matches[-1].replace("\n", " "))
+    loose = _MINERVA_LOOSE_RE.findall(text)
+    return _clean_tail(loose[-1]) if loose else None
+
+
+def _gsm8k(text: str) -> str | None:
+    if "####" not in text:
+        return None
+    answer = text.rsplit("####", 1)[1].strip().split("\n", 1)[0]
+    answer = answer.replace(",", "").replace("$", "").strip().rstrip(".")
+    return answer or None
+
+
+def _answer_is(text: str) -> str | None:
+    matches = _ANSWER_IS_RE.findall(text)
+    if not matches:
+        return None
+    tail = matches[-1]
+    boxed = last_boxed(tail)
+    return boxed if boxed is not None else _clean_tail(tail)
+
+
+def _last_number(text: str) -> str | None:
+    numbers = _NUMBER_RE.findall(text)
+    if not numbers:
+        return None
+    number = numbers[-1].rstrip(",")
+    if re.fullmatch(r"-?\d{1,3}(,\d{3})+(\.\d+)?", number):
+        number = number.replace(",", "")
+    return number or None
+
+
+_BY_STYLE = {
+    "boxed": last_boxed,
+    "minerva": _minerva,
+    "gsm8k": _gsm8k,
+    "answer_is": _answer_is,
+    "last_number": _last_number,
+}
+
+
+def extract_answer(text: str | None, style: str = "auto") -> str | None:
+    """The final answer in `text` by `style` (see module docstring); None when there is none.
+
+    Never raises on odd input: anything that is not a string gives None. An unknown style is a
+    programming error and raises ConfigError.
+    """
+    if style not in STYLES:
+        from mathforge.errors import ConfigError
+
+        raise ConfigError(f"unknown extraction style {style!r}; allowed: {', '.join(STYLES)}")
+    if not isinstance(text, str) or not text.strip():
+        return None
+    if style != "auto":
+        return _BY_STYLE[style](text)
+    for name in ("boxed", "minerva", "gsm8k", "answer_is", "last_number"):
+        found = _BY_STYLE[name](text)
+        if found is not None:
+            return found
+    return None
+
+
+def explicit_answer(text: str) -> str | None:
+    """An answer the text marks explicitly (boxed, Minerva, ####, "the answer is"); no last-number guess."""
+    for name in ("boxed", "minerva", "gsm8k", "answer_is"):
+        found = _BY_STYLE[name](text)
+        if found is not None:
+            return found
+    return None

@@ -1,0 +1,158 @@
+"""String normalisation of answers: the lenient clean-up and the strict (MATH/MetaMath) one.
+
+`clean(text)` drops what does not change an answer's value (delimiters, spacing macros,
+\\left/\\right, units, degrees, dollar signs, thousands separators, \\text wrappers) and reports
+whether a percent sign was present. `strict_normalize(text)` re-implements the normalisation of
+the MATH benchmark's `is_equiv` (used unchanged by MetaMath and Skywork-Math) so papers' numbers
+can be compared.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from mathforge.evaluate.extract import match_braces
+
+UNITS = (
+    "square units|square feet|square inches|square meters|square centimeters|square yards|square miles|"
+    "cubic units|cubic feet|cubic inches|cubic meters|cubic centimeters|sq units|sq ft|sq in|"
+    "units|unit|centimeters|centimetres|centimeter|meters|metres|meter|kilometers|kilometer|millimeters|"
+    "inches|inch|feet|foot|ft|yards|yard|miles|mile|mph|km|cm|mm|m|in|"
+    "degrees|degree|radians|dollars|dollar|cents|cent|hours|hour|hrs|hr|minutes|minute|mins|min|"
+    "seconds|second|sec|days|day|weeks|week|months|month|years|year|"
+    "grams|gram|kilograms|kg|g|pounds|pound|lbs|lb|ounces|ounce|oz|liters|litres|liter|ml|gallons|gallon|"
+    "people|persons|students|children|boxes|books|apples|pages|marbles|cookies|points|ways|times|percent"
+)
+_UNIT_TEXT_RE = re.compile(rf"^(?:\s*(?:{UNITS})\b\.?)+(?:\^\{{?[23]\}}?)?\s*$", re.IGNORECASE)
+_TRAILING_UNIT_RE = re.compile(rf"(?<=[\d}}a-zA-Z)])\s*(?:{UNITS})(?:\^\{{?[23]\}}?|\^[23])?\s*$", re.IGNORECASE)
+_UNIT_POWER_RE = re.compile(rf"\\(?:text|mbox|mathrm)\s*\{{\s*(?:{UNITS})\s*\}}\s*\^\s*\{{?[23]\}}?", re.IGNORECASE)
+_WRAPPER_RE = re.compile(r"\\(?:textbf|textit|textrm|textnormal|text|mathrm|mathbf|mbox|operatorname)\s*\{")
+_BOXED_RE = re.compile(r"\\(?:boxed|fbox)\s*\{")
+_SIMPLE_SUBS = [
+    (re.compile(r"\\(?:left|right|bigl|bigr|Bigl|Bigr|big|Big)(?![a-zA-Z])\s*"), ""),
+    (re.compile(r"\\[dt]frac"), r"\\frac"),
+    (re.compile(r"\\(?:displaystyle|limits)"), ""),
+    (re.compile(r"(?<!\\)\\(?:[!,;: ]|quad|qquad)"), " "),
+    (re.compile(r"\\(?:le|leqslant|leqq)(?![a-zA-Z])|≤"), r"\\leq "),
+    (re.compile(r"\\(?:ge|geqslant|geqq)(?![a-zA-Z])|≥"), r"\\geq "),
+    (re.compile(r"\\(?:ne|neq)(?![a-zA-Z])|≠"), r"\\neq "),
+    (re.compile(r"−|–"), "-"),
+    (re.compile(r"×"), r"\\times "),
+    (re.compile(r"π"), r"\\pi "),
+    (re.compile(r"∞"), r"\\infty "),
+    (re.compile(r"\\emptyset|\\varnothing|∅"), r"\\{\\}"),
+    (re.compile(r"(?:\^\s*\{\s*\\circ\s*\}|\^\s*\\circ|°|\\degree)(?:\s*\\?[CF](?![a-zA-Z]))?"), ""),
+    (re.compile(r"\\\$|\$"), ""),
+    (re.compile(r"~"), " "),
+]
+_PERCENT_RE = re.compile(r"\\%|%|\\text\{\s*percent\s*\}|\bpercent\b")
+_THOUSANDS_RE = re.compile(r"-?\d{1,3}(?:(?:,|\{,\}|\\,| )\d{3})+(?:\.\d+)?")
+
+
+@dataclass(frozen=True)
+class Cleaned:
+    text: str
+    percent: bool
+
+
+def unwrap(text: str, pattern: re.Pattern[str], keep=lambda inner: inner) -> str:
+    """Replaces each `\\macro{inner}` matched by `pattern` (which ends at the `{`) by keep(inner)."""
+    for _ in range(50):  # bounded: nested wrappers are unwrapped from the outside in
+        match = pattern.search(text)
+        if not match:
+            return text
+        end = match_braces(text, match.end() - 1)
+        if end is None:
+            return text[: match.start()] + text[match.end() :]
+        inner = text[match.end() : end - 1]
+        text = text[: match.start()] + keep(inner) + text[end:]
+    return text
+
+
+def _keep_text(inner: str) -> str:
+    return " " if _UNIT_TEXT_RE.match(inner) else inner
+
+
+def clean(text: str) -> Cleaned:
+    """Lenient normalisation (see module docstring). Never raises on strings."""
+    s = text.strip()
+    for left, right in (("\\[", "\\]"), ("\\(", "\\)")):
+        if s.startswith(left) and s.endswith(right):
+            s = s[len(left) : -len(right)]
+    s = unwrap(s, _BOXED_RE)
+    s = s.replace("\n", " ")
+    for pattern, replacement in _SIMPLE_SUBS:
+        s = pattern.sub(replacement, s)
+    percent = bool(_PERCENT_RE.search(s))
+    s = _PERCENT_RE.sub("", s)
+    text_only = _WRAPPER_RE.match(s.strip()) is not None and match_braces(s.strip(), s.strip().find("{")) == len(
+        s.strip()
+    )
+    s = _UNIT_POWER_RE.sub(" ", s)
+    s = unwrap(s, _WRAPPER_RE, (lambda inner: inner) if text_only else _keep_text)
+    s = re.sub(r"\s+", " ", s).strip()
+    s = re.sub(r"^(?:the answer is|answer:|answer is)\s*", "", s, flags=re.IGNORECASE)
+    s = s.rstrip(".").strip() if not re.search(r"\d\.$", s) or s.endswith("..") else s.rstrip(".")
+    if re.search(r"\d", s) and not re.fullmatch(r"[A-Za-z ]+", s):
+        previous = None
+        while previous != s:
+            previous, s = s, _TRAILING_UNIT_RE.sub("", s).strip()
+    if _THOUSANDS_RE.fullmatch(s):
+        s = re.sub(r"\{,\}|\\,|,| ", "", s)
+    s = re.sub(r"(?<=\d)\{,\}(?=\d{3})", "", s)
+    return Cleaned(s.strip(), percent)
+
+
+# --- strict mode: the MATH benchmark's string normalisation (Hendrycks et al. 2021) ------------
+
+
+def _strict_fix_fracs(s: str) -> str:
+    parts = s.split("\\frac")
+    out = parts[0]
+    for part in parts[1:]:
+        out += "\\frac"
+        if part.startswith("{"):
+            out += part
+        elif len(part) < 2:
+            return s
+        elif part[1] != "{":
+            out += "{" + part[0] + "}{" + part[1] + "}" + part[2:]
+        else:
+            out += "{" + part[0] + "}" + part[1:]
+    return out
+
+
+def _strict_fix_slash(s: str) -> str:
+    if s.count("/") != 1:
+        return s
+    a, b = s.split("/")
+    if re.fullmatch(r"-?\d+", a) and re.fullmatch(r"-?\d+", b):
+        return "\\frac{" + a + "}{" + b + "}"
+    return s
+
+
+def _strict_fix_sqrt(s: str) -> str:
+    return re.sub(r"\\sqrt(\w)", r"\\sqrt{\1}", s)
+
+
+def strict_normalize(text: str) -> str:
+    """The MATH `strip_string` normalisation, step by step, in our own code."""
+    s = text.replace("\n", "").replace("\\!", "").replace("\\\\", "\\")
+    s = s.replace("tfrac", "frac").replace("dfrac", "frac").replace("\\left", "").replace("\\right", "")
+    s = s.replace("^{\\circ}", "").replace("^\\circ", "").replace("\\$", "")
+    if "\\text{ " in s:  # units written as "\text{ cm}" at the end
+        s = s.split("\\text{ ")[0]
+    s = s.replace("\\%", "").replace("%", "")
+    s = s.replace(" .", " 0.").replace("{.", "{0.")
+    if not s:
+        return s
+    if s[0] == ".":
+        s = "0" + s
+    if len(s.split("=")) == 2 and len(s.split("=")[0]) <= 2:
+        s = s.split("=")[1]
+    s = _strict_fix_sqrt(s).replace(" ", "")
+    s = _strict_fix_fracs(s)
+    if s == "0.5":
+        s = "\\frac{1}{2}"
+    return _strict_fix_slash(s)

@@ -1,0 +1,404 @@
+"""Fast exact-enough values of simple LaTeX answers, without sympy.
+
+Most answers are numbers, fractions, surds, multiples of π or small polynomials. Parsing those
+with a full LaTeX parser costs milliseconds; this module turns such a string into a Python
+expression over a few whitelisted functions (a token rewrite, not a LaTeX grammar: anything it
+does not know raises `Unsupported` and the caller falls back to latex2sympy), then evaluates it
+with mpmath at 40 significant digits — at given points for the variables — with guards on
+exponent and factorial sizes so `10^{10^{10^{10}}}` raises `TooLarge` instead of hanging.
+"""
+
+from __future__ import annotations
+
+import ast
+import math
+import random
+import re
+from dataclasses import dataclass
+from fractions import Fraction
+
+import mpmath
+
+_CTX = mpmath.mp.__class__()  # our own context: its precision is set once here and never changed
+_CTX.dps = 40
+MAX_EXPONENT = 10**12
+MAX_FACTORIAL = 10**6
+MAX_LENGTH = 400
+
+
+class Unsupported(ValueError):
+    """The string is outside what this fast path understands; use the full parser."""
+
+
+class TooLarge(ValueError):
+    """The value is too large to compute safely (an exponent tower, a huge factorial)."""
+
+
+_FUNCS1 = {
+    "sin": _CTX.sin, "cos": _CTX.cos, "tan": _CTX.tan, "sec": _CTX.sec, "csc": _CTX.csc, "cot": _CTX.cot,
+    "arcsin": _CTX.asin, "arccos": _CTX.acos, "arctan": _CTX.atan, "ln": _CTX.ln, "log": _CTX.log10,
+    "exp": _CTX.exp, "sqrt": _CTX.sqrt, "abs": abs,
+}  # fmt: skip
+_MACRO_FUNCS = {f"\\{name}": name for name in _FUNCS1 if name not in ("sqrt", "abs")}
+_TOKEN_RE = re.compile(
+    r"\s+|(?P<num>\d+(?:\.\d*)?(?:[eE][+-]?\d+(?![a-zA-Z]))?|\.\d+)|(?P<macro>\\[a-zA-Z]+)|(?P<letter>[a-zA-Z])"
+    r"|(?P<op>[-+*/^!(){}|])|(?P<bad>.)"
+)
+_GREEK = {
+    "alpha", "beta", "gamma", "delta", "theta", "lambda", "mu", "sigma", "phi", "omega", "rho", "tau", "epsilon",
+}  # fmt: skip
+_OPERAND_END = {"num", "name", ")"}
+_OPERAND_START = {"num", "name", "(", "func"}
+
+
+@dataclass(frozen=True)
+class Parsed:
+    """A translated expression: its AST, the numbers it uses, its variables, and whether a decimal appeared."""
+
+    tree: ast.Expression
+    numbers: tuple[str, ...]
+    variables: frozenset[str]
+    decimal: bool
+
+
+def _group(tokens: list[tuple[str, str]], i: int, parens: bool = False) -> tuple[list[tuple[str, str]], int]:
+    """The argument starting at tokens[i]: a {…} (or, for functions, (…)) group or one token.
+
+    Returns (inner tokens, next index)."""
+    if i >= len(tokens):
+        raise Unsupported("missing argument")
+    kind, text = tokens[i]
+    if text == "{" or (parens and text == "("):
+        opener, closer = text, "}" if text == "{" else ")"
+        depth = 0
+        for j in range(i, len(tokens)):
+            if tokens[j][1] == opener:
+                depth += 1
+            elif tokens[j][1] == closer:
+                depth -= 1
+                if depth == 0:
+                    return tokens[i + 1 : j], j + 1
+        raise Unsupported("unbalanced braces")
+    if kind == "num" and len(text) > 1 and "." not in text:  # \frac12 means \frac{1}{2}
+        tokens[i] = (kind, text[1:])
+        return [(kind, text[0])], i
+    return [tokens[i]], i + 1
+
+
+def _lex(text: str) -> list[tuple[str, str]]:
+    tokens = []
+    for match in _TOKEN_RE.finditer(text):
+        kind = match.lastgroup
+        if kind is None:
+            continue
+        if kind == "bad":
+            raise Unsupported(f"character {match.group()!r}")
+        tokens.append((kind, match.group()))
+    return tokens
+
+
+def _translate(tokens: list[tuple[str, str]], out: list[tuple[str, str]], numbers: list[str]) -> None:
+    """Appends (kind, python_text) pieces for `tokens` to `out`."""
+    i = 0
+    abs_open = False
+    while i < len(tokens):
+        kind, text = tokens[i]
+        if kind == "num":
+            if text.endswith("."):
+                text = text[:-1]
+            numbers.append(text)
+            out.append(("num", f"_n{len(numbers) - 1}"))
+            i += 1
+        elif kind == "letter":
+            if (
+                i + 1 < len(tokens)
+                and tokens[i + 1][0] == "letter"
+                and i + 2 < len(tokens)
+                and tokens[i + 2][0] == "letter"
+            ):
+                raise Unsupported("a word")
+            out.append(("name", {"e": "E", "i": "I"}.get(text, f"v_{text}")))
+            i += 1
+        elif kind == "macro":
+            i = _macro(tokens, i, out, numbers)
+        elif text in "({":
+            out.append(("(", "("))
+            i += 1
+        elif text in ")}":
+            out.append((")", ")"))
+            i += 1
+        elif text == "|":
+            out.append(("func", "abs") if not abs_open else (")", ")"))
+            if not abs_open:
+                out.append(("(", "("))
+            abs_open = not abs_open
+            i += 1
+        elif text == "^":
+            arg, i = _group(tokens, i + 1)
+            out.append(("op", "**"))
+            out.append(("(", "("))
+            _translate(arg, out, numbers)
+            out.append((")", ")"))
+        elif text == "!":
+            _factorial(out)
+            i += 1
+        else:
+            out.append(("op", text))
+            i += 1
+    if abs_open:
+        raise Unsupported("unbalanced |")
+
+
+def _macro(tokens: list[tuple[str, str]], i: int, out: list[tuple[str, str]], numbers: list[str]) -> int:
+    text = tokens[i][1]
+    if text == "\\frac":
+        num, i = _group(tokens, i + 1)
+        den, i = _group(tokens, i)
+        whole = None
+        simple = len(num) == len(den) == 1 and num[0][0] == den[0][0] == "num"
+        if simple and out and out[-1][0] == "num" and (len(out) < 2 or out[-2][1] in ("+", "-", "(")):
+            whole = out.pop()  # 2\frac{1}{2} is two and a half
+            out.extend([("(", "("), whole, ("op", "+")])
+        out.append(("(", "("))
+        _translate(num, out, numbers)
+        out.append(("op", ")/("))
+        _translate(den, out, numbers)
+        out.append((")", ")"))
+        if whole is not None:
+            out.append((")", ")"))
+        return i
+    if text == "\\sqrt":
+        if i + 1 < len(tokens) and tokens[i + 1][1] == "[":
+            raise Unsupported("nth root")
+        arg, i = _group(tokens, i + 1)
+        out.append(("func", "sqrt"))
+        out.append(("(", "("))
+        _translate(arg, out, numbers)
+        out.append((")", ")"))
+        return i
+    if text in ("\\binom", "\\dbinom", "\\tbinom"):
+        top, i = _group(tokens, i + 1)
+        bottom, i = _group(tokens, i)
+        out.append(("func", "binom"))
+        out.append(("(", "("))
+        _translate(top, out, numbers)
+        out.append(("op", ","))
+        _translate(bottom, out, numbers)
+        out.append((")", ")"))
+        return i
+    if text in _MACRO_FUNCS:
+        if i + 1 < len(tokens) and tokens[i + 1][1] in ("^", "_"):
+            raise Unsupported("function power or base")
+        arg, i = _group(tokens, i + 1, parens=True)
+        out.append(("func", _MACRO_FUNCS[text]))
+        out.append(("(", "("))
+        _translate(arg, out, numbers)
+        out.append((")", ")"))
+        return i
+    simple = {"\\pi": ("name", "pi"), "\\cdot": ("op", "*"), "\\times": ("op", "*"), "\\div": ("op", "/"),
+              "\\infty": ("name", "oo")}  # fmt: skip
+    if text in simple:
+        out.append(simple[text])
+        return i + 1
+    if text[1:] in _GREEK:
+        out.append(("name", f"v_{text[1:]}"))
+        return i + 1
+    raise Unsupported(f"macro {text}")
+
+
+def _factorial(out: list[tuple[str, str]]) -> None:
+    if not out:
+        raise Unsupported("factorial of nothing")
+    start = len(out) - 1
+    if out[start][0] == ")":
+        depth = 0
+        while start >= 0:
+            depth += {")": 1, "(": -1}.get(out[start][0], 0)
+            if depth == 0:
+                break
+            start -= 1
+        if start > 0 and out[start - 1][0] == "func":
+            start -= 1
+    elif out[start][0] not in ("num", "name"):
+        raise Unsupported("factorial of an operator")
+    operand = out[start:]
+    del out[start:]
+    out.extend([("func", "fact"), ("(", "(")] + operand + [(")", ")")])
+
+
+def parse(text: str) -> Parsed:
+    """Translates a simple LaTeX expression (raises Unsupported otherwise)."""
+    if len(text) > MAX_LENGTH:
+        raise Unsupported("too long")
+    tokens = _lex(text)
+    if not tokens:
+        raise Unsupported("empty")
+    pieces: list[tuple[str, str]] = []
+    numbers: list[str] = []
+    _translate(tokens, pieces, numbers)
+    code = []
+    previous = None
+    for kind, piece in pieces:
+        if previous in _OPERAND_END and kind in _OPERAND_START:
+            code.append("*")  # implicit multiplication: 2x, 3\sqrt{2}, (a)(b)
+        code.append(piece)
+        previous = kind
+    source = " ".join(code)
+    try:
+        tree = ast.parse(source, mode="eval")
+    except SyntaxError:
+        raise Unsupported("not an expression") from None
+    variables = frozenset(node.id for node in ast.walk(tree) if isinstance(node, ast.Name) and node.id.startswith("v_"))
+    decimal = any("." in n or "e" in n.lower() for n in numbers)
+    return Parsed(tree, tuple(numbers), variables, decimal)
+
+
+def _power(base, exponent):
+    if abs(exponent) > MAX_EXPONENT and abs(base) not in (0, 1):
+        raise TooLarge("exponent")
+    if _CTX.isinf(base) or _CTX.isinf(exponent):
+        return base**exponent
+    magnitude = abs(exponent) * (_CTX.log(abs(base), 2) if base != 0 else 0)
+    if abs(magnitude) > MAX_EXPONENT:
+        raise TooLarge("power")
+    return _CTX.power(base, exponent)
+
+
+def _fact(x):
+    if abs(x) > MAX_FACTORIAL:
+        raise TooLarge("factorial")
+    return _CTX.factorial(x)
+
+
+def _binom(n, k):
+    if abs(n) > MAX_FACTORIAL:
+        raise TooLarge("binomial")
+    return _CTX.binomial(n, k)
+
+
+_BINOPS = {
+    ast.Add: lambda a, b: a + b,
+    ast.Sub: lambda a, b: a - b,
+    ast.Mult: lambda a, b: a * b,
+    ast.Div: lambda a, b: a / b,
+    ast.Pow: _power,
+}
+_FUNCS = {**_FUNCS1, "fact": _fact}
+_CONSTANTS = {"pi": _CTX.pi, "E": _CTX.e, "I": _CTX.mpc(0, 1), "oo": _CTX.inf}
+
+
+def evaluate(parsed: Parsed, point: dict[str, object] | None = None):
+    """The value of `parsed` (an mpf or mpc) with variables taken from `point`."""
+    numbers = [_CTX.mpf(n) for n in parsed.numbers]
+    point = point or {}
+
+    def walk(node):
+        if isinstance(node, ast.Expression):
+            return walk(node.body)
+        if isinstance(node, ast.BinOp) and type(node.op) in _BINOPS:
+            return _BINOPS[type(node.op)](walk(node.left), walk(node.right))
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
+            value = walk(node.operand)
+            return -value if isinstance(node.op, ast.USub) else value
+        if isinstance(node, ast.Name):
+            if node.id.startswith("_n"):
+                return numbers[int(node.id[2:])]
+            if node.id in _CONSTANTS:
+                return _CONSTANTS[node.id]
+            if node.id in point:
+                return point[node.id]
+            raise Unsupported(f"unbound {node.id}")
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and not node.keywords:
+            args = [walk(arg) for arg in node.args]
+            if node.func.id == "binom" and len(args) == 2:
+                return _binom(*args)
+            if node.func.id in _FUNCS and len(args) == 1:
+                return _FUNCS[node.func.id](args[0])
+        raise Unsupported(f"node {type(node).__name__}")
+
+    return walk(parsed.tree)
+
+
+MAX_EXACT_BITS = 200_000
+
+
+def exact(parsed: Parsed) -> Fraction:
+    """The exact rational value of a variable-free expression of + - * /, integer powers and factorials.
+
+    Raises Unsupported for anything else (irrational functions, π) or results past MAX_EXACT_BITS,
+    so `3^{1000}+1` and `3^{1000}` differ although they agree to 40 digits."""
+
+    def check(value: Fraction) -> Fraction:
+        if value.numerator.bit_length() > MAX_EXACT_BITS or value.denominator.bit_length() > MAX_EXACT_BITS:
+            raise Unsupported("too large for exact arithmetic")
+        return value
+
+    def walk(node) -> Fraction:
+        if isinstance(node, ast.Expression):
+            return walk(node.body)
+        if isinstance(node, ast.BinOp):
+            left, right = walk(node.left), walk(node.right)
+            if isinstance(node.op, ast.Add):
+                return left + right
+            if isinstance(node.op, ast.Sub):
+                return left - right
+            if isinstance(node.op, ast.Mult):
+                return check(left * right)
+            if isinstance(node.op, ast.Div):
+                if right == 0:
+                    raise ZeroDivisionError("division by zero")
+                return check(left / right)
+            if isinstance(node.op, ast.Pow) and right.denominator == 1:
+                size = max(left.numerator.bit_length(), left.denominator.bit_length())
+                if abs(right.numerator) * size > MAX_EXACT_BITS:
+                    raise Unsupported("power too large for exact arithmetic")
+                if left == 0 and right < 0:
+                    raise ZeroDivisionError("zero to a negative power")
+                return left**right.numerator
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
+            value = walk(node.operand)
+            return -value if isinstance(node.op, ast.USub) else value
+        if isinstance(node, ast.Name) and node.id.startswith("_n"):
+            return Fraction(parsed.numbers[int(node.id[2:])])
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name)
+            and node.func.id == "fact"
+            and len(node.args) == 1
+        ):
+            n = walk(node.args[0])
+            if n.denominator != 1 or n < 0 or n > 5000:
+                raise Unsupported("factorial outside exact range")
+            return Fraction(math.factorial(int(n)))
+        raise Unsupported("not exact arithmetic")
+
+    return walk(parsed.tree)
+
+
+def points(variables: frozenset[str] | set[str], count: int = 4) -> list[dict[str, object]]:
+    """Deterministic test points: variable values from a per-name seed (the last point negative)."""
+    out = []
+    for k in range(count):
+        point = {}
+        for name in sorted(variables):
+            value = random.Random(f"{name}:{k}").uniform(0.6, 2.4)
+            point[name] = _CTX.mpf(-value if k == count - 1 else value)
+        out.append(point)
+    return out
+
+
+def close(a, b, rel: float) -> bool:
+    """|a - b| <= rel * max(|a|, |b|) (and both infinite with the same sign counts as equal)."""
+    if _CTX.isinf(a) or _CTX.isinf(b):
+        return a == b
+    if _CTX.isnan(a) or _CTX.isnan(b):
+        return False
+    return abs(a - b) <= rel * max(abs(a), abs(b))
+
+
+def mpf(value) -> object:
+    return _CTX.mpf(value)
+
+
+def is_real(value) -> bool:
+    return not isinstance(value, mpmath.mpc) or value.imag == 0
