@@ -1,0 +1,94 @@
+"""What the model-driven pipelines share: parsing replies, answer checks, self-consistency, building rows."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from mathforge.synth import quality
+from mathforge.synth.backends import Completion
+from mathforge.synth.prompts import Prompts
+
+_PROBLEM = re.compile(r"^\s*\**Problem\**\s*:\s*(.*?)\s*(?:^\s*\**Solution\**\s*:\s*(.*))?\Z", re.S | re.M)
+
+
+class Reject(Exception):
+    """An item that finished but produced nothing usable; the reason is journaled, counted by `kind`."""
+
+    def __init__(self, message: str, kind: str | None = None) -> None:
+        super().__init__(message)
+        self.kind = kind or message
+
+
+@dataclass
+class Context:
+    """What a pipeline needs to process one item: backend, prompts, sampling, the answer checks."""
+
+    backend: Any
+    prompts: Prompts
+    sampling: dict[str, Any]
+    marker: str = "The answer is:"
+    require_answer: bool = True
+    consistency: int = 0
+    min_agree: float = 0.5
+
+    async def ask(self, template: str, *, n: int = 1, usage: dict[str, int] | None = None, seed_offset: int = 0,
+                  **values: str) -> Completion:
+        s = self.sampling
+        seed = s["seed"] + seed_offset if s.get("seed", -1) >= 0 else None
+        out = await self.backend.chat(self.prompts.messages(template, **values), n=n, temperature=s["temperature"],
+                                      top_p=s["top_p"], max_tokens=s["max_tokens"], seed=seed)
+        if usage is not None:
+            usage["prompt_tokens"] = usage.get("prompt_tokens", 0) + out.prompt_tokens
+            usage["completion_tokens"] = usage.get("completion_tokens", 0) + out.completion_tokens
+            usage["calls"] = usage.get("calls", 0) + 1
+        return out
+
+
+def split_reply(text: str) -> tuple[str | None, str]:
+    """(problem, solution) from a reply laid out as 'Problem: … Solution: …'; (None, text) if it has no Problem."""
+    m = _PROBLEM.match(text)
+    if not m:
+        return None, text.strip()
+    problem, solution = m.group(1).strip(), (m.group(2) or "").strip()
+    return (problem or None), solution
+
+
+def finish(solution: str, marker: str) -> str:
+    """The solution cut after its answer line, so every response ends with the marker line."""
+    at = solution.rfind(marker)
+    if at < 0:
+        return solution.strip()
+    end = solution.find("\n", at)
+    return solution[: len(solution) if end < 0 else end].strip()
+
+
+def check_answer(solution: str, ctx: Context, gold: str | None) -> str:
+    """The solution's answer; Reject if it has none (when required) or disagrees with a known gold answer."""
+    answer = quality.marked_answer(solution, ctx.marker)
+    if answer is None:
+        if ctx.require_answer:
+            raise Reject(f"no answer marker {ctx.marker!r} in the response", "no answer marker")
+        return ""
+    if gold is not None:
+        from mathforge.evaluate import grade  # lazy: owned by the evaluation package
+
+        if not grade(answer, gold):
+            raise Reject(f"answer {answer!r} disagrees with the known answer {gold!r}", "wrong answer")
+    return answer
+
+
+def consistent(texts: list[str], ctx: Context) -> tuple[str, dict[str, Any]]:
+    """With k > 1 samples: the first sample agreeing with the majority answer (Reject if none reaches min_agree)."""
+    if len(texts) == 1:
+        return texts[0], {}
+    keep, top, info = quality.self_consistency(texts, min_agree=ctx.min_agree, marker=ctx.marker)
+    if not keep:
+        raise Reject(f"self-consistency: {info['votes']}/{info['samples']} samples agree (need {ctx.min_agree:.0%})",
+                     "self-consistency")
+    return texts[keep[0]], {"votes": info["votes"], "samples": info["samples"]}
+
+
+def make_row(prompt: str, response: str, meta: dict[str, Any]) -> dict[str, Any]:
+    return {"prompt": prompt.strip(), "response": response.strip(), "meta": meta}

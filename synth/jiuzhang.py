@@ -1,0 +1,105 @@
+"""The JiuZhang3.0 pipeline: math texts → an education-stage prompt → a new problem and solution from the text.
+
+Work item k takes text `k % T` with (stage, variant) drawn from the item's own seed — one of
+`[jiuzhang] stages` (or the uniform mix over grade school … AIME) and `cot` (natural-language
+solution) or `tool` (a Python program). The three steps of the paper are configs of this one
+pipeline (see synth/configs/jiuzhang-*.toml):
+
+1. ``step = "distill"`` with a strong teacher endpoint: the rows are the distillation set, written
+   with prompt = the synthesis instruction (text + stage) and response = the teacher's problem and
+   solution — exactly the (instruction, output) pairs a synthesizer is trained on;
+2. `mathforge train` on that dataset trains the small synthesizer (an ordinary SFT run);
+3. ``step = "synthesize"`` with the trained synthesizer served by vLLM (openai backend) or loaded
+   in-process (local backend): rows are the new problems (prompt) and solutions (response).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+from mathforge.errors import ConfigError, DataError
+from mathforge.synth.common import Context, Reject, check_answer, consistent, finish, make_row, split_reply
+
+
+def load_texts(paths: list[str], field: str) -> list[tuple[str, str]]:
+    """(id, text) pairs from JSONL files; a row without a string under `field` is a DataError naming the line."""
+    out = []
+    for name in paths:
+        path = Path(name)
+        if not path.is_file():
+            raise DataError(f"jiuzhang.texts: {name!r} is not a file")
+        with open(path, encoding="utf-8") as handle:
+            for number, line in enumerate(handle, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as error:
+                    raise DataError(f"{path}:{number}: not valid JSON ({error.msg})") from None
+                text = row.get(field) if isinstance(row, dict) else None
+                if not isinstance(text, str) or not text.strip():
+                    raise DataError(f"{path}:{number}: no text under field {field!r}")
+                out.append((f"{path.stem}-{number}", text))
+    return out
+
+
+class JiuZhangPipeline:
+    name = "jiuzhang"
+    sync = False
+
+    def __init__(self, cfg: dict[str, Any], stages: dict[str, str]) -> None:
+        jz = cfg["jiuzhang"]
+        self.cfg, self.jz, self.seed = cfg, jz, cfg["run"]["seed"]
+        if not jz["texts"]:
+            raise ConfigError("jiuzhang.texts is empty: give one or more JSONL files of math texts")
+        self.texts = load_texts(jz["texts"], jz["text_field"])
+        if not self.texts:
+            raise DataError(f"jiuzhang.texts {jz['texts']} hold no texts")
+        chosen = jz["stages"]
+        chosen = list(stages) if chosen == "uniform" or chosen == ["uniform"] else ([chosen] if isinstance(chosen, str) else chosen)
+        missing = sorted(set(chosen) - set(stages))
+        if missing:
+            raise ConfigError(f"jiuzhang.stages: no audience for {missing} in stages.toml; have {', '.join(stages)}")
+        self.stages, self.audience = chosen, stages
+        self.info = {"texts": len(self.texts), "stages": chosen, "variants": jz["variants"], "step": jz["step"]}
+
+    def items(self) -> list[dict[str, Any]]:
+        out = []
+        for k in range(self.cfg["run"]["items"]):
+            rng = random.Random(f"{self.seed}:jz:{k}")
+            text_id, _ = self.texts[k % len(self.texts)]
+            stage = self.stages[rng.randrange(len(self.stages))]
+            variant = self.jz["variants"][rng.randrange(len(self.jz["variants"]))]
+            out.append({"id": f"jz-{k}-{text_id}-{stage}-{variant}", "text": k % len(self.texts), "stage": stage,
+                        "variant": variant})
+        return out
+
+    async def process(self, item: dict[str, Any], ctx: Context) -> list[dict[str, Any]]:
+        text_id, text = self.texts[item["text"]]
+        template = f"jiuzhang/{item['variant']}.txt"
+        values = {"audience": self.audience[item["stage"]], "text": text}
+        usage: dict[str, int] = {}
+        k = max(1, ctx.consistency)
+        offset = random.Random(f"{self.seed}:{item['id']}").randrange(1 << 20)
+        out = await ctx.ask(template, n=k, usage=usage, seed_offset=offset, **values)
+        drafts = [split_reply(t) for t in out.texts]
+        problem = drafts[0][0]
+        if not problem:
+            raise Reject("the reply has no 'Problem:' part", "no problem in reply")
+        solution, extra = consistent([d[1] for d in drafts], ctx) if k > 1 else (drafts[0][1], {})
+        if item["variant"] == "tool" and "```python" not in solution:
+            raise Reject("tool variant: the solution has no ```python block", "no python block")
+        answer = check_answer(solution, ctx, None)
+        if solution.lower().startswith("solution:"):
+            solution = solution[len("solution:"):]
+        solution = finish(solution, ctx.marker)
+        meta = {"id": item["id"], "pipeline": "jiuzhang", "method": item["variant"], "stage": item["stage"],
+                "seed_id": text_id, "difficulty": None, "model": out.model, "sampling": {**ctx.sampling, "n": k},
+                "answer": answer, "usage": usage, "step": self.jz["step"], **extra}
+        if self.jz["step"] == "distill":
+            instruction = ctx.prompts.render(template, **values)
+            return [make_row(instruction, f"Problem: {problem}\nSolution: {solution}", meta)]
+        return [make_row(problem, solution, meta)]

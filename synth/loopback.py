@@ -1,0 +1,155 @@
+"""A small OpenAI-compatible chat-completions server for tests, benchmarks and dry runs on 127.0.0.1.
+
+    with LoopbackServer(latency_s=0.01, faults={"429": 0.1, "500": 0.05, "timeout": 0.02, "malformed": 0.05}) as srv:
+        backend = OpenAIBackend([srv.url], "teacher")   # srv.url = "http://127.0.0.1:PORT/v1"
+
+It speaks HTTP/1.1 with keep-alive on its own event-loop thread. Faults are drawn per request from a
+seeded generator: "429" and "500" answer with that status, "timeout" holds the request for `hang_s`
+before answering, "malformed" answers 200 with a body that is not JSON. The reply text comes from
+`responder(messages, index)`; the default (`teacher_reply`) is a deterministic stand-in teacher that
+follows our prompt templates' output format, so pipelines run end to end without a model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import random
+import re
+import threading
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+Responder = Callable[[list[dict[str, str]], int], str]
+
+
+def teacher_reply(messages: list[dict[str, str]], index: int) -> str:
+    """A deterministic reply in the format our templates ask for (Problem/Solution/answer marker)."""
+    prompt = messages[-1]["content"]
+    digest = int(hashlib.sha256(prompt.encode()).hexdigest()[:8], 16)
+    answer = digest % 997
+    source = re.findall(r"[A-Za-z][A-Za-z ,']{20,120}", prompt)
+    topic = source[-1].strip() if source else "a quantity"
+    solution = (f"Solution: Let us reason step by step about {topic.lower()}.\n"
+                f"Step 1: collect the given numbers ({digest % 89} and {digest % 53}).\n"
+                f"Step 2: combine them to get {answer}.\nThe answer is: {answer}")
+    if "layout:\nProblem:" in prompt or 'starting "Problem:"' in prompt:
+        return f"Problem: Variant {digest % 100003} about {topic}. What is the value asked for?\n{solution}"
+    if "```python" in prompt:
+        return f"Solution:\n```python\nprint({answer})\n```\nThe answer is: {answer}"
+    return solution
+
+
+class LoopbackServer:
+    """Background chat-completions server; use as a context manager (see module docstring)."""
+
+    def __init__(self, *, latency_s: float = 0.0, faults: dict[str, float] | None = None, hang_s: float = 2.0,
+                 seed: int = 0, responder: Responder = teacher_reply, model: str = "loopback-teacher") -> None:
+        self.latency_s, self.hang_s, self.model, self.responder = latency_s, hang_s, model, responder
+        self.faults = dict(faults or {})
+        unknown = set(self.faults) - {"429", "500", "timeout", "malformed"}
+        if unknown:
+            raise ValueError(f"unknown faults {sorted(unknown)}; allowed: 429, 500, timeout, malformed")
+        self._rng = random.Random(seed)
+        self.counts: Counter = Counter()
+        self.prompts: Counter = Counter()  # user prompt -> successful replies
+        self.port = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._ready = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._server: asyncio.base_events.Server | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def __enter__(self) -> LoopbackServer:
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+        self._ready.wait(10)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+        if self._thread is not None:
+            self._thread.join(10)
+
+    def _serve(self) -> None:
+        self._loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(self._loop)
+        self._server = self._loop.run_until_complete(asyncio.start_server(self._handle, "127.0.0.1", 0, backlog=4096))
+        self.port = self._server.sockets[0].getsockname()[1]
+        self._ready.set()
+        try:
+            self._loop.run_forever()
+        finally:
+            self._server.close()
+            tasks = asyncio.all_tasks(self._loop)
+            for task in tasks:
+                task.cancel()
+            self._loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+            self._loop.close()
+
+    def _fault(self) -> str | None:
+        x = self._rng.random()
+        for name, p in self.faults.items():
+            if x < p:
+                return name
+            x -= p
+        return None
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                headers = dict(
+                    line.split(":", 1) for line in head.decode("latin-1").split("\r\n")[1:] if ":" in line
+                )
+                length = int(next((v for k, v in headers.items() if k.strip().lower() == "content-length"), "0"))
+                body = await reader.readexactly(length) if length else b""
+                status, payload = await self._reply(body)
+                data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+                writer.write(
+                    f"HTTP/1.1 {status} {'OK' if status == 200 else 'Error'}\r\nContent-Type: application/json\r\n"
+                    f"Content-Length: {len(data)}\r\nConnection: keep-alive\r\n\r\n".encode() + data
+                )
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError, asyncio.CancelledError):
+            pass
+        finally:
+            writer.close()
+
+    async def _reply(self, body: bytes) -> tuple[int, Any]:
+        self.counts["requests"] += 1
+        fault = self._fault()
+        if self.latency_s:
+            await asyncio.sleep(self.latency_s)
+        if fault:
+            self.counts[fault] += 1
+        if fault == "429":
+            return 429, {"error": {"message": "rate limited", "type": "rate_limit_error"}}
+        if fault == "500":
+            return 500, {"error": {"message": "internal error", "type": "server_error"}}
+        if fault == "timeout":
+            await asyncio.sleep(self.hang_s)
+        if fault == "malformed":
+            return 200, b'{"id": "x", "choices": [ {"message": '
+        request = json.loads(body)
+        messages = request["messages"]
+        n = int(request.get("n") or 1)
+        texts = [self.responder(messages, i) for i in range(n)]
+        self.prompts[messages[-1]["content"]] += 1
+        self.counts["ok"] += 1
+        prompt_tokens = sum(len(m["content"].split()) for m in messages)
+        completion_tokens = sum(len(t.split()) for t in texts)
+        return 200, {
+            "id": f"chatcmpl-{self.counts['requests']}", "object": "chat.completion", "created": 0,
+            "model": self.model,
+            "choices": [{"index": i, "message": {"role": "assistant", "content": t}, "finish_reason": "stop"}
+                        for i, t in enumerate(texts)],
+            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                      "total_tokens": prompt_tokens + completion_tokens},
+        }
