@@ -1,0 +1,382 @@
+"""Kernel benchmark suite: `python -m mathforge.bench.kernels [--ops ce flce ...] [--quick]`.
+
+For each op and sweep point it times forward and forward+backward ("full") for every provider that can
+run here — ours (`mathforge`, the public API: Triton on CUDA, the torch reference on CPU), `torch` eager,
+`torch.compile` of the reference, and, when importable on CUDA, Liger-Kernel and Cut Cross-Entropy —
+and derives backward = full − forward. CUDA timing: triton.testing.do_bench (median, p20, p80), peak
+memory beyond the inputs, achieved GB/s (memory-bound ops; bytes model in `OPS`) or TFLOP/s (fused linear
+CE, 2·N·H·V per matmul: 2 forward, 6 full) against the ceilings measured at the start of the run
+(`mathforge.bench.ceilings`). CPU: a `--quick` torch-only subset timed with time.perf_counter.
+Writes `kernels[_quick].json` + `.csv` and one PNG per op to bench/results/<device>/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from mathforge.bench.common import RESULTS_DIR, device_slug, environment, write_result
+from mathforge.kernels import functional as ours
+from mathforge.kernels import reference
+
+
+@dataclass(frozen=True)
+class Case:
+    """One sweep point: inputs (leaf tensors needing grad first), providers' loss functions, work model."""
+
+    op: str
+    shape: dict[str, int]
+    dtype: str
+    make: Callable[[], dict[str, Any]]  # -> {"grad_inputs": [...], "providers": {name: fn()}}
+    bytes_fwd: float
+    bytes_full: float
+    flops_fwd: float = 0.0
+    flops_full: float = 0.0
+
+
+def _liger():
+    try:
+        import liger_kernel.transformers.functional as lf
+
+        return lf
+    except Exception:  # optional peer: any import failure means "not measured"
+        return None
+
+
+def _cce():
+    try:
+        from cut_cross_entropy import linear_cross_entropy
+
+        return linear_cross_entropy
+    except Exception:
+        return None
+
+
+def _providers(base: dict[str, Callable], peers: dict[str, Callable], device: str, quick: bool) -> dict:
+    """ours + torch eager, plus torch.compile and the peers where they make sense."""
+    out = dict(base)
+    if device == "cuda" or not quick:
+        out["torch.compile"] = torch.compile(base["torch"], dynamic=False)
+    if device == "cuda":
+        out.update({name: fn for name, fn in peers.items() if fn is not None})
+    return out
+
+
+def _scalar(out) -> torch.Tensor:
+    if isinstance(out, tuple):
+        return sum(o.float().sum() for o in out)
+    return out.float().sum()
+
+
+def cross_entropy_case(n: int, v: int, dtype: torch.dtype, device: str, quick: bool) -> Case:
+    elt = torch.finfo(dtype).bits // 8
+
+    def make():
+        logits = torch.randn(n, v, device=device, dtype=dtype).requires_grad_()
+        target = torch.randint(0, v, (n,), device=device)
+        lf = _liger()
+        base = {
+            "mathforge": lambda: ours.cross_entropy(logits, target),
+            "torch": lambda: F.cross_entropy(logits.float(), target),
+        }
+        peers = {"liger": (lambda: lf.liger_cross_entropy(logits, target)) if lf else None}
+        return {"grad_inputs": [logits], "providers": _providers(base, peers, device, quick)}
+
+    return Case("cross_entropy", {"tokens": n, "vocab": v}, str(dtype).removeprefix("torch."), make,
+                bytes_fwd=n * v * elt, bytes_full=2 * n * v * elt)  # fmt: skip
+
+
+def fused_linear_cross_entropy_case(n: int, h: int, v: int, dtype: torch.dtype, device: str, quick: bool) -> Case:
+    def make():
+        hidden = torch.randn(n, h, device=device, dtype=dtype).requires_grad_()
+        weight = (torch.randn(v, h, device=device, dtype=dtype) * h**-0.5).requires_grad_()
+        target = torch.randint(0, v, (n,), device=device)
+        lf, cce = _liger(), _cce()
+        base = {
+            "mathforge": lambda: ours.fused_linear_cross_entropy(hidden, weight, target),
+            "torch": lambda: F.cross_entropy((hidden @ weight.T).float(), target),
+        }
+        peers = {
+            "liger": (lambda: lf.liger_fused_linear_cross_entropy(hidden, weight, target)) if lf else None,
+            "cce": (lambda: cce(hidden, weight, target)) if cce else None,
+        }
+        return {"grad_inputs": [hidden, weight], "providers": _providers(base, peers, device, quick)}
+
+    flops = 2.0 * n * h * v
+    return Case("fused_linear_cross_entropy", {"tokens": n, "hidden": h, "vocab": v}, str(dtype).removeprefix("torch."),
+                make, bytes_fwd=0.0, bytes_full=0.0, flops_fwd=flops, flops_full=3 * flops)  # fmt: skip
+
+
+def rms_norm_case(n: int, h: int, dtype: torch.dtype, device: str, quick: bool) -> Case:
+    elt = torch.finfo(dtype).bits // 8
+
+    def make():
+        x = torch.randn(n, h, device=device, dtype=dtype).requires_grad_()
+        w = torch.rand(h, device=device, dtype=dtype).requires_grad_()
+        lf = _liger()
+        base = {
+            "mathforge": lambda: ours.rms_norm(x, w),
+            "torch": lambda: reference.rms_norm(x, w),
+        }
+        peers = {"liger": (lambda: lf.liger_rms_norm(x, w, 1e-6)) if lf else None}
+        return {"grad_inputs": [x, w], "providers": _providers(base, peers, device, quick)}
+
+    # forward: read x, write y; backward: read x, dy, write dx (weight and rstd are negligible)
+    return Case("rms_norm", {"tokens": n, "hidden": h}, str(dtype).removeprefix("torch."), make,
+                bytes_fwd=2 * n * h * elt, bytes_full=5 * n * h * elt)  # fmt: skip
+
+
+def swiglu_case(n: int, i: int, dtype: torch.dtype, device: str, quick: bool) -> Case:
+    elt = torch.finfo(dtype).bits // 8
+
+    def make():
+        gate = torch.randn(n, i, device=device, dtype=dtype).requires_grad_()
+        up = torch.randn(n, i, device=device, dtype=dtype).requires_grad_()
+        lf = _liger()
+        base = {"mathforge": lambda: ours.swiglu(gate, up), "torch": lambda: F.silu(gate) * up}
+        peers = {"liger": (lambda: lf.liger_swiglu(gate, up)) if lf else None}
+        return {"grad_inputs": [gate, up], "providers": _providers(base, peers, device, quick)}
+
+    # forward: read gate, up, write y; backward: read dy, gate, up, write dgate, dup
+    return Case("swiglu", {"tokens": n, "intermediate": i}, str(dtype).removeprefix("torch."), make,
+                bytes_fwd=3 * n * i * elt, bytes_full=8 * n * i * elt)  # fmt: skip
+
+
+def rope_case(t: int, hq: int, hk: int, d: int, dtype: torch.dtype, device: str, quick: bool) -> Case:
+    elt = torch.finfo(dtype).bits // 8
+
+    def make():
+        q = torch.randn(t, hq, d, device=device, dtype=dtype).requires_grad_()
+        k = torch.randn(t, hk, d, device=device, dtype=dtype).requires_grad_()
+        ang = torch.arange(t, device=device, dtype=torch.float32)[:, None] * torch.rand(d // 2, device=device)
+        ang = torch.cat((ang, ang), -1)
+        cos, sin = ang.cos().to(dtype), ang.sin().to(dtype)
+        lf = _liger()
+        base = {
+            "mathforge": lambda: ours.apply_rope(q, k, cos, sin),
+            "torch": lambda: reference.apply_rope(q, k, cos, sin),
+        }
+        peers = {  # Liger wants [batch, heads, seq, dim]
+            "liger": (lambda: lf.liger_rope(q.transpose(0, 1)[None], k.transpose(0, 1)[None], cos[None], sin[None]))
+            if lf else None,
+        }  # fmt: skip
+        return {"grad_inputs": [q, k], "providers": _providers(base, peers, device, quick)}
+
+    # forward: read q, k, write q', k'; backward the same (cos/sin are reused from cache)
+    qk = t * (hq + hk) * d * elt
+    return Case("apply_rope", {"tokens": t, "q_heads": hq, "k_heads": hk, "head_dim": d},
+                str(dtype).removeprefix("torch."), make, bytes_fwd=2 * qk, bytes_full=4 * qk)  # fmt: skip
+
+
+OPS = {"cross_entropy": "ce", "fused_linear_cross_entropy": "flce", "rms_norm": "rms", "swiglu": "swiglu",
+       "apply_rope": "rope"}  # fmt: skip
+
+
+def sweep(device: str, quick: bool) -> list[Case]:
+    """The sweep points: real LLM sizes on CUDA (a subset with --quick), small shapes on CPU."""
+    if device != "cuda":
+        f32 = torch.float32
+        return [
+            cross_entropy_case(512, 32000, f32, device, quick),
+            fused_linear_cross_entropy_case(256, 256, 32000, f32, device, quick),
+            rms_norm_case(4096, 1024, f32, device, quick),
+            swiglu_case(2048, 2816, f32, device, quick),
+            rope_case(1024, 8, 2, 64, f32, device, quick),
+        ]
+    bf16, n = torch.bfloat16, 16384
+    vocabs = (32000, 128256) if quick else (32000, 128256, 151936)
+    cases = [cross_entropy_case(n, v, bf16, device, quick) for v in vocabs]
+    flce_shapes = [(4096, 128256)] if quick else [(4096, 32000), (4096, 128256), (3584, 151936)]
+    cases += [fused_linear_cross_entropy_case(n, h, v, bf16, device, quick) for h, v in flce_shapes]
+    cases += [rms_norm_case(n, h, bf16, device, quick) for h in ((4096,) if quick else (2048, 4096, 8192))]
+    cases += [swiglu_case(n, i, bf16, device, quick) for i in ((14336,) if quick else (11008, 14336))]
+    cases += [rope_case(n, hq, hk, 128, bf16, device, quick) for hq, hk in ((32, 8),) if True]
+    if not quick:
+        cases.append(rope_case(n, 28, 4, 128, bf16, device, quick))
+    return cases
+
+
+def _time_ms(fn: Callable[[], Any], device: str, quick: bool) -> tuple[float, float, float]:
+    """(median, p20, p80) in milliseconds."""
+    if device == "cuda":
+        import triton.testing
+
+        med, p20, p80 = triton.testing.do_bench(fn, quantiles=[0.5, 0.2, 0.8], rep=200 if quick else 500)
+        return med, p20, p80
+    fn()  # warm-up
+    times = []
+    for _ in range(5 if quick else 15):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1e3)
+    q = statistics.quantiles(times, n=10, method="inclusive")
+    return statistics.median(times), q[1], q[7]
+
+
+def _peak_mib(fn: Callable[[], Any], device: str) -> float | None:
+    """Peak memory above what was allocated before one call (CUDA only)."""
+    if device != "cuda":
+        return None
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    fn()
+    torch.cuda.synchronize()
+    return (torch.cuda.max_memory_allocated() - base) / 2**20
+
+
+def run_case(case: Case, device: str, quick: bool, ceilings: dict[str, float]) -> list[dict[str, Any]]:
+    """Times every provider of one case in forward and full mode; backward = full − forward."""
+    made = case.make()
+    rows = []
+    for provider, fn in made["providers"].items():
+
+        def forward(fn=fn):
+            with torch.no_grad():
+                return fn()
+
+        def full(fn=fn, inputs=made["grad_inputs"]):
+            for t in inputs:
+                t.grad = None
+            _scalar(fn()).backward()
+
+        try:
+            fwd, both = _time_ms(forward, device, quick), _time_ms(full, device, quick)
+            peak = _peak_mib(full, device)
+        except Exception as error:  # a peer failing on a shape is reported, not fatal
+            rows.append({"op": case.op, "provider": provider, "shape": case.shape, "dtype": case.dtype,
+                         "mode": "full", "error": f"{type(error).__name__}: {error}"[:200]})  # fmt: skip
+            continue
+        for mode, (med, p20, p80) in (
+            ("forward", fwd),
+            ("full", both),
+            ("backward", tuple(b - f for b, f in zip(both, fwd))),
+        ):
+            row = {"op": case.op, "provider": provider, "shape": case.shape, "dtype": case.dtype, "mode": mode,
+                   "median_ms": med, "p20_ms": p20, "p80_ms": p80, "peak_mib": peak if mode == "full" else None}  # fmt: skip
+            work_bytes = {"forward": case.bytes_fwd, "full": case.bytes_full}.get(
+                mode, case.bytes_full - case.bytes_fwd
+            )
+            flops = {"forward": case.flops_fwd, "full": case.flops_full}.get(mode, case.flops_full - case.flops_fwd)
+            if work_bytes and med > 0:
+                row["gbs"] = work_bytes / (med * 1e-3) / 1e9
+                if "copy_gbs" in ceilings:
+                    row["pct_of_ceiling"] = 100 * row["gbs"] / ceilings["copy_gbs"]
+            if flops and med > 0:
+                row["tflops"] = flops / (med * 1e-3) / 1e12
+                if "matmul_tflops" in ceilings:
+                    row["pct_of_ceiling"] = 100 * row["tflops"] / ceilings["matmul_tflops"]
+            rows.append(row)
+    if device == "cuda":
+        torch.cuda.empty_cache()
+    return rows
+
+
+def shape_key(shape: dict[str, int]) -> str:
+    return ",".join(f"{k}={v}" for k, v in shape.items())
+
+
+def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
+    fields = ["op", "mode", "provider", "shape", "dtype", "median_ms", "p20_ms", "p80_ms", "peak_mib", "gbs",
+              "tflops", "pct_of_ceiling", "error"]  # fmt: skip
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({**{k: row.get(k) for k in fields}, "shape": shape_key(row["shape"])})
+
+
+def plot_op(op: str, rows: list[dict[str, Any]], path: Path) -> None:
+    """Grouped bars: median full (fwd+bwd) time per sweep point and provider."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in rows if r["op"] == op and r["mode"] == "full" and "median_ms" in r]
+    points = list(dict.fromkeys(shape_key(r["shape"]) for r in rows))
+    providers = list(dict.fromkeys(r["provider"] for r in rows))
+    fig, ax = plt.subplots(figsize=(max(6, 2 + 1.6 * len(points)), 4))
+    width = 0.8 / max(len(providers), 1)
+    for i, provider in enumerate(providers):
+        times = {shape_key(r["shape"]): r["median_ms"] for r in rows if r["provider"] == provider}
+        ax.bar([j + i * width for j in range(len(points))], [times.get(p, 0.0) for p in points], width, label=provider)
+    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(points))], points, rotation=15, fontsize=7)
+    ax.set_ylabel("forward + backward, median ms")
+    ax.set_title(op)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def measure_ceilings(device: str) -> dict[str, float]:
+    if device != "cuda":
+        return {}
+    from mathforge.bench.ceilings import copy_bandwidth_gbs, matmul_tflops
+
+    return {"copy_gbs": copy_bandwidth_gbs(), "matmul_tflops": matmul_tflops()}
+
+
+def main(argv: list[str] | None = None) -> Path:
+    parser = argparse.ArgumentParser(prog="python -m mathforge.bench.kernels", description=__doc__.splitlines()[0])
+    parser.add_argument("--ops", nargs="+", choices=sorted(set(OPS) | set(OPS.values())), help="ops (default: all)")
+    parser.add_argument("--quick", action="store_true", help="a small subset (and torch-only on CPU)")
+    parser.add_argument("--out", type=Path, default=None, help="results folder (default bench/results/<device>)")
+    args = parser.parse_args(argv)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu" and not args.quick:
+        parser.error("on CPU only --quick is supported (the Triton kernels need a GPU)")
+    wanted = {op for op, short in OPS.items() if not args.ops or op in args.ops or short in args.ops}
+    torch.manual_seed(0)
+    ceilings = measure_ceilings(device)
+    rows: list[dict[str, Any]] = []
+    cases = [c for c in sweep(device, args.quick) if c.op in wanted]
+    for i, case in enumerate(cases, 1):
+        print(f"[{i}/{len(cases)}] {case.op} {shape_key(case.shape)} {case.dtype}", flush=True)
+        rows += run_case(case, device, args.quick, ceilings)
+    name = "kernels_quick" if args.quick else "kernels"
+    payload = {"environment": environment("liger-kernel", "cut-cross-entropy"), "quick": args.quick,
+               "ceilings": ceilings, "rows": rows}  # fmt: skip
+    path = write_result(name, payload, args.out)
+    write_csv(rows, path.with_suffix(".csv"))
+    for op in sorted({r["op"] for r in rows}):
+        plot_op(op, rows, path.parent / f"{name}_{op}.png")
+    _print_summary(rows)
+    print(f"wrote {path} (+ .csv, PNGs) — results folder {args.out or RESULTS_DIR / device_slug()}")
+    return path
+
+
+def _print_summary(rows: list[dict[str, Any]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="kernels: forward + backward")
+    for col in ("op", "shape", "provider", "median ms", "p20–p80", "peak MiB", "GB/s | TFLOP/s", "% ceiling"):
+        table.add_column(col)
+    for r in rows:
+        if r["mode"] != "full":
+            continue
+        if "error" in r:
+            table.add_row(r["op"], shape_key(r["shape"]), r["provider"], "error", r["error"][:40], "", "", "")
+            continue
+        rate = f"{r['gbs']:.0f} GB/s" if "gbs" in r else f"{r['tflops']:.1f} TFLOP/s" if "tflops" in r else ""
+        table.add_row(
+            r["op"], shape_key(r["shape"]), r["provider"], f"{r['median_ms']:.3f}",
+            f"{r['p20_ms']:.3f}–{r['p80_ms']:.3f}", "" if r["peak_mib"] is None else f"{r['peak_mib']:.0f}",
+            rate, f"{r['pct_of_ceiling']:.0f}%" if "pct_of_ceiling" in r else "",
+        )  # fmt: skip
+    Console().print(table)
+
+
+if __name__ == "__main__":
+    main()
