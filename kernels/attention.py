@@ -50,9 +50,13 @@ def usable_backends(device: torch.device | str | None = None, dtype: torch.dtype
 
 
 def resolve_backend(backend: str, q: torch.Tensor) -> str:
-    """The backend `varlen_attention` will run for `q`: "auto" → the first usable; a name → checked, else ConfigError."""
+    """The backend `varlen_attention` will run for tensors like `q`: "auto" → the first usable; a name → checked,
+    else ConfigError. Resolve once outside compiled code and pass the name: then nothing is probed inside."""
     if backend == "auto":
-        return usable_backends(q.device, q.dtype)[0]  # "sdpa" is always usable
+        backend = usable_backends(q.device, q.dtype)[0]  # "sdpa" is always usable
+        if backend.startswith("flash-attn"):
+            _load_flash(backend)
+        return backend
     if backend not in BACKENDS:
         raise ConfigError(
             f"unknown attention backend {backend!r}; allowed: {', '.join(('auto', *BACKENDS))}; "
@@ -70,6 +74,8 @@ def resolve_backend(backend: str, q: torch.Tensor) -> str:
             f"(needs CUDA{'' if backend in ('flex', 'sdpa') else ' and fp16/bf16'}); "
             f"usable for these tensors: {', '.join(usable_backends(q.device, q.dtype))}"
         )
+    if backend.startswith("flash-attn"):
+        _load_flash(backend)
     return backend
 
 
@@ -90,55 +96,66 @@ def varlen_attention(
         raise ValueError(f"q, k, v must be [tokens, heads, head_dim]; got {tuple(q.shape)}, {tuple(k.shape)}")
     if q.shape[1] % k.shape[1] != 0:
         raise ValueError(f"query heads ({q.shape[1]}) must be a multiple of key/value heads ({k.shape[1]})")
-    name = resolve_backend(backend, q)
+    if torch.compiler.is_compiling() and backend in _RUNNERS:
+        name = backend  # resolved (and checked) outside the compiled region, e.g. by Transformer.forward
+    else:
+        name = resolve_backend(backend, q)
     return _RUNNERS[name](q, k, v, cu_seqlens, int(max_seqlen), causal)
 
 
-def _flash(module: str) -> Callable[..., torch.Tensor]:
+_FLASH_FUNCTIONS: dict[str, Callable[..., torch.Tensor]] = {}  # filled on first resolve, outside compiled code
+
+
+def _load_flash(name: str) -> None:
+    module = {"flash-attn-3": "flash_attn_interface", "flash-attn-2": "flash_attn"}[name]
+    if name not in _FLASH_FUNCTIONS:
+        _FLASH_FUNCTIONS[name] = importlib.import_module(module).flash_attn_varlen_func
+
+
+def _flash(name: str) -> Callable[..., torch.Tensor]:
     def run(q, k, v, cu_seqlens, max_seqlen, causal):
-        fn = importlib.import_module(module).flash_attn_varlen_func
         cu = cu_seqlens.to(torch.int32)
-        out = fn(q, k, v, cu, cu, max_seqlen, max_seqlen, causal=causal)
+        out = _FLASH_FUNCTIONS[name](q, k, v, cu, cu, max_seqlen, max_seqlen, causal=causal)
         return out[0] if isinstance(out, tuple) else out  # some FA3 builds also return the log-sum-exp
 
     return run
 
 
-@functools.cache
-def _varlen_attn_accepts() -> set[str]:
-    from torch.nn.attention.varlen import varlen_attn
+try:  # torch ≥ 2.10; its keywords changed in 2.11 (is_causal → window_size, enable_gqa added)
+    from torch.nn.attention.varlen import varlen_attn as _varlen_attn
 
-    return set(inspect.signature(varlen_attn).parameters)
+    _VARLEN_PARAMS = frozenset(inspect.signature(_varlen_attn).parameters)
+except ImportError:
+    _varlen_attn, _VARLEN_PARAMS = None, frozenset()
+
+try:
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+except ImportError:
+    create_block_mask = flex_attention = None
 
 
 def _torch_varlen(q, k, v, cu_seqlens, max_seqlen, causal):
-    from torch.nn.attention.varlen import varlen_attn
-
-    accepts = _varlen_attn_accepts()
     kwargs = {}
-    if "window_size" in accepts:  # torch ≥ 2.11: causal is a (-1, 0) window
+    if "window_size" in _VARLEN_PARAMS:  # causal is a (-1, 0) window
         kwargs["window_size"] = (-1, 0) if causal else (-1, -1)
-    else:  # torch 2.10
+    else:
         kwargs["is_causal"] = causal
     if q.shape[1] != k.shape[1]:
-        if "enable_gqa" in accepts:
+        if "enable_gqa" in _VARLEN_PARAMS:
             kwargs["enable_gqa"] = True
         else:
             k, v = _repeat_kv(k, q.shape[1]), _repeat_kv(v, q.shape[1])
     cu = cu_seqlens.to(torch.int32)
-    return varlen_attn(q, k, v, cu, cu, max_seqlen, max_seqlen, **kwargs)
+    return _varlen_attn(q, k, v, cu, cu, max_seqlen, max_seqlen, **kwargs)
 
 
 @functools.cache
 def _compiled_flex() -> Callable[..., torch.Tensor]:
-    from torch.nn.attention.flex_attention import flex_attention
-
     return torch.compile(flex_attention, dynamic=False)
 
 
 def _flex(q, k, v, cu_seqlens, max_seqlen, causal):
-    from torch.nn.attention.flex_attention import create_block_mask
-
+    """FlexAttention needs compiling to be fast: inside a compiled region it is traced in; outside, compiled once."""
     total = q.shape[0]
     lengths = cu_seqlens[1:] - cu_seqlens[:-1]
     doc = torch.repeat_interleave(torch.arange(len(lengths), device=q.device), lengths.long(), output_size=total)
@@ -148,7 +165,8 @@ def _flex(q, k, v, cu_seqlens, max_seqlen, causal):
         return same & (kv_idx <= q_idx) if causal else same
 
     mask = create_block_mask(document_causal, None, None, total, total, device=q.device)
-    out = _compiled_flex()(
+    attend = flex_attention if torch.compiler.is_compiling() else _compiled_flex()
+    out = attend(
         q.transpose(0, 1).unsqueeze(0), k.transpose(0, 1).unsqueeze(0), v.transpose(0, 1).unsqueeze(0),
         block_mask=mask, enable_gqa=q.shape[1] != k.shape[1],
     )  # fmt: skip
@@ -176,8 +194,8 @@ def _sdpa(q, k, v, cu_seqlens, max_seqlen, causal):
 
 
 _RUNNERS: dict[str, Callable[..., torch.Tensor]] = {
-    "flash-attn-3": _flash("flash_attn_interface"),
-    "flash-attn-2": _flash("flash_attn"),
+    "flash-attn-3": _flash("flash-attn-3"),
+    "flash-attn-2": _flash("flash-attn-2"),
     "torch-varlen": _torch_varlen,
     "flex": _flex,
     "sdpa": _sdpa,

@@ -32,6 +32,7 @@ from torch.utils.checkpoint import checkpoint
 
 from mathforge.errors import ConfigError, DataError
 from mathforge.kernels import apply_rope, fused_linear_cross_entropy, rms_norm, swiglu, varlen_attention
+from mathforge.kernels.attention import resolve_backend
 
 ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "mistral": "MistralForCausalLM"}
 ROPE_TYPES = ("default", "linear", "llama3")
@@ -427,7 +428,7 @@ class Transformer(nn.Module):
                 )
         cos, sin = self.rope(position_ids)
         x = self.embed_tokens(input_ids)
-        backend = self.attention_backend
+        backend = resolve_backend(self.attention_backend, x)  # once, outside the (compilable) blocks
         for block in self.layers:
             if self.activation_checkpointing and torch.is_grad_enabled() and kv_cache is None:
                 x = checkpoint(block, x, cos, sin, cu_seqlens, max_seqlen, backend, use_reentrant=False)
@@ -499,7 +500,12 @@ class Transformer(nn.Module):
         return out
 
     def save_pretrained(
-        self, path: str | Path, *, max_shard_size: int | str = "5GB", dtype: torch.dtype | None = None
+        self,
+        path: str | Path,
+        *,
+        max_shard_size: int | str = "5GB",
+        dtype: torch.dtype | None = None,
+        state: dict[str, torch.Tensor] | None = None,
     ) -> Path:
         """Writes config.json, generation_config.json and safetensors (sharded with an index when larger than
         `max_shard_size`, names as transformers uses) to `path`; transformers and vLLM load the folder."""
@@ -507,7 +513,7 @@ class Transformer(nn.Module):
 
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        state = self.hf_state_dict()
+        state = self.hf_state_dict() if state is None else state  # FSDP: gathered on every rank, written by one
         dtype = dtype or next(iter(state.values())).dtype
         state = {k: v.to(dtype=dtype, device="cpu").contiguous() for k, v in state.items()}
         limit = _parse_size(max_shard_size)
