@@ -205,6 +205,7 @@ def cross_entropy_triton(
     check_reduction(reduction)
     if logits.dim() != 2 or target.shape != logits.shape[:1]:
         raise ValueError(f"expected logits [N, V] and target [N], got {tuple(logits.shape)} and {tuple(target.shape)}")
+    target = target.contiguous()
     loss = CrossEntropyFunction.apply(
         logits, target, int(ignore_index), float(label_smoothing), float(z_loss),
         None if softcap is None else float(softcap),

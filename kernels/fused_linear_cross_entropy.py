@@ -41,7 +41,10 @@ def _logits_f32(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     """h @ weight.T (+ bias) with fp32 output (fp64 for fp64 input); fp16/bf16 inputs keep tensor-core speed
     on CUDA through cuBLAS' fp32-output GEMM."""
     if h.dtype in _LOW_PRECISION and h.is_cuda:
-        out = torch.mm(h, weight.T, out_dtype=torch.float32)
+        try:
+            out = torch.mm(h, weight.T, out_dtype=torch.float32)
+        except (TypeError, RuntimeError):  # torch without mm(out_dtype=): fp32 logits rounded once to 16 bits
+            out = torch.mm(h, weight.T).float()
     elif h.dtype in _LOW_PRECISION:
         out = h.float() @ weight.float().T
     else:
@@ -54,9 +57,12 @@ def _logits_f32(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
 def _accumulate_weight_grad(acc: torch.Tensor, grad_logits: torch.Tensor, h: torch.Tensor) -> None:
     """acc (fp32) += grad_logits.T @ h, accumulating in fp32 without a [V, H] temporary."""
     if grad_logits.dtype in _LOW_PRECISION and acc.dtype == torch.float32 and h.is_cuda:
-        torch.addmm(acc, grad_logits.T, h, out_dtype=torch.float32, out=acc)
-    else:
-        acc.addmm_(grad_logits.T.to(acc.dtype), h.to(acc.dtype))
+        try:
+            torch.addmm(acc, grad_logits.T, h, out_dtype=torch.float32, out=acc)
+            return
+        except (TypeError, RuntimeError):  # torch without addmm(out_dtype=): upcast the chunk (slower, same sums)
+            pass
+    acc.addmm_(grad_logits.T.to(acc.dtype), h.to(acc.dtype))
 
 
 def _chunked(
@@ -203,6 +209,7 @@ def fused_linear_cross_entropy_triton(
 ) -> torch.Tensor:
     """The Triton path of `mathforge.kernels.fused_linear_cross_entropy`; `chunk` > 0 fixes the rows per chunk."""
     check_reduction(reduction)
+    target = target.contiguous()
     if hidden.dim() != 2 or weight.dim() != 2 or hidden.shape[1] != weight.shape[1] or target.shape != hidden.shape[:1]:
         raise ValueError(
             f"expected hidden [N, H], weight [V, H], target [N]; got {tuple(hidden.shape)}, "

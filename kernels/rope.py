@@ -19,7 +19,8 @@ from mathforge.kernels._common import interpreting
 @triton.jit
 def _rope_one(
     x_ptr, xs_t, xs_h, y_ptr, ys_t, ys_h, dx_src_ptr, dxs_t, dxs_h, c1, c2, s1, s2, t, n_tokens, n_heads, half,
-    BACKWARD: tl.constexpr, COS_GRAD: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr,
+    BACKWARD: tl.constexpr, COS_GRAD: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_H: tl.constexpr,
+    BLOCK_D: tl.constexpr,
 ):  # fmt: skip
     """Rotates one tensor (q or k) for tokens t; returns its contributions to (dc1, dc2, ds1, ds2)."""
     h = tl.arange(0, BLOCK_H)
@@ -37,14 +38,15 @@ def _rope_one(
     dst = y_ptr + t[:, None, None] * ys_t + h[None, :, None] * ys_h + d[None, None, :]
     tl.store(dst, o1, mask=mask)
     tl.store(dst + half, o2, mask=mask)
+    dc1 = tl.zeros([BLOCK_T, BLOCK_D], tl.float32)
+    dc2, ds1, ds2 = dc1, dc1, dc1
     if COS_GRAD:  # x (the forward input) is needed for d(cos), d(sin)
         xsrc = dx_src_ptr + t[:, None, None] * dxs_t + h[None, :, None] * dxs_h + d[None, None, :]
         x1 = tl.load(xsrc, mask=mask, other=0.0).to(tl.float32)
         x2 = tl.load(xsrc + half, mask=mask, other=0.0).to(tl.float32)
-        return tl.sum(a1 * x1, 1), tl.sum(a2 * x2, 1), -tl.sum(a1 * x2, 1), tl.sum(a2 * x1, 1)
-    else:
-        zero = tl.zeros([c1.shape[0], BLOCK_D], tl.float32)
-        return zero, zero, zero, zero
+        dc1, dc2 = tl.sum(a1 * x1, 1), tl.sum(a2 * x2, 1)
+        ds1, ds2 = -tl.sum(a1 * x2, 1), tl.sum(a2 * x1, 1)
+    return dc1, dc2, ds1, ds2
 
 
 @triton.jit
@@ -65,12 +67,12 @@ def _rope_kernel(
     qc1, qc2, qs1, qs2 = _rope_one(
         q_ptr, qs_t, qs_h, yq_ptr, n_qh * 2 * half, 2 * half, xq_ptr, n_qh * 2 * half, 2 * half,
         c1[:, None, :], c2[:, None, :], s1[:, None, :], s2[:, None, :], t, n_tokens, n_qh, half,
-        BACKWARD, COS_GRAD, BLOCK_QH, BLOCK_D,
+        BACKWARD, COS_GRAD, BLOCK_T, BLOCK_QH, BLOCK_D,
     )  # fmt: skip
     kc1, kc2, ks1, ks2 = _rope_one(
         k_ptr, ks_t, ks_h, yk_ptr, n_kh * 2 * half, 2 * half, xk_ptr, n_kh * 2 * half, 2 * half,
         c1[:, None, :], c2[:, None, :], s1[:, None, :], s2[:, None, :], t, n_tokens, n_kh, half,
-        BACKWARD, COS_GRAD, BLOCK_KH, BLOCK_D,
+        BACKWARD, COS_GRAD, BLOCK_T, BLOCK_KH, BLOCK_D,
     )  # fmt: skip
     if COS_GRAD:
         doff = t[:, None] * 2 * half + d[None, :]
