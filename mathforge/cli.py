@@ -41,6 +41,19 @@ def doctor(
         raise typer.Exit(1)
 
 
+from mathforge.trainer.cli import register as register_trainer  # noqa: E402
+
+register_trainer(app)
+
+from mathforge.synth.cli import register as register_synth  # noqa: E402
+
+register_synth(app)
+
+from mathforge.evaluate.cli import register as register_evaluate  # noqa: E402
+
+register_evaluate(app)
+
+
 def main(argv: list[str] | None = None) -> None:
     try:
         app(args=argv, prog_name="mathforge", standalone_mode=True)

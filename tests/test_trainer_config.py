@@ -1,0 +1,66 @@
+"""Recipes: TOML → Config, overrides, and errors that name the key and the allowed values."""
+
+import pytest
+
+from mathforge.errors import ConfigError
+from mathforge.trainer.config import apply_overrides, config_from_dict, load_config
+from mathforge.trainer.optim import lr_at
+
+BASE = {"stages": [{"name": "a", "data": ["x.jsonl"], "epochs": 1}]}
+
+
+def test_defaults_and_stage_overrides():
+    config = config_from_dict({**BASE, "optim": {"lr": 1e-4}, "stages": [
+        {"name": "a", "data": ["x.jsonl"], "lr": 5e-5, "schedule": "wsd", "template": "jiuzhang"}]})  # fmt: skip
+    stage = config.stages[0]
+    assert config.stage_optim(stage).lr == 5e-5 and config.stage_optim(stage).schedule == "wsd"
+    assert config.stage_data(stage).template == "jiuzhang"
+    assert config.optim.lr == 1e-4  # the base is untouched
+
+
+@pytest.mark.parametrize(
+    "raw, message",
+    [
+        ({**BASE, "optim": {"learning_rate": 1}}, "unknown key 'learning_rate'; allowed: lr, min_lr_ratio"),
+        ({**BASE, "optim": {"schedule": "linear"}}, "'linear' is not allowed; allowed: cosine, wsd, constant"),
+        ({**BASE, "train": {"grad_accum": "2"}}, r"\[train\].grad_accum: expected an integer"),
+        ({**BASE, "trian": {}}, "unknown section 'trian'"),
+        ({"stages": []}, "at least one stage"),
+        ({"stages": [{"name": "a", "data": []}]}, r"stages\[0\] \(a\) has no data"),
+        ({**BASE, "data": {"max_seq_len": 8192}}, "exceeds \\[train\\] micro_batch_tokens=4096"),
+    ],
+)
+def test_bad_config_names_the_key(raw, message):
+    with pytest.raises(ConfigError, match=message):
+        config_from_dict(raw, source="recipe.toml")
+
+
+def test_overrides_and_file(tmp_path):
+    path = tmp_path / "r.toml"
+    path.write_text('[optim]\nlr = 1e-3\n[[stages]]\nname = "a"\ndata = "x.jsonl"\n')
+    config = load_config(path, ["optim.lr=2e-5", "stages.0.epochs=3", "data.template=jiuzhang", "run.seed=7"])
+    assert (config.optim.lr, config.stages[0].epochs, config.data.template, config.run.seed) == (
+        2e-5,
+        3.0,
+        "jiuzhang",
+        7,
+    )
+    assert config.stages[0].data == ["x.jsonl"]
+    with pytest.raises(ConfigError, match="not a stage index"):
+        apply_overrides({"stages": [{}]}, ["stages.4.epochs=1"])
+    with pytest.raises(ConfigError, match="no such config file"):
+        load_config(tmp_path / "missing.toml")
+
+
+def test_schedules():
+    config = config_from_dict({**BASE, "optim": {"lr": 1.0, "warmup_ratio": 0.1, "min_lr_ratio": 0.1}}).optim
+    assert [round(lr_at(s, 100, config), 6) for s in (0, 4, 9)] == [0.1, 0.5, 1.0]  # 10 warm-up steps
+    assert lr_at(10, 100, config) == pytest.approx(1.0)
+    assert lr_at(55, 100, config) == pytest.approx(0.1 + 0.9 * 0.5)  # half-way through the cosine
+    wsd = config_from_dict(
+        {**BASE, "optim": {"lr": 1.0, "warmup_ratio": 0.1, "schedule": "wsd", "decay_ratio": 0.2}}
+    ).optim
+    assert lr_at(50, 100, wsd) == 1.0 and lr_at(79, 100, wsd) == 1.0
+    assert lr_at(89, 100, wsd) == pytest.approx(0.5) and lr_at(99, 100, wsd) == pytest.approx(0.0)
+    const = config_from_dict({**BASE, "optim": {"lr": 2.0, "warmup_ratio": 0.0, "schedule": "constant"}}).optim
+    assert lr_at(0, 10, const) == lr_at(9, 10, const) == 2.0

@@ -1,0 +1,101 @@
+"""Rows → tokens → packed micro-batches: prompt masking, document boundaries, overflow policies, errors."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from _trainer_utils import write_addition_data
+
+from mathforge.errors import DataError
+from mathforge.trainer.data import TokenizedData, build_micro_batch, plan_micro_batches, render_row, tokenize
+from mathforge.trainer.model import shift_labels
+from mathforge.trainer.tokenizer import train_bpe_tokenizer
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tok")
+    data = write_addition_data(root / "d.jsonl", n=100)
+    texts = [r["prompt"] + " " + r["response"] for r in map(json.loads, data.read_text().splitlines())]
+    return train_bpe_tokenizer(texts, 300)
+
+
+def test_labels_mask_prompts_and_boundaries():
+    # doc A: prompt [10, 11], response [12, 13, 1]; doc B: prompt [20], response [21, 1]
+    data = TokenizedData(np.array([10, 11, 12, 13, 1, 20, 21, 1], np.int32), np.array([0, 5, 8]), np.array([2, 1]))
+    batch = build_micro_batch(data, np.array([0, 1]))
+    assert batch.input_ids.tolist() == [10, 11, 12, 13, 1, 20, 21, 1]
+    assert batch.position_ids.tolist() == [0, 1, 2, 3, 4, 0, 1, 2]
+    assert batch.cu_seqlens.tolist() == [0, 5, 8] and batch.cu_seqlens.dtype == torch.int32
+    assert batch.labels.tolist() == [-100, 12, 13, 1, -100, 21, 1, -100]
+    assert batch.num_targets == 5 and batch.max_seqlen == 5
+    # the model's own label helper agrees
+    prompt_mask = torch.tensor([1, 1, 0, 0, 0, 1, 0, 0], dtype=torch.bool)
+    assert shift_labels(batch.input_ids, batch.cu_seqlens, prompt_mask).tolist() == batch.labels.tolist()
+    filler = build_micro_batch(data, np.array([0, 1]), mask_all=True)
+    assert filler.num_targets == 0 and (filler.labels == -100).all()
+
+
+def test_templates_render_rows(tokenizer):
+    prompt, response = render_row({"prompt": "Q?", "response": "A."}, "f:1", "jiuzhang", tokenizer)
+    assert (prompt, response) == ("## Question\nQ?\n\n## Solution\n", "A.")
+    prompt, response = render_row(
+        {"messages": [{"role": "user", "content": "Q?"}, {"role": "assistant", "content": "A."}]},
+        "f:1",
+        "alpaca-cot",
+        tokenizer,
+    )
+    assert prompt.endswith("### Instruction:\nQ?\n\n### Response: Let's think step by step.") and response == " A."
+
+
+def test_tokenize_counts_truncation_and_drops(tmp_path, tokenizer):
+    path = tmp_path / "rows.jsonl"
+    rows = [{"prompt": "What is 1 + 2?", "response": "3"}, {"prompt": "What is 5 + 5?", "response": "1 " * 40}]
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    kept = tokenize([str(path)], tokenizer, template="plain", max_seq_len=20, overflow="truncate")
+    assert kept.counts["truncated"] == 1 and kept.counts["documents"] == 2 and kept.lengths.max() == 20
+    first = tokenizer("What is 1 + 2?\n", add_special_tokens=False)["input_ids"]
+    assert kept.tokens[: len(first)].tolist() == first and kept.prompt_lengths[0] == len(first)
+    assert kept.tokens[kept.offsets[1] - 1] == tokenizer.eos_token_id
+    dropped = tokenize([str(path)], tokenizer, template="plain", max_seq_len=20, overflow="drop")
+    assert dropped.counts["dropped_too_long"] == 1 and len(dropped) == 1
+
+
+def test_bad_rows_name_file_and_line(tmp_path, tokenizer):
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"prompt": "a", "response": "b"}\n\n{"prompt": "a"}\n')
+    with pytest.raises(DataError, match=rf"{path}:3: missing string field 'response'"):
+        tokenize([str(path)], tokenizer, template="plain", max_seq_len=32)
+    data = tokenize([str(path)], tokenizer, template="plain", max_seq_len=32, skip_bad_rows=True)
+    assert data.counts["skipped_malformed"] == 1 and len(data) == 1
+    path.write_text('{"prompt": "a", "response": "b"}\n{oops\n')
+    with pytest.raises(DataError, match=rf"{path}:2: not valid JSON"):
+        tokenize([str(path)], tokenizer, template="plain", max_seq_len=32)
+    with pytest.raises(DataError, match="no such data file"):
+        tokenize([str(tmp_path / "none.jsonl")], tokenizer, template="plain", max_seq_len=32)
+
+
+def test_cache_is_reused_and_keyed(tmp_path, tokenizer):
+    data_path = write_addition_data(tmp_path / "d.jsonl", n=30)
+    first = tokenize([str(data_path)], tokenizer, template="plain", max_seq_len=64, cache_dir=tmp_path / "c")
+    assert len(list((tmp_path / "c").glob("*.npz"))) == 1
+    again = tokenize([str(data_path)], tokenizer, template="plain", max_seq_len=64, cache_dir=tmp_path / "c")
+    assert np.array_equal(first.tokens, again.tokens) and first.counts == again.counts
+    tokenize([str(data_path)], tokenizer, template="jiuzhang", max_seq_len=64, cache_dir=tmp_path / "c")
+    assert len(list((tmp_path / "c").glob("*.npz"))) == 2  # another template, another key
+
+
+def test_parquet_rows(tmp_path, tokenizer):
+    import datasets
+
+    datasets.Dataset.from_list([{"prompt": "What is 2 + 2?", "response": "4"}] * 3).to_parquet(tmp_path / "p.parquet")
+    data = tokenize([str(tmp_path / "p.parquet")], tokenizer, template="plain", max_seq_len=64)
+    assert len(data) == 3 and data.counts["rows"] == 3
+
+
+def test_micro_batches_cover_every_document_once(tmp_path, tokenizer):
+    data = tokenize([str(write_addition_data(tmp_path / "d.jsonl", n=80))], tokenizer, template="plain", max_seq_len=64)
+    bins = plan_micro_batches(data, 128)
+    assert sorted(np.concatenate(bins).tolist()) == list(range(len(data)))
+    assert all(data.lengths[b].sum() <= 128 for b in bins)

@@ -1,0 +1,267 @@
+"""Training configuration: TOML recipes → dataclasses, with `--set key=value` overrides.
+
+A recipe has tables `[run]`, `[model]`, `[data]`, `[optim]`, `[train]` and an array `[[stages]]`; each
+stage may override data, epochs/steps, learning rate and schedule. Unknown keys and bad values raise
+`ConfigError` naming the key (with its file) and the allowed keys or values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from mathforge.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+TEMPLATES = ("alpaca-cot", "jiuzhang", "chatml", "chat", "plain")
+SCHEDULES = ("cosine", "wsd", "constant")
+PRECISIONS = ("auto", "fp32", "bf16-autocast", "bf16")
+
+
+@dataclass
+class RunConfig:
+    out_dir: str = "runs/train"
+    seed: int = 0
+    log_every: int = 1
+    checkpoint_every: int = 0  # optimizer steps between checkpoints; 0 = only at the end of each stage
+    keep_last: int = 2
+    tensorboard: bool = True
+
+
+@dataclass
+class ModelSettings:
+    init: str = "tiny"  # a preset name of mathforge.trainer.model, or a Hugging Face checkpoint folder
+    overrides: dict[str, Any] = field(default_factory=dict)  # config fields changed on top of a preset
+    attention_backend: str = "auto"
+    activation_checkpointing: bool = False
+    compile: bool = False
+
+
+@dataclass
+class DataConfig:
+    tokenizer: str = ""  # a tokenizer folder; empty = the model's folder
+    template: Literal["alpaca-cot", "jiuzhang", "chatml", "chat", "plain"] = "alpaca-cot"
+    max_seq_len: int = 2048
+    overflow: Literal["truncate", "drop"] = "truncate"
+    num_proc: int = 1
+    cache_dir: str = ""  # tokenized-data cache; empty = <out_dir>/cache
+    skip_bad_rows: bool = False  # count and skip rows missing fields instead of failing
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 2e-5
+    min_lr_ratio: float = 0.0
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = 1e-8
+    grad_clip: float = 1.0
+    schedule: Literal["cosine", "wsd", "constant"] = "cosine"
+    warmup_ratio: float = 0.03
+    decay_ratio: float = 0.1  # WSD: the final fraction of steps that decays
+
+
+@dataclass
+class TrainConfig:
+    micro_batch_tokens: int = 4096  # tokens per packed micro-batch (the packer's bin size)
+    grad_accum: int = 1  # micro-batches per optimizer step on each rank
+    precision: Literal["auto", "fp32", "bf16-autocast", "bf16"] = "auto"  # auto: bf16-autocast on CUDA, fp32 on CPU
+    device: str = "auto"  # auto = cuda when available, else cpu
+    max_steps: int = 0  # stop the whole run after this many optimizer steps (0 = no limit)
+    time_limit_s: float = 0.0  # stop cleanly (with a checkpoint) after this many seconds (0 = no limit)
+    peak_tflops: float = 0.0  # override the GPU peak used for MFU
+
+
+@dataclass
+class StageConfig:
+    name: str = "stage"
+    data: list[str] = field(default_factory=list)  # JSONL/Parquet files or Hugging Face dataset names
+    epochs: float = 1.0
+    steps: int = 0  # if > 0, overrides epochs
+    reset_optimizer: bool = False
+    # Per-stage overrides of [optim] and [data]; None = inherit.
+    lr: float | None = None
+    schedule: Literal["cosine", "wsd", "constant"] | None = None
+    warmup_ratio: float | None = None
+    template: Literal["alpaca-cot", "jiuzhang", "chatml", "chat", "plain"] | None = None
+    max_seq_len: int | None = None
+
+
+@dataclass
+class Config:
+    run: RunConfig = field(default_factory=RunConfig)
+    model: ModelSettings = field(default_factory=ModelSettings)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    stages: list[StageConfig] = field(default_factory=list)
+    source: str = "<dict>"  # where the config came from, for messages
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out.pop("source")
+        return out
+
+    def stage_optim(self, stage: StageConfig) -> OptimConfig:
+        """[optim] with the stage's overrides applied."""
+        changes = {k: getattr(stage, k) for k in ("lr", "schedule", "warmup_ratio") if getattr(stage, k) is not None}
+        return dataclasses.replace(self.optim, **changes)
+
+    def stage_data(self, stage: StageConfig) -> DataConfig:
+        """[data] with the stage's overrides applied."""
+        changes = {k: getattr(stage, k) for k in ("template", "max_seq_len") if getattr(stage, k) is not None}
+        return dataclasses.replace(self.data, **changes)
+
+
+def _coerce(value: Any, annotation: Any, where: str) -> Any:
+    """Checks `value` against a dataclass field annotation (the small subset used above)."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], where)
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{where}: {value!r} is not allowed; allowed: {', '.join(map(str, args))}")
+        return value
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if annotation is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    if origin is list:
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return [_coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise ConfigError(f"{where}: expected a list of {len(args)} values, got {value!r}")
+        return tuple(_coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a table, got {value!r}")
+        return dict(value)
+    raise TypeError(f"unsupported annotation {annotation!r}")
+
+
+def _build(cls: type, table: Any, where: str) -> Any:
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where}: expected a table, got {table!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(table) - set(names))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key {unknown[0]!r}; allowed: {', '.join(names)}")
+    return cls(**{k: _coerce(v, hints[k], f"{where}.{k}") for k, v in table.items()})
+
+
+_SECTIONS = {"run": RunConfig, "model": ModelSettings, "data": DataConfig, "optim": OptimConfig, "train": TrainConfig}
+
+
+def config_from_dict(raw: dict[str, Any], source: str = "<dict>") -> Config:
+    unknown = sorted(set(raw) - set(_SECTIONS) - {"stages"})
+    if unknown:
+        raise ConfigError(f"{source}: unknown section {unknown[0]!r}; allowed: {', '.join([*_SECTIONS, 'stages'])}")
+    sections = {name: _build(cls, raw.get(name, {}), f"{source}: [{name}]") for name, cls in _SECTIONS.items()}
+    stages_raw = raw.get("stages", [])
+    if not isinstance(stages_raw, list) or not stages_raw:
+        raise ConfigError(f"{source}: [[stages]] must list at least one stage")
+    stages = [_build(StageConfig, s, f"{source}: stages[{i}]") for i, s in enumerate(stages_raw)]
+    config = Config(**sections, stages=stages, source=source)
+    _validate(config)
+    return config
+
+
+def _validate(config: Config) -> None:
+    src = config.source
+    checks = [
+        (config.train.micro_batch_tokens > 0, "[train] micro_batch_tokens must be > 0"),
+        (config.train.grad_accum > 0, "[train] grad_accum must be > 0"),
+        (config.data.max_seq_len > 1, "[data] max_seq_len must be > 1"),
+        (config.optim.lr >= 0, "[optim] lr must be >= 0"),
+        (0 <= config.optim.warmup_ratio < 1, "[optim] warmup_ratio must be in [0, 1)"),
+        (0 < config.optim.decay_ratio <= 1, "[optim] decay_ratio must be in (0, 1]"),
+        (config.run.keep_last >= 1, "[run] keep_last must be >= 1"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(f"{src}: {message}")
+    for i, stage in enumerate(config.stages):
+        if not stage.data:
+            raise ConfigError(f"{src}: stages[{i}] ({stage.name}) has no data")
+        if stage.epochs <= 0 and stage.steps <= 0:
+            raise ConfigError(f"{src}: stages[{i}] ({stage.name}) needs epochs > 0 or steps > 0")
+        max_len = stage.max_seq_len or config.data.max_seq_len
+        if max_len > config.train.micro_batch_tokens:
+            raise ConfigError(
+                f"{src}: stages[{i}] max_seq_len={max_len} exceeds [train] micro_batch_tokens="
+                f"{config.train.micro_batch_tokens}; a sequence must fit one micro-batch"
+            )
+
+
+def _parse_value(text: str) -> Any:
+    """A `--set` value: TOML syntax when it parses (numbers, booleans, lists, quoted strings), else a bare string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Applies `key.path=value` overrides (e.g. `optim.lr=1e-5`, `stages.0.epochs=2`) to a raw config dict."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected key=value")
+        key, text = item.split("=", 1)
+        parts = key.strip().split(".")
+        node: Any = raw
+        for depth, part in enumerate(parts[:-1]):
+            if isinstance(node, list):
+                if not part.isdigit() or int(part) >= len(node):
+                    raise ConfigError(
+                        f"--set {key}: {'.'.join(parts[: depth + 1])} is not a stage index (0..{len(node) - 1})"
+                    )
+                node = node[int(part)]
+            else:
+                node = node.setdefault(part, {})
+        last = parts[-1]
+        if isinstance(node, list):
+            raise ConfigError(f"--set {key}: expected a key after the stage index")
+        node[last] = _parse_value(text)
+    return raw
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
+    """Reads a TOML recipe, applies `--set` overrides and validates it."""
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such config file") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"{path}: invalid TOML ({error})") from None
+    return config_from_dict(apply_overrides(raw, overrides or []), source=str(path))

@@ -1,0 +1,120 @@
+"""Training metrics: MFU against a peak table, a JSONL log (+ TensorBoard when installed), and plots."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+# Dense bf16 tensor-core peaks in TFLOP/s (no sparsity), matched against torch.cuda.get_device_name().
+PEAK_BF16_TFLOPS = [
+    ("H100 NVL", 835.0),
+    ("H100 PCIe", 756.0),
+    ("H100", 989.4),  # SXM (e.g. "NVIDIA H100 80GB HBM3")
+    ("H200", 989.4),
+    ("B200", 2250.0),
+    ("A100", 312.0),
+]
+
+
+def peak_tflops(device_name: str | None = None, override: float = 0.0) -> float | None:
+    """The bf16 peak of the GPU (None on CPU or an unknown GPU, unless `override` is set)."""
+    if override > 0:
+        return override
+    if device_name is None:
+        if not torch.cuda.is_available():
+            return None
+        device_name = torch.cuda.get_device_name()
+    for key, value in PEAK_BF16_TFLOPS:
+        if key.lower() in device_name.lower():
+            return value
+    return None
+
+
+def mfu(flops: float, seconds: float, peak: float | None, world_size: int = 1) -> float | None:
+    """Model FLOPs utilisation: achieved FLOP/s over the peak of all GPUs."""
+    if peak is None or seconds <= 0:
+        return None
+    return flops / seconds / (peak * 1e12 * world_size)
+
+
+class MetricsLog:
+    """Appends one JSON object per logged step to `metrics.jsonl`; mirrors scalars to TensorBoard if it is installed."""
+
+    def __init__(self, run_dir: Path, tensorboard: bool = True) -> None:
+        self.path = run_dir / "metrics.jsonl"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.writer = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.writer = SummaryWriter(str(run_dir / "tensorboard"))
+            except ImportError:
+                pass
+
+    def log(self, record: dict[str, Any]) -> None:
+        with self.path.open("a") as handle:
+            handle.write(json.dumps(record) + "\n")
+        if self.writer is not None:
+            for key, value in record.items():
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    self.writer.add_scalar(f"train/{key}", value, record["global_step"])
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.exists():
+        from mathforge.errors import DataError
+
+        raise DataError(f"{path}: not found (is {run_dir} a training run folder?)")
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def plot_run(run_dir: Path) -> list[Path]:
+    """loss.png (loss and learning rate by step, one colour per stage) and throughput.png (tokens/s, MFU)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = [r for r in read_metrics(run_dir) if "loss" in r]
+    run_dir = Path(run_dir)
+    stages = list(dict.fromkeys(r["stage"] for r in records))
+    outputs = []
+
+    fig, (ax_loss, ax_lr) = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
+    for stage in stages:
+        rows = [r for r in records if r["stage"] == stage]
+        steps = [r["global_step"] for r in rows]
+        ax_loss.plot(steps, [r["loss"] for r in rows], label=stage)
+        ax_lr.plot(steps, [r["lr"] for r in rows], label=stage)
+    ax_loss.set_ylabel("loss (per target token)")
+    ax_loss.legend()
+    ax_lr.set_ylabel("learning rate")
+    ax_lr.set_xlabel("optimizer step")
+    fig.tight_layout()
+    outputs.append(run_dir / "loss.png")
+    fig.savefig(outputs[-1], dpi=120)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    steps = [r["global_step"] for r in records]
+    ax.plot(steps, [r["tokens_per_s"] for r in records], color="tab:blue")
+    ax.set_ylabel("tokens/s", color="tab:blue")
+    ax.set_xlabel("optimizer step")
+    if any(r.get("mfu") is not None for r in records):
+        twin = ax.twinx()
+        twin.plot(steps, [100 * (r.get("mfu") or 0) for r in records], color="tab:orange")
+        twin.set_ylabel("MFU %", color="tab:orange")
+    fig.tight_layout()
+    outputs.append(run_dir / "throughput.png")
+    fig.savefig(outputs[-1], dpi=120)
+    plt.close(fig)
+    return outputs
