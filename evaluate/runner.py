@@ -1,0 +1,183 @@
+"""`run_eval`: generate, extract, grade and report one or more benchmarks — the Python API behind
+`mathforge eval`.
+
+    from mathforge.evaluate import run_eval
+    run_eval(model="runs/ckpt-1000", bench="gsm8k,math500", out="runs/eval")
+    run_eval(api="http://localhost:8000/v1", served_model="qwen", bench="math500", prompt="qwen-boxed")
+    run_eval(model="runs/ckpt", bench="heldout.jsonl", fields={"question": "prompt", "answer": "response"})
+
+Writes to `out` (when given): results.json, results.md and samples-<bench>.jsonl (question, output,
+extracted answer, gold, verdict in both modes, per sample). Returns the results dict.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from mathforge.errors import ConfigError
+from mathforge.evaluate.backends import Backend, LocalBackend, OpenAIBackend
+from mathforge.evaluate.benchmarks import Benchmark, load_benchmark
+from mathforge.evaluate.extract import extract_answer
+from mathforge.evaluate.grade import grade
+from mathforge.evaluate.metrics import breakdown, majority, summarize
+from mathforge.evaluate.prompting import Prompt, default_prompt, load_prompt
+from mathforge.evaluate.tool import TOOL_INSTRUCTION, generate_with_tools
+
+
+def make_backend(
+    model: str | Path | None = None, api: str | None = None, served_model: str | None = None, *,
+    api_key: str = "EMPTY", concurrency: int = 16, request_timeout: float = 600.0, batch_size: int = 32,
+    engine: str = "auto",
+) -> Backend:  # fmt: skip
+    """A LocalBackend for `model` (a folder) or an OpenAIBackend for `api` + `served_model`."""
+    if (model is None) == (api is None):
+        raise ConfigError("give exactly one of --model DIR or --api URL")
+    if api is not None:
+        if not served_model:
+            raise ConfigError("--api needs --served-model NAME (the model name the server serves)")
+        return OpenAIBackend(api, served_model, api_key=api_key, concurrency=concurrency, timeout=request_timeout)
+    return LocalBackend(model, engine=engine, batch_size=batch_size)
+
+
+def _chunks(items: Sequence[Any], size: int):
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _extract(output: str, style: str) -> str | None:
+    """The prompt's preferred answer style first, then the automatic order."""
+    found = extract_answer(output, style) if style != "auto" else None
+    return found if found is not None else extract_answer(output)
+
+
+def evaluate_benchmark(
+    backend: Backend, bench: Benchmark, prompt: Prompt, *, n: int = 1, temperature: float = 0.0, top_p: float = 1.0,
+    max_new_tokens: int = 1024, chat: bool | None = None, tool: bool = False, seed: int = 0, chunk: int = 64,
+    progress: Any = None,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:  # fmt: skip
+    """Scores for one benchmark and its per-sample records."""
+    questions = [f"{item.question}\n\n{TOOL_INSTRUCTION}" if tool else item.question for item in bench.items]
+    rendered = [prompt.render(q, chat=chat) for q in questions]
+    task = progress.add_task(bench.name, total=len(rendered)) if progress is not None else None
+    outputs: list[list[str]] = []
+    for start, part in zip(range(0, len(rendered), chunk), _chunks(rendered, chunk)):
+        if tool:
+            flat = [p for p in part for _ in range(n)]
+            texts = generate_with_tools(backend, flat, temperature=temperature, top_p=top_p,
+                                        max_new_tokens=max_new_tokens, stop=prompt.stop, seed=seed + start)  # fmt: skip
+            outputs += [texts[i * n : (i + 1) * n] for i in range(len(part))]
+        else:
+            outputs += backend.generate(part, n=n, temperature=temperature, top_p=top_p,
+                                        max_new_tokens=max_new_tokens, stop=prompt.stop, seed=seed + start)  # fmt: skip
+        if progress is not None:
+            progress.advance(task, len(part))
+    records, samples = [], []
+    for item, outs in zip(bench.items, outputs):
+        extracted = [_extract(o, prompt.style) for o in outs]
+        lenient = [e is not None and grade(e, item.gold) for e in extracted]
+        strict = [e is not None and grade(e, item.gold, mode="strict") for e in extracted]
+        voted = majority(extracted, lambda a, b: grade(a, b))
+        maj_correct = voted is not None and lenient[voted]
+        records.append(
+            {"correct": {"lenient": lenient, "strict": strict}, "maj_correct": maj_correct, "meta": item.meta}
+        )
+        for k, (out, ext) in enumerate(zip(outs, extracted)):
+            samples.append({
+                "id": item.id, "sample": k, "question": item.question, "output": out, "extracted": ext,
+                "gold": item.gold, "lenient": lenient[k], "strict": strict[k], **item.meta,
+            })  # fmt: skip
+    scores = summarize(records, n)
+    if any("subject" in r["meta"] for r in records):
+        scores["by_subject"] = breakdown(records, "subject", n)
+    if any("level" in r["meta"] for r in records):
+        scores["by_level"] = breakdown(records, "level", n)
+    scores["skipped"] = bench.skipped
+    return scores, samples
+
+
+def markdown_table(results: dict[str, Any]) -> str:
+    """One row per benchmark: problems, accuracy in both modes, and pass@k / maj@k when sampled."""
+    benches = results["benchmarks"]
+    extra = sorted(
+        {k for s in benches.values() for k in s if k.startswith(("pass@", "maj@"))},
+        key=lambda k: (k[:4], int(k.split("@")[1])),
+    )
+    head = ["benchmark", "prompt", "problems", "accuracy (lenient)", "accuracy (strict)", *extra]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, s in benches.items():
+        row = [name, s.get("prompt", ""), str(s.get("count", 0)), f"{100 * s.get('accuracy_lenient', 0):.1f}",
+               f"{100 * s.get('accuracy_strict', 0):.1f}", *(f"{100 * s[k]:.1f}" if k in s else "" for k in extra)]  # fmt: skip
+        lines.append("| " + " | ".join(row) + " |")
+    for name, s in benches.items():
+        for key, title in (("by_subject", "subject"), ("by_level", "level")):
+            if key in s:
+                lines += [
+                    "",
+                    f"**{name} by {title}**",
+                    "",
+                    f"| {title} | problems | accuracy (lenient) | accuracy (strict) |",
+                    "|---|---|---|---|",
+                ]
+                lines += [
+                    f"| {v} | {g['count']} | {100 * g['accuracy_lenient']:.1f} | {100 * g['accuracy_strict']:.1f} |"
+                    for v, g in s[key].items()
+                ]
+    return "\n".join(lines) + "\n"
+
+
+def run_eval(
+    model: str | Path | None = None, *, api: str | None = None, served_model: str | None = None,
+    bench: str | Sequence[str] = "gsm8k", prompt: str | None = None, n: int = 1, temperature: float = 0.0,
+    top_p: float = 1.0, max_new_tokens: int = 1024, limit: int | None = None, tool: bool = False,
+    out: str | Path | None = None, chat: bool | None = None, fields: dict[str, str] | None = None,
+    split: str = "test", seed: int = 0, backend: Backend | None = None, batch_size: int = 32,
+    concurrency: int = 16, show_progress: bool = True,
+) -> dict[str, Any]:  # fmt: skip
+    """Evaluates a checkpoint folder (`model`), a server (`api` + `served_model`) or a ready `backend`.
+
+    `bench`: names (gsm8k, math500, math), JSONL/JSON paths or `hf:<dataset>[:<config>]`, as a list or
+    comma-separated; `fields` maps question/answer/id/subject/level to the data's keys for files."""
+    if n < 1:
+        raise ConfigError(f"--n must be >= 1, got {n}")
+    if n > 1 and temperature == 0.0:
+        raise ConfigError("--n > 1 needs --temperature > 0 (greedy samples would all be the same)")
+    names = [b.strip() for b in (bench.split(",") if isinstance(bench, str) else bench) if b.strip()]
+    if not names:
+        raise ConfigError("--bench is empty; give gsm8k, math500, math or a JSONL path")
+    backend = backend or make_backend(model, api, served_model, concurrency=concurrency, batch_size=batch_size)
+    results: dict[str, Any] = {
+        "model": str(model) if model is not None else served_model, "api": api, "n": n, "temperature": temperature,
+        "top_p": top_p, "max_new_tokens": max_new_tokens, "tool": tool, "seed": seed, "benchmarks": {},
+    }  # fmt: skip
+    all_samples: dict[str, list[dict[str, Any]]] = {}
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, disable=not show_progress) as progress:
+        for name in names:
+            data = load_benchmark(name, split, fields=fields, limit=limit)
+            chosen = load_prompt(prompt or default_prompt(name))
+            start = time.perf_counter()
+            scores, samples = evaluate_benchmark(
+                backend, data, chosen, n=n, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
+                chat=chat, tool=tool, seed=seed, progress=progress,
+            )  # fmt: skip
+            scores["prompt"] = chosen.name
+            scores["seconds"] = round(time.perf_counter() - start, 3)
+            key = Path(name).stem if Path(name).suffix else name
+            results["benchmarks"][key] = scores
+            all_samples[key] = samples
+    if out is not None:
+        folder = Path(out)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+        (folder / "results.md").write_text(markdown_table(results))
+        for key, samples in all_samples.items():
+            with open(folder / f"samples-{key.replace('/', '_')}.jsonl", "w", encoding="utf-8") as handle:
+                for sample in samples:
+                    handle.write(json.dumps(sample, ensure_ascii=False) + "\n")
+    return results

@@ -1,0 +1,87 @@
+"""Benchmarks, prompts and metrics: gold extraction, field mapping, pass@k, maj@k, breakdowns."""
+
+from __future__ import annotations
+
+import json
+from math import comb
+
+import pytest
+
+from mathforge.errors import ConfigError, DataError
+from mathforge.evaluate.benchmarks import load_benchmark
+from mathforge.evaluate.metrics import breakdown, majority, pass_at_k, summarize
+from mathforge.evaluate.prompting import available, load_prompt
+
+
+def test_builtin_benchmarks_and_golds():
+    gsm = load_benchmark("gsm8k")
+    assert len(gsm.items) == 1319 and gsm.items[0].gold == "18"
+    assert all("," not in item.gold for item in gsm.items)
+    m500 = load_benchmark("math500", limit=3)
+    assert len(m500.items) == 3 and m500.items[0].gold == r"\left( 3, \frac{\pi}{2} \right)"
+    assert m500.items[0].meta == {"subject": "Precalculus", "level": 2}
+    math = load_benchmark("math")
+    assert len(math.items) + len(math.skipped) == 5000 and not math.skipped
+    assert {item.meta["level"] for item in math.items} == {1, 2, 3, 4, 5}
+
+
+def test_jsonl_with_field_mapping_counts_skipped_rows(tmp_path):
+    path = tmp_path / "heldout.jsonl"
+    rows = [
+        {"prompt": "What is 2+3?", "response": "2+3=5. The answer is $\\boxed{5}$."},
+        {"prompt": "Half of 9?", "response": "4.5"},
+        {"prompt": "", "response": "1"},
+        {"prompt": "No answer here"},
+        {"prompt": "GSM style", "response": "3*4 = 12\n#### 12"},
+    ]
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n\n")
+    bench = load_benchmark(str(path), fields={"question": "prompt", "answer": "response"})
+    assert [i.gold for i in bench.items] == ["5", "4.5", "12"]
+    assert len(bench.skipped) == 2 and f"{path}:3" in bench.skipped[0] and f"{path}:4" in bench.skipped[1]
+    with pytest.raises(DataError, match="unknown field mapping"):
+        load_benchmark(str(path), fields={"questoin": "prompt"})
+    path.write_text('{"prompt": "x"\n')
+    with pytest.raises(DataError, match=r"heldout.jsonl:1"):
+        load_benchmark(str(path))
+
+
+def test_prompts_render_chat_and_raw():
+    assert set(available()) >= {"qwen-boxed", "alpaca-cot", "jiuzhang", "minerva", "gsm8k-8shot"}
+    minerva = load_prompt("minerva")
+    raw = minerva.render("What is 1+1?")
+    assert raw.count("Problem:\n") == 5 and raw.endswith("Problem:\nWhat is 1+1?\n\nSolution:")
+    assert raw.count("I hope it is correct.") == 4
+    messages = minerva.render("What is 1+1?", chat=True)
+    assert [m["role"] for m in messages] == ["user", "assistant"] * 4 + ["user"]
+    assert len(load_prompt("gsm8k-8shot").shots) == 8
+    qwen = load_prompt("qwen-boxed").render("Q?")
+    assert qwen[0]["role"] == "system" and "\\boxed{}" in qwen[0]["content"] and qwen[1]["content"] == "Q?"
+    with pytest.raises(ConfigError, match="built-in prompts"):
+        load_prompt("nope")
+
+
+@pytest.mark.parametrize("n, c, k", [(10, 3, 1), (10, 3, 5), (5, 0, 2), (5, 5, 3), (20, 7, 10)])
+def test_pass_at_k_matches_the_combinatorial_definition(n, c, k):
+    expected = 1 - comb(n - c, k) / comb(n, k)
+    assert pass_at_k(n, c, k) == pytest.approx(expected)
+    assert pass_at_k(10, 3, 1) == pytest.approx(0.3)
+
+
+def test_majority_groups_equivalent_answers():
+    from mathforge.evaluate import grade
+
+    answers = ["0.5", r"\frac{1}{2}", "3", None, "3", "1/2"]
+    assert majority(answers, grade) == 0  # three ways of writing one half beat two 3s
+    assert majority([None, None], grade) is None
+    assert majority(["1", "2"], grade) == 0  # tie: first seen
+
+
+def test_summarize_and_breakdown():
+    records = [
+        {"correct": {"lenient": [True, False], "strict": [False, False]}, "maj_correct": True, "meta": {"level": 1}},
+        {"correct": {"lenient": [False, False], "strict": [False, False]}, "maj_correct": False, "meta": {"level": 2}},
+    ]
+    s = summarize(records, 2)
+    assert s["accuracy_lenient"] == 0.25 and s["accuracy_strict"] == 0
+    assert s["pass@1"] == 0.25 and s["pass@2"] == 0.5 and s["maj@2"] == 0.5
+    assert breakdown(records, "level", 2)["1"]["accuracy_lenient"] == 0.5
