@@ -32,13 +32,15 @@ def teacher_reply(messages: list[dict[str, str]], index: int) -> str:
     answer = digest % 997
     source = re.findall(r"[A-Za-z][A-Za-z ,']{20,120}", prompt)
     topic = source[-1].strip() if source else "a quantity"
-    solution = (f"Solution: Let us reason step by step about {topic.lower()}.\n"
-                f"Step 1: collect the given numbers ({digest % 89} and {digest % 53}).\n"
-                f"Step 2: combine them to get {answer}.\nThe answer is: {answer}")
+    if "```python" in prompt:
+        solution = (f"Solution: Compute it with a short program.\n```python\nprint({digest % 89} * 11 + {answer - digest % 89 * 11})"
+                    f"\n```\nOutput: {answer}\nThe answer is: {answer}")
+    else:
+        solution = (f"Solution: Let us reason step by step about {topic.lower()}.\n"
+                    f"Step 1: collect the given numbers ({digest % 89} and {digest % 53}).\n"
+                    f"Step 2: combine them to get {answer}.\nThe answer is: {answer}")
     if "layout:\nProblem:" in prompt or 'starting "Problem:"' in prompt:
         return f"Problem: Variant {digest % 100003} about {topic}. What is the value asked for?\n{solution}"
-    if "```python" in prompt:
-        return f"Solution:\n```python\nprint({answer})\n```\nThe answer is: {answer}"
     return solution
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -193,16 +194,19 @@ def finalize(cfg: dict[str, Any], journals: list[Path], name: str, folder: str =
     rows: list[dict[str, Any]] = []
     reasons: dict[str, int] = {}
     records = 0
+    all_records = []
     for path in journals:
         journal = Journal(path)
         journal.close()
-        for record in journal.records():
-            records += 1
-            rows.extend(record["rows"])
-            if record["status"] != "ok":
-                reason = record.get("kind", record.get("reason", ""))
-                reasons[reason] = reasons.get(reason, 0) + 1
-                report.removed.append({"filter": "generation", "id": record["id"], "reason": record.get("reason")})
+        all_records.extend(journal.records())
+    # journal order is completion order (it varies with concurrency); sort so "keep the first" is deterministic
+    for record in sorted(all_records, key=lambda r: _natural(r["id"])):
+        records += 1
+        rows.extend(record["rows"])
+        if record["status"] != "ok":
+            reason = record.get("kind", record.get("reason", ""))
+            reasons[reason] = reasons.get(reason, 0) + 1
+            report.removed.append({"filter": "generation", "id": record["id"], "reason": record.get("reason")})
     report.counts["generation"] = {"in": records, "removed": sum(reasons.values()), "kept": len(rows)}
     steps: list[tuple[str, Any]] = [
         ("length", lambda r: quality.length_filter(r, min_prompt_chars=q["min_prompt_chars"],
@@ -238,6 +242,11 @@ def finalize(cfg: dict[str, Any], journals: list[Path], name: str, folder: str =
     return {"name": name, "rows": len(rows), "files": files, "filters": report.counts,
             "generation_rejections": reasons, "decontamination": deco.summary() if deco else None,
             "settings": cfg}
+
+
+def _natural(text: str) -> list:
+    """Sort key that orders embedded numbers numerically ("item-9" before "item-10")."""
+    return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", text)]
 
 
 def merge(cfg: dict[str, Any], count: int) -> dict[str, Any]:
