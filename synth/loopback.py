@@ -155,3 +155,13 @@ class LoopbackServer:
             "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                       "total_tokens": prompt_tokens + completion_tokens},
         }
+
+
+if __name__ == "__main__":  # python -m mathforge.synth.loopback [latency_s]: serve until killed, print the URL
+    import sys
+    import time
+
+    with LoopbackServer(latency_s=float(sys.argv[1]) if len(sys.argv) > 1 else 0.0) as server:
+        print(server.url, flush=True)
+        while True:
+            time.sleep(3600)
