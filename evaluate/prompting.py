@@ -11,13 +11,17 @@ Keys: `system`, `template` (with `{question}`), optional `[[shots]]` (question, 
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import tomllib
-
 from mathforge.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
 
 PROMPT_DIR = Path(__file__).resolve().parent / "prompts"
 Messages = list[dict[str, str]]

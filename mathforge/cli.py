@@ -8,6 +8,9 @@ import sys
 import typer
 
 from mathforge.errors import MathforgeError
+from mathforge.evaluate.cli import register as register_evaluate
+from mathforge.synth.cli import register as register_synth
+from mathforge.trainer.cli import register as register_trainer
 
 app = typer.Typer(
     help="mathforge: synthesize math problems, fine-tune LLMs on them, evaluate on GSM8K and MATH.",
@@ -41,17 +44,9 @@ def doctor(
         raise typer.Exit(1)
 
 
-from mathforge.trainer.cli import register as register_trainer  # noqa: E402
-
-register_trainer(app)
-
-from mathforge.synth.cli import register as register_synth  # noqa: E402
-
-register_synth(app)
-
-from mathforge.evaluate.cli import register as register_evaluate  # noqa: E402
-
-register_evaluate(app)
+# Each package adds its own subcommands; their heavy imports happen inside the commands.
+for register in (register_trainer, register_synth, register_evaluate):
+    register(app)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -16,15 +16,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 from mathforge.errors import ConfigError
+from mathforge.trainer.templates import check_template
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
 
-TEMPLATES = ("alpaca-cot", "jiuzhang", "chatml", "chat", "plain")
-SCHEDULES = ("cosine", "wsd", "constant")
-PRECISIONS = ("auto", "fp32", "bf16-autocast", "bf16")
 
 
 @dataclass
@@ -49,7 +47,7 @@ class ModelSettings:
 @dataclass
 class DataConfig:
     tokenizer: str = ""  # a tokenizer folder; empty = the model's folder
-    template: Literal["alpaca-cot", "jiuzhang", "chatml", "chat", "plain"] = "alpaca-cot"
+    template: str = "alpaca-cot"  # "chat" or a zero-shot prompt of mathforge.evaluate.prompting
     max_seq_len: int = 2048
     overflow: Literal["truncate", "drop"] = "truncate"
     num_proc: int = 1
@@ -74,7 +72,9 @@ class OptimConfig:
 class TrainConfig:
     micro_batch_tokens: int = 4096  # tokens per packed micro-batch (the packer's bin size)
     grad_accum: int = 1  # micro-batches per optimizer step on each rank
-    precision: Literal["auto", "fp32", "bf16-autocast", "bf16"] = "auto"  # auto: bf16-autocast on CUDA, fp32 on CPU
+    # auto: bf16-autocast on CUDA, fp32 on CPU. bf16-autocast keeps fp32 master weights and optimizer states
+    # (under FSDP2 as a MixedPrecisionPolicy with bf16 parameters and fp32 gradient reduction).
+    precision: Literal["auto", "fp32", "bf16-autocast"] = "auto"
     device: str = "auto"  # auto = cuda when available, else cpu
     max_steps: int = 0  # stop the whole run after this many optimizer steps (0 = no limit)
     time_limit_s: float = 0.0  # stop cleanly (with a checkpoint) after this many seconds (0 = no limit)
@@ -92,7 +92,7 @@ class StageConfig:
     lr: float | None = None
     schedule: Literal["cosine", "wsd", "constant"] | None = None
     warmup_ratio: float | None = None
-    template: Literal["alpaca-cot", "jiuzhang", "chatml", "chat", "plain"] | None = None
+    template: str | None = None
     max_seq_len: int | None = None
 
 
@@ -210,6 +210,13 @@ def _validate(config: Config) -> None:
     for ok, message in checks:
         if not ok:
             raise ConfigError(f"{src}: {message}")
+    for where, name in [("[data] template", config.data.template)] + [
+        (f"stages[{i}] template", s.template) for i, s in enumerate(config.stages) if s.template
+    ]:
+        try:
+            check_template(name)
+        except ConfigError as error:
+            raise ConfigError(f"{src}: {where}: {error}") from None
     for i, stage in enumerate(config.stages):
         if not stage.data:
             raise ConfigError(f"{src}: stages[{i}] ({stage.name}) has no data")

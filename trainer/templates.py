@@ -1,57 +1,55 @@
-"""Prompt templates shared by training and evaluation, so a model is asked exactly as it was trained.
+"""Training templates = the evaluation prompt files, so a model is asked exactly as it was trained.
 
-Each template turns a question into the prompt text and a solution into the response text; the
-response is what the loss is computed on. `chat` uses the tokenizer's own chat template.
-
-- ``alpaca-cot``: the Alpaca instruction format with "Let's think step by step." that MetaMath and
-  Skywork-Math trained with;
-- ``jiuzhang``: ``## Question\\n…\\n\\n## Solution\\n…`` as JiuZhang3.0;
-- ``chatml``: ``<|im_start|>`` / ``<|im_end|>`` turns (Qwen-style) with a system message;
-- ``chat``: the tokenizer's chat template (`apply_chat_template`);
-- ``plain``: question, newline, answer.
+A template is either `chat` (the tokenizer's chat template) or a zero-shot raw prompt of
+`mathforge.evaluate.prompting` (built-in: `alpaca-cot` as MetaMath/Skywork-Math trained, `jiuzhang`
+with ## Question / ## Solution sections, `chatml`, `plain`; or a .toml path). The prompt renders the
+question; the response is the solution with the prompt file's optional `response_prefix` and
+`response_suffix` around it, and is what the loss is computed on.
 """
 
 from __future__ import annotations
 
+from functools import cache
 from typing import Any
 
-from mathforge.errors import DataError
+from mathforge.errors import ConfigError, DataError
+from mathforge.evaluate.prompting import Prompt, available, load_prompt
 
-ALPACA_COT_PROMPT = (
-    "Below is an instruction that describes a task. Write a response that appropriately completes the request."
-    "\n\n### Instruction:\n{question}\n\n### Response: Let's think step by step."
-)
-CHATML_SYSTEM = "Please reason step by step, and put your final answer within \\boxed{}."
 
-TEMPLATE_NAMES = ("alpaca-cot", "jiuzhang", "chatml", "chat", "plain")
+def template_names() -> list[str]:
+    return ["chat", *available()]
+
+
+@cache
+def _raw_prompt(name: str) -> Prompt:
+    prompt = load_prompt(name)
+    if prompt.shots or prompt.chat:
+        raise ConfigError(f"template {name!r} is a few-shot or chat prompt; training needs a zero-shot raw one "
+                          f"(or \"chat\"); available: {', '.join(template_names())}")  # fmt: skip
+    return prompt
+
+
+def check_template(name: str) -> None:
+    """Raises ConfigError naming the allowed templates if `name` cannot be used for training."""
+    if name != "chat":
+        _raw_prompt(name)
 
 
 def render_prompt(question: str, template: str, tokenizer: Any = None, system: str | None = None) -> str:
     """The text a model sees before its answer."""
-    if template == "alpaca-cot":
-        return ALPACA_COT_PROMPT.format(question=question)
-    if template == "jiuzhang":
-        return f"## Question\n{question}\n\n## Solution\n"
-    if template == "chatml":
-        return (
-            f"<|im_start|>system\n{system or CHATML_SYSTEM}<|im_end|>\n"
-            f"<|im_start|>user\n{question}<|im_end|>\n<|im_start|>assistant\n"
-        )
     if template == "chat":
         messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": question}]
         return render_chat(messages, tokenizer, add_generation_prompt=True)
-    if template == "plain":
-        return f"{question}\n"
-    raise DataError(f"unknown template {template!r}; allowed: {', '.join(TEMPLATE_NAMES)}")
+    text = _raw_prompt(template).render(question, chat=False)
+    return f"{system}\n\n{text}" if system else text
 
 
 def render_response(answer: str, template: str) -> str:
     """The trained-on text after the prompt (the end-of-sequence token is added by the tokenizing code)."""
-    if template == "alpaca-cot":
-        return f" {answer}"
-    if template == "chatml":
-        return f"{answer}<|im_end|>"
-    return answer
+    if template == "chat":
+        return answer
+    extra = _raw_prompt(template).extra
+    return f"{extra.get('response_prefix', '')}{answer}{extra.get('response_suffix', '')}"
 
 
 def render_chat(messages: list[dict[str, str]], tokenizer: Any, add_generation_prompt: bool) -> str:
@@ -72,6 +70,6 @@ def split_messages(messages: Any, where: str) -> tuple[str | None, str, str]:
     if roles != ["user", "assistant"] or not all(isinstance(m.get("content"), str) for m in messages):
         raise DataError(
             f"{where}: 'messages' must be [system?, user, assistant] with string contents for a named template, "
-            f'got roles {roles}; use template "chat" for multi-turn conversations'
+            f"got roles {roles}; use template \"chat\" for multi-turn conversations"
         )
     return system, messages[0]["content"], messages[1]["content"]
