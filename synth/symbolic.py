@@ -579,3 +579,92 @@ def generate(n: int, *, difficulty: int | str | list[int] | None = None, stage: 
     gen = Generator(difficulty=difficulty, stage=stage, families=families, seed=seed, max_digits=max_digits,
                     answer_template=answer_template)
     return [gen.problem(i) for i in range(start, start + n)]
+
+
+# --- compact column arithmetic: the tiny-model tier of the CPU demo -----------------------------------------
+#
+# Fixed-width operands and one fixed-length step per column, so every digit a step needs sits at the same
+# distance from it in every problem of a tier: a small transformer trained from scratch learns to fetch it
+# with position-relative attention instead of searching for it. A step is always 8 characters and true as
+# written: "7+5+0=12" (column digits, carry in, two-digit sum), "7*6+4=46" (digit times the one-digit
+# multiplier plus carry), "14-8-1=5" / "07-5-0=2" (top digit written with its borrow-out as the tens digit,
+# minus bottom digit and borrow in). The answer line reads the written digits back, most significant first.
+
+@dataclass(frozen=True)
+class ArithTier:
+    """One difficulty tier of `generate_arithmetic`: operand width (digits) and the operations drawn."""
+
+    width: int
+    ops: str  # any of "+-*"; "*" multiplies a width-digit number by a one-digit number 2..9
+    difficulty: int
+
+
+ARITH_TIERS: dict[str, ArithTier] = {
+    "normal": ArithTier(width=3, ops="+-", difficulty=1),
+    "hard": ArithTier(width=4, ops="+-*", difficulty=2),
+}
+ARITH_FAMILIES = {"+": "compact_add", "-": "compact_sub", "*": "compact_mul"}
+
+
+def compact_column(a: int, op: str, b: int, width: int) -> tuple[list[str], int]:
+    """The fixed-length column steps for `a op b` (least significant column first) and the result."""
+    steps, carry = [], 0
+    result_digits = []
+    for col in range(width):
+        da = a // 10**col % 10
+        if op == "+":
+            db = b // 10**col % 10
+            s = da + db + carry
+            steps.append(f"{da}+{db}+{carry}={s:02d}")
+            carry, digit = s // 10, s % 10
+        elif op == "*":
+            s = da * b + carry
+            steps.append(f"{da}*{b}+{carry}={s:02d}")
+            carry, digit = s // 10, s % 10
+        else:
+            db = b // 10**col % 10
+            borrow = 1 if da - db - carry < 0 else 0
+            digit = da + 10 * borrow - db - carry
+            steps.append(f"{10 * borrow + da:02d}-{db}-{carry}={digit}")
+            carry = borrow
+        result_digits.append(digit)
+    if op == "-" and carry:
+        raise ValueError(f"{a} - {b} is negative; compact subtraction needs a >= b")
+    value = int("".join(map(str, reversed(result_digits)))) + (carry * 10**width if op != "-" else 0)
+    return steps, value
+
+
+def compact_arith(rng: random.Random, tier: ArithTier) -> tuple[str, str, list[str], Fraction, dict[str, Any]]:
+    """One fixed-width problem of `tier`: (family, question, steps, answer, check)."""
+    op = tier.ops[rng.randrange(len(tier.ops))]
+    lo, hi = 10 ** (tier.width - 1), 10**tier.width - 1
+    a = rng.randint(lo, hi)
+    b = rng.randint(2, 9) if op == "*" else rng.randint(lo, hi)
+    if op == "-" and b > a:
+        a, b = b, a
+    steps, value = compact_column(a, op, b, tier.width)
+    # Re-check by the inverse operation, a different path from the column construction.
+    _verify((value - b == a) if op == "+" else (value + b == a) if op == "-" else (value % b == 0 and value // b == a))
+    return ARITH_FAMILIES[op], f"What is {a} {op} {b}?", steps, Fraction(value), {"expr": f"{a} {op} {b}"}
+
+
+def generate_arithmetic(n: int, *, stage: str = "normal", seed: int = 0, start: int = 0,
+                        answer_template: str = DEFAULT_ANSWER_TEMPLATE) -> list[Problem]:
+    """`n` compact column-arithmetic problems of tier `stage` (see ARITH_TIERS); item i depends on (seed, i).
+
+    Made for training a tiny model from scratch on a CPU: 3-digit addition/subtraction ("normal") and
+    4-digit addition/subtraction plus 4-digit times 1-digit multiplication ("hard"), ~35-45 tokens each."""
+    if stage not in ARITH_TIERS:
+        raise ConfigError(f"stage = {stage!r}: allowed values are {', '.join(ARITH_TIERS)}")
+    if "{answer}" not in answer_template:
+        raise ConfigError(f"answer_template = {answer_template!r} must contain '{{answer}}'")
+    tier = ARITH_TIERS[stage]
+    out = []
+    for i in range(start, start + n):
+        rng = random.Random(f"arith-{stage}-{seed}-{i}")
+        family, q, steps, value, check = compact_arith(rng, tier)
+        answer = fmt(value)
+        solution = "\n".join([*steps, answer_template.format(answer=answer)])
+        out.append(Problem(f"arith-{stage}-{seed}-{i}", family, tier.difficulty, stage, "grade_school", q, solution,
+                           answer, value, check))
+    return out

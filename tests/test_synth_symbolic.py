@@ -9,7 +9,15 @@ import pytest
 import sympy
 
 from mathforge.errors import ConfigError
-from mathforge.synth.symbolic import FAMILIES, Generator, generate
+from mathforge.synth.symbolic import (
+    ARITH_FAMILIES,
+    ARITH_TIERS,
+    FAMILIES,
+    Generator,
+    compact_column,
+    generate,
+    generate_arithmetic,
+)
 
 
 def parse_answer(text: str) -> sympy.Expr:
@@ -98,3 +106,66 @@ def test_bad_knobs_raise_config_errors_naming_them():
         Generator(families=["nope"])
     with pytest.raises(ConfigError, match="outside stage"):
         Generator(difficulty=5, stage="normal")
+
+
+# --- compact column arithmetic (the CPU demo's tiers) ---------------------------------------------------------
+
+STEP = {
+    "+": re.compile(r"(\d)\+(\d)\+([01])=(\d\d)"),
+    "-": re.compile(r"(\d\d)-(\d)-([01])=(\d)"),
+    "*": re.compile(r"(\d)\*(\d)\+(\d)=(\d\d)"),
+}
+
+
+def replay_steps(a: int, op: str, b: int, lines: list[str]) -> int:
+    """Checks every written step against the operands (digits, carries, each step's arithmetic) and returns
+    the number the steps spell out, rebuilt from the written digits only."""
+    width = len(str(a))
+    assert len(lines) == width
+    carry, digits = 0, []
+    for col, line in enumerate(lines):
+        m = STEP[op].fullmatch(line)
+        assert m, line
+        x, y, c, r = (int(g) for g in m.groups())
+        assert c == carry, (line, carry)
+        if op == "-":
+            assert x % 10 == a // 10**col % 10 and x // 10 in (0, 1) and y == b // 10**col % 10
+            assert x - y - c == r and (x >= 10) == (a // 10**col % 10 - y - c < 0)
+            carry, digits = x // 10, [*digits, r]
+        else:
+            assert x == a // 10**col % 10 and y == (b if op == "*" else b // 10**col % 10)
+            assert (x * y if op == "*" else x + y) + c == r
+            carry, digits = r // 10, [*digits, r % 10]
+    assert op != "-" or carry == 0
+    return sum(d * 10**i for i, d in enumerate(digits)) + carry * 10**width
+
+
+@pytest.mark.parametrize("stage", ["normal", "hard"])
+def test_compact_arithmetic_steps_and_answers_are_right(stage):
+    tier = ARITH_TIERS[stage]
+    problems = generate_arithmetic(400, stage=stage, seed=3)
+    assert {p.family for p in problems} == {ARITH_FAMILIES[op] for op in tier.ops}
+    for p in problems:
+        a, op, b = re.fullmatch(r"What is (\d+) ([-+*]) (\d+)\?", p.question).groups()
+        a, b = int(a), int(b)
+        assert len(str(a)) == tier.width and (len(str(b)) == 1 if op == "*" else len(str(b)) == tier.width)
+        *steps, last = p.solution.split("\n")
+        assert last == f"The answer is: {p.answer}"
+        want = sympy.sympify(p.check["expr"])  # independent: sympy evaluates the question's expression
+        assert int(p.answer) == want == p.value == replay_steps(a, op, b, steps)
+        assert p.stage == stage and p.difficulty == tier.difficulty and want >= 0
+
+
+def test_compact_arithmetic_hand_examples_and_determinism():
+    assert compact_column(810, "-", 616, 3) == (["10-6-0=4", "11-1-1=9", "08-6-1=1"], 194)
+    assert compact_column(999, "+", 999, 3) == (["9+9+0=18", "9+9+1=19", "9+9+1=19"], 1998)
+    assert compact_column(9842, "*", 9, 4) == (["2*9+0=18", "4*9+1=37", "8*9+3=75", "9*9+7=88"], 88578)
+    with pytest.raises(ValueError, match="negative"):
+        compact_column(100, "-", 200, 3)
+    run = generate_arithmetic(30, stage="hard", seed=4)
+    assert [p.solution for p in generate_arithmetic(10, stage="hard", seed=4, start=20)] == [
+        p.solution for p in run[20:]
+    ]
+    assert [p.question for p in generate_arithmetic(30, stage="hard", seed=5)] != [p.question for p in run]
+    with pytest.raises(ConfigError, match="stage = 'medium'"):
+        generate_arithmetic(1, stage="medium")
