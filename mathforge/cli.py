@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import typer
 
@@ -42,6 +43,19 @@ def doctor(
         render(info)
     if not info["native_extension"]["ok"]:
         raise typer.Exit(1)
+
+
+@app.command()
+def demo(
+    minutes: float = typer.Option(10.0, "--minutes", help="Wall-time budget for the whole demo."),
+    out: Path = typer.Option(Path("runs/demo"), "--out", help="Run folder (must not hold an earlier demo)."),
+) -> None:
+    """Synthesize, train a small model from scratch in two stages, evaluate before/after — on this CPU."""
+    from mathforge.demo import print_report, run_demo
+
+    report = run_demo(minutes=minutes, out=out)
+    print_report(report)
+    print(f"run folder: {out} (report.md, report.json, accuracy.png, train/loss.png, train/final)")
 
 
 # Each package adds its own subcommands; their heavy imports happen inside the commands.
