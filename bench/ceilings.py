@@ -17,7 +17,8 @@ def _require_cuda() -> None:
         raise RuntimeError("measuring device ceilings needs a CUDA GPU")
 
 
-def _median_ms(fn, iters: int, warmup: int = 3) -> float:
+def cuda_times_ms(fn, iters: int, warmup: int = 3) -> list[float]:
+    """Milliseconds of `iters` calls of `fn`, each timed with CUDA events after `warmup` untimed calls."""
     for _ in range(warmup):
         fn()
     torch.cuda.synchronize()
@@ -29,7 +30,11 @@ def _median_ms(fn, iters: int, warmup: int = 3) -> float:
         end.record()
         end.synchronize()
         times.append(start.elapsed_time(end))
-    return statistics.median(times)
+    return times
+
+
+def _median_ms(fn, iters: int, warmup: int = 3) -> float:
+    return statistics.median(cuda_times_ms(fn, iters, warmup))
 
 
 def matmul_tflops(n: int = 8192, dtype: torch.dtype = torch.bfloat16, iters: int = 20) -> float:

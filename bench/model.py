@@ -26,6 +26,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from mathforge.bench.ceilings import cuda_times_ms
 from mathforge.bench.common import environment, write_result
 from mathforge.kernels.attention import usable_backends
 from mathforge.trainer.model import Transformer, from_config, shift_labels
@@ -52,21 +53,6 @@ def packed_workload(rows: int, seq_len: int, vocab: int, seed: int = 0, device: 
     return {"ids": ids, "cu": cu, "max_seqlen": max(lengths), "lengths": lengths, "labels": shift_labels(ids, cu, prompt)}
 
 
-def _median_ms(fn, iters: int, warmup: int) -> list[float]:
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(iters):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return times
-
-
 def time_row(model: Transformer, work: dict, backend: str, checkpointing: bool, compiled: bool, iters: int,
              warmup: int) -> dict:  # fmt: skip
     model.attention_backend = backend
@@ -86,7 +72,7 @@ def time_row(model: Transformer, work: dict, backend: str, checkpointing: bool, 
     try:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
-        times = _median_ms(step, iters, warmup)
+        times = cuda_times_ms(step, iters, warmup)
         row |= {"ms": times, "median_ms": statistics.median(times), "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30}
     except torch.OutOfMemoryError:
         row["error"] = "out of memory"

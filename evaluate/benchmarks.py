@@ -22,6 +22,7 @@ from typing import Any
 from mathforge.errors import DataError
 from mathforge.evaluate import datasets
 from mathforge.evaluate.extract import explicit_answer, last_boxed
+from mathforge.jsonl import iter_jsonl
 
 BUILTIN = ("gsm8k", "math500", "math")
 QUESTION_KEYS = ("question", "problem", "prompt", "query", "input")
@@ -94,10 +95,10 @@ def load_benchmark(
 def _file_rows(path: Path):
     if not path.is_file():
         raise DataError(f"{path}: no such benchmark file (built-in benchmarks: {', '.join(BUILTIN)})")
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as handle:
-        text = handle.read()
     if path.name.endswith((".json", ".json.gz")):
+        opener = gzip.open if path.suffix == ".gz" else open
+        with opener(path, "rt", encoding="utf-8") as handle:
+            text = handle.read()
         try:
             rows = json.loads(text)
         except json.JSONDecodeError as error:
@@ -106,13 +107,7 @@ def _file_rows(path: Path):
             raise DataError(f"{path}: a .json benchmark must hold a list of objects")
         yield from ((f"{path}: item {i}", row) for i, row in enumerate(rows))
         return
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            yield f"{path}:{number}", json.loads(line)
-        except json.JSONDecodeError as error:
-            raise DataError(f"{path}:{number}: not valid JSON ({error.msg})") from None
+    yield from ((f"{path}:{number}", row) for number, row in iter_jsonl(path))
 
 
 def _hf_rows(spec: str, split: str):

@@ -16,13 +16,12 @@ Rows are returned exactly as stored; answer extraction belongs to the grader.
 
 from __future__ import annotations
 
-import gzip
-import json
 from functools import cache
 from pathlib import Path
 from typing import Any
 
 from mathforge.errors import DataError
+from mathforge.jsonl import read_jsonl
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 
@@ -70,12 +69,4 @@ def _check(name: str, split: str) -> None:
 
 @cache
 def _read(filename: str) -> tuple[dict[str, Any], ...]:
-    file = DATA_DIR / filename
-    rows = []
-    with gzip.open(file, "rt", encoding="utf-8") as handle:
-        for line_number, line in enumerate(handle, start=1):
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as error:
-                raise DataError(f"{file}:{line_number}: not valid JSON ({error.msg})") from None
-    return tuple(rows)
+    return tuple(read_jsonl(DATA_DIR / filename))

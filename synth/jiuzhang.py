@@ -15,12 +15,12 @@ pipeline (see synth/configs/jiuzhang-*.toml):
 
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
 from typing import Any
 
 from mathforge.errors import ConfigError, DataError
+from mathforge.jsonl import iter_jsonl
 from mathforge.synth.common import Context, Reject, check_answer, consistent, finish, make_row, split_reply
 
 
@@ -31,18 +31,11 @@ def load_texts(paths: list[str], field: str) -> list[tuple[str, str]]:
         path = Path(name)
         if not path.is_file():
             raise DataError(f"jiuzhang.texts: {name!r} is not a file")
-        with open(path, encoding="utf-8") as handle:
-            for number, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as error:
-                    raise DataError(f"{path}:{number}: not valid JSON ({error.msg})") from None
-                text = row.get(field) if isinstance(row, dict) else None
-                if not isinstance(text, str) or not text.strip():
-                    raise DataError(f"{path}:{number}: no text under field {field!r}")
-                out.append((f"{path.stem}-{number}", text))
+        for number, row in iter_jsonl(path):
+            text = row.get(field) if isinstance(row, dict) else None
+            if not isinstance(text, str) or not text.strip():
+                raise DataError(f"{path}:{number}: no text under field {field!r}")
+            out.append((f"{path.stem}-{number}", text))
     return out
 
 

@@ -9,7 +9,6 @@ small budget covers the seed set's variety instead of its most common templates.
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ import numpy as np
 
 from mathforge import _native
 from mathforge.errors import DataError
+from mathforge.jsonl import iter_jsonl
 
 
 @dataclass(frozen=True)
@@ -70,21 +70,14 @@ def _file_seeds(path: Path, fields: dict[str, str]) -> list[Seed]:
     if not path.is_file():
         raise DataError(f"seed source {str(path)!r} is neither 'gsm8k', 'math' nor an existing JSONL file")
     out = []
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise DataError(f"{path}:{number}: not valid JSON ({error.msg})") from None
-            question = row.get(fields["question"])
-            if not isinstance(question, str) or not question.strip():
-                raise DataError(f"{path}:{number}: no text under field {fields['question']!r}")
-            answer = row.get(fields["answer"])
-            level = row.get(fields["level"])
-            out.append(Seed(f"{path.stem}-{number}", question, None if answer is None else str(answer),
-                            int(level) if isinstance(level, (int, float)) else None, path.stem))
+    for number, row in iter_jsonl(path):
+        question = row.get(fields["question"]) if isinstance(row, dict) else None
+        if not isinstance(question, str) or not question.strip():
+            raise DataError(f"{path}:{number}: no text under field {fields['question']!r}")
+        answer = row.get(fields["answer"])
+        level = row.get(fields["level"])
+        out.append(Seed(f"{path.stem}-{number}", question, None if answer is None else str(answer),
+                        int(level) if isinstance(level, (int, float)) else None, path.stem))
     return out
 
 

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from mathforge.errors import DataError
+from mathforge.jsonl import iter_jsonl
 from mathforge.trainer.packing import pack_detailed
 from mathforge.trainer.templates import render_chat, render_prompt, render_response, split_messages
 
@@ -69,31 +70,13 @@ class MicroBatch:
 # ---------------------------------------------------------------- reading rows
 
 
-def _read_jsonl(path: Path) -> list[tuple[str, dict[str, Any]]]:
-    rows = []
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                rows.append((f"{path}:{number}", json.loads(line)))
-            except json.JSONDecodeError as error:
-                raise DataError(f"{path}:{number}: not valid JSON ({error.msg})") from None
-    return rows
-
-
 def _read_source(source: str) -> list[tuple[str, dict[str, Any]]]:
     """(where, row) pairs from a file or a Hugging Face dataset name (`name` or `name:split`)."""
     path = Path(source)
     if path.suffix == ".jsonl" or source.endswith(".jsonl.gz"):
         if not path.exists():
             raise DataError(f"{source}: no such data file")
-        if source.endswith(".gz"):
-            import gzip
-
-            with gzip.open(path, "rt", encoding="utf-8") as handle:
-                return [(f"{path}:{i}", json.loads(line)) for i, line in enumerate(handle, start=1) if line.strip()]
-        return _read_jsonl(path)
+        return [(f"{path}:{number}", row) for number, row in iter_jsonl(path)]
     import datasets
 
     if path.suffix in (".json", ".parquet"):
