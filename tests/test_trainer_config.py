@@ -64,3 +64,13 @@ def test_schedules():
     assert lr_at(89, 100, wsd) == pytest.approx(0.5) and lr_at(99, 100, wsd) == pytest.approx(0.0)
     const = config_from_dict({**BASE, "optim": {"lr": 2.0, "warmup_ratio": 0.0, "schedule": "constant"}}).optim
     assert lr_at(0, 10, const) == lr_at(9, 10, const) == 2.0
+
+
+def test_shipped_recipes_load():
+    from pathlib import Path
+
+    recipes = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.toml"))
+    assert [p.name for p in recipes] == ["jiuzhang.toml", "skywork-stage1.toml", "skywork-stage2.toml"]
+    stage1 = load_config(recipes[1])
+    assert (stage1.optim.weight_decay, stage1.optim.warmup_ratio, stage1.data.max_seq_len) == (0.0, 0.03, 2048)
+    assert stage1.stages[0].epochs == 3 and load_config(recipes[0]).optim.schedule == "wsd"

@@ -99,3 +99,15 @@ def test_micro_batches_cover_every_document_once(tmp_path, tokenizer):
     bins = plan_micro_batches(data, 128)
     assert sorted(np.concatenate(bins).tolist()) == list(range(len(data)))
     assert all(data.lengths[b].sum() <= 128 for b in bins)
+
+
+def test_folder_of_shards(tmp_path, tokenizer):
+    folder = tmp_path / "normal"
+    folder.mkdir()
+    write_addition_data(folder / "shard-0-of-2.jsonl", n=5, seed=1)
+    write_addition_data(folder / "shard-1-of-2.jsonl", n=7, seed=2)
+    data = tokenize([str(folder)], tokenizer, template="plain", max_seq_len=64)
+    assert data.counts["rows"] == 12
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="a folder with no .jsonl"):
+        tokenize([str(tmp_path / "empty")], tokenizer, template="plain", max_seq_len=64)
