@@ -424,7 +424,7 @@ class Transformer(nn.Module):
             if window is not None and max_seqlen > window:
                 raise ConfigError(
                     f"a document of {max_seqlen} tokens exceeds sliding_window={window}; "
-                    "sliding-window attention is not implemented: keep documents within the window"
+                    "mathforge attends over whole documents (no sliding window), so keep documents within the window"
                 )
         cos, sin = self.rope(position_ids)
         x = self.embed_tokens(input_ids)
