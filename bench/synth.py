@@ -6,8 +6,9 @@
   normal/hard mix (the generator alone), plus a whole `synthesize` run (journal, filters, files).
 - ``client``: 256 concurrent chat requests against the loopback server running in another process
   (zero latency). The client's CPU time per request is the overhead the bar (≤ 1 ms) is about; the
-  peer is the bare `openai.AsyncOpenAI` client under the same semaphore, so the difference is what
-  our retry / load-balancing / accounting layer adds.
+  peers are the bare `openai.AsyncOpenAI` client under the same semaphore, with its default transport
+  and over aiohttp, so the differences show what the transport costs and what our retry /
+  load-balancing / accounting layer (and its raw-JSON parsing) adds or saves.
 Results go to bench/results/<device>/synth.json.
 """
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import os
 import subprocess
 import sys
@@ -54,10 +56,10 @@ def bench_symbolic(n: int) -> list[dict]:
     return rows
 
 
-async def _bare(url: str, requests: int, concurrency: int) -> None:
-    from openai import AsyncOpenAI
+async def _bare(url: str, requests: int, concurrency: int, aiohttp: bool = False) -> None:
+    from openai import AsyncOpenAI, DefaultAioHttpClient
 
-    client = AsyncOpenAI(base_url=url, api_key="x", max_retries=0)
+    client = AsyncOpenAI(base_url=url, api_key="x", max_retries=0, http_client=DefaultAioHttpClient() if aiohttp else None)
     limit = asyncio.Semaphore(concurrency)
 
     async def one(i: int) -> None:
@@ -81,7 +83,12 @@ def bench_client(requests: int, concurrency: int = 256) -> list[dict]:
     try:
         url = server.stdout.readline().strip()
         rows = []
-        for name, fn in [("bare openai.AsyncOpenAI (peer)", _bare), ("mathforge OpenAIBackend", _ours)]:
+        peers = [
+            ("bare openai.AsyncOpenAI (peer, default transport)", _bare),
+            ("bare openai.AsyncOpenAI (peer, aiohttp transport)", functools.partial(_bare, aiohttp=True)),
+            ("mathforge OpenAIClient (aiohttp, raw JSON)", _ours),
+        ]
+        for name, fn in peers:
             asyncio.run(fn(url, 256, concurrency))  # warm up connections and imports
             wall, cpu = time.perf_counter(), time.process_time()
             asyncio.run(fn(url, requests, concurrency))

@@ -3,28 +3,24 @@
 - `LocalBackend`: a checkpoint folder (or an in-memory model + tokenizer). Architectures our model
   covers (Llama/Qwen2/Mistral) run on `mathforge.trainer.model` with its KV-cache generation;
   anything else, or `engine="transformers"`, runs transformers' `generate`.
-- `OpenAIBackend`: any OpenAI-compatible server (vLLM, SGLang, …) through the `openai` client, with
-  bounded concurrency, retries with exponential backoff on 429/5xx/timeouts/connection errors, and a
-  per-request timeout. Chat prompts use /chat/completions, raw texts /completions.
+- `OpenAIBackend`: any OpenAI-compatible server (vLLM, SGLang, …) through `mathforge.openai_client`:
+  bounded concurrency, retries with exponential backoff on 429/5xx/timeouts/connection errors and
+  malformed replies, a per-request timeout. Chat prompts use /chat/completions, raw texts /completions.
 
 A prompt is a text (raw completion) or a list of chat messages.
 """
 
 from __future__ import annotations
 
-import concurrent.futures as cf
-import time
-from collections.abc import Callable, Sequence
+import asyncio
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from mathforge.errors import ConfigError, MathforgeError
+from mathforge.errors import ConfigError
+from mathforge.openai_client import OpenAIClient
 
 PromptInput = str | list[dict[str, str]]
-
-
-class BackendError(MathforgeError, RuntimeError):
-    """Generation failed for a reason the user can act on (server down, retries exhausted)."""
 
 
 class Backend(Protocol):
@@ -134,65 +130,35 @@ class LocalBackend:
 
 
 class OpenAIBackend:
-    """An OpenAI-compatible server: `OpenAIBackend("http://localhost:8000/v1", "my-model")`."""
+    """An OpenAI-compatible server: `OpenAIBackend("http://localhost:8000/v1", "my-model")`, through
+    `mathforge.openai_client` (the same client synthesis uses), driven synchronously."""
 
     def __init__(
         self, base_url: str, model: str, *, api_key: str = "EMPTY", concurrency: int = 16, timeout: float = 600.0,
-        max_retries: int = 6, backoff: float = 1.0, sleep: Callable[[float], None] = time.sleep,
+        max_retries: int = 6, backoff: float = 1.0,
     ) -> None:  # fmt: skip
-        import openai
-
         if concurrency < 1:
             raise ConfigError(f"concurrency must be >= 1, got {concurrency}")
-        self.client = openai.OpenAI(base_url=base_url, api_key=api_key, timeout=timeout, max_retries=0)
         self.model, self.base_url = model, base_url
-        self.concurrency, self.max_retries, self.backoff, self.sleep = concurrency, max_retries, backoff, sleep
+        self.options = {"api_key": api_key, "concurrency": concurrency, "timeout_s": timeout,
+                        "max_retries": max_retries, "backoff_s": backoff}  # fmt: skip
         self.retries = 0  # how many retries this backend has made (reported in results)
-
-    def _retryable(self, error: Exception) -> bool:
-        import openai
-
-        if isinstance(error, (openai.APITimeoutError, openai.APIConnectionError, openai.RateLimitError)):
-            return True
-        return isinstance(error, openai.APIStatusError) and error.status_code >= 500
-
-    def _call(self, prompt: PromptInput, n: int, params: dict[str, Any]) -> list[str]:
-        for attempt in range(self.max_retries + 1):
-            try:
-                if isinstance(prompt, str):
-                    reply = self.client.completions.create(model=self.model, prompt=prompt, n=n, **params)
-                    return [c.text or "" for c in sorted(reply.choices, key=lambda c: c.index)]
-                reply = self.client.chat.completions.create(model=self.model, messages=prompt, n=n, **params)
-                return [c.message.content or "" for c in sorted(reply.choices, key=lambda c: c.index)]
-            except Exception as error:  # noqa: BLE001 - sorted into retryable and fatal below
-                if not self._retryable(error):
-                    raise BackendError(f"{self.base_url}: request failed: {error}") from error
-                if attempt == self.max_retries:
-                    raise BackendError(f"{self.base_url}: giving up after {attempt + 1} attempts: {error}") from error
-                self.retries += 1
-                self.sleep(self.backoff * 2**attempt)
-        raise AssertionError("unreachable")
-
-    def _one(self, prompt: PromptInput, n: int, params: dict[str, Any]) -> list[str]:
-        outputs: list[str] = []
-        while len(outputs) < n:  # servers may return fewer choices than asked for
-            got = self._call(prompt, n - len(outputs), params)
-            if not got:
-                raise BackendError(f"{self.base_url}: the server returned no choices")
-            outputs += got
-        return outputs[:n]
 
     def generate(
         self, prompts: Sequence[PromptInput], *, n: int = 1, temperature: float = 0.0, top_p: float = 1.0,
         max_new_tokens: int = 1024, stop: Sequence[str] = (), seed: int = 0,
     ) -> list[list[str]]:  # fmt: skip
-        params: dict[str, Any] = {
-            "temperature": temperature,
-            "top_p": top_p,
-            "max_tokens": max_new_tokens,
-            "seed": seed,
-        }
-        if stop:
-            params["stop"] = list(stop)[:4]  # the OpenAI API takes at most four stop strings
-        with cf.ThreadPoolExecutor(self.concurrency) as pool:
-            return list(pool.map(lambda p: self._one(p, n, params), prompts))
+        return asyncio.run(self._generate(prompts, n, temperature, top_p, max_new_tokens, list(stop), seed))
+
+    async def _generate(self, prompts, n, temperature, top_p, max_new_tokens, stop, seed) -> list[list[str]]:
+        client = OpenAIClient(self.base_url, self.model, **self.options)
+        sampling = {"n": n, "temperature": temperature, "top_p": top_p, "max_tokens": max_new_tokens, "seed": seed,
+                    "stop": stop}  # fmt: skip
+        try:
+            replies = await asyncio.gather(*(
+                client.complete(p, **sampling) if isinstance(p, str) else client.chat(p, **sampling) for p in prompts
+            ))  # fmt: skip
+        finally:
+            self.retries += sum(client.usage.retries.values())
+            await client.aclose()
+        return [reply.texts for reply in replies]

@@ -1,10 +1,7 @@
 """Chat backends behind one interface: `await backend.chat(messages, n=..., **sampling) -> Completion`.
 
-- `OpenAIBackend`: any OpenAI-compatible endpoint (vLLM, SGLang, OpenAI) through the `openai` async
-  client. At most `concurrency` requests in flight; several base URLs are load-balanced (the one with
-  the fewest requests in flight, then round robin); 429, 5xx, timeouts, connection errors and
-  malformed responses are retried with exponential backoff and jitter on the next URL; other 4xx fail
-  the item at once. Token usage and retries are counted.
+- `OpenAIBackend`: any OpenAI-compatible endpoint (vLLM, SGLang, OpenAI): `mathforge.openai_client`'s
+  client (bounded concurrency, several base URLs load-balanced, retries with backoff, usage counted).
 - `LocalBackend`: a Hugging Face causal LM (a checkpoint folder, e.g. one `mathforge train` wrote)
   generating in-process, one batch at a time on a worker thread.
 
@@ -14,118 +11,16 @@ The `symbolic` backend needs no chat interface: it makes finished rows itself (s
 from __future__ import annotations
 
 import asyncio
-import json
 import os
-import random
-from collections import Counter
-from dataclasses import dataclass, field
 from typing import Any
 
 from mathforge.errors import ConfigError
+from mathforge.openai_client import BackendError, Completion, Usage
+from mathforge.openai_client import OpenAIClient as OpenAIBackend
+
+__all__ = ["BackendError", "Completion", "LocalBackend", "OpenAIBackend", "Usage", "make_backend"]
 
 Message = dict[str, str]
-
-
-@dataclass
-class Completion:
-    texts: list[str]
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    model: str = ""
-
-
-class BackendError(RuntimeError):
-    """A request that failed for good (retries exhausted or a non-retryable error); its item stays undone."""
-
-
-@dataclass
-class Usage:
-    requests: int = 0
-    completions: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    retries: Counter = field(default_factory=Counter)
-    failures: int = 0
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"requests": self.requests, "completions": self.completions, "prompt_tokens": self.prompt_tokens,
-                "completion_tokens": self.completion_tokens, "retries": dict(self.retries), "failures": self.failures}
-
-
-class OpenAIBackend:
-    """Chat completions from one or more OpenAI-compatible servers, bounded and retried (see module doc)."""
-
-    def __init__(self, base_urls: list[str], model: str, *, api_key: str | None = None, concurrency: int = 64,
-                 max_retries: int = 6, timeout_s: float = 120.0, backoff_s: float = 0.5, max_backoff_s: float = 30.0,
-                 seed: int = 0) -> None:
-        from openai import AsyncOpenAI
-
-        if not base_urls:
-            raise ConfigError("backend.base_urls needs at least one URL")
-        self.model, self.max_retries = model, max_retries
-        self.backoff_s, self.max_backoff_s = backoff_s, max_backoff_s
-        self.clients = [AsyncOpenAI(base_url=u, api_key=api_key or "EMPTY", max_retries=0, timeout=timeout_s)
-                        for u in base_urls]
-        self.base_urls = list(base_urls)
-        self.in_flight = [0] * len(base_urls)
-        self.per_url = Counter()
-        self._next = 0
-        self._limit = asyncio.Semaphore(concurrency)
-        self._rng = random.Random(seed)
-        self.usage = Usage()
-
-    def _pick(self, avoid: int | None) -> int:
-        order = sorted(range(len(self.clients)), key=lambda i: (i == avoid, self.in_flight[i], (i - self._next) % len(self.clients)))
-        self._next = (order[0] + 1) % len(self.clients)
-        return order[0]
-
-    async def chat(self, messages: list[Message], *, n: int = 1, temperature: float = 0.7, top_p: float = 1.0,
-                   max_tokens: int = 1024, seed: int | None = None) -> Completion:
-        import openai
-
-        retryable = (openai.RateLimitError, openai.InternalServerError, openai.APITimeoutError,
-                     openai.APIConnectionError, openai.APIResponseValidationError, json.JSONDecodeError)
-        extra = {"seed": seed} if seed is not None and seed >= 0 else {}
-        last: Exception | None = None
-        url = None
-        async with self._limit:
-            for attempt in range(self.max_retries + 1):
-                url = self._pick(avoid=url if len(self.clients) > 1 else None)
-                self.in_flight[url] += 1
-                self.usage.requests += 1
-                try:
-                    resp = await self.clients[url].chat.completions.create(
-                        model=self.model, messages=messages, n=n, temperature=temperature, top_p=top_p,
-                        max_tokens=max_tokens, **extra)
-                    texts = [c.message.content for c in resp.choices]
-                    if len(texts) != n or any(not isinstance(t, str) for t in texts):
-                        raise ValueError(f"expected {n} text choices, got {len(texts)}")
-                except (*retryable, ValueError, AttributeError, TypeError) as error:
-                    status = getattr(error, "status_code", None)
-                    self.usage.retries[str(status) if status else type(error).__name__] += 1
-                    last = error
-                    if attempt < self.max_retries:
-                        delay = min(self.max_backoff_s, self.backoff_s * 2**attempt) * (0.5 + self._rng.random())
-                        await asyncio.sleep(delay)
-                    continue
-                except openai.APIStatusError as error:  # 4xx other than 429: the request itself is wrong
-                    self.usage.failures += 1
-                    raise BackendError(f"{self.base_urls[url]}: HTTP {error.status_code}: {error.message}") from None
-                finally:
-                    self.in_flight[url] -= 1
-                self.per_url[self.base_urls[url]] += 1
-                self.usage.completions += len(texts)
-                prompt_tokens = getattr(resp.usage, "prompt_tokens", 0) or 0
-                completion_tokens = getattr(resp.usage, "completion_tokens", 0) or 0
-                self.usage.prompt_tokens += prompt_tokens
-                self.usage.completion_tokens += completion_tokens
-                return Completion(texts, prompt_tokens, completion_tokens, resp.model or self.model)
-        self.usage.failures += 1
-        raise BackendError(f"gave up after {self.max_retries + 1} attempts: {type(last).__name__}: {last}")
-
-    async def aclose(self) -> None:
-        for client in self.clients:
-            await client.close()
 
 
 class LocalBackend:

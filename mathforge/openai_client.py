@@ -1,0 +1,181 @@
+"""One client for OpenAI-compatible servers (vLLM, SGLang, OpenAI), used by synthesis and evaluation.
+
+- at most `concurrency` requests in flight; several base URLs are load-balanced (the one with the fewest
+  requests in flight, then round robin), and a retry goes to another URL;
+- 429, 5xx, timeouts, connection errors and malformed responses are retried with exponential backoff
+  and jitter; other 4xx fail at once with `BackendError`;
+- token usage, retries by cause and failures are counted in `usage`;
+- the `openai` async client does the HTTP, over aiohttp when it is installed (about 2.5x less CPU per
+  request than the default transport), and replies are parsed from the raw JSON rather than into
+  pydantic models (another ~10%): at hundreds of concurrent requests the client's own CPU matters.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from mathforge.errors import ConfigError, MathforgeError
+
+Message = dict[str, str]
+
+
+class BackendError(MathforgeError, RuntimeError):
+    """A request that failed for good (retries exhausted or a non-retryable error)."""
+
+
+@dataclass
+class Completion:
+    texts: list[str]
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    model: str = ""
+
+
+@dataclass
+class Usage:
+    requests: int = 0
+    completions: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    retries: Counter = field(default_factory=Counter)
+    failures: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"requests": self.requests, "completions": self.completions, "prompt_tokens": self.prompt_tokens,
+                "completion_tokens": self.completion_tokens, "retries": dict(self.retries), "failures": self.failures}  # fmt: skip
+
+
+class _Malformed(ValueError):
+    """A 2xx reply that is not a usable completion (retried like a server error)."""
+
+
+def _http_client():
+    try:
+        from openai import DefaultAioHttpClient
+
+        return DefaultAioHttpClient()
+    except (ImportError, RuntimeError):  # the aiohttp extra is missing: the default httpx transport
+        return None
+
+
+class OpenAIClient:
+    """Chat and text completions from one or more OpenAI-compatible servers (see the module doc)."""
+
+    def __init__(self, base_urls: list[str] | str, model: str, *, api_key: str | None = None, concurrency: int = 64,
+                 max_retries: int = 6, timeout_s: float = 120.0, backoff_s: float = 0.5, max_backoff_s: float = 30.0,
+                 seed: int = 0, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:  # fmt: skip
+        from openai import AsyncOpenAI
+
+        base_urls = [base_urls] if isinstance(base_urls, str) else list(base_urls)
+        if not base_urls:
+            raise ConfigError("backend.base_urls needs at least one URL")
+        if concurrency < 1:
+            raise ConfigError(f"concurrency must be >= 1, got {concurrency}")
+        self.model, self.max_retries = model, max_retries
+        self.backoff_s, self.max_backoff_s, self._sleep = backoff_s, max_backoff_s, sleep
+        self.base_urls = base_urls
+        self.clients = [AsyncOpenAI(base_url=u, api_key=api_key or "EMPTY", max_retries=0, timeout=timeout_s,
+                                    http_client=_http_client()) for u in base_urls]  # fmt: skip
+        self.in_flight = [0] * len(base_urls)
+        self.per_url: Counter = Counter()
+        self._next = 0
+        self._limit = asyncio.Semaphore(concurrency)
+        self._rng = random.Random(seed)
+        self.usage = Usage()
+
+    def _pick(self, avoid: int | None) -> int:
+        count = len(self.clients)
+        order = sorted(range(count), key=lambda i: (i == avoid, self.in_flight[i], (i - self._next) % count))
+        self._next = (order[0] + 1) % count
+        return order[0]
+
+    async def chat(self, messages: list[Message], *, n: int = 1, temperature: float = 0.7, top_p: float = 1.0,
+                   max_tokens: int = 1024, seed: int | None = None, stop: list[str] | None = None) -> Completion:  # fmt: skip
+        """`n` chat completions of `messages`."""
+        return await self._collect("chat", {"messages": messages}, n, temperature, top_p, max_tokens, seed, stop)
+
+    async def complete(self, prompt: str, *, n: int = 1, temperature: float = 0.7, top_p: float = 1.0,
+                       max_tokens: int = 1024, seed: int | None = None, stop: list[str] | None = None) -> Completion:  # fmt: skip
+        """`n` raw text completions of `prompt` (the /completions endpoint)."""
+        return await self._collect("text", {"prompt": prompt}, n, temperature, top_p, max_tokens, seed, stop)
+
+    async def _collect(self, kind: str, payload: dict[str, Any], n: int, *sampling: Any) -> Completion:
+        """Asks again for the rest when a server returns fewer than `n` choices."""
+        out = await self._request(kind, payload, n, *sampling)
+        while len(out.texts) < n:
+            more = await self._request(kind, payload, n - len(out.texts), *sampling)
+            out = Completion(out.texts + more.texts, out.prompt_tokens + more.prompt_tokens,
+                             out.completion_tokens + more.completion_tokens, out.model)  # fmt: skip
+        out.texts = out.texts[:n]
+        return out
+
+    async def _request(self, kind: str, payload: dict[str, Any], n: int, temperature: float, top_p: float,
+                       max_tokens: int, seed: int | None, stop: list[str] | None) -> Completion:  # fmt: skip
+        import openai
+
+        retryable = (openai.RateLimitError, openai.InternalServerError, openai.APITimeoutError,
+                     openai.APIConnectionError, openai.APIResponseValidationError, _Malformed)  # fmt: skip
+        params: dict[str, Any] = {"model": self.model, "n": n, "temperature": temperature, "top_p": top_p,
+                                  "max_tokens": max_tokens, **payload}  # fmt: skip
+        if seed is not None and seed >= 0:
+            params["seed"] = seed
+        if stop:
+            params["stop"] = list(stop)[:4]  # the API takes at most four stop strings
+        last: Exception | None = None
+        url = None
+        async with self._limit:
+            for attempt in range(self.max_retries + 1):
+                url = self._pick(avoid=url if len(self.clients) > 1 else None)
+                self.in_flight[url] += 1
+                self.usage.requests += 1
+                try:
+                    client = self.clients[url]
+                    endpoint = client.chat.completions if kind == "chat" else client.completions
+                    raw = await endpoint.with_raw_response.create(**params)
+                    completion = _parse(raw.http_response.content, kind, self.model)
+                except retryable as error:
+                    status = getattr(error, "status_code", None)
+                    cause = "malformed" if isinstance(error, _Malformed) else type(error).__name__
+                    self.usage.retries[str(status) if status else cause] += 1
+                    last = error
+                    if attempt < self.max_retries:
+                        delay = min(self.max_backoff_s, self.backoff_s * 2**attempt) * (0.5 + self._rng.random())
+                        await self._sleep(delay)
+                    continue
+                except openai.APIStatusError as error:  # 4xx other than 429: the request itself is wrong
+                    self.usage.failures += 1
+                    raise BackendError(f"{self.base_urls[url]}: HTTP {error.status_code}: {error.message}") from None
+                finally:
+                    self.in_flight[url] -= 1
+                self.per_url[self.base_urls[url]] += 1
+                self.usage.completions += len(completion.texts)
+                self.usage.prompt_tokens += completion.prompt_tokens
+                self.usage.completion_tokens += completion.completion_tokens
+                return completion
+        self.usage.failures += 1
+        raise BackendError(f"gave up after {self.max_retries + 1} attempts: {type(last).__name__}: {last}")
+
+    async def aclose(self) -> None:
+        for client in self.clients:
+            await client.close()
+
+
+def _parse(body: bytes, kind: str, model: str) -> Completion:
+    """The texts (in choice order) and token usage of a completions reply; `_Malformed` if it has none."""
+    try:
+        data = json.loads(body)
+        choices = sorted(data["choices"], key=lambda c: c.get("index", 0))
+        texts = [c["message"]["content"] if kind == "chat" else c["text"] for c in choices]
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
+        raise _Malformed(f"malformed reply ({type(error).__name__}: {error})") from None
+    if not texts or any(not isinstance(t, str) for t in texts):
+        raise _Malformed(f"malformed reply: choices without text ({texts!r:.80})")
+    usage = data.get("usage") or {}
+    return Completion(texts, int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0),
+                      str(data.get("model") or model))  # fmt: skip
