@@ -34,6 +34,9 @@ SCHEMA: dict[str, dict[str, tuple[tuple[type, ...], Any, tuple | None]]] = {
         "max_digits": ((int,), 3, None),
         "answer_template": ((str,), "The answer is: {answer}", None),
         "mix": ((dict,), {"normal": 1.0, "hard": 0.0}, None),
+        # a compact fixed-width column-arithmetic tier (see symbolic.generate_arithmetic) instead of the
+        # families above: what the CPU demo trains a model from scratch on
+        "arithmetic": ((str,), "", ("", "normal", "hard")),
     },
     "backend": {
         "kind": ((str,), "symbolic", ("symbolic", "openai", "local")),

@@ -27,7 +27,7 @@ from mathforge.synth.backends import BackendError
 from mathforge.synth.common import Context, Reject
 from mathforge.synth.prompts import Prompts
 from mathforge.synth.store import Journal, shard_name, write_json, write_rows
-from mathforge.synth.symbolic import Generator
+from mathforge.synth.symbolic import ArithmeticGenerator, Generator
 
 
 class SymbolicPipeline:
@@ -43,7 +43,10 @@ class SymbolicPipeline:
         diff = sy["difficulty"] or None
         common = {"families": sy["families"] or None, "max_digits": sy["max_digits"],
                   "answer_template": sy["answer_template"], "seed": self.seed}
-        if diff is not None:  # an explicit difficulty overrides the stage mix
+        if sy["arithmetic"]:  # one compact column-arithmetic tier; its problems carry the tier as their stage
+            self.gens = {sy["arithmetic"]: ArithmeticGenerator(sy["arithmetic"], self.seed, sy["answer_template"])}
+            self.counts = {sy["arithmetic"]: total}
+        elif diff is not None:  # an explicit difficulty overrides the stage mix
             self.gens = {"normal": Generator(difficulty=diff, **common)}
             self.counts = {"normal": total}
         else:

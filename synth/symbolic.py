@@ -668,3 +668,16 @@ def generate_arithmetic(n: int, *, stage: str = "normal", seed: int = 0, start: 
         out.append(Problem(f"arith-{stage}-{seed}-{i}", family, tier.difficulty, stage, "grade_school", q, solution,
                            answer, value, check))
     return out
+
+
+class ArithmeticGenerator:
+    """`Generator`'s interface over `generate_arithmetic`: problem i of one compact column-arithmetic tier."""
+
+    def __init__(self, stage: str, seed: int = 0, answer_template: str = DEFAULT_ANSWER_TEMPLATE) -> None:
+        generate_arithmetic(0, stage=stage, seed=seed, answer_template=answer_template)  # validates the arguments
+        self.stage, self.seed, self.answer_template = stage, seed, answer_template
+        self.rejected = 0
+
+    def problem(self, index: int) -> Problem:
+        return generate_arithmetic(1, stage=self.stage, seed=self.seed, start=index,
+                                   answer_template=self.answer_template)[0]  # fmt: skip

@@ -8,8 +8,8 @@ from mathforge.demo import Recipe, Tier, run_demo
 def test_demo_runs_end_to_end(tmp_path):
     recipe = Recipe(
         tiers=(
-            Tier("normal", {"difficulty": 1, "families": ["add_digits"], "max_digits": 2}, 0.5, 0.5),
-            Tier("hard", {"difficulty": 1, "families": ["sub_digits"], "max_digits": 3}, 0.5, 0.5),
+            Tier("normal", {"arithmetic": "normal"}, 0.5, steps=12),
+            Tier("hard", {"arithmetic": "hard"}, 0.5, steps=12, replay=40),
         ),
         train_items=600, heldout_per_tier=10, gsm8k_sample=4, vocab_size=300, max_new_tokens=24,
         model={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
@@ -32,6 +32,9 @@ def test_demo_runs_end_to_end(tmp_path):
 
     stages = report["training"]["stages"]
     assert [s["name"] for s in stages] == ["normal", "hard"] and all(s["steps"] >= 5 for s in stages)
+    replay = (out / "data" / "replay-hard.jsonl").read_text().splitlines()
+    assert len(replay) == 40 and replay == (out / "data" / "train-normal.jsonl").read_text().splitlines()[:40]
+    assert stages[1]["data"]["rows"] == report["data"]["tiers"]["hard"]["rows"] + 40  # stage 2 replays stage 1
     records = [json.loads(line) for line in (out / "train" / "metrics.jsonl").open()]
     assert records[-1]["loss"] < records[0]["loss"]
     for name in ("report.json", "report.md", "accuracy.png", "train/loss.png", "train/throughput.png",

@@ -126,3 +126,20 @@ def test_cli_runs_and_reports_config_errors(tmp_path, capsys):
         main(["synth", str(CONFIGS / "symbolic-demo.toml"), "--set", "run.format=\"xml\""])
     assert exit_info.value.code == 2
     assert "run.format = 'xml'; allowed values: jsonl, parquet" in capsys.readouterr().err
+
+
+def test_arithmetic_tier_through_the_pipeline(tmp_path):
+    from mathforge.synth import config as synth_config
+    from mathforge.synth.run import synthesize
+
+    cfg = synth_config.load(data={"run": {"output": str(tmp_path / "a"), "items": 60, "progress": False},
+                                  "symbolic": {"arithmetic": "hard"}, "quality": {"near_dedup": False}})  # fmt: skip
+    manifest = synthesize(cfg)
+    rows = [json.loads(line) for line in open(manifest["files"]["hard"]["path"])]
+    assert len(rows) == manifest["rows"] > 50 and all(r["meta"]["stage"] == "hard" for r in rows)
+    for row in rows:
+        a, op, b = row["prompt"].removeprefix("What is ").removesuffix("?").split()
+        expected = int(a) + int(b) if op == "+" else int(a) - int(b)
+        assert row["response"].endswith(f"The answer is: {expected}") and row["meta"]["answer"] == str(expected)
+    with pytest.raises(ConfigError, match="allowed values: , normal, hard"):
+        synth_config.load(data={"symbolic": {"arithmetic": "medium"}})
