@@ -86,7 +86,7 @@ def bench_client(requests: int, concurrency: int = 256) -> list[dict]:
         peers = [
             ("bare openai.AsyncOpenAI (peer, default transport)", _bare),
             ("bare openai.AsyncOpenAI (peer, aiohttp transport)", functools.partial(_bare, aiohttp=True)),
-            ("mathforge OpenAIClient (aiohttp, raw JSON)", _ours),
+            ("mathforge OpenAIClient (aiohttp, plain-JSON post)", _ours),
         ]
         for name, fn in peers:
             asyncio.run(fn(url, 256, concurrency))  # warm up connections and imports
