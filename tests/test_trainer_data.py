@@ -105,9 +105,10 @@ def test_folder_of_shards(tmp_path, tokenizer):
     folder = tmp_path / "normal"
     folder.mkdir()
     write_addition_data(folder / "shard-0-of-2.jsonl", n=5, seed=1)
-    write_addition_data(folder / "shard-1-of-2.jsonl", n=7, seed=2)
+    (folder / "hard").mkdir()
+    write_addition_data(folder / "hard" / "shard-1-of-2.jsonl", n=7, seed=2)
     data = tokenize([str(folder)], tokenizer, template="plain", max_seq_len=64)
-    assert data.counts["rows"] == 12
+    assert data.counts["rows"] == 12  # subfolders too
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="a folder with no .jsonl"):
         tokenize([str(tmp_path / "empty")], tokenizer, template="plain", max_seq_len=64)

@@ -71,11 +71,11 @@ class MicroBatch:
 
 
 def _read_source(source: str) -> list[tuple[str, dict[str, Any]]]:
-    """(where, row) pairs from a file, a folder of shards (what `mathforge synth` writes), or a Hugging Face
-    dataset name (`name` or `name:split`)."""
+    """(where, row) pairs from a file, a folder of shards searched recursively (what `mathforge synth`
+    writes: data/<stage>/shard-*.jsonl), or a Hugging Face dataset name (`name` or `name:split`)."""
     path = Path(source)
     if path.is_dir():
-        shards = sorted(p for p in path.iterdir() if p.name.endswith((".jsonl", ".jsonl.gz", ".parquet", ".json")))
+        shards = sorted(p for p in path.rglob("*") if p.name.endswith((".jsonl", ".jsonl.gz", ".parquet", ".json")))
         if not shards:
             raise DataError(f"{source}: a folder with no .jsonl, .jsonl.gz, .json or .parquet files")
         return [pair for shard in shards for pair in _read_source(str(shard))]
