@@ -74,3 +74,41 @@ def test_shipped_recipes_load():
     stage1 = load_config(recipes[1])
     assert (stage1.optim.weight_decay, stage1.optim.warmup_ratio, stage1.data.max_seq_len) == (0.0, 0.03, 2048)
     assert stage1.stages[0].epochs == 3 and load_config(recipes[0]).optim.schedule == "wsd"
+
+
+def test_adamw_bf16_matches_torch_adamw_on_fp32_weights():
+    import torch
+
+    from mathforge.trainer.optim import AdamWBf16
+
+    torch.manual_seed(0)
+    ours = torch.randn(6, 5, requires_grad=True)
+    theirs = ours.detach().clone().requires_grad_(True)
+    opt_ours = AdamWBf16([ours], lr=1e-2, betas=(0.9, 0.95), weight_decay=0.1)
+    opt_theirs = torch.optim.AdamW([theirs], lr=1e-2, betas=(0.9, 0.95), weight_decay=0.1)
+    for _ in range(6):
+        grad = torch.randn(6, 5)
+        ours.grad, theirs.grad = grad.clone(), grad.clone()
+        opt_ours.step()
+        opt_theirs.step()
+    torch.testing.assert_close(ours, theirs, rtol=1e-6, atol=1e-7)
+
+
+def test_bf16_weights_keep_fp32_states_and_small_updates_survive():
+    import torch
+
+    from mathforge.trainer.optim import AdamWBf16, round_to_bf16_stochastically
+
+    torch.manual_seed(0)
+    values = torch.full((200_000,), 1.0 + 2**-10)  # a quarter of bf16's step (2^-7) above 1.0
+    rounded = round_to_bf16_stochastically(values).float()
+    assert set(rounded.unique().tolist()) == {1.0, 1.0 + 2**-7}  # only the two neighbours
+    assert abs(rounded.mean().item() - (1.0 + 2**-10)) < 2e-5  # unbiased: ~25% round up
+    weight = torch.ones(10_000, dtype=torch.bfloat16, requires_grad=True)
+    optimizer = AdamWBf16([weight], lr=1e-4)  # each Adam step moves ~1e-4, far below bf16's 2^-8 below 1.0
+    for _ in range(50):
+        weight.grad = torch.ones_like(weight)
+        optimizer.step()
+    assert optimizer.state[weight]["exp_avg"].dtype == torch.float32 and weight.dtype == torch.bfloat16
+    assert abs(weight.float().mean().item() - (1.0 - 50 * 1e-4)) < 5e-4  # round-to-nearest would stay at 1.0
+    assert weight.to(torch.float32).mean().item() < 1.0

@@ -133,3 +133,29 @@ def test_nan_stops_with_last_good_checkpoint(workspace):
     saved = sorted((root / "nan" / "checkpoints").glob("step-*"))[-1]
     state = json.loads((saved / "trainer_state.json").read_text())
     assert state["global_step"] >= 1 and not state["finished"]
+
+
+def test_bf16_weights_train_and_resume_exactly(workspace):
+    root, ws = workspace
+    stages = f"""
+[[stages]]
+name = "normal"
+data = ["{ws["data"]}"]
+steps = 16
+"""
+    straight = load_config(recipe(root, ws, out="bf16-straight", stages=stages), ["train.precision=bf16"])
+    summary = train(straight, progress=False)
+    records = [json.loads(line) for line in (root / "bf16-straight" / "metrics.jsonl").read_text().splitlines()]
+    assert records[-1]["loss"] < 0.8 * records[0]["loss"] and summary["precision"] == "bf16"
+    weights = _weights(root / "bf16-straight")
+    assert {t.dtype for t in weights.values()} == {torch.bfloat16}
+    checkpoint = sorted((root / "bf16-straight" / "checkpoints").glob("step-*"))[-1]
+    states = torch.load(checkpoint / "optimizer.pt", weights_only=False)["state"]
+    assert {s["exp_avg"].dtype for s in states.values()} == {torch.float32}
+
+    stopped = load_config(recipe(root, ws, out="bf16-resumed", stages=stages), ["train.precision=bf16", "train.max_steps=7"])
+    assert train(stopped, progress=False)["stopped"] == "max_steps=7"
+    resumed = load_config(recipe(root, ws, out="bf16-resumed", stages=stages), ["train.precision=bf16"])
+    train(resumed, resume=True, progress=False)
+    again = _weights(root / "bf16-resumed")
+    assert all(torch.equal(again[name], weights[name]) for name in weights)  # incl. the stochastic rounding

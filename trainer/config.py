@@ -73,8 +73,9 @@ class TrainConfig:
     micro_batch_tokens: int = 4096  # tokens per packed micro-batch (the packer's bin size)
     grad_accum: int = 1  # micro-batches per optimizer step on each rank
     # auto: bf16-autocast on CUDA, fp32 on CPU. bf16-autocast keeps fp32 master weights and optimizer states
-    # (under FSDP2 as a MixedPrecisionPolicy with bf16 parameters and fp32 gradient reduction).
-    precision: Literal["auto", "fp32", "bf16-autocast"] = "auto"
+    # (under FSDP2 as a MixedPrecisionPolicy with bf16 parameters and fp32 gradient reduction); bf16 keeps
+    # the weights in bf16 and only the optimizer states in fp32 (stochastically rounded updates).
+    precision: Literal["auto", "fp32", "bf16-autocast", "bf16"] = "auto"
     device: str = "auto"  # auto = cuda when available, else cpu
     max_steps: int = 0  # stop the whole run after this many optimizer steps (0 = no limit)
     time_limit_s: float = 0.0  # stop cleanly (with a checkpoint) after this many seconds (0 = no limit)

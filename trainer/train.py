@@ -100,22 +100,22 @@ def load_tokenizer(config: Config) -> Any:
     return tokenizer
 
 
-def build_model(config: Config, tokenizer: Any, checkpoint: Path | None) -> nn.Module:
+def build_model(config: Config, tokenizer: Any, checkpoint: Path | None, dtype: torch.dtype) -> nn.Module:
     """The model from a checkpoint being resumed, a Hugging Face folder, or a preset (seeded random init)."""
     from mathforge.trainer.model import from_config, from_pretrained
 
     init = config.model.init
     if checkpoint is not None:
-        model = from_pretrained(checkpoint / "model", dtype=torch.float32)
+        model = from_pretrained(checkpoint / "model", dtype=dtype)
     elif Path(init).is_dir():
-        model = from_pretrained(init, dtype=torch.float32)
+        model = from_pretrained(init, dtype=dtype)
     else:
         torch.manual_seed(config.run.seed)
         overrides = dict(config.model.overrides)
         overrides.setdefault("vocab_size", len(tokenizer))
         for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
             overrides.setdefault(name, getattr(tokenizer, name))
-        model = from_config({"preset": init, **overrides}, dtype=torch.float32, device="cpu")
+        model = from_config({"preset": init, **overrides}, dtype=torch.float32, device="cpu").to(dtype)
     if len(tokenizer) > model.config.vocab_size:
         raise ConfigError(
             f"{config.source}: the tokenizer has {len(tokenizer)} tokens but the model's vocab_size is "
@@ -130,11 +130,10 @@ def _shard(module: LossModule, precision: str) -> None:
     """FSDP2: each block its own unit, the rest (embeddings, norm, head) at the root."""
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-    policy = (
-        MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
-        if precision == "bf16-autocast"
-        else MixedPrecisionPolicy()
-    )
+    if precision == "bf16-autocast":  # fp32 sharded master weights, bf16 compute, fp32 gradient reduction
+        policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+    else:  # fp32 throughout, or bf16 weights throughout (gradients reduced in fp32)
+        policy = MixedPrecisionPolicy(reduce_dtype=torch.float32 if precision == "bf16" else None)
     for block in module.model.layers:
         fully_shard(block, mp_policy=policy)
     fully_shard(module, mp_policy=policy)
@@ -197,7 +196,7 @@ def train(config: Config, *, resume: bool = False, progress: bool = True) -> dic
         return json.loads((run_dir / "summary.json").read_text())
 
     tokenizer = load_tokenizer(config)
-    model = build_model(config, tokenizer, checkpoint)
+    model = build_model(config, tokenizer, checkpoint, torch.bfloat16 if precision == "bf16" else torch.float32)
     module = LossModule(model)
     if config.model.compile:
         for i, block in enumerate(model.layers):
