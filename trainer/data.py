@@ -226,11 +226,8 @@ def tokenize(
     keep = status != "dropped"
     column = dataset.data.table.column("input_ids").combine_chunks()
     lengths = np.diff(column.offsets.to_numpy())[keep]
-    flat = column.values.to_numpy().astype(np.int32)
-    starts = column.offsets.to_numpy()[:-1][keep]
-    tokens = np.concatenate([flat[s : s + n] for s, n in zip(starts, lengths)]) if keep.any() else np.empty(0, np.int32)
     data = TokenizedData(
-        tokens=tokens.astype(np.int32),
+        tokens=column.flatten().to_numpy().astype(np.int32),  # dropped rows hold no tokens
         offsets=np.concatenate(([0], np.cumsum(lengths))).astype(np.int64),
         prompt_lengths=np.asarray(dataset["prompt_length"], dtype=np.int64)[keep],
         counts={
