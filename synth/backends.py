@@ -55,11 +55,14 @@ class LocalBackend:
         torch.manual_seed(self.seed if seed is None or seed < 0 else seed)
         enc = self.tokenizer(self._prompt(messages), return_tensors="pt").to(self.device)
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
-        with torch.no_grad():
-            out = self.model.generate(**enc, do_sample=temperature > 0, temperature=temperature or None,
-                                      top_p=top_p if temperature > 0 else None, max_new_tokens=max_tokens,
-                                      num_return_sequences=n, pad_token_id=pad)
+        sample = temperature > 0
+        with torch.no_grad():  # greedy decoding gives one continuation: generate it once, repeat it n times
+            out = self.model.generate(**enc, do_sample=sample, temperature=temperature or None,
+                                      top_p=top_p if sample else None, max_new_tokens=max_tokens,
+                                      num_return_sequences=n if sample else 1, pad_token_id=pad)
         new = out[:, enc["input_ids"].shape[1]:]
+        if not sample:
+            new = new.expand(n, -1)
         texts = self.tokenizer.batch_decode(new, skip_special_tokens=True)
         eos = self.tokenizer.eos_token_id
         completion_tokens = int((new != eos).sum()) if eos is not None else int(new.numel())
