@@ -114,7 +114,10 @@ def _hf_rows(spec: str, split: str):
     import datasets as hf
 
     name, _, config = spec.partition(":")
-    data = hf.load_dataset(name, config or None, split=split)
+    try:
+        data = hf.load_dataset(name, config or None, split=split)
+    except Exception as error:  # the hub and local loaders raise many types
+        raise DataError(f"hf:{spec} (split {split!r}): cannot load ({type(error).__name__}: {error})") from None
     yield from ((f"hf:{spec}/{split} row {i}", dict(row)) for i, row in enumerate(data))
 
 

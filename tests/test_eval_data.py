@@ -85,3 +85,19 @@ def test_summarize_and_breakdown():
     assert s["accuracy_lenient"] == 0.25 and s["accuracy_strict"] == 0
     assert s["pass@1"] == 0.25 and s["pass@2"] == 0.5 and s["maj@2"] == 0.5
     assert breakdown(records, "level", 2)["1"]["accuracy_lenient"] == 0.5
+
+
+def test_hf_dataset_from_a_local_folder(tmp_path):
+    import json
+
+    import pytest
+
+    from mathforge.errors import DataError
+    from mathforge.evaluate.benchmarks import load_benchmark
+
+    rows = [{"problem": "What is $1+1$?", "solution": "It is $\\boxed{2}$."}, {"problem": "Half of 8?", "solution": "#### 4"}]
+    (tmp_path / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    bench = load_benchmark(f"hf:{tmp_path}", "test", fields={"question": "problem", "answer": "solution"})
+    assert [(item.question, item.gold) for item in bench.items] == [("What is $1+1$?", "2"), ("Half of 8?", "4")]
+    with pytest.raises(DataError, match="cannot load"):
+        load_benchmark(f"hf:{tmp_path / 'missing'}", "test")
