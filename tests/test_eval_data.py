@@ -88,13 +88,6 @@ def test_summarize_and_breakdown():
 
 
 def test_hf_dataset_from_a_local_folder(tmp_path):
-    import json
-
-    import pytest
-
-    from mathforge.errors import DataError
-    from mathforge.evaluate.benchmarks import load_benchmark
-
     rows = [{"problem": "What is $1+1$?", "solution": "It is $\\boxed{2}$."}, {"problem": "Half of 8?", "solution": "#### 4"}]
     (tmp_path / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     bench = load_benchmark(f"hf:{tmp_path}", "test", fields={"question": "problem", "answer": "solution"})
