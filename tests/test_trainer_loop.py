@@ -62,27 +62,25 @@ schedule = "constant"
 
 def test_two_processes_equal_one(workspace):
     root, ws = workspace
-    single = recipe(root, ws, out="single", extra="")  # grad_accum = 2 in one process
-    train(load_config(single), progress=False)
-    command, env = _cli(
-        "train", str(single), "--set", f'run.out_dir="{root / "fsdp"}"', "--set", "train.grad_accum=1", "--no-progress"
-    )
-    torchrun = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        "--master_port",
-        "29533",
-        *command[1:],
-    ]
+    # Adam's first steps are nearly sign descent: a gradient element that rounds to +1e-9 in one run and
+    # -1e-9 in the other would move by 2·lr. A large eps makes the update linear in small gradients, so
+    # the comparison checks the gradients' equality (the token-normalised loss across ranks), not rounding.
+    overrides = ["optim.eps=1e-3"]
+    single = recipe(root, ws, out="single")  # grad_accum = 2 in one process
+    train(load_config(single, overrides), progress=False)
+    command, env = _cli("train", str(single), "--set", f'run.out_dir="{root / "fsdp"}"', "--set", "train.grad_accum=1",
+                        "--set", overrides[0], "--no-progress")  # fmt: skip
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+                *command[1:]]  # fmt: skip
     result = subprocess.run(torchrun, env=env, capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stderr[-3000:]
     one, two = _weights(root / "single"), _weights(root / "fsdp")
     assert one.keys() == two.keys()
     for name in one:
         torch.testing.assert_close(two[name], one[name], rtol=1e-4, atol=1e-5, msg=name)
+    losses = [[json.loads(line)["loss"] for line in (root / run / "metrics.jsonl").open()] for run in ("single", "fsdp")]
+    assert len(losses[0]) == len(losses[1]) > 20
+    assert losses[0] == pytest.approx(losses[1], rel=1e-4)
 
 
 def test_sigkill_and_resume_is_bit_identical(workspace):
