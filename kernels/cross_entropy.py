@@ -19,6 +19,7 @@ import triton
 import triton.language as tl
 
 from mathforge.kernels._common import check_reduction, num_warps_for, row_block
+from mathforge.kernels.reference import reduce_rows
 
 
 @triton.jit
@@ -180,15 +181,6 @@ class CrossEntropyFunction(torch.autograd.Function):
         logits, target, lse = ctx.saved_tensors
         grad = torch.ops.mathforge.cross_entropy_bwd(grad_loss, logits, target, lse, *ctx.args)
         return grad, None, None, None, None, None
-
-
-def reduce_rows(loss: torch.Tensor, target: torch.Tensor, ignore_index: int, reduction: str) -> torch.Tensor:
-    """Applies the reduction to per-row losses (0 at ignored rows); "mean" over non-ignored rows, 0.0 if none."""
-    if reduction == "none":
-        return loss
-    if reduction == "sum":
-        return loss.sum()
-    return loss.sum() / (target != ignore_index).sum().clamp(min=1)
 
 
 def cross_entropy_triton(

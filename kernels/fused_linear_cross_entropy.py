@@ -18,7 +18,8 @@ from __future__ import annotations
 import torch
 
 from mathforge.kernels._common import check_reduction
-from mathforge.kernels.cross_entropy import launch_ce, reduce_rows
+from mathforge.kernels.cross_entropy import launch_ce
+from mathforge.kernels.reference import reduce_rows
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 

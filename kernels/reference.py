@@ -40,12 +40,16 @@ def cross_entropy(
     safe_target = torch.where(valid, target, torch.zeros_like(target))
     nll = lse - z.gather(-1, safe_target.unsqueeze(-1)).squeeze(-1)
     loss = (1.0 - label_smoothing) * nll + label_smoothing * (lse - z.mean(dim=-1)) + z_loss * lse.square()
-    loss = torch.where(valid, loss, torch.zeros_like(loss))
+    return reduce_rows(torch.where(valid, loss, torch.zeros_like(loss)), target, ignore_index, reduction)
+
+
+def reduce_rows(loss: torch.Tensor, target: torch.Tensor, ignore_index: int, reduction: str) -> torch.Tensor:
+    """Applies the reduction to per-row losses (0 at ignored rows); "mean" over non-ignored rows, 0.0 if none."""
     if reduction == "none":
         return loss
     if reduction == "sum":
         return loss.sum()
-    return loss.sum() / valid.sum().clamp(min=1)
+    return loss.sum() / (target != ignore_index).sum().clamp(min=1)
 
 
 def fused_linear_cross_entropy(

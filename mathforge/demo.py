@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from mathforge.errors import ConfigError
+from mathforge.synth.store import write_rows
 
 
 @dataclass(frozen=True)
@@ -80,10 +81,7 @@ def _synthesize(folder: Path, tier: Tier, items: int, seed: int) -> tuple[list[d
 
 
 def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8") as handle:
-        for row in rows:
-            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+    write_rows(path, rows, "jsonl")
     return path
 
 
