@@ -39,7 +39,12 @@ _ARCH = {
                    "init_module": 175, "finit_module": 313, "delete_module": 176, "bpf": 321,
                    "perf_event_open": 298, "userfaultfd": 323, "keyctl": 250, "add_key": 248, "request_key": 249,
                    "reboot": 169, "swapon": 167, "swapoff": 168, "acct": 163, "personality": 135, "iopl": 172,
-                   "ioperm": 173, "name_to_handle_at": 303, "open_by_handle_at": 304},
+                   "ioperm": 173, "name_to_handle_at": 303, "open_by_handle_at": 304,
+                   # metadata of files (Landlock does not cover it): modes, owners, times, extended attributes
+                   "chmod": 90, "fchmod": 91, "fchmodat": 268, "chown": 92, "fchown": 93, "lchown": 94,
+                   "fchownat": 260, "utime": 132, "utimes": 235, "futimesat": 261, "utimensat": 280,
+                   "setxattr": 188, "lsetxattr": 189, "fsetxattr": 190, "removexattr": 197, "lremovexattr": 198,
+                   "fremovexattr": 199},
     },
     "aarch64": {
         "audit": 0xC00000B7, "pivot_root": 41, "clone": 220, "clone3": 435,
@@ -50,13 +55,16 @@ _ARCH = {
                    "finit_module": 273, "delete_module": 106, "bpf": 280, "perf_event_open": 241,
                    "userfaultfd": 282, "keyctl": 219, "add_key": 217, "request_key": 218, "reboot": 142,
                    "swapon": 224, "swapoff": 225, "acct": 89, "personality": 92, "name_to_handle_at": 264,
-                   "open_by_handle_at": 265},
+                   "open_by_handle_at": 265,
+                   "fchmod": 52, "fchmodat": 53, "fchownat": 54, "fchown": 55, "utimensat": 88, "setxattr": 5,
+                   "lsetxattr": 6, "fsetxattr": 7, "removexattr": 14, "lremovexattr": 15, "fremovexattr": 16},
     },
 }
 # The same number on every architecture (the unified table of newer syscalls).
 _COMMON_DENIED = {"pidfd_send_signal": 424, "pidfd_open": 434, "pidfd_getfd": 438, "io_uring_setup": 425,
                   "io_uring_enter": 426, "io_uring_register": 427, "open_tree": 428, "move_mount": 429,
-                  "fsopen": 430, "fsconfig": 431, "fsmount": 432, "fspick": 433, "mount_setattr": 442}
+                  "fsopen": 430, "fsconfig": 431, "fsmount": 432, "fspick": 433, "mount_setattr": 442,
+                  "fchmodat2": 452, "setxattrat": 463, "removexattrat": 466}
 _LANDLOCK_CREATE, _LANDLOCK_ADD_RULE, _LANDLOCK_RESTRICT = 444, 445, 446
 
 
@@ -236,7 +244,7 @@ def landlock(read: list[str], write: list[str]) -> int:
 
 def _seccomp_program(table: dict, own_pid: int) -> bytes:
     """A classic-BPF seccomp filter: EPERM for process creation, exec, sockets, namespaces, mounts, ptrace,
-    kernel modules, io_uring and the like; threads (clone with CLONE_THREAD) allowed; clone3 answered ENOSYS
+    kernel modules, io_uring, file metadata changes (chmod, chown, times, xattrs) and the like; threads (clone with CLONE_THREAD) allowed; clone3 answered ENOSYS
     so libc falls back to clone; signals only to this process; any other architecture killed."""
     LD, JEQ, JGE, JSET, RET = 0x20, 0x15, 0x35, 0x45, 0x06
     allow, kill = 0x7FFF0000, 0x80000000

@@ -74,18 +74,24 @@ class RunResult:
     output: str
     returncode: int | None
     timed_out: bool
-    cpu_limited: bool = False
+    limit: str | None = None  # the limit that stopped it: "time", "cpu", "disk" or None
     seconds: float = 0.0
 
     def text(self) -> str:
         """What the model sees: the output, or a short note on timeouts, limits and silent failures."""
-        if self.timed_out:
-            return (self.output + "\nTimeoutError: the code ran too long").strip()
-        if self.cpu_limited:
-            return (self.output + "\nTimeoutError: the code used up its CPU time").strip()
+        note = _LIMIT_NOTES.get(self.limit or ("time" if self.timed_out else ""))
+        if note:
+            return (self.output + "\n" + note).strip()
         if self.output.strip():
             return self.output.strip()
         return "" if self.returncode == 0 else f"(exit code {self.returncode})"
+
+
+_LIMIT_NOTES = {
+    "time": "TimeoutError: the code ran too long",
+    "cpu": "TimeoutError: the code used up its CPU time",
+    "disk": "OSError: the code wrote more than its work folder may hold",
+}
 
 
 class Sandbox:
@@ -199,10 +205,11 @@ class Sandbox:
         output, status = _collect(out_r, status_r, time.monotonic() + timeout + 30.0, max_output)
         if "returncode" not in status:
             why = status.get("error", "no report within the deadline")
-            return RunResult((output + f"\nSandboxError: {why}").strip(), None, True)
-        cpu_limited = (status["returncode"] == -9 and not status["timed_out"]
-                       and status["cpu_seconds"] >= request["cpu_seconds"] - 0.1)
-        return RunResult(output, status["returncode"], status["timed_out"], cpu_limited, status["seconds"])
+            return RunResult((output + f"\nSandboxError: {why}").strip(), None, True, "time")
+        limit = status["limit"]
+        if limit is None and status["returncode"] == -9 and status["cpu_seconds"] >= request["cpu_seconds"] - 0.1:
+            limit = "cpu"
+        return RunResult(output, status["returncode"], limit == "time", limit, status["seconds"])
 
 
 def _collect(out_r: int, status_r: int, deadline: float, max_output: int) -> tuple[str, dict[str, Any]]:

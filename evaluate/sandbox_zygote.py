@@ -9,7 +9,7 @@ for its output, the pipe for its status):
                        └──fork──► runner = PID 1 of that namespace: new session, rlimits, no capabilities,
                                   no_new_privs, Landlock, seccomp, (audit hook), then exec() of the code
     executor: waits until the deadline, SIGKILLs the runner (the kernel then kills every process left in
-    its PID namespace), reports {returncode, timed_out, cpu_seconds} on the status pipe.
+    its PID namespace), reports {returncode, limit, cpu_seconds, seconds} on the status pipe.
 
 Levels, tried in order for isolation="auto":
 - "namespaces": user/mount/net/IPC/UTS namespaces for the zygote, a new root holding only the system
@@ -228,15 +228,18 @@ def execute(state: State, request: dict, fds: list[int]) -> None:
             run_snippet(state, work, request, code_fd, out_fd)
         os.close(out_fd)
         os.close(code_fd)
-        timed_out = _wait(pid, float(request["timeout"]))
-        if timed_out:
+        # a tmpfs bounds the work folder under namespaces; without them, watch its size
+        limit_bytes = int(request["disk_mb"]) << 20
+        over_disk = None if state.namespaces else (lambda: _folder_bytes(work) > limit_bytes)
+        limit = _wait(pid, float(request["timeout"]), over_disk)
+        if limit is not None:
             for kill in (os.kill, os.killpg):
                 try:
                     kill(pid, signal.SIGKILL)
                 except (ProcessLookupError, PermissionError):
                     pass
         _, raw, usage = os.wait4(pid, 0)
-        status = {"returncode": os.waitstatus_to_exitcode(raw), "timed_out": timed_out,
+        status = {"returncode": os.waitstatus_to_exitcode(raw), "limit": limit,
                   "cpu_seconds": round(usage.ru_utime + usage.ru_stime, 3),
                   "seconds": round(time.monotonic() - start, 3)}
         if not state.namespaces:
@@ -251,28 +254,51 @@ def execute(state: State, request: dict, fds: list[int]) -> None:
         os._exit(0)
 
 
-def _wait(pid: int, timeout: float) -> bool:
-    """Waits for `pid` to end or `timeout` seconds; True when the deadline passed first."""
+def _wait(pid: int, timeout: float, over_disk=None) -> str | None:
+    """Waits for `pid` to end; "time" when the deadline passed first, "disk" when `over_disk()` said so first."""
+    deadline = time.monotonic() + timeout
     try:
         pidfd = os.pidfd_open(pid)
     except (AttributeError, OSError):
         pidfd = None
-    if pidfd is not None:
-        ready, _, _ = select.select([pidfd], [], [], timeout)
-        os.close(pidfd)
-        return not ready
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
-            return False
-        time.sleep(0.002)
-    return True
+    try:
+        while (remaining := deadline - time.monotonic()) > 0:
+            step = min(remaining, 0.02) if over_disk is not None or pidfd is None else remaining
+            if pidfd is not None:
+                if select.select([pidfd], [], [], step)[0]:
+                    return None
+            elif os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
+                return None
+            else:
+                time.sleep(step)
+            if over_disk is not None and over_disk():
+                return "disk"
+        return "time"
+    finally:
+        if pidfd is not None:
+            os.close(pidfd)
+
+
+def _folder_bytes(folder: str) -> int:
+    """Bytes allocated beneath `folder` (a snippet may remove files meanwhile: those count as gone)."""
+    total, stack = 0, [folder]
+    while stack:
+        try:
+            with os.scandir(stack.pop()) as entries:
+                for entry in entries:
+                    if entry.is_dir(follow_symlinks=False):
+                        stack.append(entry.path)
+                    else:
+                        total += entry.stat(follow_symlinks=False).st_blocks * 512
+        except OSError:
+            continue
+    return total
 
 
 # ---- the probe and the loop ----------------------------------------------------------------------------------
 
 PROBE = r"""
-import json, os, socket
+import errno, json, os, socket
 held = {}
 try:
     pid = os.fork()
@@ -281,11 +307,11 @@ try:
     held["process"] = False
 except OSError:
     held["process"] = True
-try:
+try:  # refused outright, or no route at all; "connection refused" would only mean no listener
     socket.socket(socket.AF_INET, socket.SOCK_STREAM).connect(("127.0.0.1", 9))
     held["network"] = False
-except OSError:
-    held["network"] = True
+except OSError as error:
+    held["network"] = error.errno in (errno.EPERM, errno.EACCES, errno.ENETUNREACH)
 try:
     with open(OUTSIDE, "w") as handle:
         handle.write("escaped")
