@@ -33,6 +33,9 @@ def register(app: typer.Typer) -> None:
         tool: bool = typer.Option(
             False, "--tool", help="Tool-integrated: run the model's Python, feed output back (4 rounds)."
         ),
+        unsafe_sandbox: bool = typer.Option(
+            False, "--unsafe-sandbox", help="With --tool: run the model's code even where the sandbox is not safe."
+        ),
         fields: str = typer.Option(
             None, "--fields", help='Field mapping for files, e.g. \'{"question": "prompt", "answer": "response"}\'.'
         ),
@@ -60,9 +63,12 @@ def register(app: typer.Typer) -> None:
         results = run_eval(
             model, api=api, served_model=served_model, bench=bench, prompt=prompt, n=n, temperature=temperature,
             top_p=top_p, max_new_tokens=max_new_tokens, limit=limit, tool=tool, out=out, chat=chat, fields=mapping,
-            split=split, seed=seed, batch_size=batch_size, concurrency=concurrency,
+            split=split, seed=seed, batch_size=batch_size, concurrency=concurrency, unsafe_sandbox=unsafe_sandbox,
         )  # fmt: skip
         console = Console()
+        if results["sandbox"] is not None:
+            console.print(f"model code ran in the sandbox: {results['sandbox']['level']}"
+                          + ("" if results["sandbox"]["safe"] else " [red](NOT SAFE: --unsafe-sandbox)[/]"))  # fmt: skip
         console.print(Markdown(markdown_table(results)))
         for name, scores in results["benchmarks"].items():
             if scores.get("skipped"):

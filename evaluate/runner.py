@@ -25,6 +25,7 @@ from mathforge.evaluate.extract import extract_answer
 from mathforge.evaluate.grade import grade
 from mathforge.evaluate.metrics import breakdown, majority, summarize
 from mathforge.evaluate.prompting import Prompt, default_prompt, load_prompt
+from mathforge.evaluate.sandbox import Sandbox, require_safe
 from mathforge.evaluate.tool import TOOL_INSTRUCTION, generate_with_tools
 
 
@@ -57,9 +58,9 @@ def _extract(output: str, style: str) -> str | None:
 def evaluate_benchmark(
     backend: Backend, bench: Benchmark, prompt: Prompt, *, n: int = 1, temperature: float = 0.0, top_p: float = 1.0,
     max_new_tokens: int = 1024, chat: bool | None = None, tool: bool = False, seed: int = 0, chunk: int = 64,
-    progress: Any = None,
+    progress: Any = None, sandbox: Sandbox | None = None,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:  # fmt: skip
-    """Scores for one benchmark and its per-sample records."""
+    """Scores for one benchmark and its per-sample records (`sandbox` runs the model's code when `tool`)."""
     questions = [f"{item.question}\n\n{TOOL_INSTRUCTION}" if tool else item.question for item in bench.items]
     rendered = [prompt.render(q, chat=chat) for q in questions]
     task = progress.add_task(bench.name, total=len(rendered)) if progress is not None else None
@@ -68,7 +69,8 @@ def evaluate_benchmark(
         if tool:
             flat = [p for p in part for _ in range(n)]
             texts = generate_with_tools(backend, flat, temperature=temperature, top_p=top_p,
-                                        max_new_tokens=max_new_tokens, stop=prompt.stop, seed=seed + start)  # fmt: skip
+                                        max_new_tokens=max_new_tokens, stop=prompt.stop, seed=seed + start,
+                                        sandbox=sandbox)  # fmt: skip
             outputs += [texts[i * n : (i + 1) * n] for i in range(len(part))]
         else:
             outputs += backend.generate(part, n=n, temperature=temperature, top_p=top_p,
@@ -108,6 +110,10 @@ def markdown_table(results: dict[str, Any]) -> str:
     )
     head = ["benchmark", "prompt", "problems", "accuracy (lenient)", "accuracy (strict)", *extra]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    if results.get("sandbox"):
+        box = results["sandbox"]
+        note = "" if box["safe"] else " — NOT SAFE (run with --unsafe-sandbox)"
+        lines = [f"Model code ran in the sandbox: {box['level']}{note} ({', '.join(box['mechanisms'])}).", "", *lines]
     for name, s in benches.items():
         row = [name, s.get("prompt", ""), str(s.get("count", 0)), f"{100 * s.get('accuracy_lenient', 0):.1f}",
                f"{100 * s.get('accuracy_strict', 0):.1f}", *(f"{100 * s[k]:.1f}" if k in s else "" for k in extra)]  # fmt: skip
@@ -135,12 +141,36 @@ def run_eval(
     top_p: float = 1.0, max_new_tokens: int = 1024, limit: int | None = None, tool: bool = False,
     out: str | Path | None = None, chat: bool | None = None, fields: dict[str, str] | None = None,
     split: str = "test", seed: int = 0, backend: Backend | None = None, batch_size: int = 32,
-    concurrency: int = 16, show_progress: bool = True,
+    concurrency: int = 16, show_progress: bool = True, unsafe_sandbox: bool = False,
 ) -> dict[str, Any]:  # fmt: skip
     """Evaluates a checkpoint folder (`model`), a server (`api` + `served_model`) or a ready `backend`.
 
     `bench`: names (gsm8k, math500, math), JSONL/JSON paths or `hf:<dataset>[:<config>]`, as a list or
-    comma-separated; `fields` maps question/answer/id/subject/level to the data's keys for files."""
+    comma-separated; `fields` maps question/answer/id/subject/level to the data's keys for files.
+    With `tool`, the model's code runs in a `Sandbox`; when this machine's sandbox is not safe, a
+    SandboxError stops the run before any generation unless `unsafe_sandbox`. The report records
+    the isolation in force."""
+    sandbox = Sandbox() if tool else None
+    try:
+        if sandbox is not None:
+            require_safe(sandbox, unsafe_sandbox)
+        return _run_eval(
+            model, api=api, served_model=served_model, bench=bench, prompt=prompt, n=n, temperature=temperature,
+            top_p=top_p, max_new_tokens=max_new_tokens, limit=limit, tool=tool, out=out, chat=chat, fields=fields,
+            split=split, seed=seed, backend=backend, batch_size=batch_size, concurrency=concurrency,
+            show_progress=show_progress, sandbox=sandbox,
+        )  # fmt: skip
+    finally:
+        if sandbox is not None:
+            sandbox.close()
+
+
+def _run_eval(
+    model: str | Path | None, *, api: str | None, served_model: str | None, bench: str | Sequence[str],
+    prompt: str | None, n: int, temperature: float, top_p: float, max_new_tokens: int, limit: int | None,
+    tool: bool, out: str | Path | None, chat: bool | None, fields: dict[str, str] | None, split: str, seed: int,
+    backend: Backend | None, batch_size: int, concurrency: int, show_progress: bool, sandbox: Sandbox | None,
+) -> dict[str, Any]:  # fmt: skip
     if n < 1:
         raise ConfigError(f"--n must be >= 1, got {n}")
     if n > 1 and temperature == 0.0:
@@ -151,7 +181,8 @@ def run_eval(
     backend = backend or make_backend(model, api, served_model, concurrency=concurrency, batch_size=batch_size)
     results: dict[str, Any] = {
         "model": str(model) if model is not None else served_model, "api": api, "n": n, "temperature": temperature,
-        "top_p": top_p, "max_new_tokens": max_new_tokens, "tool": tool, "seed": seed, "benchmarks": {},
+        "top_p": top_p, "max_new_tokens": max_new_tokens, "tool": tool, "seed": seed,
+        "sandbox": sandbox.isolation.as_dict() if sandbox is not None else None, "benchmarks": {},
     }  # fmt: skip
     all_samples: dict[str, list[dict[str, Any]]] = {}
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -164,7 +195,7 @@ def run_eval(
             start = time.perf_counter()
             scores, samples = evaluate_benchmark(
                 backend, data, chosen, n=n, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
-                chat=chat, tool=tool, seed=seed, progress=progress,
+                chat=chat, tool=tool, seed=seed, progress=progress, sandbox=sandbox,
             )  # fmt: skip
             scores["prompt"] = chosen.name
             scores["seconds"] = round(time.perf_counter() - start, 3)

@@ -21,6 +21,18 @@ def _native_status() -> dict[str, Any]:
     return {"ok": True, "detail": _native.__file__}
 
 
+def _sandbox_status() -> dict[str, Any]:
+    """The isolation the code sandbox gets on this machine, as its own probe found it."""
+    from mathforge.errors import MathforgeError
+    from mathforge.evaluate.sandbox import Sandbox
+
+    try:
+        with Sandbox(preload=()) as sandbox:
+            return sandbox.isolation.as_dict()
+    except (MathforgeError, OSError) as error:
+        return {"level": "unavailable", "safe": False, "mechanisms": [], "held": {}, "errors": [str(error)]}
+
+
 def report(measure: bool = True) -> dict[str, Any]:
     """Everything `mathforge doctor` shows, as a JSON-ready dict."""
     versions = package_versions("mathforge", "torch", "triton", "transformers", "datasets", "tokenizers", "flash-attn")
@@ -37,6 +49,7 @@ def report(measure: bool = True) -> dict[str, Any]:
             {"name": b.name, "importable": b.importable, "usable": b.usable, "detail": b.detail}
             for b in attention_backends()
         ],
+        "sandbox": _sandbox_status(),
     }
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
@@ -88,6 +101,10 @@ def render(info: dict[str, Any]) -> None:
         )
     native = info["native_extension"]
     table.add_row("mathforge._native", ("[green]ok[/] " if native["ok"] else "[red]missing[/] ") + native["detail"])
+    box = info["sandbox"]
+    verdict = "[green]safe[/]" if box["safe"] else "[red]NOT SAFE[/] (eval --tool needs --unsafe-sandbox)"
+    detail = ", ".join(box["mechanisms"]) + ("; " + "; ".join(box["errors"]) if box["errors"] else "")
+    table.add_row("code sandbox", f"{box['level']}, {verdict}: {detail}")
     console.print(table)
 
     backends = Table(title="attention backends (auto tries them top to bottom)")

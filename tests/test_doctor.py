@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from mathforge.cli import main
+from mathforge.evaluate.sandbox import Sandbox
 
 
 def test_doctor_json_matches_environment(capsys):
@@ -19,6 +20,10 @@ def test_doctor_json_matches_environment(capsys):
     assert list(backends) == ["flash-attn-3", "flash-attn-2", "torch-varlen", "flex", "sdpa"]
     assert backends["sdpa"]["usable"] is True
     assert info["cuda"]["available"] == torch.cuda.is_available()
+    sandbox = Sandbox(preload=())
+    assert info["sandbox"] == sandbox.isolation.as_dict()
+    sandbox.close()
+    assert info["sandbox"]["safe"] == (info["sandbox"]["level"] != "none" and all(info["sandbox"]["held"].values()))
 
 
 @pytest.mark.gpu
