@@ -99,6 +99,8 @@ class Sandbox:
 
     def __init__(self, *, isolation: str = "auto", preload: tuple[str, ...] = DEFAULT_PRELOAD,
                  audit_hook: bool = True) -> None:
+        if not sys.platform.startswith("linux"):
+            raise SandboxError(f"the code sandbox needs Linux (namespaces, Landlock, seccomp); this is {sys.platform}")
         if isolation not in ISOLATION_LEVELS:
             raise ConfigError(f"sandbox isolation {isolation!r} is unknown; allowed values: {', '.join(ISOLATION_LEVELS)}")
         self._settings = {"isolation": isolation, "preload": list(preload), "audit_hook": audit_hook}
@@ -192,13 +194,18 @@ class Sandbox:
         status_r, status_w = os.pipe()
         try:
             with self._lock:
-                self._ensure_started()
-                assert self._control is not None
-                socket.send_fds(self._control, [json.dumps(request).encode()], [memfd, out_w, status_w])
-        except OSError as error:
-            for fd in (out_r, status_r):
-                os.close(fd)
-            raise SandboxError(f"the sandbox process is gone ({error}); it restarts on the next run") from None
+                for attempt in (1, 2):  # a zygote that died (killed from outside, out of memory) is restarted once
+                    self._ensure_started()
+                    assert self._control is not None
+                    try:
+                        socket.send_fds(self._control, [json.dumps(request).encode()], [memfd, out_w, status_w])
+                        break
+                    except OSError as error:
+                        self._shutdown()
+                        if attempt == 2:
+                            for fd in (out_r, status_r):
+                                os.close(fd)
+                            raise SandboxError(f"the sandbox process does not take snippets: {error}") from None
         finally:
             for fd in (memfd, out_w, status_w):
                 os.close(fd)

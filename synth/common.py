@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -32,6 +33,8 @@ class Context:
     require_answer: bool = True
     consistency: int = 0
     min_agree: float = 0.5
+    sandbox: Any = None  # a mathforge.evaluate.sandbox.Sandbox: tool solutions are executed when set
+    tool_timeout: float = 10.0
 
     async def ask(self, template: str, *, n: int = 1, usage: dict[str, int] | None = None, seed_offset: int = 0,
                   **values: str) -> Completion:
@@ -92,3 +95,39 @@ def consistent(texts: list[str], ctx: Context) -> tuple[str, dict[str, Any]]:
 
 def make_row(prompt: str, response: str, meta: dict[str, Any]) -> dict[str, Any]:
     return {"prompt": prompt.strip(), "response": response.strip(), "meta": meta}
+
+
+_CODE = re.compile(r"```python\n(.*?)```", re.S)
+_OUTPUT_FENCE = re.compile(r"```(?:output)?\n?(.*?)```", re.S)
+
+
+def _words(text: str) -> str:
+    return " ".join(text.split())
+
+
+async def check_tool_output(solution: str, answer: str, ctx: Context) -> str:
+    """Runs the solution's ```python blocks (in order, as one program) in `ctx.sandbox`; Reject when the
+    program fails, prints nothing, or its last printed line is neither in the text stated after the code
+    nor equal (graded) to the marked answer. Returns what the program printed."""
+    blocks = _CODE.findall(solution)
+    if not blocks:
+        raise Reject("tool variant: the solution has no ```python block", "no python block")
+    result = await asyncio.to_thread(ctx.sandbox.run, "\n".join(blocks), timeout=ctx.tool_timeout)
+    printed = result.output.strip()
+    if result.returncode != 0 or result.limit is not None:
+        last = result.text().splitlines()[-1] if result.text() else f"exit code {result.returncode}"
+        raise Reject(f"tool variant: the program fails: {last[:200]}", "tool code fails")
+    if not printed:
+        raise Reject("tool variant: the program prints nothing", "tool code prints nothing")
+    last_line = printed.splitlines()[-1].strip()
+    after = solution[solution.rfind("```") + 3 :]
+    stated = after[: after.find(ctx.marker)] if ctx.marker in after else after
+    stated = _OUTPUT_FENCE.sub(lambda m: m.group(1), stated)
+    if _words(last_line) in _words(stated):
+        return printed
+    from mathforge.evaluate import grade  # lazy: owned by the evaluation package
+
+    if answer and grade(last_line, answer):
+        return printed
+    raise Reject(f"tool variant: the program prints {last_line[:80]!r} but the solution states "
+                 f"{_words(stated)[:80]!r} and answers {answer[:40]!r}", "tool output mismatch")

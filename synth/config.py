@@ -98,6 +98,9 @@ SCHEMA: dict[str, dict[str, tuple[tuple[type, ...], Any, tuple | None]]] = {
         "max_prompt_chars": ((int,), 4000, None),
         "min_response_chars": ((int,), 10, None),
         "max_response_chars": ((int,), 16000, None),
+        "execute_tool": ((bool,), True, None),
+        "tool_timeout": ((float, int), 10.0, None),
+        "unsafe_sandbox": ((bool,), False, None),
     },
 }
 JIUZHANG_STAGES = ("grade_school", "middle_school", "high_school", "college", "amc8", "amc10", "amc12", "aime")

@@ -21,7 +21,16 @@ from typing import Any
 
 from mathforge.errors import ConfigError, DataError
 from mathforge.jsonl import iter_jsonl
-from mathforge.synth.common import Context, Reject, check_answer, consistent, finish, make_row, split_reply
+from mathforge.synth.common import (
+    Context,
+    Reject,
+    check_answer,
+    check_tool_output,
+    consistent,
+    finish,
+    make_row,
+    split_reply,
+)
 
 
 def load_texts(paths: list[str], field: str) -> list[tuple[str, str]]:
@@ -86,6 +95,8 @@ class JiuZhangPipeline:
         if item["variant"] == "tool" and "```python" not in solution:
             raise Reject("tool variant: the solution has no ```python block", "no python block")
         answer = check_answer(solution, ctx, None)
+        if item["variant"] == "tool" and ctx.sandbox is not None:
+            extra = {**extra, "tool_output": (await check_tool_output(solution, answer, ctx))[:1000]}
         if solution.lower().startswith("solution:"):
             solution = solution[len("solution:"):]
         solution = finish(solution, ctx.marker)

@@ -153,9 +153,12 @@ async def _run_async(pipeline, todo, journal: Journal, stats: dict, cfg: dict, b
     own = backend is None
     backend = backend if backend is not None else make_backend(cfg)
     q = cfg["quality"]
+    sandbox = _tool_sandbox(cfg)
+    if sandbox is not None:
+        stats["sandbox"] = sandbox.isolation.as_dict()
     ctx = Context(backend, Prompts(cfg["prompts"]["dir"] or None, cfg["prompts"]["system"]), cfg["sampling"],
                   marker=q["answer_marker"], require_answer=q["require_answer"], consistency=q["self_consistency"],
-                  min_agree=q["min_agree"])
+                  min_agree=q["min_agree"], sandbox=sandbox, tool_timeout=float(q["tool_timeout"]))
     queue: asyncio.Queue = asyncio.Queue()
     for it in todo:
         queue.put_nowait(it)
@@ -187,7 +190,26 @@ async def _run_async(pipeline, todo, journal: Journal, stats: dict, cfg: dict, b
     finally:
         if own:
             await backend.aclose()
+        if sandbox is not None:
+            sandbox.close()
     return backend.usage.as_dict()
+
+
+def _tool_sandbox(cfg: dict[str, Any]):
+    """A Sandbox that executes tool-integrated solutions (JiuZhang "tool" variant, quality.execute_tool), checked
+    safe before the first request; None when nothing is to be executed."""
+    q = cfg["quality"]
+    if not (cfg["pipeline"]["kind"] == "jiuzhang" and "tool" in cfg["jiuzhang"]["variants"] and q["execute_tool"]):
+        return None
+    from mathforge.evaluate.sandbox import Sandbox, require_safe
+
+    sandbox = Sandbox()
+    try:
+        require_safe(sandbox, q["unsafe_sandbox"])
+    except BaseException:
+        sandbox.close()
+        raise
+    return sandbox
 
 
 def finalize(cfg: dict[str, Any], journals: list[Path], name: str, folder: str = "data") -> dict[str, Any]:

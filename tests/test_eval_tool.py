@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from pathlib import Path
 
@@ -109,3 +111,12 @@ def test_run_eval_tool_refuses_an_unsafe_sandbox_before_generating(monkeypatch):
     results = runner.run_eval(backend=backend, bench="sum", tool=True, prompt="plain", show_progress=False,
                               unsafe_sandbox=True)  # fmt: skip
     assert results["sandbox"]["safe"] is False and results["sandbox"]["level"] == "none"
+
+
+def test_a_zygote_killed_from_outside_is_replaced():
+    with Sandbox(preload=()) as sandbox:
+        assert sandbox.run("print(1)").text() == "1"
+        first = sandbox._process.pid
+        os.kill(first, signal.SIGKILL)
+        sandbox._process.wait()
+        assert sandbox.run("print(2)").text() == "2" and sandbox._process.pid != first

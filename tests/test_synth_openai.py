@@ -95,6 +95,33 @@ def test_jiuzhang_pipeline_cot_tool_and_distill_steps(tmp_path):
     assert d["usage"]["prompt_tokens"] > 0
 
 
+def test_jiuzhang_executes_tool_solutions_and_rejects_the_wrong_and_the_hostile(tmp_path):
+    canary = tmp_path / "canary.txt"
+    canary.write_text("untouched")
+    programs = [  # (problem, code, what the solution says it printed, answer)
+        ("How many ways can 7 people sit on 6 chairs in a row?", "print(6 * 7)", "Output: 42", "42"),
+        ("What is the product of the first two even primes times seven?", "print(6 * 7)", "Output: 41", "41"),
+        ("Divide one by nothing and report the quotient please.", "print(1 / 0)", "Output: 1", "1"),
+        ("Count the letters in the word pwned then add zero.", f"open({str(canary)!r}, 'w').write('pwned')\nprint(5)",
+         "Output: 5", "5"),
+        ("In how many orders can five distinct books be shelved?", "import sympy\nprint(sympy.factorial(5))",
+         "```output\n120\n```", "120"),
+    ]  # fmt: skip
+
+    def reply(messages, index):
+        problem, code, stated, answer = programs[int(re.search(r"Lesson (\d+)", messages[-1]["content"]).group(1))]
+        return f"Problem: {problem}\nSolution: Compute.\n```python\n{code}\n```\n{stated}\nThe answer is: {answer}"
+
+    with LoopbackServer(responder=reply) as srv:
+        m = run.synthesize(jiuzhang_cfg(tmp_path, srv.url, "tool", 5, **{"jiuzhang.variants": '["tool"]'}))
+    rows = rows_of(tmp_path / "tool")
+    assert sorted(r["meta"]["answer"] for r in rows.values()) == ["120", "42"]
+    assert {r["meta"]["tool_output"] for r in rows.values()} == {"42", "120"}
+    assert m["generation_rejections"] == {": tool output mismatch": 1, ": tool code fails": 2}
+    assert canary.read_text() == "untouched"
+    assert m["generation"]["sandbox"]["safe"] is True
+
+
 def oracle(seeds):
     """A perfect teacher for the Skywork prompts: answers from the seeds' gold answers, fixed formats."""
     gold = {s.question: s.answer for s in seeds}
