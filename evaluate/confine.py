@@ -44,7 +44,7 @@ _ARCH = {
                    "chmod": 90, "fchmod": 91, "fchmodat": 268, "chown": 92, "fchown": 93, "lchown": 94,
                    "fchownat": 260, "utime": 132, "utimes": 235, "futimesat": 261, "utimensat": 280,
                    "setxattr": 188, "lsetxattr": 189, "fsetxattr": 190, "removexattr": 197, "lremovexattr": 198,
-                   "fremovexattr": 199},
+                   "fremovexattr": 199, "truncate": 76},
     },
     "aarch64": {
         "audit": 0xC00000B7, "pivot_root": 41, "clone": 220, "clone3": 435,
@@ -57,7 +57,8 @@ _ARCH = {
                    "swapon": 224, "swapoff": 225, "acct": 89, "personality": 92, "name_to_handle_at": 264,
                    "open_by_handle_at": 265,
                    "fchmod": 52, "fchmodat": 53, "fchownat": 54, "fchown": 55, "utimensat": 88, "setxattr": 5,
-                   "lsetxattr": 6, "fsetxattr": 7, "removexattr": 14, "lremovexattr": 15, "fremovexattr": 16},
+                   "lsetxattr": 6, "fsetxattr": 7, "removexattr": 14, "lremovexattr": 15, "fremovexattr": 16,
+                   "truncate": 45},
     },
 }
 # The same number on every architecture (the unified table of newer syscalls).
@@ -244,7 +245,8 @@ def landlock(read: list[str], write: list[str]) -> int:
 
 def _seccomp_program(table: dict, own_pid: int) -> bytes:
     """A classic-BPF seccomp filter: EPERM for process creation, exec, sockets, namespaces, mounts, ptrace,
-    kernel modules, io_uring, file metadata changes (chmod, chown, times, xattrs) and the like; threads (clone with CLONE_THREAD) allowed; clone3 answered ENOSYS
+    kernel modules, io_uring, file metadata changes (chmod, chown, times, xattrs), truncate by path (Landlock
+    covers it only from ABI 3; ftruncate of a file opened for writing stays allowed) and the like; threads (clone with CLONE_THREAD) allowed; clone3 answered ENOSYS
     so libc falls back to clone; signals only to this process; any other architecture killed."""
     LD, JEQ, JGE, JSET, RET = 0x20, 0x15, 0x35, 0x45, 0x06
     allow, kill = 0x7FFF0000, 0x80000000

@@ -39,6 +39,8 @@ HOSTILE = {
     "os_rename": "import os\nos.rename(CANARY, CANARY + '.moved')",
     "os_remove": "import os\nos.remove(CANARY)",
     "os_chmod": "import os\nos.chmod(CANARY, 0o777)",
+    "os_truncate": "import os\nos.truncate(CANARY, 0)",
+    "os_utime": "import os\nos.utime(CANARY, (0, 0))",
     "symlink_out": "import os\nos.symlink(CANARY, 'link')\nopen('link', 'w').write('pwned')",
     "hardlink_out": "import os\nos.link(CANARY, 'hard')\nopen('hard', 'w').write('pwned')",
     "read_secret": "print(open(SECRET_FILE).read())",
@@ -178,6 +180,7 @@ def test_hostile_code_is_contained(sandbox: Sandbox, peers, tmp_path: Path, atta
     canary.chmod(0o644)
     (outside / "secret.txt").write_text(SECRET)
     before = sorted(p.name for p in outside.iterdir())
+    mtime = canary.stat().st_mtime_ns
     zygote = sandbox._process.pid
     code = _render(HOSTILE[attack], outside, peers, sandbox)
 
@@ -191,6 +194,7 @@ def test_hostile_code_is_contained(sandbox: Sandbox, peers, tmp_path: Path, atta
 
     assert result.returncode != 0 or result.timed_out, result
     assert canary.read_text() == CANARY and (canary.stat().st_mode & 0o777) == 0o644
+    assert canary.stat().st_mtime_ns == mtime
     assert sorted(p.name for p in outside.iterdir()) == before
     assert SECRET not in result.output
     assert _heard(peers) == []
