@@ -22,7 +22,7 @@ def test_defaults_and_stage_overrides():
     "raw, message",
     [
         ({**BASE, "optim": {"learning_rate": 1}}, "unknown key 'learning_rate'; allowed: lr, min_lr_ratio"),
-        ({**BASE, "optim": {"schedule": "linear"}}, "'linear' is not allowed; allowed: cosine, wsd, constant"),
+        ({**BASE, "optim": {"schedule": "linear"}}, "'linear' is not allowed; allowed values: cosine, wsd, constant"),
         ({**BASE, "train": {"grad_accum": "2"}}, r"\[train\].grad_accum: expected an integer"),
         ({**BASE, "trian": {}}, "unknown section 'trian'"),
         ({"stages": []}, "at least one stage"),
@@ -46,7 +46,7 @@ def test_overrides_and_file(tmp_path):
         7,
     )
     assert config.stages[0].data == ["x.jsonl"]
-    with pytest.raises(ConfigError, match="not a stage index"):
+    with pytest.raises(ConfigError, match="stages.4 is not an index of a list of 1"):
         apply_overrides({"stages": [{}]}, ["stages.4.epochs=1"])
     with pytest.raises(ConfigError, match="no such config file"):
         load_config(tmp_path / "missing.toml")

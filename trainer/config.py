@@ -8,21 +8,15 @@ stage may override data, epochs/steps, learning rate and schedule. Unknown keys 
 from __future__ import annotations
 
 import dataclasses
-import sys
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from mathforge.config import apply_overrides, build, read_toml
 from mathforge.errors import ConfigError
 from mathforge.trainer.templates import check_template
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
-
+__all__ = ["Config", "StageConfig", "apply_overrides", "config_from_dict", "load_config"]
 
 
 @dataclass
@@ -123,61 +117,7 @@ class Config:
         return dataclasses.replace(self.data, **changes)
 
 
-def _coerce(value: Any, annotation: Any, where: str) -> Any:
-    """Checks `value` against a dataclass field annotation (the small subset used above)."""
-    origin = typing.get_origin(annotation)
-    args = typing.get_args(annotation)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        return _coerce(value, inner[0], where)
-    if origin is Literal:
-        if value not in args:
-            raise ConfigError(f"{where}: {value!r} is not allowed; allowed: {', '.join(map(str, args))}")
-        return value
-    if annotation is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{where}: expected true or false, got {value!r}")
-        return value
-    if annotation is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where}: expected an integer, got {value!r}")
-        return value
-    if annotation is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where}: expected a number, got {value!r}")
-        return float(value)
-    if annotation is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{where}: expected a string, got {value!r}")
-        return value
-    if origin is list:
-        if isinstance(value, str):
-            value = [value]
-        if not isinstance(value, list):
-            raise ConfigError(f"{where}: expected a list, got {value!r}")
-        return [_coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value)]
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)) or len(value) != len(args):
-            raise ConfigError(f"{where}: expected a list of {len(args)} values, got {value!r}")
-        return tuple(_coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a table, got {value!r}")
-        return dict(value)
-    raise TypeError(f"unsupported annotation {annotation!r}")
-
-
-def _build(cls: type, table: Any, where: str) -> Any:
-    if not isinstance(table, dict):
-        raise ConfigError(f"{where}: expected a table, got {table!r}")
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(table) - set(names))
-    if unknown:
-        raise ConfigError(f"{where}: unknown key {unknown[0]!r}; allowed: {', '.join(names)}")
-    return cls(**{k: _coerce(v, hints[k], f"{where}.{k}") for k, v in table.items()})
+_build = build
 
 
 _SECTIONS = {"run": RunConfig, "model": ModelSettings, "data": DataConfig, "optim": OptimConfig, "train": TrainConfig}
@@ -231,45 +171,7 @@ def _validate(config: Config) -> None:
             )
 
 
-def _parse_value(text: str) -> Any:
-    """A `--set` value: TOML syntax when it parses (numbers, booleans, lists, quoted strings), else a bare string."""
-    try:
-        return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        return text
-
-
-def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Applies `key.path=value` overrides (e.g. `optim.lr=1e-5`, `stages.0.epochs=2`) to a raw config dict."""
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"--set {item!r}: expected key=value")
-        key, text = item.split("=", 1)
-        parts = key.strip().split(".")
-        node: Any = raw
-        for depth, part in enumerate(parts[:-1]):
-            if isinstance(node, list):
-                if not part.isdigit() or int(part) >= len(node):
-                    raise ConfigError(
-                        f"--set {key}: {'.'.join(parts[: depth + 1])} is not a stage index (0..{len(node) - 1})"
-                    )
-                node = node[int(part)]
-            else:
-                node = node.setdefault(part, {})
-        last = parts[-1]
-        if isinstance(node, list):
-            raise ConfigError(f"--set {key}: expected a key after the stage index")
-        node[last] = _parse_value(text)
-    return raw
-
-
 def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
     """Reads a TOML recipe, applies `--set` overrides and validates it."""
-    path = Path(path)
-    try:
-        raw = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such config file") from None
-    except tomllib.TOMLDecodeError as error:
-        raise ConfigError(f"{path}: invalid TOML ({error})") from None
+    raw = read_toml(path)
     return config_from_dict(apply_overrides(raw, overrides or []), source=str(path))
