@@ -322,54 +322,63 @@ def evaluate(parsed: Parsed, point: dict[str, object] | None = None):
 MAX_EXACT_BITS = 200_000
 
 
+def _check_size(value: Fraction) -> Fraction:
+    if value.numerator.bit_length() > MAX_EXACT_BITS or value.denominator.bit_length() > MAX_EXACT_BITS:
+        raise Unsupported("too large for exact arithmetic")
+    return value
+
+
+def _exact_div(left: Fraction, right: Fraction) -> Fraction:
+    if right == 0:
+        raise ZeroDivisionError("division by zero")
+    return _check_size(left / right)
+
+
+def _exact_pow(left: Fraction, right: Fraction) -> Fraction:
+    if right.denominator != 1:
+        raise Unsupported("not exact arithmetic")
+    size = max(left.numerator.bit_length(), left.denominator.bit_length())
+    if abs(right.numerator) * size > MAX_EXACT_BITS:
+        raise Unsupported("power too large for exact arithmetic")
+    if left == 0 and right < 0:
+        raise ZeroDivisionError("zero to a negative power")
+    return left**right.numerator
+
+
+def _exact_fact(n: Fraction) -> Fraction:
+    if n.denominator != 1 or n < 0 or n > 5000:
+        raise Unsupported("factorial outside exact range")
+    return Fraction(math.factorial(int(n)))
+
+
+_EXACT_BINOPS = {
+    ast.Add: lambda left, right: left + right,
+    ast.Sub: lambda left, right: left - right,
+    ast.Mult: lambda left, right: _check_size(left * right),
+    ast.Div: _exact_div,
+    ast.Pow: _exact_pow,
+}
+
+
 def exact(parsed: Parsed) -> Fraction:
     """The exact rational value of a variable-free expression of + - * /, integer powers and factorials.
 
     Raises Unsupported for anything else (irrational functions, π) or results past MAX_EXACT_BITS,
     so `3^{1000}+1` and `3^{1000}` differ although they agree to 40 digits."""
 
-    def check(value: Fraction) -> Fraction:
-        if value.numerator.bit_length() > MAX_EXACT_BITS or value.denominator.bit_length() > MAX_EXACT_BITS:
-            raise Unsupported("too large for exact arithmetic")
-        return value
-
     def walk(node) -> Fraction:
         if isinstance(node, ast.Expression):
             return walk(node.body)
-        if isinstance(node, ast.BinOp):
-            left, right = walk(node.left), walk(node.right)
-            if isinstance(node.op, ast.Add):
-                return left + right
-            if isinstance(node.op, ast.Sub):
-                return left - right
-            if isinstance(node.op, ast.Mult):
-                return check(left * right)
-            if isinstance(node.op, ast.Div):
-                if right == 0:
-                    raise ZeroDivisionError("division by zero")
-                return check(left / right)
-            if isinstance(node.op, ast.Pow) and right.denominator == 1:
-                size = max(left.numerator.bit_length(), left.denominator.bit_length())
-                if abs(right.numerator) * size > MAX_EXACT_BITS:
-                    raise Unsupported("power too large for exact arithmetic")
-                if left == 0 and right < 0:
-                    raise ZeroDivisionError("zero to a negative power")
-                return left**right.numerator
+        if isinstance(node, ast.BinOp) and type(node.op) in _EXACT_BINOPS:
+            return _EXACT_BINOPS[type(node.op)](walk(node.left), walk(node.right))
         if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
             value = walk(node.operand)
             return -value if isinstance(node.op, ast.USub) else value
         if isinstance(node, ast.Name) and node.id.startswith("_n"):
             return Fraction(parsed.numbers[int(node.id[2:])])
-        if (
-            isinstance(node, ast.Call)
-            and isinstance(node.func, ast.Name)
-            and node.func.id == "fact"
-            and len(node.args) == 1
-        ):
-            n = walk(node.args[0])
-            if n.denominator != 1 or n < 0 or n > 5000:
-                raise Unsupported("factorial outside exact range")
-            return Fraction(math.factorial(int(n)))
+        is_fact = isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "fact"
+        if is_fact and len(node.args) == 1:
+            return _exact_fact(walk(node.args[0]))
         raise Unsupported("not exact arithmetic")
 
     return walk(parsed.tree)
