@@ -1,4 +1,4 @@
-"""`mathforge synth CONFIG.toml [--shard i/n] [--resume] [--merge N] [--set section.key=value]`."""
+"""`mathforge synth CONFIG.toml [--shard i/n] [--resume] [--merge N] [--set section.key=value ...]`."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ def register(app: typer.Typer) -> None:
         shard: str = typer.Option("0/1", "--shard", help="Run only items k with k % n == i (e.g. 3/16)."),
         resume: bool = typer.Option(False, "--resume", help="Finish an interrupted run: redo only missing items."),
         merge: int = typer.Option(0, "--merge", help="After all N shards finished: filter them together."),
-        overrides: list[str] = typer.Option([], "--set", help="Override a config key: section.key=value."),  # noqa: B008
+        overrides: list[str] = typer.Option([], "--set", help="Override a config key: section.key=value (any depth, e.g. skywork.seed_fields.question=problem)."),  # noqa: B008
     ) -> None:
         """Synthesize math problems (symbolic, Skywork-Math or JiuZhang3.0 pipeline) into a dataset."""
         from rich.console import Console
@@ -34,7 +34,7 @@ def register(app: typer.Typer) -> None:
 
         cfg = config.load(config_path, overrides)
         manifest = run.merge(cfg, merge) if merge else run.synthesize(cfg, shard=parse_shard(shard), resume=resume)
-        table = Table(title=f"synth {cfg['pipeline']['kind']} → {cfg['run']['output']} ({manifest['name']})")
+        table = Table(title=f"synth {cfg.pipeline.kind} → {cfg.run.output} ({manifest['name']})")
         for col in ("filter", "in", "removed", "kept"):
             table.add_column(col, justify="left" if col == "filter" else "right")
         for name, c in manifest["filters"].items():

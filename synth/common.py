@@ -3,13 +3,37 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
+from mathforge.registry import Registry
 from mathforge.synth import quality
 from mathforge.synth.backends import Completion
 from mathforge.synth.prompts import Prompts
+
+if TYPE_CHECKING:
+    from mathforge.synth.config import SamplingSettings, SynthConfig
+
+
+class Pipeline(Protocol):
+    """What `run.synthesize` drives: a deterministic list of work items, each turned into rows.
+
+    `sync` pipelines implement `process_sync(item)`; the others `async process(item, ctx)`. `info` goes to
+    the manifest."""
+
+    name: str
+    sync: bool
+    info: dict[str, Any]
+
+    def items(self) -> list[dict[str, Any]]: ...
+
+
+# pipeline kind ([pipeline] kind) -> factory making the pipeline from a checked config; each pipeline module
+# (symbolic.py, skywork.py, jiuzhang.py) registers its own
+PIPELINES: Registry[Callable[[SynthConfig], Pipeline]] = Registry("pipeline kind")
 
 _PROBLEM = re.compile(r"^\s*\**Problem\**\s*:\s*(.*?)\s*(?:^\s*\**Solution\**\s*:\s*(.*))?\Z", re.S | re.M)
 
@@ -28,7 +52,7 @@ class Context:
 
     backend: Any
     prompts: Prompts
-    sampling: dict[str, Any]
+    sampling: SamplingSettings
     marker: str = "The answer is:"
     require_answer: bool = True
     consistency: int = 0
@@ -39,14 +63,18 @@ class Context:
     async def ask(self, template: str, *, n: int = 1, usage: dict[str, int] | None = None, seed_offset: int = 0,
                   **values: str) -> Completion:
         s = self.sampling
-        seed = s["seed"] + seed_offset if s.get("seed", -1) >= 0 else None
-        out = await self.backend.chat(self.prompts.messages(template, **values), n=n, temperature=s["temperature"],
-                                      top_p=s["top_p"], max_tokens=s["max_tokens"], seed=seed)
+        seed = s.seed + seed_offset if s.seed >= 0 else None
+        out = await self.backend.chat(self.prompts.messages(template, **values), n=n, temperature=s.temperature,
+                                      top_p=s.top_p, max_tokens=s.max_tokens, seed=seed)
         if usage is not None:
             usage["prompt_tokens"] = usage.get("prompt_tokens", 0) + out.prompt_tokens
             usage["completion_tokens"] = usage.get("completion_tokens", 0) + out.completion_tokens
             usage["calls"] = usage.get("calls", 0) + 1
         return out
+
+    def sampling_meta(self, n: int) -> dict[str, Any]:
+        """The sampling settings as recorded in a row's meta, with the number of samples drawn."""
+        return {**dataclasses.asdict(self.sampling), "n": n}
 
 
 def split_reply(text: str) -> tuple[str | None, str]:

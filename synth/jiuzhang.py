@@ -11,17 +11,23 @@ pipeline (see synth/configs/jiuzhang-*.toml):
 2. `mathforge train` on that dataset trains the small synthesizer (an ordinary SFT run);
 3. ``step = "synthesize"`` with the trained synthesizer served by vLLM (openai backend) or loaded
    in-process (local backend): rows are the new problems (prompt) and solutions (response).
+
+The education stages are the registry `EDUCATION_STAGES`, read from prompts/jiuzhang/stages.toml (name →
+audience; a `[prompts] dir` may reword the audiences); the solution forms are the registry `VARIANTS`.
 """
 
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mathforge.errors import ConfigError, DataError
 from mathforge.jsonl import iter_jsonl
+from mathforge.registry import Registry
 from mathforge.synth.common import (
+    PIPELINES,
     Context,
     Reject,
     check_answer,
@@ -31,6 +37,29 @@ from mathforge.synth.common import (
     make_row,
     split_reply,
 )
+from mathforge.synth.prompts import Prompts
+
+if TYPE_CHECKING:
+    from mathforge.synth.config import SynthConfig
+
+# education stage ([jiuzhang] stages; "uniform" = all of them) -> the built-in audience description
+EDUCATION_STAGES: Registry[str] = Registry("education stage")
+for _name, _audience in Prompts().stages().items():
+    EDUCATION_STAGES.add(_name, _audience)
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A solution form: its prompt template, and whether the solution is a program executed in the sandbox."""
+
+    template: str
+    tool: bool
+
+
+# solution form ([jiuzhang] variants) -> Variant
+VARIANTS: Registry[Variant] = Registry("JiuZhang variant")
+VARIANTS.add("cot", Variant("jiuzhang/cot.txt", tool=False))
+VARIANTS.add("tool", Variant("jiuzhang/tool.txt", tool=True))
 
 
 def load_texts(paths: list[str], field: str) -> list[tuple[str, str]]:
@@ -48,40 +77,42 @@ def load_texts(paths: list[str], field: str) -> list[tuple[str, str]]:
     return out
 
 
+@PIPELINES.register("jiuzhang")
 class JiuZhangPipeline:
     name = "jiuzhang"
     sync = False
 
-    def __init__(self, cfg: dict[str, Any], stages: dict[str, str]) -> None:
-        jz = cfg["jiuzhang"]
-        self.cfg, self.jz, self.seed = cfg, jz, cfg["run"]["seed"]
-        if not jz["texts"]:
+    def __init__(self, cfg: SynthConfig) -> None:
+        jz = cfg.jiuzhang
+        self.cfg, self.jz, self.seed = cfg, jz, cfg.run.seed
+        if not jz.texts:
             raise ConfigError("jiuzhang.texts is empty: give one or more JSONL files of math texts")
-        self.texts = load_texts(jz["texts"], jz["text_field"])
+        self.texts = load_texts(jz.texts, jz.text_field)
         if not self.texts:
-            raise DataError(f"jiuzhang.texts {jz['texts']} hold no texts")
-        chosen = jz["stages"]
-        chosen = list(stages) if chosen == "uniform" or chosen == ["uniform"] else ([chosen] if isinstance(chosen, str) else chosen)
+            raise DataError(f"jiuzhang.texts {jz.texts} hold no texts")
+        stages = Prompts(cfg.prompts.dir or None, cfg.prompts.system).stages()
+        chosen = list(stages) if jz.stages == ["uniform"] else list(jz.stages)
         missing = sorted(set(chosen) - set(stages))
         if missing:
             raise ConfigError(f"jiuzhang.stages: no audience for {missing} in stages.toml; have {', '.join(stages)}")
         self.stages, self.audience = chosen, stages
-        self.info = {"texts": len(self.texts), "stages": chosen, "variants": jz["variants"], "step": jz["step"]}
+        self.info = {"texts": len(self.texts), "stages": chosen, "variants": jz.variants, "step": jz.step}
 
     def items(self) -> list[dict[str, Any]]:
         out = []
-        for k in range(self.cfg["run"]["items"]):
+        for k in range(self.cfg.run.items):
             rng = random.Random(f"{self.seed}:jz:{k}")
             text_id, _ = self.texts[k % len(self.texts)]
             stage = self.stages[rng.randrange(len(self.stages))]
-            variant = self.jz["variants"][rng.randrange(len(self.jz["variants"]))]
+            variant = self.jz.variants[rng.randrange(len(self.jz.variants))]
             out.append({"id": f"jz-{k}-{text_id}-{stage}-{variant}", "text": k % len(self.texts), "stage": stage,
                         "variant": variant})
         return out
 
     async def process(self, item: dict[str, Any], ctx: Context) -> list[dict[str, Any]]:
         text_id, text = self.texts[item["text"]]
-        template = f"jiuzhang/{item['variant']}.txt"
+        variant = VARIANTS.get(item["variant"], "jiuzhang.variants")
+        template = variant.template
         values = {"audience": self.audience[item["stage"]], "text": text}
         usage: dict[str, int] = {}
         k = max(1, ctx.consistency)
@@ -92,18 +123,18 @@ class JiuZhangPipeline:
         if not problem:
             raise Reject("the reply has no 'Problem:' part", "no problem in reply")
         solution, extra = consistent([d[1] for d in drafts], ctx) if k > 1 else (drafts[0][1], {})
-        if item["variant"] == "tool" and "```python" not in solution:
+        if variant.tool and "```python" not in solution:
             raise Reject("tool variant: the solution has no ```python block", "no python block")
         answer = check_answer(solution, ctx, None)
-        if item["variant"] == "tool" and ctx.sandbox is not None:
+        if variant.tool and ctx.sandbox is not None:
             extra = {**extra, "tool_output": (await check_tool_output(solution, answer, ctx))[:1000]}
         if solution.lower().startswith("solution:"):
             solution = solution[len("solution:"):]
         solution = finish(solution, ctx.marker)
         meta = {"id": item["id"], "pipeline": "jiuzhang", "method": item["variant"], "stage": item["stage"],
-                "seed_id": text_id, "difficulty": None, "model": out.model, "sampling": {**ctx.sampling, "n": k},
-                "answer": answer, "usage": usage, "step": self.jz["step"], **extra}
-        if self.jz["step"] == "distill":
+                "seed_id": text_id, "difficulty": None, "model": out.model, "sampling": ctx.sampling_meta(k),
+                "answer": answer, "usage": usage, "step": self.jz.step, **extra}
+        if self.jz.step == "distill":
             instruction = ctx.prompts.render(template, **values)
             return [make_row(instruction, f"Problem: {problem}\nSolution: {solution}", meta)]
         return [make_row(problem, solution, meta)]

@@ -19,10 +19,14 @@ import numpy as np
 
 from mathforge import _native
 from mathforge.errors import ConfigError
+from mathforge.registry import Registry
 
 Row = dict[str, Any]
-EVAL_SETS = {"gsm8k_test": ("gsm8k", "test", "question"), "math_test": ("math", "test", "problem"),
-             "math500_test": ("math500", "test", "problem")}
+# decontamination set ([quality] decontamination_sets) -> (dataset, split, text field) of mathforge.evaluate.datasets
+EVAL_SETS: Registry[tuple[str, str, str]] = Registry("decontamination set")
+EVAL_SETS.add("gsm8k_test", ("gsm8k", "test", "question"))
+EVAL_SETS.add("math_test", ("math", "test", "problem"))
+EVAL_SETS.add("math500_test", ("math500", "test", "problem"))
 
 
 @dataclass
@@ -127,9 +131,7 @@ class Decontaminator:
                  extra: dict[str, list[str]] | None = None) -> None:
         if n < 1:
             raise ConfigError(f"decontamination.n = {n}: must be >= 1")
-        unknown = sorted(set(sets) - set(EVAL_SETS))
-        if unknown:
-            raise ConfigError(f"decontamination.sets: unknown {', '.join(unknown)}; allowed: {', '.join(EVAL_SETS)}")
+        sets = [EVAL_SETS.check(name, "decontamination.sets") for name in sets]
         from mathforge.evaluate import datasets
 
         self.n, self.min_words = n, min_words
@@ -138,7 +140,7 @@ class Decontaminator:
         self.short_items = self.items = 0
         sources: dict[str, list[str]] = {}
         for name in sets:
-            ds, split, key = EVAL_SETS[name]
+            ds, split, key = EVAL_SETS.get(name)
             sources[name] = [row[key] for row in datasets.load(ds, split)]
         sources.update(extra or {})
         for name, texts in sources.items():

@@ -22,15 +22,20 @@ solve, or dice to enumerate) so tests can re-derive every answer independently w
 
 from __future__ import annotations
 
+import json
 import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from fractions import Fraction
 from itertools import product
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mathforge.errors import ConfigError
+from mathforge.synth.common import PIPELINES
+
+if TYPE_CHECKING:
+    from mathforge.synth.config import SynthConfig
 
 DEFAULT_ANSWER_TEMPLATE = "The answer is: {answer}"
 STAGES = ("normal", "hard")
@@ -680,4 +685,44 @@ class ArithmeticGenerator:
 
     def problem(self, index: int) -> Problem:
         return generate_arithmetic(1, stage=self.stage, seed=self.seed, start=index,
-                                   answer_template=self.answer_template)[0]  # fmt: skip
+                                   answer_template=self.answer_template)[0]
+
+
+# --- the `symbolic` pipeline of `mathforge synth` -----------------------------------------------------------
+
+
+@PIPELINES.register("symbolic")
+class SymbolicPipeline:
+    """Rows straight from the symbolic generator: item k is problem k of the run's seed."""
+
+    name = "symbolic"
+    sync = True
+
+    def __init__(self, cfg: SynthConfig) -> None:
+        sy, self.seed = cfg.symbolic, cfg.run.seed
+        total, mix = cfg.run.items, sy.mix
+        n_hard = round(total * mix.get("hard", 0) / sum(mix.values()))
+        diff = sy.difficulty or None
+        common = {"families": sy.families or None, "max_digits": sy.max_digits,
+                  "answer_template": sy.answer_template, "seed": self.seed}
+        if sy.arithmetic:  # one compact column-arithmetic tier; its problems carry the tier as their stage
+            self.gens = {sy.arithmetic: ArithmeticGenerator(sy.arithmetic, self.seed, sy.answer_template)}
+            self.counts = {sy.arithmetic: total}
+        elif diff is not None:  # an explicit difficulty overrides the stage mix
+            self.gens = {"normal": Generator(difficulty=diff, **common)}
+            self.counts = {"normal": total}
+        else:
+            self.gens = {s: Generator(stage=s, **common) for s, c in (("normal", total - n_hard), ("hard", n_hard)) if c}
+            self.counts = {"normal": total - n_hard, "hard": n_hard}
+        self.info = {"items": self.counts}
+
+    def items(self) -> list[dict[str, Any]]:
+        return [{"id": f"sym-{self.seed}-{stage}-{k}", "stage": stage, "k": k}
+                for stage, count in self.counts.items() if count for k in range(count)]
+
+    def process_sync(self, item: dict[str, Any]) -> list[dict[str, Any]]:
+        problem = self.gens[item["stage"]].problem(item["k"] if item["stage"] == "normal" else 10**9 + item["k"])
+        row = problem.row(self.seed)
+        row["meta"]["id"] = item["id"]
+        row["meta"]["check"] = json.dumps(row["meta"]["check"])
+        return [row]

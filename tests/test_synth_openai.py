@@ -58,7 +58,7 @@ def texts_file(tmp_path: Path, n: int = 5) -> Path:
     return path
 
 
-def jiuzhang_cfg(tmp_path: Path, url: str, out: str, items: int = 60, **extra: str) -> dict:
+def jiuzhang_cfg(tmp_path: Path, url: str, out: str, items: int = 60, **extra: str) -> config.SynthConfig:
     sets = [f'run.output="{tmp_path / out}"', f"run.items={items}", "run.progress=false", 'pipeline.kind="jiuzhang"',
             'backend.kind="openai"', f'backend.base_urls=["{url}"]', "backend.concurrency=8", "backend.backoff_s=0.01",
             "backend.timeout_s=0.5", f'jiuzhang.texts=["{texts_file(tmp_path)}"]', "quality.decontamination_n=13"]
@@ -161,7 +161,7 @@ def test_skywork_pipeline_all_methods_with_answer_checks(tmp_path):
     pipe = run.make_pipeline(cfg)
     seeds = pipe.pools["normal"] + pipe.pools["hard"]
     with LoopbackServer(responder=oracle(seeds)) as srv:
-        cfg["backend"]["base_urls"] = [srv.url]
+        cfg.backend.base_urls = [srv.url]
         m = run.synthesize(cfg)
     rows = rows_of(tmp_path / "sky")
     methods = {r["meta"]["method"] for r in rows.values()}
@@ -195,7 +195,7 @@ def test_sigkill_mid_run_then_resume_equals_an_uninterrupted_run(tmp_path):
         cfg = jiuzhang_cfg(tmp_path, srv.url, "killed", 240)
         toml = tmp_path / "kill.toml"
         toml.write_text("\n".join(f"[{section}]\n" + "\n".join(f"{k} = {toml_value(v)}" for k, v in values.items())
-                                  for section, values in cfg.items()))
+                                  for section, values in cfg.to_dict().items()))
         journal = tmp_path / "killed" / "work" / "journal-00000-of-00001.jsonl"
         proc = subprocess.Popen([sys.executable, "-m", "mathforge.synth", str(toml)], stdout=subprocess.DEVNULL,
                                 stderr=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"})

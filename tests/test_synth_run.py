@@ -14,7 +14,7 @@ from mathforge.synth.store import Journal
 CONFIGS = Path(__file__).resolve().parents[1] / "synth" / "configs"
 
 
-def symbolic_cfg(out: Path, items: int = 300, **extra: str) -> dict:
+def symbolic_cfg(out: Path, items: int = 300, **extra: str) -> config.SynthConfig:
     sets = [f'run.output="{out}"', f"run.items={items}", "run.progress=false", "quality.decontaminate=false",
             "quality.near_dedup=false", "quality.exact_dedup=false"]
     return config.load(None, sets + [f"{k}={v}" for k, v in extra.items()])
@@ -93,14 +93,16 @@ def test_journal_ignores_duplicate_appends(tmp_path):
 @pytest.mark.parametrize(
     "sets, match",
     [
-        (["run.format=\"csv\""], r"run.format = 'csv'; allowed values: jsonl, parquet"),
-        (["run.colour=1"], r"unknown key run.colour; allowed: output"),
-        (["quality.self_consistency=\"3\""], r"quality.self_consistency = '3' must be int"),
-        (["skywork.methods=[\"magic\"]"], r"skywork.methods has unknown \['magic'\]"),
-        (["jiuzhang.stages=[\"kindergarten\"]"], r"jiuzhang.stages has unknown"),
+        (["run.format=\"csv\""], r"run.format: 'csv' is not allowed; allowed values: jsonl, parquet"),
+        (["run.colour=1"], r"run: unknown key 'colour'; allowed: output, format, seed, items"),
+        (["quality.self_consistency=\"3\""], r"quality.self_consistency: expected an integer, got '3'"),
+        (["quality.self_consistency=-1"], r"quality.self_consistency must be >= 0"),
+        (["quality.near_dedup_threshold=1.5"], r"quality.near_dedup_threshold must be in \(0, 1\]"),
+        (["skywork.mix={normal = 1, easy = 1}"], r"skywork.mix must map normal/hard"),
+        (["jiuzhang.variants=[]"], r"jiuzhang.variants must be a non-empty subset of cot, tool"),
         (["backend.kind=\"openai\""], r"backend.kind = 'openai' does not fit pipeline.kind = 'symbolic'"),
-        (["nosuch.key=1"], r"unknown section \[nosuch\]"),
-        (["justtext"], r"expected section.key=value"),
+        (["nosuch.key=1"], r"unknown section \[nosuch\]; allowed: run, pipeline, symbolic, backend"),
+        (["justtext"], r"expected key=value"),
     ],
 )
 def test_config_errors_name_the_key_and_allowed_values(sets, match):
@@ -108,10 +110,82 @@ def test_config_errors_name_the_key_and_allowed_values(sets, match):
         config.load(None, sets)
 
 
+@pytest.mark.parametrize(
+    "sets, match",
+    [
+        (['pipeline.kind="magic"'], r"pipeline.kind: unknown pipeline kind 'magic'; known: .*jiuzhang.*skywork.*symbolic"),
+        (['skywork.methods=["rephrase", "magic"]'], r"skywork.methods\[1\]: unknown Skywork method 'magic'; known: "
+         r"answer_aug, rephrase, fobar, self_verify, evol, teacher$"),
+        (['skywork.evol_ops=["deepen", "shrink"]'], r"skywork.evol_ops\[1\]: unknown Evol operation 'shrink'; known: "
+         r"rewrite, constraints, deepen, concretize, steps$"),
+        (['jiuzhang.stages=["kindergarten"]'], r"jiuzhang.stages\[0\]: unknown education stage 'kindergarten'; known: "
+         r"uniform \(all of them\), grade_school, middle_school, high_school, college, amc8, amc10, amc12, aime$"),
+        (['jiuzhang.variants=["cot", "latex"]'], r"jiuzhang.variants\[1\]: unknown JiuZhang variant 'latex'; known: cot, tool$"),
+        (['quality.decontamination_sets=["aime_test"]'], r"unknown decontamination set 'aime_test'; known: gsm8k_test, "
+         r"math_test, math500_test$"),
+        (['symbolic.families=["calculus"]'], r"symbolic.families has unknown \['calculus'\]; allowed: add_digits"),
+    ],
+)
+def test_unknown_registry_names_are_refused_at_load_listing_the_known(sets, match):
+    with pytest.raises(ConfigError, match=match):
+        config.load(None, sets)
+
+
+def test_registries_hold_what_the_pipelines_dispatch_on():
+    from mathforge.synth.common import PIPELINES
+    from mathforge.synth.jiuzhang import EDUCATION_STAGES, VARIANTS
+    from mathforge.synth.skywork import EVOL_OPS, SKYWORK_METHODS
+
+    assert set(PIPELINES) == {"symbolic", "skywork", "jiuzhang"}
+    assert SKYWORK_METHODS.names() == ["answer_aug", "rephrase", "fobar", "self_verify", "evol", "teacher"]
+    assert EVOL_OPS.get("deepen") == "skywork/evol_deepen.txt"
+    assert len(EDUCATION_STAGES) == 8 and EDUCATION_STAGES.get("aime").startswith("a contestant in the AIME")
+    assert VARIANTS.get("tool").tool and not VARIANTS.get("cot").tool
+    defaults = config.load(None)
+    assert defaults.skywork.methods == SKYWORK_METHODS.names() and defaults.skywork.evol_ops == EVOL_OPS.names()
+
+
+def test_set_reaches_any_depth_and_values_are_typed():
+    cfg = config.load(None, ["skywork.seed_fields.question=problem", "sampling.temperature=1", "run.items=7",
+                             'jiuzhang.stages="aime"'])  # fmt: skip
+    assert cfg.skywork.seed_fields == {"question": "problem"}
+    assert cfg.sampling.temperature == 1.0 and isinstance(cfg.sampling.temperature, float)
+    assert cfg.run.items == 7 and cfg.jiuzhang.stages == ["aime"]  # a single name is a list of one
+    assert config.load(None).quality.near_dedup is True
+
+
 def test_shipped_configs_load():
     for path in CONFIGS.glob("*.toml"):
         cfg = config.load(path)
-        assert cfg["pipeline"]["kind"] in ("symbolic", "skywork", "jiuzhang")
+        assert cfg.pipeline.kind in ("symbolic", "skywork", "jiuzhang")
+    sky = config.load(CONFIGS / "skywork.toml")
+    assert sky.skywork.select == 6000 and sky.skywork.mix == {"normal": 0.85, "hard": 0.15}
+    assert sky.backend.max_retries == 8 and sky.sampling.max_tokens == 2048 and sky.run.format == "parquet"
+
+
+def test_settings_hash_depends_on_content_settings_only():
+    base = config.load(CONFIGS / "symbolic-demo.toml")
+    same = config.load(CONFIGS / "symbolic-demo.toml", ['run.output="elsewhere"', "quality.near_dedup=true",
+                                                          "run.progress=false", "backend.concurrency=3"])  # fmt: skip
+    assert run.settings_hash(base) == run.settings_hash(same) == "e3dc1685cc313486"
+    assert run.settings_hash(config.load(None, ["sampling.temperature=1"])) == run.settings_hash(
+        config.load(None, ["sampling.temperature=1.0"])
+    )
+    for change in ["run.items=5", "run.seed=1", "symbolic.difficulty=2", 'backend.model="other"']:
+        assert run.settings_hash(config.load(CONFIGS / "symbolic-demo.toml", [change])) != run.settings_hash(base)
+
+
+def test_resume_accepts_a_run_whose_settings_json_an_older_version_wrote(tmp_path):
+    cfg = symbolic_cfg(tmp_path / "o", 40)
+    run.synthesize(cfg)
+    settings = tmp_path / "o" / "settings.json"
+    old = json.loads(settings.read_text())
+    old["config"]["jiuzhang"]["stages"] = "uniform"  # how the old loader stored (and hashed) the default
+    old["settings_hash"] = "0123456789abcdef"
+    settings.write_text(json.dumps(old))
+    manifest = run.synthesize(cfg, resume=True)
+    assert manifest["generation"]["already_done"] == 40
+    assert json.loads(settings.read_text())["settings_hash"] == run.settings_hash(cfg)
 
 
 def test_cli_runs_and_reports_config_errors(tmp_path, capsys):
@@ -125,7 +199,7 @@ def test_cli_runs_and_reports_config_errors(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["synth", str(CONFIGS / "symbolic-demo.toml"), "--set", "run.format=\"xml\""])
     assert exit_info.value.code == 2
-    assert "run.format = 'xml'; allowed values: jsonl, parquet" in capsys.readouterr().err
+    assert "run.format: 'xml' is not allowed; allowed values: jsonl, parquet" in capsys.readouterr().err
 
 
 def test_arithmetic_tier_through_the_pipeline(tmp_path):
@@ -141,5 +215,5 @@ def test_arithmetic_tier_through_the_pipeline(tmp_path):
         a, op, b = row["prompt"].removeprefix("What is ").removesuffix("?").split()
         expected = int(a) + int(b) if op == "+" else int(a) - int(b)
         assert row["response"].endswith(f"The answer is: {expected}") and row["meta"]["answer"] == str(expected)
-    with pytest.raises(ConfigError, match="allowed values: , normal, hard"):
+    with pytest.raises(ConfigError, match="symbolic.arithmetic: 'medium' is not allowed; allowed values: , normal, hard"):
         synth_config.load(data={"symbolic": {"arithmetic": "medium"}})
