@@ -24,7 +24,11 @@ def register(app: typer.Typer) -> None:
         shard: str = typer.Option("0/1", "--shard", help="Run only items k with k % n == i (e.g. 3/16)."),
         resume: bool = typer.Option(False, "--resume", help="Finish an interrupted run: redo only missing items."),
         merge: int = typer.Option(0, "--merge", help="After all N shards finished: filter them together."),
-        overrides: list[str] = typer.Option([], "--set", help="Override a config key: section.key=value (any depth, e.g. skywork.seed_fields.question=problem)."),  # noqa: B008
+        overrides: list[str] = typer.Option(
+            [],
+            "--set",
+            help="Override a config key: section.key=value (any depth, e.g. skywork.seed_fields.question=problem).",
+        ),  # noqa: B008
     ) -> None:
         """Synthesize math problems (symbolic, Skywork-Math or JiuZhang3.0 pipeline) into a dataset."""
         from rich.console import Console

@@ -60,12 +60,19 @@ class Context:
     sandbox: Any = None  # a mathforge.evaluate.sandbox.Sandbox: tool solutions are executed when set
     tool_timeout: float = 10.0
 
-    async def ask(self, template: str, *, n: int = 1, usage: dict[str, int] | None = None, seed_offset: int = 0,
-                  **values: str) -> Completion:
+    async def ask(
+        self, template: str, *, n: int = 1, usage: dict[str, int] | None = None, seed_offset: int = 0, **values: str
+    ) -> Completion:
         s = self.sampling
         seed = s.seed + seed_offset if s.seed >= 0 else None
-        out = await self.backend.chat(self.prompts.messages(template, **values), n=n, temperature=s.temperature,
-                                      top_p=s.top_p, max_tokens=s.max_tokens, seed=seed)
+        out = await self.backend.chat(
+            self.prompts.messages(template, **values),
+            n=n,
+            temperature=s.temperature,
+            top_p=s.top_p,
+            max_tokens=s.max_tokens,
+            seed=seed,
+        )
         if usage is not None:
             usage["prompt_tokens"] = usage.get("prompt_tokens", 0) + out.prompt_tokens
             usage["completion_tokens"] = usage.get("completion_tokens", 0) + out.completion_tokens
@@ -116,8 +123,10 @@ def consistent(texts: list[str], ctx: Context) -> tuple[str, dict[str, Any]]:
         return texts[0], {}
     keep, top, info = quality.self_consistency(texts, min_agree=ctx.min_agree, marker=ctx.marker)
     if not keep:
-        raise Reject(f"self-consistency: {info['votes']}/{info['samples']} samples agree (need {ctx.min_agree:.0%})",
-                     "self-consistency")
+        raise Reject(
+            f"self-consistency: {info['votes']}/{info['samples']} samples agree (need {ctx.min_agree:.0%})",
+            "self-consistency",
+        )
     return texts[keep[0]], {"votes": info["votes"], "samples": info["samples"]}
 
 
@@ -157,5 +166,8 @@ async def check_tool_output(solution: str, answer: str, ctx: Context) -> str:
 
     if answer and grade(last_line, answer):
         return printed
-    raise Reject(f"tool variant: the program prints {last_line[:80]!r} but the solution states "
-                 f"{_words(stated)[:80]!r} and answers {answer[:40]!r}", "tool output mismatch")
+    raise Reject(
+        f"tool variant: the program prints {last_line[:80]!r} but the solution states "
+        f"{_words(stated)[:80]!r} and answers {answer[:40]!r}",
+        "tool output mismatch",
+    )

@@ -105,8 +105,14 @@ class JiuZhangPipeline:
             text_id, _ = self.texts[k % len(self.texts)]
             stage = self.stages[rng.randrange(len(self.stages))]
             variant = self.jz.variants[rng.randrange(len(self.jz.variants))]
-            out.append({"id": f"jz-{k}-{text_id}-{stage}-{variant}", "text": k % len(self.texts), "stage": stage,
-                        "variant": variant})
+            out.append(
+                {
+                    "id": f"jz-{k}-{text_id}-{stage}-{variant}",
+                    "text": k % len(self.texts),
+                    "stage": stage,
+                    "variant": variant,
+                }
+            )
         return out
 
     async def process(self, item: dict[str, Any], ctx: Context) -> list[dict[str, Any]]:
@@ -129,11 +135,22 @@ class JiuZhangPipeline:
         if variant.tool and ctx.sandbox is not None:
             extra = {**extra, "tool_output": (await check_tool_output(solution, answer, ctx))[:1000]}
         if solution.lower().startswith("solution:"):
-            solution = solution[len("solution:"):]
+            solution = solution[len("solution:") :]
         solution = finish(solution, ctx.marker)
-        meta = {"id": item["id"], "pipeline": "jiuzhang", "method": item["variant"], "stage": item["stage"],
-                "seed_id": text_id, "difficulty": None, "model": out.model, "sampling": ctx.sampling_meta(k),
-                "answer": answer, "usage": usage, "step": self.jz.step, **extra}
+        meta = {
+            "id": item["id"],
+            "pipeline": "jiuzhang",
+            "method": item["variant"],
+            "stage": item["stage"],
+            "seed_id": text_id,
+            "difficulty": None,
+            "model": out.model,
+            "sampling": ctx.sampling_meta(k),
+            "answer": answer,
+            "usage": usage,
+            "step": self.jz.step,
+            **extra,
+        }
         if self.jz.step == "distill":
             instruction = ctx.prompts.render(template, **values)
             return [make_row(instruction, f"Problem: {problem}\nSolution: {solution}", meta)]

@@ -64,8 +64,9 @@ def exact_dedup(rows: list[Row], fields: tuple[str, ...] = ("prompt",)) -> tuple
     return kept, removed
 
 
-def near_duplicate_groups(texts: list[str], *, ngram: int = 5, num_perm: int = 128, bands: int = 16,
-                          threshold: float = 0.7, seed: int = 0) -> np.ndarray:
+def near_duplicate_groups(
+    texts: list[str], *, ngram: int = 5, num_perm: int = 128, bands: int = 16, threshold: float = 0.7, seed: int = 0
+) -> np.ndarray:
     """For each text the index of the earliest text it is a near-duplicate of (itself if none).
 
     MinHash over word n-grams with LSH banding (`bands` bands of num_perm/bands rows); candidate pairs
@@ -89,7 +90,7 @@ def near_duplicate_groups(texts: list[str], *, ngram: int = 5, num_perm: int = 1
 
     with np.errstate(over="ignore"):
         for b in range(bands):
-            keys = (sig[:, b * rows:(b + 1) * rows] * mult).sum(axis=1, dtype=np.uint64)
+            keys = (sig[:, b * rows : (b + 1) * rows] * mult).sum(axis=1, dtype=np.uint64)
             order = np.argsort(keys, kind="stable")
             sorted_keys = keys[order]
             starts = np.flatnonzero(np.r_[True, sorted_keys[1:] != sorted_keys[:-1]])
@@ -127,8 +128,14 @@ class Decontaminator:
     (13 or fewer catches light rewording of short problems).
     """
 
-    def __init__(self, n: int = 30, sets: Iterable[str] = ("gsm8k_test", "math500_test"), *, min_words: int = 8,
-                 extra: dict[str, list[str]] | None = None) -> None:
+    def __init__(
+        self,
+        n: int = 30,
+        sets: Iterable[str] = ("gsm8k_test", "math500_test"),
+        *,
+        min_words: int = 8,
+        extra: dict[str, list[str]] | None = None,
+    ) -> None:
         if n < 1:
             raise ConfigError(f"decontamination.n = {n}: must be >= 1")
         sets = [EVAL_SETS.check(name, "decontamination.sets") for name in sets]
@@ -179,26 +186,45 @@ class Decontaminator:
                 kept.append(row)
             else:
                 eval_id, length, f = hit
-                removed.append({"id": _id(row, i), "reason": f"{length}-gram overlap with {eval_id} in {f}",
-                                "eval_item": eval_id, "eval_text": self.texts[eval_id][:300],
-                                "text": str(row.get(f, ""))[:300]})
+                removed.append(
+                    {
+                        "id": _id(row, i),
+                        "reason": f"{length}-gram overlap with {eval_id} in {f}",
+                        "eval_item": eval_id,
+                        "eval_text": self.texts[eval_id][:300],
+                        "text": str(row.get(f, ""))[:300],
+                    }
+                )
         return kept, removed
 
     def summary(self) -> dict[str, Any]:
-        return {"n": self.n, "eval_items": self.items, "eval_items_shorter_than_n": self.short_items,
-                "min_words": self.min_words}
+        return {
+            "n": self.n,
+            "eval_items": self.items,
+            "eval_items_shorter_than_n": self.short_items,
+            "min_words": self.min_words,
+        }
 
 
-def length_filter(rows: list[Row], *, min_prompt_chars: int = 10, max_prompt_chars: int = 4000,
-                  min_response_chars: int = 10, max_response_chars: int = 16000) -> tuple[list[Row], list[dict]]:
+def length_filter(
+    rows: list[Row],
+    *,
+    min_prompt_chars: int = 10,
+    max_prompt_chars: int = 4000,
+    min_response_chars: int = 10,
+    max_response_chars: int = 16000,
+) -> tuple[list[Row], list[dict]]:
     """Keeps rows whose prompt and response lengths (characters) are within the bounds."""
     kept, removed = [], []
     for i, row in enumerate(rows):
         p, r = len(str(row.get("prompt", ""))), len(str(row.get("response", "")))
-        why = (f"prompt has {p} chars, outside [{min_prompt_chars}, {max_prompt_chars}]"
-               if not min_prompt_chars <= p <= max_prompt_chars else
-               f"response has {r} chars, outside [{min_response_chars}, {max_response_chars}]"
-               if not min_response_chars <= r <= max_response_chars else None)
+        why = (
+            f"prompt has {p} chars, outside [{min_prompt_chars}, {max_prompt_chars}]"
+            if not min_prompt_chars <= p <= max_prompt_chars
+            else f"response has {r} chars, outside [{min_response_chars}, {max_response_chars}]"
+            if not min_response_chars <= r <= max_response_chars
+            else None
+        )
         (removed.append({"id": _id(row, i), "reason": why}) if why else kept.append(row))
     return kept, removed
 
@@ -208,7 +234,7 @@ def marked_answer(text: str, marker: str = "The answer is:") -> str | None:
     at = text.rfind(marker)
     if at < 0:
         return None
-    answer = text[at + len(marker):].strip().split("\n", 1)[0].strip()
+    answer = text[at + len(marker) :].strip().split("\n", 1)[0].strip()
     answer = answer[:-1].strip() if answer.endswith(".") and not answer[:-1].endswith(".") else answer
     return answer or None
 
@@ -245,8 +271,13 @@ def majority(answers: list[str | None], *, equal: Callable[[str, str], bool] | N
     return best[0], len(best)
 
 
-def self_consistency(responses: list[str], *, min_agree: float = 0.5, marker: str = "The answer is:",
-                     equal: Callable[[str, str], bool] | None = None) -> tuple[list[int], str | None, dict[str, Any]]:
+def self_consistency(
+    responses: list[str],
+    *,
+    min_agree: float = 0.5,
+    marker: str = "The answer is:",
+    equal: Callable[[str, str], bool] | None = None,
+) -> tuple[list[int], str | None, dict[str, Any]]:
     """Indices of the responses whose answer agrees with the majority, if the majority's share >= min_agree."""
     answers = [extract(r, marker) for r in responses]
     top, votes = majority(answers, equal=equal)

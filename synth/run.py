@@ -63,8 +63,14 @@ def synthesize(
     items = [it for k, it in enumerate(pipeline.items()) if k % count == index]
     journal = Journal(journal_path, fsync_every=cfg.run.fsync_every)
     todo = [it for it in items if it["id"] not in journal.done]
-    stats = {"items": len(items), "already_done": len(items) - len(todo), "torn_bytes": journal.torn_bytes,
-             "rejected": 0, "failed": 0, "failed_ids": []}
+    stats = {
+        "items": len(items),
+        "already_done": len(items) - len(todo),
+        "torn_bytes": journal.torn_bytes,
+        "rejected": 0,
+        "failed": 0,
+        "failed_ids": [],
+    }
     usage: dict[str, Any] = {}
     try:
         if pipeline.sync:
@@ -75,8 +81,14 @@ def synthesize(
         journal.close()
     stats["generate_seconds"] = round(time.perf_counter() - start, 3)
     manifest = finalize(cfg, [journal_path], name)
-    manifest.update({"shard": {"index": index, "count": count}, "generation": stats, "usage": usage,
-                     "pipeline_info": getattr(pipeline, "info", {})})
+    manifest.update(
+        {
+            "shard": {"index": index, "count": count},
+            "generation": stats,
+            "usage": usage,
+            "pipeline_info": getattr(pipeline, "info", {}),
+        }
+    )
     write_json(out / f"manifest-{name}.json", manifest)
     return manifest
 
@@ -126,9 +138,17 @@ def _run_sync(pipeline, todo, journal: Journal, stats: dict, show: bool) -> None
 def _context(cfg: SynthConfig, backend: Any, sandbox: Any) -> Context:
     q = cfg.quality
     prompts = Prompts(cfg.prompts.dir or None, cfg.prompts.system)
-    return Context(backend, prompts, cfg.sampling, marker=q.answer_marker, require_answer=q.require_answer,
-                   consistency=q.self_consistency, min_agree=q.min_agree, sandbox=sandbox,
-                   tool_timeout=q.tool_timeout)
+    return Context(
+        backend,
+        prompts,
+        cfg.sampling,
+        marker=q.answer_marker,
+        require_answer=q.require_answer,
+        consistency=q.self_consistency,
+        min_agree=q.min_agree,
+        sandbox=sandbox,
+        tool_timeout=q.tool_timeout,
+    )
 
 
 async def _process(pipeline, it: dict[str, Any], ctx: Context, stats: dict) -> dict[str, Any] | None:
@@ -138,8 +158,13 @@ async def _process(pipeline, it: dict[str, Any], ctx: Context, stats: dict) -> d
         return {"id": it["id"], "status": "ok", "rows": await pipeline.process(it, ctx)}
     except Reject as why:
         stats["rejected"] += 1
-        return {"id": it["id"], "status": "rejected", "reason": str(why), "kind": f"{it.get('method', '')}: {why.kind}",
-                "rows": []}
+        return {
+            "id": it["id"],
+            "status": "rejected",
+            "reason": str(why),
+            "kind": f"{it.get('method', '')}: {why.kind}",
+            "rows": [],
+        }
     except BackendError as error:
         stats["failed"] += 1
         stats["failed_ids"].append({"id": it["id"], "error": str(error)[:300]})
@@ -226,16 +251,32 @@ Filter = Callable[[list[dict[str, Any]]], tuple[list[dict[str, Any]], list[dict[
 def _filters(q: QualitySettings) -> tuple[list[tuple[str, Filter]], quality.Decontaminator | None]:
     """The dataset filters `[quality]` turns on, in order of application, and the decontaminator (if any)."""
     steps: list[tuple[str, Filter]] = [
-        ("length", lambda r: quality.length_filter(r, min_prompt_chars=q.min_prompt_chars,
-                                                   max_prompt_chars=q.max_prompt_chars,
-                                                   min_response_chars=q.min_response_chars,
-                                                   max_response_chars=q.max_response_chars))]
+        (
+            "length",
+            lambda r: quality.length_filter(
+                r,
+                min_prompt_chars=q.min_prompt_chars,
+                max_prompt_chars=q.max_prompt_chars,
+                min_response_chars=q.min_response_chars,
+                max_response_chars=q.max_response_chars,
+            ),
+        )
+    ]
     if q.exact_dedup:
         steps.append(("exact_dedup", quality.exact_dedup))
     if q.near_dedup:
-        steps.append(("near_dedup", lambda r: quality.near_dedup(
-            r, ngram=q.near_dedup_ngram, num_perm=q.near_dedup_perm, bands=q.near_dedup_bands,
-            threshold=q.near_dedup_threshold)))
+        steps.append(
+            (
+                "near_dedup",
+                lambda r: quality.near_dedup(
+                    r,
+                    ngram=q.near_dedup_ngram,
+                    num_perm=q.near_dedup_perm,
+                    bands=q.near_dedup_bands,
+                    threshold=q.near_dedup_threshold,
+                ),
+            )
+        )
     deco = None
     if q.decontaminate:
         deco = quality.Decontaminator(q.decontamination_n, q.decontamination_sets)
@@ -264,9 +305,15 @@ def finalize(cfg: SynthConfig, journals: list[Path], name: str, folder: str = "d
     with open(out / f"removed-{name}.jsonl", "w", encoding="utf-8") as handle:
         for r in report.removed:
             handle.write(json.dumps(r, ensure_ascii=False) + "\n")
-    return {"name": name, "rows": len(rows), "files": files, "filters": report.counts,
-            "generation_rejections": reasons, "decontamination": deco.summary() if deco else None,
-            "settings": cfg.to_dict()}
+    return {
+        "name": name,
+        "rows": len(rows),
+        "files": files,
+        "filters": report.counts,
+        "generation_rejections": reasons,
+        "decontamination": deco.summary() if deco else None,
+        "settings": cfg.to_dict(),
+    }
 
 
 def _natural(text: str) -> list:

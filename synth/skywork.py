@@ -76,18 +76,19 @@ for _op in ("rewrite", "constraints", "deepen", "concretize", "steps"):
 
 def mask_number(question: str, rng: random.Random) -> tuple[str, str] | None:
     """(question with one number replaced by X, that number) or None if it has no plain number."""
-    found = [m for m in _NUMBER.finditer(question) if "$" not in question[max(0, m.start() - 1):m.end() + 1]]
+    found = [m for m in _NUMBER.finditer(question) if "$" not in question[max(0, m.start() - 1) : m.end() + 1]]
     if not found:
         return None
     m = found[rng.randrange(len(found))]
-    return question[:m.start()] + "X" + question[m.end():], m.group()
+    return question[: m.start()] + "X" + question[m.end() :], m.group()
 
 
 @SKYWORK_METHODS.register("answer_aug")
 async def answer_aug(job: Job, ctx: Context) -> Draft:
     """Solve the seed again; kept when the answer matches the seed's."""
-    out = await ctx.ask("skywork/answer_aug.txt", n=job.k, usage=job.usage, seed_offset=job.offset,
-                        question=job.seed.question)
+    out = await ctx.ask(
+        "skywork/answer_aug.txt", n=job.k, usage=job.usage, seed_offset=job.offset, question=job.seed.question
+    )
     solution, extra = consistent(out.texts, ctx)
     return Draft(job.seed.question, solution, check_answer(solution, ctx, job.seed.answer), out.model, extra)
 
@@ -112,8 +113,9 @@ async def _masked(method: str, job: Job, ctx: Context) -> tuple[str, str, str | 
     if masked is None:
         raise Reject(f"{method}: seed {seed.id} has no plain number to mask", "no number to mask")
     masked_q, number = masked
-    out = await ctx.ask(f"skywork/{method}.txt", usage=job.usage, seed_offset=job.offset, masked_question=masked_q,
-                        answer=seed.answer)
+    out = await ctx.ask(
+        f"skywork/{method}.txt", usage=job.usage, seed_offset=job.offset, masked_question=masked_q, answer=seed.answer
+    )
     problem, solution = split_reply(out.texts[0])
     return masked_q, number, problem, solution, out.model
 
@@ -122,8 +124,10 @@ async def _masked(method: str, job: Job, ctx: Context) -> tuple[str, str, str | 
 async def fobar(job: Job, ctx: Context) -> Draft:
     """Mask a number as X, give the answer, ask for X; the solution must recover the masked number."""
     masked_q, number, _, solution, model = await _masked("fobar", job, ctx)
-    prompt = (f"{masked_q}\nIf we know the answer to the above question is {job.seed.answer}, "
-              f"what is the value of the unknown variable X?")
+    prompt = (
+        f"{masked_q}\nIf we know the answer to the above question is {job.seed.answer}, "
+        f"what is the value of the unknown variable X?"
+    )
     return Draft(prompt, solution, check_answer(solution, ctx, number), model, {"masked": number})
 
 
@@ -143,15 +147,17 @@ async def evol(job: Job, ctx: Context) -> Draft:
     prompt, ops = job.seed.question, []
     for r in range(job.settings.evol_rounds):
         op = ops_allowed[job.rng.randrange(len(ops_allowed))]
-        out = await ctx.ask(EVOL_OPS.get(op, "skywork.evol_ops"), usage=job.usage, seed_offset=job.offset + r,
-                            question=prompt)
+        out = await ctx.ask(
+            EVOL_OPS.get(op, "skywork.evol_ops"), usage=job.usage, seed_offset=job.offset + r, question=prompt
+        )
         new, _ = split_reply(out.texts[0])
         if not new:
             raise Reject(f"evol round {r + 1} ({op}): the reply has no 'Problem:' part", "no problem in reply")
         prompt = new
         ops.append(op)
-    out = await ctx.ask("skywork/answer_aug.txt", n=job.k, usage=job.usage, seed_offset=job.offset + 99,
-                        question=prompt)
+    out = await ctx.ask(
+        "skywork/answer_aug.txt", n=job.k, usage=job.usage, seed_offset=job.offset + 99, question=prompt
+    )
     solution, extra = consistent(out.texts, ctx)
     answer = check_answer(solution, ctx, None)
     return Draft(prompt, solution, answer, out.model, {**extra, "evol_ops": ops})
@@ -169,8 +175,14 @@ async def teacher(job: Job, ctx: Context) -> Draft:
         raise Reject("teacher: the reply has no 'Problem:' part", "no problem in reply")
     solution, extra = drafts[0][1], {}
     if sk.self_check:
-        checked = await ctx.ask("skywork/self_check.txt", n=job.k, usage=job.usage, seed_offset=job.offset + 1,
-                                question=prompt, solution=solution)
+        checked = await ctx.ask(
+            "skywork/self_check.txt",
+            n=job.k,
+            usage=job.usage,
+            seed_offset=job.offset + 1,
+            question=prompt,
+            solution=solution,
+        )
         solution, extra = consistent([split_reply(t)[1] for t in checked.texts], ctx)
         extra["self_checked"] = True
     return Draft(prompt, solution, check_answer(solution, ctx, None), out.model, extra)
@@ -201,8 +213,12 @@ class SkyworkPipeline:
         weight = sum(mix.values())
         n_hard = round(total * mix.get("hard", 0) / weight) if self.pools["hard"] else 0
         self.counts = {"normal": total - n_hard if self.pools["normal"] else 0, "hard": n_hard}
-        self.info = {"seeds": len(seeds), "pool_normal": len(self.pools["normal"]),
-                     "pool_hard": len(self.pools["hard"]), "items": self.counts}
+        self.info = {
+            "seeds": len(seeds),
+            "pool_normal": len(self.pools["normal"]),
+            "pool_hard": len(self.pools["hard"]),
+            "items": self.counts,
+        }
 
     def _select(self, seeds: list[Seed]) -> list[Seed]:
         k = self.sk.select
@@ -220,8 +236,15 @@ class SkyworkPipeline:
                 seed = pool[(k // m) % len(pool)]
                 method = self.methods[k % m]
                 rep = k // (m * len(pool))
-                out.append({"id": f"sky-{stage}-{seed.id}-{method}-{rep}", "stage": stage, "seed": seed,
-                            "method": method, "pass": rep})
+                out.append(
+                    {
+                        "id": f"sky-{stage}-{seed.id}-{method}-{rep}",
+                        "stage": stage,
+                        "seed": seed,
+                        "method": method,
+                        "pass": rep,
+                    }
+                )
         return out
 
     async def process(self, item: dict[str, Any], ctx: Context) -> list[dict[str, Any]]:
@@ -233,8 +256,19 @@ class SkyworkPipeline:
         draft = await self.handlers[method](job, ctx)
         solution = draft.solution
         if solution.lstrip().lower().startswith("solution:"):
-            solution = solution.lstrip()[len("solution:"):]
-        meta = {"id": item["id"], "pipeline": "skywork", "method": method, "stage": stage, "seed_id": seed.id,
-                "seed_source": seed.source, "difficulty": seed.level, "model": draft.model,
-                "sampling": ctx.sampling_meta(k), "answer": draft.answer, "usage": job.usage, **draft.extra}
+            solution = solution.lstrip()[len("solution:") :]
+        meta = {
+            "id": item["id"],
+            "pipeline": "skywork",
+            "method": method,
+            "stage": stage,
+            "seed_id": seed.id,
+            "seed_source": seed.source,
+            "difficulty": seed.level,
+            "model": draft.model,
+            "sampling": ctx.sampling_meta(k),
+            "answer": draft.answer,
+            "usage": job.usage,
+            **draft.extra,
+        }
         return [make_row(draft.prompt, finish(solution, ctx.marker), meta)]

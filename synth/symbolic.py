@@ -42,8 +42,33 @@ STAGES = ("normal", "hard")
 STAGE_LEVELS = {"normal": (1, 2, 3), "hard": (4, 5)}
 EDUCATION = {1: "grade_school", 2: "grade_school", 3: "middle_school", 4: "high_school", 5: "competition"}
 PLACES = ("ones", "tens", "hundreds", "thousands", "ten-thousands", "hundred-thousands")
-NAMES = ("Ava", "Ben", "Chloe", "Diego", "Emma", "Farid", "Grace", "Hiro", "Ines", "Jamal", "Kira", "Liam",
-         "Maya", "Noah", "Olga", "Priya", "Quinn", "Rosa", "Sam", "Tariq", "Uma", "Vera", "Wen", "Yusuf", "Zoe")
+NAMES = (
+    "Ava",
+    "Ben",
+    "Chloe",
+    "Diego",
+    "Emma",
+    "Farid",
+    "Grace",
+    "Hiro",
+    "Ines",
+    "Jamal",
+    "Kira",
+    "Liam",
+    "Maya",
+    "Noah",
+    "Olga",
+    "Priya",
+    "Quinn",
+    "Rosa",
+    "Sam",
+    "Tariq",
+    "Uma",
+    "Vera",
+    "Wen",
+    "Yusuf",
+    "Zoe",
+)
 ITEMS = ("apples", "pencils", "stickers", "marbles", "books", "cookies", "shells", "cards", "stamps", "beads")
 
 
@@ -68,9 +93,17 @@ class Problem:
             "prompt": self.question,
             "response": self.solution,
             "meta": {
-                "id": self.id, "pipeline": "symbolic", "method": self.family, "stage": self.stage,
-                "difficulty": self.difficulty, "education": self.education, "seed_id": None,
-                "model": "symbolic", "sampling": {"seed": seed}, "answer": self.answer, "verified": True,
+                "id": self.id,
+                "pipeline": "symbolic",
+                "method": self.family,
+                "stage": self.stage,
+                "difficulty": self.difficulty,
+                "education": self.education,
+                "seed_id": None,
+                "model": "symbolic",
+                "sampling": {"seed": seed},
+                "answer": self.answer,
+                "verified": True,
                 "check": self.check,
             },
         }
@@ -101,6 +134,7 @@ def _verify(ok: bool) -> None:
 
 
 # --- difficulty 1: column arithmetic ------------------------------------------------------------------------
+
 
 def _digits(rng: random.Random, lo: int, hi: int) -> int:
     n = rng.randint(lo, hi)
@@ -156,6 +190,7 @@ def mul_digit(rng: random.Random, level: int, max_digits: int = 3):
 
 # --- difficulty 2: grade-school word problems, fractions, percentages, ratios -----------------------------
 
+
 def word_problem(rng: random.Random, level: int, max_digits: int = 3):
     name, item = rng.choice(NAMES), rng.choice(ITEMS)
     kind = rng.randrange(4)
@@ -163,36 +198,51 @@ def word_problem(rng: random.Random, level: int, max_digits: int = 3):
         start, bags, per, gave = rng.randint(5, 60), rng.randint(2, 9), rng.randint(3, 12), rng.randint(1, 20)
         got = bags * per
         total = start + got - gave
-        q = (f"{name} has {start} {item}. {name} buys {bags} packs with {per} {item} in each pack and then gives "
-             f"{gave} {item} to a friend. How many {item} does {name} have now?")
-        steps = [f"The packs hold {bags} * {per} = {got} {item}.", f"After buying, {name} has {start} + {got} = "
-                 f"{start + got} {item}.", f"After giving some away: {start + got} - {gave} = {total}."]
+        q = (
+            f"{name} has {start} {item}. {name} buys {bags} packs with {per} {item} in each pack and then gives "
+            f"{gave} {item} to a friend. How many {item} does {name} have now?"
+        )
+        steps = [
+            f"The packs hold {bags} * {per} = {got} {item}.",
+            f"After buying, {name} has {start} + {got} = {start + got} {item}.",
+            f"After giving some away: {start + got} - {gave} = {total}.",
+        ]
         check = f"{start} + {bags}*{per} - {gave}"
         _verify(total + gave - got == start)
     elif kind == 1:
         price, qty, paid_extra = rng.randint(2, 25), rng.randint(2, 12), rng.randint(1, 30)
         cost = price * qty
         paid = cost + paid_extra
-        q = (f"{name} buys {qty} notebooks that cost ${price} each and pays with ${paid}. "
-             f"How many dollars of change does {name} get?")
-        steps = [f"The notebooks cost {qty} * {price} = {cost} dollars.", f"The change is {paid} - {cost} = "
-                 f"{paid_extra} dollars."]
+        q = (
+            f"{name} buys {qty} notebooks that cost ${price} each and pays with ${paid}. "
+            f"How many dollars of change does {name} get?"
+        )
+        steps = [
+            f"The notebooks cost {qty} * {price} = {cost} dollars.",
+            f"The change is {paid} - {cost} = {paid_extra} dollars.",
+        ]
         total, check = paid_extra, f"{paid} - {qty}*{price}"
         _verify(total + cost == paid)
     elif kind == 2:
         per_day, days, shared = rng.randint(2, 15), rng.randint(2, 7), rng.randint(2, 6)
         made = per_day * days * shared
-        q = (f"{name} makes {per_day * shared} {item} every day for {days} days and shares them equally among "
-             f"{shared} friends. How many {item} does each friend get?")
-        steps = [f"In {days} days {name} makes {per_day * shared} * {days} = {made} {item}.",
-                 f"Each friend gets {made} / {shared} = {per_day * days}."]
+        q = (
+            f"{name} makes {per_day * shared} {item} every day for {days} days and shares them equally among "
+            f"{shared} friends. How many {item} does each friend get?"
+        )
+        steps = [
+            f"In {days} days {name} makes {per_day * shared} * {days} = {made} {item}.",
+            f"Each friend gets {made} / {shared} = {per_day * days}.",
+        ]
         total, check = per_day * days, f"{per_day * shared}*{days}/{shared}"
         _verify(total * shared == made)
     else:
         a, b = rng.randint(10, 90), rng.randint(2, 5)
         c = a * b
-        q = (f"{name} read {a} pages on Monday and {b} times as many pages on Tuesday. "
-             f"How many pages did {name} read on the two days together?")
+        q = (
+            f"{name} read {a} pages on Monday and {b} times as many pages on Tuesday. "
+            f"How many pages did {name} read on the two days together?"
+        )
         steps = [f"On Tuesday {name} read {b} * {a} = {c} pages.", f"Together: {a} + {c} = {a + c} pages."]
         total, check = a + c, f"{a} + {b}*{a}"
         _verify(total == a * (b + 1))
@@ -215,12 +265,18 @@ def fractions(rng: random.Random, level: int, max_digits: int = 3):
         na, nc = a * lcd // b, c * lcd // d
         r = x + y if op == "+" else x - y
         top = na + nc if op == "+" else na - nc
-        steps = [f"The common denominator is {lcd}: {a}/{b} = {na}/{lcd} and {c}/{d} = {nc}/{lcd}.",
-                 f"{na}/{lcd} {op} {nc}/{lcd} = {top}/{lcd}."]
+        steps = [
+            f"The common denominator is {lcd}: {a}/{b} = {na}/{lcd} and {c}/{d} = {nc}/{lcd}.",
+            f"{na}/{lcd} {op} {nc}/{lcd} = {top}/{lcd}.",
+        ]
     steps.append(f"In lowest terms this is {_plain(r)}.")
     _verify((r - y == x) if op == "+" else (r + y == x) if op == "-" else (r / y == x) if op == "*" else (r * y == x))
-    return (f"Compute {a}/{b} {op} {c}/{d}. Give the answer in lowest terms.", steps, r,
-            {"expr": f"Rational({a},{b}) {op} Rational({c},{d})"})
+    return (
+        f"Compute {a}/{b} {op} {c}/{d}. Give the answer in lowest terms.",
+        steps,
+        r,
+        {"expr": f"Rational({a},{b}) {op} Rational({c},{d})"},
+    )
 
 
 def percent(rng: random.Random, level: int, max_digits: int = 3):
@@ -235,8 +291,10 @@ def percent(rng: random.Random, level: int, max_digits: int = 3):
     else:
         q = f"A jacket costs ${base}. {name} buys it at a {p}% discount. How many dollars does {name} pay?"
         r = base - off
-        steps = [f"The discount is {p}/100 * {base} = {_plain(off)} dollars.",
-                 f"{name} pays {base} - {_plain(off)} = {_plain(r)} dollars."]
+        steps = [
+            f"The discount is {p}/100 * {base} = {_plain(off)} dollars.",
+            f"{name} pays {base} - {_plain(off)} = {_plain(r)} dollars.",
+        ]
         check = f"{base}*(1 - Rational({p},100))"
     _verify(r * 100 % 1 == 0 and (r == off or (base - r) * 100 == p * base))
     return q, steps, r, {"expr": check}
@@ -249,14 +307,18 @@ def ratio(rng: random.Random, level: int, max_digits: int = 3):
     unit = rng.randint(2, 20)
     total = (a + b) * unit
     n1, n2 = rng.sample(NAMES, 2)
-    q = (f"{n1} and {n2} share {total} marbles in the ratio {a}:{b}. How many marbles does {n1} get?")
-    steps = [f"There are {a} + {b} = {a + b} equal parts.", f"One part is {total} / {a + b} = {unit} marbles.",
-             f"{n1} gets {a} * {unit} = {a * unit} marbles."]
+    q = f"{n1} and {n2} share {total} marbles in the ratio {a}:{b}. How many marbles does {n1} get?"
+    steps = [
+        f"There are {a} + {b} = {a + b} equal parts.",
+        f"One part is {total} / {a + b} = {unit} marbles.",
+        f"{n1} gets {a} * {unit} = {a * unit} marbles.",
+    ]
     _verify(a * unit * b == b * unit * a and a * unit + b * unit == total)
     return q, steps, Fraction(a * unit), {"expr": f"{total}*Rational({a},{a + b})"}
 
 
 # --- difficulty 3-5: algebra, sequences, counting, probability, geometry, number theory ------------------
+
 
 def linear_eq(rng: random.Random, level: int, max_digits: int = 3):
     x = rng.randint(-12, 12) if level >= 4 else rng.randint(1, 15)
@@ -271,8 +333,11 @@ def linear_eq(rng: random.Random, level: int, max_digits: int = 3):
         cc = rng.choice([k for k in range(-9, 10) if k != a])
         d = a * x + b - cc * x
         q = f"Solve for x: {a}x + ({b}) = {cc}x + ({d})."
-        steps = [f"Collect x on the left: {a}x - ({cc})x = {d} - ({b}).", f"So {a - cc}x = {d - b}.",
-                 f"x = {d - b}/{a - cc} = {x}."]
+        steps = [
+            f"Collect x on the left: {a}x - ({cc})x = {d} - ({b}).",
+            f"So {a - cc}x = {d - b}.",
+            f"x = {d - b}/{a - cc} = {x}.",
+        ]
         eq = f"{a}*x + ({b}) - ({cc}*x + ({d}))"
     _verify(eval_linear(eq, x) == 0)
     return q, steps, Fraction(x), {"solve": [eq], "vars": ["x"], "target": "x"}
@@ -303,8 +368,11 @@ def quadratic(rng: random.Random, level: int, max_digits: int = 3):
     if level == 4:
         ans = max(r1, r2)
         q = f"Find the larger root of {poly}." if r1 != r2 else f"Find the root of {poly}."
-        steps = [f"We need two numbers with sum {s} and product {p}: {min(r1, r2)} and {max(r1, r2)}.",
-                 f"So the equation factors as (x - ({r1}))(x - ({r2})) = 0.", f"The larger root is {ans}."]
+        steps = [
+            f"We need two numbers with sum {s} and product {p}: {min(r1, r2)} and {max(r1, r2)}.",
+            f"So the equation factors as (x - ({r1}))(x - ({r2})) = 0.",
+            f"The larger root is {ans}.",
+        ]
         target = "max"
     else:
         ans = r1 * r1 + r2 * r2
@@ -324,12 +392,19 @@ def system2(rng: random.Random, level: int, max_digits: int = 3):
     e, f = a * x + b * y, c * x + d * y
     det = a * d - b * c
     q = f"Solve the system {a}x + ({b})y = {e} and {c}x + ({d})y = {f}. What is x + y?"
-    steps = [f"The determinant is ({a})({d}) - ({b})({c}) = {det}.",
-             f"x = (({e})({d}) - ({b})({f}))/{det} = {e * d - b * f}/{det} = {x}.",
-             f"y = (({a})({f}) - ({e})({c}))/{det} = {a * f - e * c}/{det} = {y}.", f"x + y = {x + y}."]
+    steps = [
+        f"The determinant is ({a})({d}) - ({b})({c}) = {det}.",
+        f"x = (({e})({d}) - ({b})({f}))/{det} = {e * d - b * f}/{det} = {x}.",
+        f"y = (({a})({f}) - ({e})({c}))/{det} = {a * f - e * c}/{det} = {y}.",
+        f"x + y = {x + y}.",
+    ]
     _verify(a * x + b * y == e and c * x + d * y == f)
-    return q, steps, Fraction(x + y), {"solve": [f"{a}*x + ({b})*y - ({e})", f"{c}*x + ({d})*y - ({f})"],
-                                       "vars": ["x", "y"], "target": "x + y"}
+    return (
+        q,
+        steps,
+        Fraction(x + y),
+        {"solve": [f"{a}*x + ({b})*y - ({e})", f"{c}*x + ({d})*y - ({f})"], "vars": ["x", "y"], "target": "x + y"},
+    )
 
 
 def sequence(rng: random.Random, level: int, max_digits: int = 3):
@@ -352,8 +427,7 @@ def sequence(rng: random.Random, level: int, max_digits: int = 3):
         last = a + (n - 1) * d
         ans = n * (a + last) // 2
         q = f"Find the sum of the first {n} terms of the arithmetic sequence {a}, {a + d}, {a + 2 * d}, ..."
-        steps = [f"The last term is {a} + ({n} - 1)({d}) = {last}.",
-                 f"The sum is {n}({a} + {last})/2 = {ans}."]
+        steps = [f"The last term is {a} + ({n} - 1)({d}) = {last}.", f"The sum is {n}({a} + {last})/2 = {ans}."]
         check = f"summation({a} + (k - 1)*({d}), (k, 1, {n}))"
         _verify(sum(a + k * d for k in range(n)) == ans)
     return q, steps, Fraction(ans), {"expr": check}
@@ -364,8 +438,7 @@ def counting(rng: random.Random, level: int, max_digits: int = 3):
         n = rng.randint(3, 7)
         ans = math.factorial(n)
         q = f"In how many different orders can {n} different books be arranged on a shelf?"
-        steps = [f"There are {n} choices for the first place, {n - 1} for the next, and so on.",
-                 f"{n}! = {ans}."]
+        steps = [f"There are {n} choices for the first place, {n - 1} for the next, and so on.", f"{n}! = {ans}."]
         check = f"factorial({n})"
     elif level == 4:
         n = rng.randint(5, 14)
@@ -378,10 +451,12 @@ def counting(rng: random.Random, level: int, max_digits: int = 3):
         m, w = rng.randint(3, 8), rng.randint(3, 8)
         k = rng.randint(3, min(6, m + w - 1))
         ans = math.comb(m + w, k) - math.comb(m, k)
-        q = (f"A club has {m} boys and {w} girls. How many committees of {k} members include at least one girl?")
-        steps = [f"All committees: C({m + w}, {k}) = {math.comb(m + w, k)}.",
-                 f"Committees with no girl: C({m}, {k}) = {math.comb(m, k)}.",
-                 f"At least one girl: {math.comb(m + w, k)} - {math.comb(m, k)} = {ans}."]
+        q = f"A club has {m} boys and {w} girls. How many committees of {k} members include at least one girl?"
+        steps = [
+            f"All committees: C({m + w}, {k}) = {math.comb(m + w, k)}.",
+            f"Committees with no girl: C({m}, {k}) = {math.comb(m, k)}.",
+            f"At least one girl: {math.comb(m + w, k)} - {math.comb(m, k)} = {ans}.",
+        ]
         check = f"binomial({m + w}, {k}) - binomial({m}, {k})"
     _verify(ans > 0)
     return q, steps, Fraction(ans), {"expr": check}
@@ -397,11 +472,14 @@ def probability(rng: random.Random, level: int, max_digits: int = 3):
     elif level == 4:
         r, b = rng.randint(2, 9), rng.randint(2, 9)
         ans = Fraction(math.comb(r, 2), math.comb(r + b, 2))
-        q = (f"A bag holds {r} red and {b} blue marbles. Two marbles are drawn without replacement. "
-             f"What is the probability that both are red?")
-        steps = [f"Pairs of red marbles: C({r}, 2) = {math.comb(r, 2)}. All pairs: C({r + b}, 2) = "
-                 f"{math.comb(r + b, 2)}.", f"The probability is {math.comb(r, 2)}/{math.comb(r + b, 2)} = "
-                 f"{_plain(ans)}."]
+        q = (
+            f"A bag holds {r} red and {b} blue marbles. Two marbles are drawn without replacement. "
+            f"What is the probability that both are red?"
+        )
+        steps = [
+            f"Pairs of red marbles: C({r}, 2) = {math.comb(r, 2)}. All pairs: C({r + b}, 2) = {math.comb(r + b, 2)}.",
+            f"The probability is {math.comb(r, 2)}/{math.comb(r + b, 2)} = {_plain(ans)}.",
+        ]
         check = {"expr": f"binomial({r}, 2)/binomial({r + b}, 2)"}
     else:
         dice, sides = 2, 6
@@ -409,8 +487,11 @@ def probability(rng: random.Random, level: int, max_digits: int = 3):
         ways = sum(1 for a, b in product(range(1, 7), repeat=2) if a + b == target)
         ans = Fraction(ways, sides**dice)
         q = f"We throw a pair of ordinary dice with faces 1 to 6. How likely is a total of {target}? Give a fraction."
-        steps = ["There are 6 * 6 = 36 equally likely outcomes.", f"{ways} of them have sum {target}.",
-                 f"The probability is {ways}/36 = {_plain(ans)}."]
+        steps = [
+            "There are 6 * 6 = 36 equally likely outcomes.",
+            f"{ways} of them have sum {target}.",
+            f"The probability is {ways}/36 = {_plain(ans)}.",
+        ]
         check = {"dice": dice, "sides": sides, "sum": target}
     _verify(0 < ans <= 1)
     return q, steps, ans, check
@@ -438,8 +519,10 @@ def geometry(rng: random.Random, level: int, max_digits: int = 3):
         a, b, c = k * (m * m - n * n), k * 2 * m * n, k * (m * m + n * n)
         ans = c
         q = f"A right triangle has legs of length {a} and {b}. How long is its hypotenuse?"
-        steps = [f"By the Pythagorean theorem, c^2 = {a}^2 + {b}^2 = {a * a} + {b * b} = {a * a + b * b}.",
-                 f"c = sqrt({a * a + b * b}) = {c}."]
+        steps = [
+            f"By the Pythagorean theorem, c^2 = {a}^2 + {b}^2 = {a * a} + {b * b} = {a * a + b * b}.",
+            f"c = sqrt({a * a + b * b}) = {c}.",
+        ]
         check = f"sqrt({a}**2 + {b}**2)"
         _verify(c * c == a * a + b * b)
     else:
@@ -475,10 +558,12 @@ def number_theory(rng: random.Random, level: int, max_digits: int = 3):
             cyc.append(x)
         k = (exp - 1) % len(cyc) + 1
         q = f"What is the remainder when {base}^{exp} is divided by {mod}?"
-        steps = [f"The remainders of {base}^1, {base}^2, ... on division by {mod} are {', '.join(map(str, cyc))}, "
-                 f"then they repeat every {len(cyc)}.",
-                 f"{exp} = {len(cyc)} * {(exp - k) // len(cyc)} + {k}, so {base}^{exp} leaves the same remainder as "
-                 f"{base}^{k}, which is {cyc[k - 1]}."]
+        steps = [
+            f"The remainders of {base}^1, {base}^2, ... on division by {mod} are {', '.join(map(str, cyc))}, "
+            f"then they repeat every {len(cyc)}.",
+            f"{exp} = {len(cyc)} * {(exp - k) // len(cyc)} + {k}, so {base}^{exp} leaves the same remainder as "
+            f"{base}^{k}, which is {cyc[k - 1]}.",
+        ]
         check = f"Mod({base}**{exp}, {mod})"
         _verify(base**exp % mod == ans)
     else:
@@ -537,9 +622,16 @@ def _levels(difficulty: int | str | list[int] | None, stage: str | None) -> tupl
 class Generator:
     """Draws problem i of a run from (seed, i) alone: pick a level, a family able to make it, build, verify."""
 
-    def __init__(self, *, difficulty: int | str | list[int] | None = None, stage: str | None = None,
-                 families: list[str] | None = None, seed: int = 0, max_digits: int = 3,
-                 answer_template: str = DEFAULT_ANSWER_TEMPLATE) -> None:
+    def __init__(
+        self,
+        *,
+        difficulty: int | str | list[int] | None = None,
+        stage: str | None = None,
+        families: list[str] | None = None,
+        seed: int = 0,
+        max_digits: int = 3,
+        answer_template: str = DEFAULT_ANSWER_TEMPLATE,
+    ) -> None:
         unknown = sorted(set(families or ()) - set(FAMILIES))
         if unknown:
             raise ConfigError(f"families: unknown {', '.join(unknown)}; allowed values are {', '.join(FAMILIES)}")
@@ -572,17 +664,32 @@ class Generator:
                 answer = "\\pi"
             solution = "\n".join([*steps, self.answer_template.format(answer=answer)])
             stage = "normal" if level <= 3 else "hard"
-            return Problem(f"sym-{self.seed}-{index}", name, level, stage, EDUCATION[level], q, solution, answer,
-                           value, check)
+            return Problem(
+                f"sym-{self.seed}-{index}", name, level, stage, EDUCATION[level], q, solution, answer, value, check
+            )
         raise RuntimeError(f"symbolic generator failed to verify 100 drafts for item {index}")  # a bug, not input
 
 
-def generate(n: int, *, difficulty: int | str | list[int] | None = None, stage: str | None = None,
-             families: list[str] | None = None, seed: int = 0, start: int = 0, max_digits: int = 3,
-             answer_template: str = DEFAULT_ANSWER_TEMPLATE) -> list[Problem]:
+def generate(
+    n: int,
+    *,
+    difficulty: int | str | list[int] | None = None,
+    stage: str | None = None,
+    families: list[str] | None = None,
+    seed: int = 0,
+    start: int = 0,
+    max_digits: int = 3,
+    answer_template: str = DEFAULT_ANSWER_TEMPLATE,
+) -> list[Problem]:
     """`n` verified problems (items start..start+n-1 of the run `seed`) at the given difficulty or stage."""
-    gen = Generator(difficulty=difficulty, stage=stage, families=families, seed=seed, max_digits=max_digits,
-                    answer_template=answer_template)
+    gen = Generator(
+        difficulty=difficulty,
+        stage=stage,
+        families=families,
+        seed=seed,
+        max_digits=max_digits,
+        answer_template=answer_template,
+    )
     return [gen.problem(i) for i in range(start, start + n)]
 
 
@@ -594,6 +701,7 @@ def generate(n: int, *, difficulty: int | str | list[int] | None = None, stage: 
 # written: "7+5+0=12" (column digits, carry in, two-digit sum), "7*6+4=46" (digit times the one-digit
 # multiplier plus carry), "14-8-1=5" / "07-5-0=2" (top digit written with its borrow-out as the tens digit,
 # minus bottom digit and borrow in). The answer line reads the written digits back, most significant first.
+
 
 @dataclass(frozen=True)
 class ArithTier:
@@ -653,8 +761,9 @@ def compact_arith(rng: random.Random, tier: ArithTier) -> tuple[str, str, list[s
     return ARITH_FAMILIES[op], f"What is {a} {op} {b}?", steps, Fraction(value), {"expr": f"{a} {op} {b}"}
 
 
-def generate_arithmetic(n: int, *, stage: str = "normal", seed: int = 0, start: int = 0,
-                        answer_template: str = DEFAULT_ANSWER_TEMPLATE) -> list[Problem]:
+def generate_arithmetic(
+    n: int, *, stage: str = "normal", seed: int = 0, start: int = 0, answer_template: str = DEFAULT_ANSWER_TEMPLATE
+) -> list[Problem]:
     """`n` compact column-arithmetic problems of tier `stage` (see ARITH_TIERS); item i depends on (seed, i).
 
     Made for training a tiny model from scratch on a CPU: 3-digit ("normal") and 4-digit ("hard") addition
@@ -670,8 +779,20 @@ def generate_arithmetic(n: int, *, stage: str = "normal", seed: int = 0, start: 
         family, q, steps, value, check = compact_arith(rng, tier)
         answer = fmt(value)
         solution = "\n".join([*steps, answer_template.format(answer=answer)])
-        out.append(Problem(f"arith-{stage}-{seed}-{i}", family, tier.difficulty, stage, "grade_school", q, solution,
-                           answer, value, check))
+        out.append(
+            Problem(
+                f"arith-{stage}-{seed}-{i}",
+                family,
+                tier.difficulty,
+                stage,
+                "grade_school",
+                q,
+                solution,
+                answer,
+                value,
+                check,
+            )
+        )
     return out
 
 
@@ -684,8 +805,9 @@ class ArithmeticGenerator:
         self.rejected = 0
 
     def problem(self, index: int) -> Problem:
-        return generate_arithmetic(1, stage=self.stage, seed=self.seed, start=index,
-                                   answer_template=self.answer_template)[0]
+        return generate_arithmetic(
+            1, stage=self.stage, seed=self.seed, start=index, answer_template=self.answer_template
+        )[0]
 
 
 # --- the `symbolic` pipeline of `mathforge synth` -----------------------------------------------------------
@@ -703,8 +825,12 @@ class SymbolicPipeline:
         total, mix = cfg.run.items, sy.mix
         n_hard = round(total * mix.get("hard", 0) / sum(mix.values()))
         diff = sy.difficulty or None
-        common = {"families": sy.families or None, "max_digits": sy.max_digits,
-                  "answer_template": sy.answer_template, "seed": self.seed}
+        common = {
+            "families": sy.families or None,
+            "max_digits": sy.max_digits,
+            "answer_template": sy.answer_template,
+            "seed": self.seed,
+        }
         if sy.arithmetic:  # one compact column-arithmetic tier; its problems carry the tier as their stage
             self.gens = {sy.arithmetic: ArithmeticGenerator(sy.arithmetic, self.seed, sy.answer_template)}
             self.counts = {sy.arithmetic: total}
@@ -712,13 +838,19 @@ class SymbolicPipeline:
             self.gens = {"normal": Generator(difficulty=diff, **common)}
             self.counts = {"normal": total}
         else:
-            self.gens = {s: Generator(stage=s, **common) for s, c in (("normal", total - n_hard), ("hard", n_hard)) if c}
+            self.gens = {
+                s: Generator(stage=s, **common) for s, c in (("normal", total - n_hard), ("hard", n_hard)) if c
+            }
             self.counts = {"normal": total - n_hard, "hard": n_hard}
         self.info = {"items": self.counts}
 
     def items(self) -> list[dict[str, Any]]:
-        return [{"id": f"sym-{self.seed}-{stage}-{k}", "stage": stage, "k": k}
-                for stage, count in self.counts.items() if count for k in range(count)]
+        return [
+            {"id": f"sym-{self.seed}-{stage}-{k}", "stage": stage, "k": k}
+            for stage, count in self.counts.items()
+            if count
+            for k in range(count)
+        ]
 
     def process_sync(self, item: dict[str, Any]) -> list[dict[str, Any]]:
         problem = self.gens[item["stage"]].problem(item["k"] if item["stage"] == "normal" else 10**9 + item["k"])

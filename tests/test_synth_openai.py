@@ -32,9 +32,10 @@ def test_backend_survives_faults_with_no_lost_or_duplicated_replies():
         await backend.aclose()
         return prompts, outs, backend
 
-    with LoopbackServer(latency_s=0.002, faults=FAULTS, hang_s=1.0, responder=echo) as a, LoopbackServer(
-        responder=echo, seed=1, faults=FAULTS, hang_s=1.0
-    ) as b:
+    with (
+        LoopbackServer(latency_s=0.002, faults=FAULTS, hang_s=1.0, responder=echo) as a,
+        LoopbackServer(responder=echo, seed=1, faults=FAULTS, hang_s=1.0) as b,
+    ):
         prompts, outs, backend = asyncio.run(go([a.url, b.url]))
         faults = a.counts + b.counts
     for p, out in zip(prompts, outs):
@@ -51,17 +52,31 @@ def test_backend_survives_faults_with_no_lost_or_duplicated_replies():
 
 def texts_file(tmp_path: Path, n: int = 5) -> Path:
     path = tmp_path / "texts.jsonl"
-    topics = ["the area of a circle is pi r squared", "an arithmetic series sums to n times the mean term",
-              "the binomial coefficient counts subsets of a given size", "a prime has exactly two divisors",
-              "the derivative of x to the n is n x to the n minus one"]
+    topics = [
+        "the area of a circle is pi r squared",
+        "an arithmetic series sums to n times the mean term",
+        "the binomial coefficient counts subsets of a given size",
+        "a prime has exactly two divisors",
+        "the derivative of x to the n is n x to the n minus one",
+    ]
     path.write_text("".join(json.dumps({"text": f"Lesson {i}: {topics[i % 5]}."}) + "\n" for i in range(n)))
     return path
 
 
 def jiuzhang_cfg(tmp_path: Path, url: str, out: str, items: int = 60, **extra: str) -> config.SynthConfig:
-    sets = [f'run.output="{tmp_path / out}"', f"run.items={items}", "run.progress=false", 'pipeline.kind="jiuzhang"',
-            'backend.kind="openai"', f'backend.base_urls=["{url}"]', "backend.concurrency=8", "backend.backoff_s=0.01",
-            "backend.timeout_s=0.5", f'jiuzhang.texts=["{texts_file(tmp_path)}"]', "quality.decontamination_n=13"]
+    sets = [
+        f'run.output="{tmp_path / out}"',
+        f"run.items={items}",
+        "run.progress=false",
+        'pipeline.kind="jiuzhang"',
+        'backend.kind="openai"',
+        f'backend.base_urls=["{url}"]',
+        "backend.concurrency=8",
+        "backend.backoff_s=0.01",
+        "backend.timeout_s=0.5",
+        f'jiuzhang.texts=["{texts_file(tmp_path)}"]',
+        "quality.decontamination_n=13",
+    ]
     return config.load(None, sets + [f"{k}={v}" for k, v in extra.items()])
 
 
@@ -78,8 +93,11 @@ def rows_of(out: Path) -> dict[str, dict]:
 def test_jiuzhang_pipeline_cot_tool_and_distill_steps(tmp_path):
     with LoopbackServer(faults=FAULTS, hang_s=1.0) as srv:
         m = run.synthesize(jiuzhang_cfg(tmp_path, srv.url, "syn"))
-        d = run.synthesize(jiuzhang_cfg(tmp_path, srv.url, "dis", 20, **{"jiuzhang.step": '"distill"',
-                                                                         "jiuzhang.stages": '["aime", "amc8"]'}))
+        d = run.synthesize(
+            jiuzhang_cfg(
+                tmp_path, srv.url, "dis", 20, **{"jiuzhang.step": '"distill"', "jiuzhang.stages": '["aime", "amc8"]'}
+            )
+        )
     rows = rows_of(tmp_path / "syn")
     assert m["generation"]["failed"] == 0 and m["filters"]["generation"]["in"] == 60
     assert len(rows) == m["rows"] > 0
@@ -140,7 +158,11 @@ def oracle(seeds):
             for q in gold:
                 m = re.fullmatch(pattern, q.strip())
                 if m:
-                    lead = f"Problem: Knowing the answer, find X in: {masked.group(1)}\nSolution: " if "layout" in p else ""
+                    lead = (
+                        f"Problem: Knowing the answer, find X in: {masked.group(1)}\nSolution: "
+                        if "layout" in p
+                        else ""
+                    )
                     return f"{lead}Back-solve.\nThe answer is: {m.group(1)}"
         for q, a in gold.items():
             if q in p:
@@ -153,11 +175,22 @@ def oracle(seeds):
 
 
 def test_skywork_pipeline_all_methods_with_answer_checks(tmp_path):
-    cfg = config.load(None, [
-        f'run.output="{tmp_path / "sky"}"', "run.items=96", "run.progress=false", 'pipeline.kind="skywork"',
-        'backend.kind="openai"', "backend.concurrency=8", "skywork.select=8", 'skywork.seeds=["gsm8k", "math"]',
-        "quality.decontaminate=false", "quality.near_dedup=false", "skywork.mix={normal = 3, hard = 1}",
-    ])
+    cfg = config.load(
+        None,
+        [
+            f'run.output="{tmp_path / "sky"}"',
+            "run.items=96",
+            "run.progress=false",
+            'pipeline.kind="skywork"',
+            'backend.kind="openai"',
+            "backend.concurrency=8",
+            "skywork.select=8",
+            'skywork.seeds=["gsm8k", "math"]',
+            "quality.decontaminate=false",
+            "quality.near_dedup=false",
+            "skywork.mix={normal = 3, hard = 1}",
+        ],
+    )
     pipe = run.make_pipeline(cfg)
     seeds = pipe.pools["normal"] + pipe.pools["hard"]
     with LoopbackServer(responder=oracle(seeds)) as srv:
@@ -194,13 +227,25 @@ def test_sigkill_mid_run_then_resume_equals_an_uninterrupted_run(tmp_path):
     with LoopbackServer(latency_s=0.03, faults={"429": 0.05, "500": 0.05}) as srv:
         cfg = jiuzhang_cfg(tmp_path, srv.url, "killed", 240)
         toml = tmp_path / "kill.toml"
-        toml.write_text("\n".join(f"[{section}]\n" + "\n".join(f"{k} = {toml_value(v)}" for k, v in values.items())
-                                  for section, values in cfg.to_dict().items()))
+        toml.write_text(
+            "\n".join(
+                f"[{section}]\n" + "\n".join(f"{k} = {toml_value(v)}" for k, v in values.items())
+                for section, values in cfg.to_dict().items()
+            )
+        )
         journal = tmp_path / "killed" / "work" / "journal-00000-of-00001.jsonl"
-        proc = subprocess.Popen([sys.executable, "-m", "mathforge.synth", str(toml)], stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "mathforge.synth", str(toml)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
         deadline = time.time() + 60
-        while time.time() < deadline and proc.poll() is None and (not journal.exists() or journal.read_bytes().count(b"\n") < 60):
+        while (
+            time.time() < deadline
+            and proc.poll() is None
+            and (not journal.exists() or journal.read_bytes().count(b"\n") < 60)
+        ):
             time.sleep(0.01)
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()

@@ -33,8 +33,10 @@ def reference_value(check: dict) -> sympy.Expr:
         outcomes = list(product(range(1, check["sides"] + 1), repeat=check["dice"]))
         return sympy.Rational(sum(1 for o in outcomes if sum(o) == check["sum"]), len(outcomes))
     if "expr" in check:
-        return sympy.nsimplify(sympy.sympify(check["expr"])) if "Mod" not in check["expr"] else sympy.sympify(
-            check["expr"]
+        return (
+            sympy.nsimplify(sympy.sympify(check["expr"]))
+            if "Mod" not in check["expr"]
+            else sympy.sympify(check["expr"])
         )
     syms = sympy.symbols(check["vars"])
     eqs = [sympy.sympify(e) for e in check["solve"]]
@@ -86,8 +88,11 @@ def test_easy_tier_is_column_arithmetic_in_a_fixed_format():
         lines = p.solution.split("\n")
         assert lines[-2] == f"So {a} {op} {b} = {p.answer}."
         for line in lines[:-2]:
-            assert re.fullmatch(r"[A-Z][a-z-]+: (\d+ [-+*] \d+ [-+] \d+ = \d+, write \d, (carry|borrow) \d"
-                                r"|write the carry \d)\.", line), line
+            assert re.fullmatch(
+                r"[A-Z][a-z-]+: (\d+ [-+*] \d+ [-+] \d+ = \d+, write \d, (carry|borrow) \d"
+                r"|write the carry \d)\.",
+                line,
+            ), line
 
 
 def test_stage_split_and_custom_answer_format():
