@@ -15,8 +15,14 @@ CONFIGS = Path(__file__).resolve().parents[1] / "synth" / "configs"
 
 
 def symbolic_cfg(out: Path, items: int = 300, **extra: str) -> config.SynthConfig:
-    sets = [f'run.output="{out}"', f"run.items={items}", "run.progress=false", "quality.decontaminate=false",
-            "quality.near_dedup=false", "quality.exact_dedup=false"]
+    sets = [
+        f'run.output="{out}"',
+        f"run.items={items}",
+        "run.progress=false",
+        "quality.decontaminate=false",
+        "quality.near_dedup=false",
+        "quality.exact_dedup=false",
+    ]
     return config.load(None, sets + [f"{k}={v}" for k, v in extra.items()])
 
 
@@ -93,14 +99,14 @@ def test_journal_ignores_duplicate_appends(tmp_path):
 @pytest.mark.parametrize(
     "sets, match",
     [
-        (["run.format=\"csv\""], r"run.format: 'csv' is not allowed; allowed values: jsonl, parquet"),
+        (['run.format="csv"'], r"run.format: 'csv' is not allowed; allowed values: jsonl, parquet"),
         (["run.colour=1"], r"run: unknown key 'colour'; allowed: output, format, seed, items"),
-        (["quality.self_consistency=\"3\""], r"quality.self_consistency: expected an integer, got '3'"),
+        (['quality.self_consistency="3"'], r"quality.self_consistency: expected an integer, got '3'"),
         (["quality.self_consistency=-1"], r"quality.self_consistency must be >= 0"),
         (["quality.near_dedup_threshold=1.5"], r"quality.near_dedup_threshold must be in \(0, 1\]"),
         (["skywork.mix={normal = 1, easy = 1}"], r"skywork.mix must map normal/hard"),
         (["jiuzhang.variants=[]"], r"jiuzhang.variants must be a non-empty subset of cot, tool"),
-        (["backend.kind=\"openai\""], r"backend.kind = 'openai' does not fit pipeline.kind = 'symbolic'"),
+        (['backend.kind="openai"'], r"backend.kind = 'openai' does not fit pipeline.kind = 'symbolic'"),
         (["nosuch.key=1"], r"unknown section \[nosuch\]; allowed: run, pipeline, symbolic, backend"),
         (["justtext"], r"expected key=value"),
     ],
@@ -113,16 +119,34 @@ def test_config_errors_name_the_key_and_allowed_values(sets, match):
 @pytest.mark.parametrize(
     "sets, match",
     [
-        (['pipeline.kind="magic"'], r"pipeline.kind: unknown pipeline kind 'magic'; known: .*jiuzhang.*skywork.*symbolic"),
-        (['skywork.methods=["rephrase", "magic"]'], r"skywork.methods\[1\]: unknown Skywork method 'magic'; known: "
-         r"answer_aug, rephrase, fobar, self_verify, evol, teacher$"),
-        (['skywork.evol_ops=["deepen", "shrink"]'], r"skywork.evol_ops\[1\]: unknown Evol operation 'shrink'; known: "
-         r"rewrite, constraints, deepen, concretize, steps$"),
-        (['jiuzhang.stages=["kindergarten"]'], r"jiuzhang.stages\[0\]: unknown education stage 'kindergarten'; known: "
-         r"uniform \(all of them\), grade_school, middle_school, high_school, college, amc8, amc10, amc12, aime$"),
-        (['jiuzhang.variants=["cot", "latex"]'], r"jiuzhang.variants\[1\]: unknown JiuZhang variant 'latex'; known: cot, tool$"),
-        (['quality.decontamination_sets=["aime_test"]'], r"unknown decontamination set 'aime_test'; known: gsm8k_test, "
-         r"math_test, math500_test$"),
+        (
+            ['pipeline.kind="magic"'],
+            r"pipeline.kind: unknown pipeline kind 'magic'; known: .*jiuzhang.*skywork.*symbolic",
+        ),
+        (
+            ['skywork.methods=["rephrase", "magic"]'],
+            r"skywork.methods\[1\]: unknown Skywork method 'magic'; known: "
+            r"answer_aug, rephrase, fobar, self_verify, evol, teacher$",
+        ),
+        (
+            ['skywork.evol_ops=["deepen", "shrink"]'],
+            r"skywork.evol_ops\[1\]: unknown Evol operation 'shrink'; known: "
+            r"rewrite, constraints, deepen, concretize, steps$",
+        ),
+        (
+            ['jiuzhang.stages=["kindergarten"]'],
+            r"jiuzhang.stages\[0\]: unknown education stage 'kindergarten'; known: "
+            r"uniform \(all of them\), grade_school, middle_school, high_school, college, amc8, amc10, amc12, aime$",
+        ),
+        (
+            ['jiuzhang.variants=["cot", "latex"]'],
+            r"jiuzhang.variants\[1\]: unknown JiuZhang variant 'latex'; known: cot, tool$",
+        ),
+        (
+            ['quality.decontamination_sets=["aime_test"]'],
+            r"unknown decontamination set 'aime_test'; known: gsm8k_test, "
+            r"math_test, math500_test$",
+        ),
         (['symbolic.families=["calculus"]'], r"symbolic.families has unknown \['calculus'\]; allowed: add_digits"),
     ],
 )
@@ -197,7 +221,7 @@ def test_cli_runs_and_reports_config_errors(tmp_path, capsys):
     assert exit_info.value.code == 0
     assert len(ids(out)) > 90
     with pytest.raises(SystemExit) as exit_info:
-        main(["synth", str(CONFIGS / "symbolic-demo.toml"), "--set", "run.format=\"xml\""])
+        main(["synth", str(CONFIGS / "symbolic-demo.toml"), "--set", 'run.format="xml"'])
     assert exit_info.value.code == 2
     assert "run.format: 'xml' is not allowed; allowed values: jsonl, parquet" in capsys.readouterr().err
 
@@ -215,5 +239,35 @@ def test_arithmetic_tier_through_the_pipeline(tmp_path):
         a, op, b = row["prompt"].removeprefix("What is ").removesuffix("?").split()
         expected = int(a) + int(b) if op == "+" else int(a) - int(b)
         assert row["response"].endswith(f"The answer is: {expected}") and row["meta"]["answer"] == str(expected)
-    with pytest.raises(ConfigError, match="symbolic.arithmetic: 'medium' is not allowed; allowed values: , normal, hard"):
+    with pytest.raises(
+        ConfigError, match="symbolic.arithmetic: 'medium' is not allowed; allowed values: , normal, hard"
+    ):
         synth_config.load(data={"symbolic": {"arithmetic": "medium"}})
+
+
+def test_a_skywork_method_is_one_registered_handler(tmp_path, monkeypatch):
+    import asyncio
+
+    from mathforge.synth import skywork
+    from mathforge.synth.common import Context
+    from mathforge.synth.prompts import Prompts
+
+    async def echo(job: skywork.Job, ctx: Context) -> skywork.Draft:
+        return skywork.Draft(
+            f"Again: {job.seed.question}", f"Same.\nThe answer is: {job.seed.answer}", job.seed.answer, "none"
+        )
+
+    with pytest.raises(ConfigError, match="unknown Skywork method 'echo'"):
+        config.load(None, ['skywork.methods=["echo"]'])
+    monkeypatch.setitem(skywork.SKYWORK_METHODS._items, "echo", echo)  # what @SKYWORK_METHODS.register("echo") does
+    seeds = tmp_path / "seeds.jsonl"
+    seeds.write_text('{"question": "What is 2 + 3?", "answer": "5"}\n')
+    cfg = config.load(None, ['pipeline.kind="skywork"', 'backend.kind="openai"', 'skywork.methods=["echo"]',
+                             f'skywork.seeds=["{seeds}"]', "run.items=2"])  # fmt: skip
+    pipe = run.make_pipeline(cfg)
+    items = pipe.items()
+    assert [it["method"] for it in items] == ["echo", "echo"] and items[1]["pass"] == 1
+    ctx = Context(None, Prompts(), cfg.sampling)
+    [row] = asyncio.run(pipe.process(items[0], ctx))
+    assert row["prompt"] == "Again: What is 2 + 3?" and row["response"] == "Same.\nThe answer is: 5"
+    assert row["meta"]["method"] == "echo" and row["meta"]["sampling"] == {**cfg.to_dict()["sampling"], "n": 1}
