@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from math import comb
 
 import pytest
@@ -10,7 +12,7 @@ import pytest
 from mathforge.errors import ConfigError, DataError
 from mathforge.evaluate.benchmarks import load_benchmark
 from mathforge.evaluate.metrics import breakdown, majority, pass_at_k, summarize
-from mathforge.evaluate.prompting import available, load_prompt
+from mathforge.prompts import PROMPT_DIR, available, load_prompt
 
 
 def test_builtin_benchmarks_and_golds():
@@ -56,8 +58,39 @@ def test_prompts_render_chat_and_raw():
     assert len(load_prompt("gsm8k-8shot").shots) == 8
     qwen = load_prompt("qwen-boxed").render("Q?")
     assert qwen[0]["role"] == "system" and "\\boxed{}" in qwen[0]["content"] and qwen[1]["content"] == "Q?"
-    with pytest.raises(ConfigError, match="built-in prompts"):
+    with pytest.raises(ConfigError, match=r"unknown prompt 'nope'; known: alpaca-cot, chatml, .*qwen-boxed"):
         load_prompt("nope")
+
+
+def test_prompt_files_refuse_unknown_keys_and_load_by_path(tmp_path):
+    good = tmp_path / "mine.toml"
+    good.write_text('template = "Q: {question}\\nA:"\nresponse_prefix = " "\nstop = "Q:"\n'
+                    '[[shots]]\nquestion = "1+1?"\nanswer = " 2"\n')  # fmt: skip
+    prompt = load_prompt(str(good))
+    assert prompt.name == "mine" and prompt.response_prefix == " " and prompt.stop == ["Q:"]
+    assert prompt.render("2+2?") == "Q: 1+1?\nA: 2\n\nQ: 2+2?\nA:"
+    typo = tmp_path / "typo.toml"
+    typo.write_text('template = "{question}"\nrespons_prefix = " "\n')
+    with pytest.raises(ConfigError, match=r"typo.toml: unknown key 'respons_prefix'; allowed: template, system, shots"):
+        load_prompt(str(typo))
+    typo.write_text('template = "{question}"\n[[shots]]\nquestion = "q"\nanswr = "a"\n')
+    with pytest.raises(ConfigError, match=r"shots\[0\]: unknown key 'answr'; allowed: question, answer"):
+        load_prompt(str(typo))
+    typo.write_text('template = "{question}"\nchat = "yes"\n')
+    with pytest.raises(ConfigError, match=r"typo.toml.chat: expected true or false"):
+        load_prompt(str(typo))
+    typo.write_text('system = "no template"\n')
+    with pytest.raises(ConfigError, match="'template' must exist and contain"):
+        load_prompt(str(typo))
+    with pytest.raises(ConfigError, match="no such config file"):
+        load_prompt(str(tmp_path / "missing.toml"))
+    assert sorted(p.stem for p in PROMPT_DIR.glob("*.toml")) == available()
+
+
+def test_training_config_does_not_import_evaluation():
+    code = "import mathforge.trainer.config, sys; print([m for m in sys.modules if m.startswith('mathforge.evaluate')])"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
 
 
 @pytest.mark.parametrize("n, c, k", [(10, 3, 1), (10, 3, 5), (5, 0, 2), (5, 5, 3), (20, 7, 10)])
@@ -88,7 +121,10 @@ def test_summarize_and_breakdown():
 
 
 def test_hf_dataset_from_a_local_folder(tmp_path):
-    rows = [{"problem": "What is $1+1$?", "solution": "It is $\\boxed{2}$."}, {"problem": "Half of 8?", "solution": "#### 4"}]
+    rows = [
+        {"problem": "What is $1+1$?", "solution": "It is $\\boxed{2}$."},
+        {"problem": "Half of 8?", "solution": "#### 4"},
+    ]
     (tmp_path / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     bench = load_benchmark(f"hf:{tmp_path}", "test", fields={"question": "problem", "answer": "solution"})
     assert [(item.question, item.gold) for item in bench.items] == [("What is $1+1$?", "2"), ("Half of 8?", "4")]
