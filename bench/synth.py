@@ -26,9 +26,9 @@ import time
 from rich.console import Console
 from rich.table import Table
 
+from mathforge.backends import OpenAIBackend
 from mathforge.bench.common import environment, write_result
 from mathforge.synth import config, run
-from mathforge.backends import OpenAIBackend
 from mathforge.synth.symbolic import Generator
 
 

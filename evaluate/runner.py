@@ -18,8 +18,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from mathforge.backends import Backend
+from mathforge.backends import make_backend as make_chat_backend
 from mathforge.errors import ConfigError
-from mathforge.backends import Backend, make_backend as make_chat_backend
 from mathforge.evaluate.benchmarks import Benchmark, load_benchmark
 from mathforge.evaluate.extract import extract_answer
 from mathforge.evaluate.grade import grade

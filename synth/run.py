@@ -21,9 +21,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from mathforge.backends import BackendError
 from mathforge.errors import ConfigError
 from mathforge.synth import quality
-from mathforge.backends import BackendError
 from mathforge.synth.common import Context, Reject
 from mathforge.synth.prompts import Prompts
 from mathforge.synth.store import Journal, shard_name, write_json, write_rows

@@ -29,8 +29,16 @@ Responder = Callable[[list[dict[str, str]], int], str]
 class LoopbackServer:
     """Background chat-completions server; use as a context manager (see module docstring)."""
 
-    def __init__(self, responder: Responder, *, latency_s: float = 0.0, faults: dict[str, float] | None = None,
-                 hang_s: float = 2.0, seed: int = 0, model: str = "loopback-teacher") -> None:
+    def __init__(
+        self,
+        responder: Responder,
+        *,
+        latency_s: float = 0.0,
+        faults: dict[str, float] | None = None,
+        hang_s: float = 2.0,
+        seed: int = 0,
+        model: str = "loopback-teacher",
+    ) -> None:
         self.latency_s, self.hang_s, self.model, self.responder = latency_s, hang_s, model, responder
         self.faults = dict(faults or {})
         unknown = set(self.faults) - {"429", "500", "timeout", "malformed"}
@@ -89,16 +97,15 @@ class LoopbackServer:
         try:
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")
-                headers = dict(
-                    line.split(":", 1) for line in head.decode("latin-1").split("\r\n")[1:] if ":" in line
-                )
+                headers = dict(line.split(":", 1) for line in head.decode("latin-1").split("\r\n")[1:] if ":" in line)
                 length = int(next((v for k, v in headers.items() if k.strip().lower() == "content-length"), "0"))
                 body = await reader.readexactly(length) if length else b""
                 status, payload = await self._reply(body)
                 data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
                 writer.write(
                     f"HTTP/1.1 {status} {'OK' if status == 200 else 'Error'}\r\nContent-Type: application/json\r\n"
-                    f"Content-Length: {len(data)}\r\nConnection: keep-alive\r\n\r\n".encode() + data
+                    f"Content-Length: {len(data)}\r\nConnection: keep-alive\r\n\r\n".encode()
+                    + data
                 )
                 await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError, asyncio.CancelledError):
@@ -130,11 +137,17 @@ class LoopbackServer:
         prompt_tokens = sum(len(m["content"].split()) for m in messages)
         completion_tokens = sum(len(t.split()) for t in texts)
         return 200, {
-            "id": f"chatcmpl-{self.counts['requests']}", "object": "chat.completion", "created": 0,
+            "id": f"chatcmpl-{self.counts['requests']}",
+            "object": "chat.completion",
+            "created": 0,
             "model": self.model,
-            "choices": [{"index": i, "message": {"role": "assistant", "content": t}, "finish_reason": "stop"}
-                        for i, t in enumerate(texts)],
-            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                      "total_tokens": prompt_tokens + completion_tokens},
+            "choices": [
+                {"index": i, "message": {"role": "assistant", "content": t}, "finish_reason": "stop"}
+                for i, t in enumerate(texts)
+            ],
+            "usage": {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens,
+            },
         }
-

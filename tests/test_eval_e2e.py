@@ -14,9 +14,9 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
+from mathforge.backends import LocalBackend, OpenAIBackend  # noqa: E402
 from mathforge.evaluate import datasets as vendored  # noqa: E402
 from mathforge.evaluate import run_eval  # noqa: E402
-from mathforge.backends import LocalBackend, OpenAIBackend  # noqa: E402
 from mathforge.evaluate.benchmarks import gsm8k_gold  # noqa: E402
 
 LIMIT = 20
