@@ -21,9 +21,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from mathforge.backends import Backend
+from mathforge.backends import make_backend as make_chat_backend
 from mathforge.config import to_dict
 from mathforge.errors import ConfigError
-from mathforge.evaluate.backends import Backend, LocalBackend, OpenAIBackend
 from mathforge.evaluate.benchmarks import Benchmark, load_benchmark
 from mathforge.evaluate.config import EvalConfig, eval_config
 from mathforge.evaluate.extract import STYLES, extract_answer
@@ -45,8 +46,9 @@ def make_backend(
     if api is not None:
         if not served_model:
             raise ConfigError("--api needs --served-model NAME (the model name the server serves)")
-        return OpenAIBackend(api, served_model, api_key=api_key, concurrency=concurrency, timeout=request_timeout)
-    return LocalBackend(model, engine=engine, batch_size=batch_size)
+        return make_chat_backend({"kind": "openai", "base_urls": [api], "model": served_model, "api_key": api_key,
+                                  "concurrency": concurrency, "timeout_s": request_timeout, "backoff_s": 1.0})
+    return make_chat_backend({"kind": "local", "model": model, "engine": engine, "batch_size": batch_size})
 
 
 def _chunks(items: Sequence[Any], size: int):

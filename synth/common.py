@@ -7,8 +7,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from mathforge.backends import Completion
 from mathforge.synth import quality
-from mathforge.synth.backends import Completion
 from mathforge.synth.prompts import Prompts
 
 _PROBLEM = re.compile(r"^\s*\**Problem\**\s*:\s*(.*?)\s*(?:^\s*\**Solution\**\s*:\s*(.*))?\Z", re.S | re.M)

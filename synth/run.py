@@ -21,9 +21,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from mathforge.backends import BackendError
 from mathforge.errors import ConfigError
 from mathforge.synth import quality
-from mathforge.synth.backends import BackendError
 from mathforge.synth.common import Context, Reject
 from mathforge.synth.prompts import Prompts
 from mathforge.synth.store import Journal, shard_name, write_json, write_rows
@@ -148,10 +148,10 @@ def _run_sync(pipeline, todo, journal: Journal, stats: dict, show: bool) -> None
 
 
 async def _run_async(pipeline, todo, journal: Journal, stats: dict, cfg: dict, backend: Any) -> dict[str, Any]:
-    from mathforge.synth.backends import make_backend
+    from mathforge.backends import make_backend
 
     own = backend is None
-    backend = backend if backend is not None else make_backend(cfg)
+    backend = backend if backend is not None else make_backend(cfg["backend"], seed=cfg["run"]["seed"])
     q = cfg["quality"]
     sandbox = _tool_sandbox(cfg)
     if sandbox is not None:
