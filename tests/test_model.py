@@ -1,4 +1,4 @@
-"""mathforge.trainer.model against transformers (same weights, fp32), packing, losses, checkpoints, configs."""
+"""mathforge.model against transformers (same weights, fp32), packing, losses, checkpoints, configs."""
 
 import json
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from mathforge.errors import ConfigError, DataError
-from mathforge.trainer.model import (
+from mathforge.model import (
     ModelConfig,
     config_from_hf,
     from_config,
@@ -25,8 +25,14 @@ LLAMA3_ROPE = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "hi
 def hf_config(kind: str):
     common = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4)
     if kind == "llama":  # GQA 4:2, Llama-3 rope scaling that bites at these lengths
-        return transformers.LlamaConfig(**common, num_key_value_heads=2, max_position_embeddings=64,
-                                        rope_theta=500000.0, rope_scaling=dict(LLAMA3_ROPE), rms_norm_eps=1e-5)
+        return transformers.LlamaConfig(
+            **common,
+            num_key_value_heads=2,
+            max_position_embeddings=64,
+            rope_theta=500000.0,
+            rope_scaling=dict(LLAMA3_ROPE),
+            rms_norm_eps=1e-5,
+        )
     if kind == "qwen2":  # q/k/v biases, tied embeddings
         return transformers.Qwen2Config(**common, num_key_value_heads=2, tie_word_embeddings=True, rope_theta=1e6)
     return transformers.MistralConfig(**common, num_key_value_heads=1, head_dim=32, sliding_window=None)  # MQA
@@ -239,3 +245,21 @@ def test_sliding_window_longer_documents_are_refused():
     model(torch.tensor([1, 2, 3, 4]))
     with pytest.raises(ConfigError, match="sliding_window=4"):
         model(torch.tensor([1, 2, 3, 4, 5]))
+
+
+def test_model_package_stands_below_trainer_and_keeps_the_old_import_paths():
+    import subprocess
+    import sys
+
+    import mathforge.model
+    import mathforge.trainer.generate
+    import mathforge.trainer.model
+
+    code = "import sys, mathforge.model; print(sorted(m for m in sys.modules if m.startswith('mathforge.')))"
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    for upper in ("trainer", "evaluate", "synth", "bench"):
+        assert f"'mathforge.{upper}" not in loaded, loaded
+    for name in ("from_config", "from_pretrained", "shift_labels", "ModelConfig", "Transformer", "KVCache"):
+        assert getattr(mathforge.trainer.model, name) is getattr(mathforge.model, name), name
+    for name in ("generate", "generate_tokens", "sample_next"):
+        assert getattr(mathforge.trainer.generate, name) is getattr(mathforge.model, name), name
