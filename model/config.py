@@ -33,7 +33,7 @@ class ModelConfig:
     rope_scaling: dict[str, Any] | None = None  # {"rope_type": "llama3" | "linear", "factor": ..., ...}
     rms_norm_eps: float = 1e-6
     tie_word_embeddings: bool = False
-    attention_bias: bool = False  # q/k/v biases (always on for Qwen2)
+    attention_bias: bool = False  # Llama: q/k/v/o biases; Qwen2: q/k/v biases (always on); Mistral: none
     sliding_window: int | None = None  # Mistral v0.1: documents longer than this are refused
     model_type: str = "llama"
     bos_token_id: int | None = None
@@ -62,8 +62,16 @@ class ModelConfig:
             raise ConfigError(f"head_dim must be even for rotary embeddings, got {self.head_dim}")
         if self.model_type == "qwen2" and not self.attention_bias:
             raise ConfigError("attention_bias=False is not supported for model_type 'qwen2' (Qwen2 has q/k/v biases)")
+        if self.model_type == "mistral" and self.attention_bias:
+            raise ConfigError("attention_bias=True is not supported for model_type 'mistral' (Mistral has no biases)")
         if self.rope_scaling is not None:
             self.rope_scaling = _check_rope_scaling(self.rope_scaling)
+
+    @property
+    def o_proj_bias(self) -> bool:
+        """Whether attention's output projection has a bias: Llama's `attention_bias` covers q, k, v and o;
+        Qwen2's covers q, k, v only (as in transformers)."""
+        return self.attention_bias and self.model_type == "llama"
 
     def to_hf_dict(self, dtype: torch.dtype | None = None) -> dict[str, Any]:
         """config.json content transformers (4.x and 5.x) and vLLM read (`mathforge.model.hf.config_to_hf`)."""

@@ -98,7 +98,7 @@ def config_to_hf(config: ModelConfig, dtype: torch.dtype | None = None) -> dict[
     if config.model_type == "qwen2":  # Qwen2Config has no attention_bias / head_dim field: biases are implied
         del out["attention_bias"]
         out |= {"use_sliding_window": False, "max_window_layers": config.num_hidden_layers}
-    if config.model_type == "llama":
+    if config.model_type == "llama":  # LlamaConfig.attention_bias: q, k, v and o biases, as ours
         out["mlp_bias"] = False
     if dtype is not None:
         out["torch_dtype"] = str(dtype).removeprefix("torch.")

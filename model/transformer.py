@@ -3,7 +3,7 @@
     embed_tokens → N × [x + attn(rms_norm(x)); x + mlp(rms_norm(x))] → norm → (lm_head, built only when asked)
 
 Attention is grouped-query with rotary embeddings (Llama-3 and linear rope scaling included), q/k/v biases for
-Qwen2; the MLP is SwiGLU. The layers are the module
+Qwen2 and q/k/v/o biases for Llama with `attention_bias`; the MLP is SwiGLU. The layers are the module
 wrappers of `mathforge.kernels.modules` (Triton on CUDA, torch references on CPU). A micro-batch is usually one
 packed token stream: `input_ids` [T], `position_ids` [T] restarting at 0 per document, `cu_seqlens` [D+1]
 int32 and `max_seqlen`; documents never attend to each other. `forward` returns hidden states after the
@@ -62,7 +62,7 @@ class Attention(nn.Module):
         self.q_proj = nn.Linear(hidden, self.n_heads * self.head_dim, bias=bias)
         self.k_proj = nn.Linear(hidden, self.n_kv_heads * self.head_dim, bias=bias)
         self.v_proj = nn.Linear(hidden, self.n_kv_heads * self.head_dim, bias=bias)
-        self.o_proj = nn.Linear(self.n_heads * self.head_dim, hidden, bias=False)
+        self.o_proj = nn.Linear(self.n_heads * self.head_dim, hidden, bias=config.o_proj_bias)
 
     def forward(self, x, cos, sin, cu_seqlens, max_seqlen, backend, kv_cache=None):
         tokens = x.shape[0]

@@ -24,6 +24,8 @@ LLAMA3_ROPE = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "hi
 
 def hf_config(kind: str):
     common = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4)
+    if kind == "llama-bias":  # attention_bias: transformers puts biases on q, k, v AND o_proj
+        return transformers.LlamaConfig(**common, num_key_value_heads=2, attention_bias=True, rms_norm_eps=1e-5)
     if kind == "llama":  # GQA 4:2, Llama-3 rope scaling that bites at these lengths
         return transformers.LlamaConfig(
             **common,
@@ -51,14 +53,21 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).abs().max() / b.abs().max())
 
 
-@pytest.mark.parametrize("kind", ["llama", "qwen2", "mistral"])
+@pytest.mark.parametrize("kind", ["llama", "llama-bias", "qwen2", "mistral"])
 def test_logits_match_transformers_both_directions(kind, tmp_path):
     hf = random_hf_model(kind)
     hf.save_pretrained(tmp_path / "hf")
     ours = from_pretrained(tmp_path / "hf")
-    assert ours.config.model_type == kind
+    assert ours.config.model_type == kind.removesuffix("-bias")
     assert (ours.lm_head is None) == (kind == "qwen2")
-    assert ours.config.attention_bias == (kind == "qwen2")
+    assert ours.config.attention_bias == (kind in ("qwen2", "llama-bias"))
+    attn, hf_attn = ours.layers[1].self_attn, hf.model.layers[1].self_attn
+    for proj in ("q_proj", "k_proj", "v_proj", "o_proj"):  # the same biases as transformers builds, loaded
+        ref_bias = getattr(hf_attn, proj).bias
+        assert (getattr(attn, proj).bias is None) == (ref_bias is None), proj
+        if ref_bias is not None:
+            assert torch.equal(getattr(attn, proj).bias, ref_bias), proj
+    assert (hf_attn.o_proj.bias is not None) == (kind == "llama-bias")  # Qwen2: q/k/v biases only
     ids = torch.randint(0, VOCAB, (2, 40), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         ref = hf(ids).logits
@@ -71,6 +80,7 @@ def test_logits_match_transformers_both_directions(kind, tmp_path):
     assert len(set(index["weight_map"].values())) > 1
     assert ("lm_head.weight" in index["weight_map"]) == (kind != "qwen2")
     reloaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "ours").eval()
+    assert (reloaded.model.layers[0].self_attn.o_proj.bias is not None) == (kind == "llama-bias")
     with torch.no_grad():
         assert rel_err(reloaded(ids).logits, ref) <= 1e-5
     # and back into ours from our own folder
@@ -214,7 +224,8 @@ def test_flops_per_token_hand_computed():
      ({"rope_scaling": {"rope_type": "yarn", "factor": 4.0}}, "rope_type"), ({"frobnicate": 1}, "frobnicate"),
      ({"num_key_value_heads": 3}, "num_key_value_heads"), ({"mlp_bias": True}, "mlp_bias"),
      ({"quantization_config": {"bits": 4}}, "quantization_config"), ({"architectures": ["GPT2LMHeadModel"]}, "GPT2"),
-     ({"rope_scaling": {"rope_type": "llama3", "factor": 8.0}}, "low_freq_factor")],
+     ({"rope_scaling": {"rope_type": "llama3", "factor": 8.0}}, "low_freq_factor"),
+     ({"model_type": "mistral", "architectures": ["MistralForCausalLM"], "attention_bias": True}, "attention_bias")],
 )  # fmt: skip
 def test_bad_configs_name_the_field(change, field, tmp_path):
     raw = {**from_config("tiny", device="meta").config.to_hf_dict(), **change}
