@@ -196,6 +196,43 @@ def test_packed_loss_and_grads_equal_separate_documents(checkpointing):
         torch.testing.assert_close(packed_grads[name], p.grad, rtol=1e-4, atol=1e-6, msg=name)
 
 
+def _torch_loss(logits, labels, *, ignore_index=-100, label_smoothing=0.0, z_loss=0.0, softcap=None):
+    """The training loss written with torch alone (summed over predicted tokens), to check `loss` against."""
+    import torch.nn.functional as F
+
+    if softcap is not None:
+        logits = softcap * torch.tanh(logits / softcap)
+    ce = F.cross_entropy(logits, labels, ignore_index=ignore_index, reduction="sum", label_smoothing=label_smoothing)
+    lse = torch.logsumexp(logits, dim=-1)[labels != ignore_index]
+    return ce + z_loss * lse.square().sum()
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"label_smoothing": 0.1}, {"z_loss": 1e-2}, {"softcap": 2.0}, {"ignore_index": 7},
+     {"label_smoothing": 0.2, "z_loss": 1e-3, "softcap": 3.0}],
+)  # fmt: skip
+def test_loss_options_reach_the_kernel(options):
+    model = from_config("tiny")
+    gen = torch.Generator().manual_seed(3)
+    with torch.no_grad():  # logits of a few units, so that softcap and z_loss bite
+        model.lm_head.weight.copy_(torch.randn(model.lm_head.weight.shape, generator=gen) * 0.3)
+    hidden = torch.randn(2, 12, 64, generator=gen)
+    labels = torch.randint(0, 512, (2, 12), generator=gen)
+    labels[0, :3] = options.get("ignore_index", -100)  # not predicted
+    labels[1, -1] = 7  # an ordinary target, unless ignore_index=7
+    logits = (hidden @ model.lm_head.weight.T).reshape(-1, 512)
+    with torch.no_grad():
+        got = model.loss(hidden, labels, **options)
+        plain = model.loss(hidden, labels)  # the defaults (with ignore_index=7: the 7s are predicted)
+    want = _torch_loss(logits, labels.reshape(-1), **options)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-4)
+    assert abs(float(got - plain)) > 1e-3 * abs(float(plain))  # the option changed the loss
+    if "ignore_index" not in options:
+        mean = model.loss(hidden, labels, reduction="mean", **options)
+        torch.testing.assert_close(mean, want / int((labels != -100).sum()), rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize(
     ("preset", "params"),
     [("qwen2.5-0.5b", 494_032_768), ("qwen2.5-1.5b", 1_543_714_304), ("qwen2.5-7b", 7_615_616_512),
