@@ -65,7 +65,7 @@ class LocalBackend:
             self.tokenizer = tokenizer or AutoTokenizer.from_pretrained(str(folder))
             self.model, self.engine = self._load(folder, engine, torch_dtype)
         else:
-            from mathforge.trainer.model import Transformer
+            from mathforge.model import Transformer
 
             if tokenizer is None:
                 raise ConfigError("LocalBackend(model=<module>) needs a tokenizer too")
@@ -75,7 +75,7 @@ class LocalBackend:
 
     def _load(self, folder: Path, engine: str, dtype: Any):
         if engine in ("auto", "mathforge"):
-            from mathforge.trainer.model import from_pretrained
+            from mathforge.model import from_pretrained
 
             try:
                 return from_pretrained(folder, dtype=dtype, device=self.device), "mathforge"
@@ -94,7 +94,7 @@ class LocalBackend:
         texts = [p if isinstance(p, str) else render_chat(self.tokenizer, p) for p in prompts]
         expanded = [t for t in texts for _ in range(n)]
         if self.engine == "mathforge":
-            from mathforge.trainer.generate import generate
+            from mathforge.model import generate
 
             outputs = generate(
                 self.model, self.tokenizer, expanded, max_new_tokens=max_new_tokens, temperature=temperature,
