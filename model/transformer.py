@@ -130,6 +130,8 @@ class KVCache:
 
 
 class Transformer(nn.Module):
+    """The decoder with Hugging Face's module names (under `model.` in a checkpoint); see the module docstring."""
+
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
