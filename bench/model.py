@@ -29,7 +29,7 @@ from rich.table import Table
 from mathforge.bench.common import environment, write_result
 from mathforge.hardware import cuda_times_ms
 from mathforge.kernels.attention import usable_backends
-from mathforge.trainer.model import Transformer, from_config, shift_labels
+from mathforge.model import Transformer, from_config, shift_labels
 
 
 def packed_workload(rows: int, seq_len: int, vocab: int, seed: int = 0, device: str = "cuda") -> dict:

@@ -14,7 +14,7 @@ Kinds (``BACKENDS``, what ``backend.kind`` may name in a config):
   connection errors/malformed replies, usage counted). Chat prompts use /chat/completions, raw texts
   /completions.
 - ``local``: a Hugging Face checkpoint folder (or an in-memory model + tokenizer) generating in-process.
-  Architectures our model covers (Llama/Qwen2/Mistral) run on `mathforge.trainer.model` with its
+  Architectures our model covers (Llama/Qwen2/Mistral) run on `mathforge.model` with its
   KV-cache generation; anything else, or ``engine="transformers"``, runs transformers' ``generate``.
   Chat messages are rendered with the tokenizer's chat template; a tokenizer without one gets the
   fallback layout of `render_chat` ("User: …\\n\\nAssistant: "), the same for synthesis and evaluation.
@@ -105,7 +105,7 @@ class LocalBackend:
             self.model_name = os.path.basename(os.path.normpath(str(model)))
             self.tokenizer, self.model, self.engine = self._load(Path(model), tokenizer, engine, torch_dtype)
         else:
-            from mathforge.trainer.model import Transformer
+            from mathforge.model import Transformer
 
             if tokenizer is None:
                 raise ConfigError("LocalBackend(model=<module>) needs a tokenizer too")
@@ -122,7 +122,7 @@ class LocalBackend:
             raise ConfigError(f"{folder}: not a model folder (no config.json)")
         tokenizer = tokenizer or AutoTokenizer.from_pretrained(str(folder))
         if engine in ("auto", "mathforge"):
-            from mathforge.trainer.model import from_pretrained
+            from mathforge.model import from_pretrained
 
             try:
                 return tokenizer, from_pretrained(folder, dtype=dtype, device=self.device), "mathforge"
@@ -173,7 +173,7 @@ class LocalBackend:
     def _run(self, texts: list[str], temperature: float, top_p: float, max_new_tokens: int, stop: list[str],
              seed: int) -> list[str]:  # fmt: skip
         if self.engine == "mathforge":
-            from mathforge.trainer.generate import generate
+            from mathforge.model.generate import generate
 
             return generate(
                 self.model, self.tokenizer, texts, max_new_tokens=max_new_tokens, temperature=temperature,

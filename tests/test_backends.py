@@ -10,8 +10,8 @@ from fake_openai import LoopbackServer
 
 from mathforge.backends import BACKENDS, LocalBackend, OpenAIBackend, make_backend, render_chat
 from mathforge.errors import ConfigError
-from mathforge.trainer.generate import generate
-from mathforge.trainer.model import from_config
+from mathforge.model import from_config
+from mathforge.model.generate import generate
 from mathforge.trainer.tokenizer import train_bpe_tokenizer
 
 
