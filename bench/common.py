@@ -6,22 +6,12 @@ import datetime as dt
 import json
 import platform
 import subprocess
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
+from mathforge.hardware import cpu_name, package_versions
+
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-
-
-def cpu_name() -> str:
-    """The CPU model from /proc/cpuinfo, else platform's processor string."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def device_slug() -> str:
@@ -31,16 +21,6 @@ def device_slug() -> str:
     if torch.cuda.is_available():
         return "-".join(torch.cuda.get_device_name().lower().replace("_", " ").split())
     return "cpu"
-
-
-def package_versions(*names: str) -> dict[str, str | None]:
-    out: dict[str, str | None] = {}
-    for name in names:
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            out[name] = None
-    return out
 
 
 def git_revision() -> str | None:

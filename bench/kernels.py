@@ -322,7 +322,7 @@ def plot_op(op: str, rows: list[dict[str, Any]], path: Path) -> None:
 def measure_ceilings(device: str) -> dict[str, float]:
     if device != "cuda":
         return {}
-    from mathforge.bench.ceilings import copy_bandwidth_gbs, matmul_tflops
+    from mathforge.hardware import copy_bandwidth_gbs, matmul_tflops
 
     return {"copy_gbs": copy_bandwidth_gbs(), "matmul_tflops": matmul_tflops()}
 

@@ -26,10 +26,10 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from mathforge.bench.ceilings import cuda_times_ms
 from mathforge.bench.common import environment, write_result
+from mathforge.hardware import cuda_times_ms
 from mathforge.kernels.attention import usable_backends
-from mathforge.trainer.model import Transformer, from_config, shift_labels
+from mathforge.model import Transformer, from_config, shift_labels
 
 
 def packed_workload(rows: int, seq_len: int, vocab: int, seed: int = 0, device: str = "cuda") -> dict:
@@ -120,7 +120,7 @@ def parity(model: Transformer, backends: list[str], seq: int = 1024, batch: int 
 def run(preset: str, rows: int, seq_len: int, iters: int, warmup: int, compile_rows: bool) -> dict:
     if not torch.cuda.is_available():
         raise SystemExit("bench/model.py needs a CUDA GPU")
-    from mathforge.bench.ceilings import matmul_tflops
+    from mathforge.hardware import matmul_tflops
 
     torch.manual_seed(0)
     model = from_config(preset, dtype=torch.bfloat16, device="cuda")

@@ -26,9 +26,9 @@ import time
 from rich.console import Console
 from rich.table import Table
 
+from mathforge.backends import OpenAIBackend
 from mathforge.bench.common import environment, write_result
 from mathforge.synth import config, run
-from mathforge.synth.backends import OpenAIBackend
 from mathforge.synth.symbolic import Generator
 
 
@@ -79,7 +79,7 @@ async def _ours(url: str, requests: int, concurrency: int) -> None:
 
 
 def bench_client(requests: int, concurrency: int = 256) -> list[dict]:
-    server = subprocess.Popen([sys.executable, "-m", "mathforge.synth.loopback"], stdout=subprocess.PIPE, text=True)
+    server = subprocess.Popen([sys.executable, "-m", "mathforge.bench.loopback"], stdout=subprocess.PIPE, text=True)
     try:
         url = server.stdout.readline().strip()
         rows = []

@@ -27,9 +27,9 @@ from rich.console import Console
 from rich.table import Table
 
 from mathforge.bench.common import environment, write_result
+from mathforge.model import from_config
 from mathforge.trainer.data import TokenizedData, build_micro_batch, plan_micro_batches
 from mathforge.trainer.metrics import mfu, peak_tflops
-from mathforge.trainer.model import from_config
 from mathforge.trainer.train import LossModule
 
 

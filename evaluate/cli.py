@@ -1,77 +1,92 @@
-"""`mathforge eval`: evaluate a checkpoint folder or an OpenAI-compatible server on GSM8K / MATH."""
+"""`mathforge eval`: evaluate a checkpoint folder or an OpenAI-compatible server on GSM8K / MATH.
+
+The settings are `mathforge.evaluate.config.EvalConfig`: an optional `--config eval.toml`, then `--set
+key=value` overrides, then the flags below when given (each flag is one EvalConfig key; unset flags
+leave the file's value or the default).
+"""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import typer
 
+from mathforge.errors import ConfigError
+
+
+def _fields(text: str | None) -> dict[str, str] | None:
+    """The --fields JSON object, or None when the flag is not given."""
+    if text is None:
+        return None
+    try:
+        mapping = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"--fields is not valid JSON ({error.msg}): {text}") from None
+    if not isinstance(mapping, dict):
+        raise ConfigError(f"--fields must be a JSON object, got {text}")
+    return mapping
+
+
+def _print_results(results: dict[str, Any], out: str | None) -> None:
+    from rich.console import Console
+    from rich.markdown import Markdown
+
+    from mathforge.evaluate.runner import markdown_table
+
+    console = Console()
+    if results["sandbox"] is not None:
+        console.print(f"model code ran in the sandbox: {results['sandbox']['level']}"
+                      + ("" if results["sandbox"]["safe"] else " [red](NOT SAFE: --unsafe-sandbox)[/]"))  # fmt: skip
+    console.print(Markdown(markdown_table(results)))
+    for name, scores in results["benchmarks"].items():
+        if scores.get("skipped"):
+            console.print(f"[yellow]{name}: skipped {len(scores['skipped'])} rows, e.g. {scores['skipped'][0]}")
+    if out is not None:
+        console.print(f"results in {out}/ (results.json, results.md, samples-*.jsonl)")
+
 
 def register(app: typer.Typer) -> None:
-    """Adds the `eval` command to the mathforge CLI."""
+    """Adds the `eval` command to the mathforge CLI (its help shows EvalConfig's defaults)."""
+    from mathforge.evaluate.config import EvalConfig
+    from mathforge.prompts import available
+
+    d = EvalConfig()
 
     @app.command("eval")
     def eval_command(
+        config: Path = typer.Option(None, "--config", help="TOML file of EvalConfig keys (flat: n = 4, bench = [...])."),
+        set_: list[str] = typer.Option([], "--set", help="Override a key, e.g. --set temperature=0.7 --set fields.question=prompt."),
         model: Path = typer.Option(None, "--model", help="Hugging Face checkpoint folder (local generation)."),
         api: str = typer.Option(None, "--api", help="OpenAI-compatible base URL, e.g. http://localhost:8000/v1."),
         served_model: str = typer.Option(None, "--served-model", help="Model name the server serves (with --api)."),
-        bench: str = typer.Option(
-            "gsm8k", "--bench", help="gsm8k, math500, math, a JSONL path or hf:<name>; comma-separated."
-        ),
-        prompt: str = typer.Option(
-            None, "--prompt", help="qwen-boxed, alpaca-cot, jiuzhang, minerva, gsm8k-8shot or a .toml."
-        ),
-        chat: bool = typer.Option(
-            None, "--chat/--raw", help="Chat messages or raw completion (default: the prompt's)."
-        ),
-        n: int = typer.Option(1, "--n", help="Samples per problem (pass@k and maj@k when > 1)."),
-        temperature: float = typer.Option(0.0, "--temperature"),
-        top_p: float = typer.Option(1.0, "--top-p"),
-        max_new_tokens: int = typer.Option(1024, "--max-new-tokens"),
+        bench: str = typer.Option(None, "--bench", help=f"gsm8k, math500, math, a JSONL path or hf:<name>; comma-separated (default {','.join(d.bench)})."),
+        prompt: str = typer.Option(None, "--prompt", help=f"{', '.join(available())} or a .toml (default: the benchmark's)."),
+        chat: bool = typer.Option(None, "--chat/--raw", help="Chat messages or raw completion (default: the prompt's)."),
+        n: int = typer.Option(None, "--n", help=f"Samples per problem (default {d.n}; pass@k and maj@k when > 1)."),
+        temperature: float = typer.Option(None, "--temperature", help=f"Default {d.temperature} (greedy)."),
+        top_p: float = typer.Option(None, "--top-p", help=f"Default {d.top_p}."),
+        max_new_tokens: int = typer.Option(None, "--max-new-tokens", help=f"Default {d.max_new_tokens}."),
         limit: int = typer.Option(None, "--limit", help="Only the first N problems of each benchmark."),
-        tool: bool = typer.Option(
-            False, "--tool", help="Tool-integrated: run the model's Python, feed output back (4 rounds)."
-        ),
-        unsafe_sandbox: bool = typer.Option(
-            False, "--unsafe-sandbox", help="With --tool: run the model's code even where the sandbox is not safe."
-        ),
-        fields: str = typer.Option(
-            None, "--fields", help='Field mapping for files, e.g. \'{"question": "prompt", "answer": "response"}\'.'
-        ),
-        split: str = typer.Option("test", "--split"),
+        tool: bool = typer.Option(None, "--tool", help="Tool-integrated: run the model's Python, feed output back (4 rounds)."),
+        unsafe_sandbox: bool = typer.Option(None, "--unsafe-sandbox", help="With --tool: run the model's code even where the sandbox is not safe."),
+        fields: str = typer.Option(None, "--fields", help='Field mapping for files, e.g. \'{"question": "prompt", "answer": "response"}\'.'),
+        split: str = typer.Option(None, "--split", help=f"Default {d.split}."),
         out: Path = typer.Option(None, "--out", help="Folder for results.json, results.md and samples-*.jsonl."),
-        concurrency: int = typer.Option(16, "--concurrency", help="Parallel requests (with --api)."),
-        batch_size: int = typer.Option(32, "--batch-size", help="Prompts per batch (local generation)."),
-        seed: int = typer.Option(0, "--seed"),
-    ) -> None:
+        concurrency: int = typer.Option(None, "--concurrency", help=f"Parallel requests (with --api; default {d.concurrency})."),
+        batch_size: int = typer.Option(None, "--batch-size", help=f"Prompts per batch (local generation; default {d.batch_size})."),
+        seed: int = typer.Option(None, "--seed", help=f"Default {d.seed}."),
+    ) -> None:  # fmt: skip
         """Generate, extract, grade (lenient and strict) and report accuracy, pass@k, maj@k per benchmark."""
-        from rich.console import Console
-        from rich.markdown import Markdown
+        from mathforge.evaluate.config import load_eval_config
+        from mathforge.evaluate.runner import run_eval
 
-        from mathforge.errors import ConfigError
-        from mathforge.evaluate.runner import markdown_table, run_eval
-
-        mapping = None
-        if fields:
-            try:
-                mapping = json.loads(fields)
-            except json.JSONDecodeError as error:
-                raise ConfigError(f"--fields is not valid JSON ({error.msg}): {fields}") from None
-            if not isinstance(mapping, dict):
-                raise ConfigError(f"--fields must be a JSON object, got {fields}")
-        results = run_eval(
-            model, api=api, served_model=served_model, bench=bench, prompt=prompt, n=n, temperature=temperature,
-            top_p=top_p, max_new_tokens=max_new_tokens, limit=limit, tool=tool, out=out, chat=chat, fields=mapping,
-            split=split, seed=seed, batch_size=batch_size, concurrency=concurrency, unsafe_sandbox=unsafe_sandbox,
-        )  # fmt: skip
-        console = Console()
-        if results["sandbox"] is not None:
-            console.print(f"model code ran in the sandbox: {results['sandbox']['level']}"
-                          + ("" if results["sandbox"]["safe"] else " [red](NOT SAFE: --unsafe-sandbox)[/]"))  # fmt: skip
-        console.print(Markdown(markdown_table(results)))
-        for name, scores in results["benchmarks"].items():
-            if scores.get("skipped"):
-                console.print(f"[yellow]{name}: skipped {len(scores['skipped'])} rows, e.g. {scores['skipped'][0]}")
-        if out is not None:
-            console.print(f"results in {out}/ (results.json, results.md, samples-*.jsonl)")
+        flags = {
+            "model": model, "api": api, "served_model": served_model, "bench": bench, "prompt": prompt, "chat": chat,
+            "n": n, "temperature": temperature, "top_p": top_p, "max_new_tokens": max_new_tokens, "limit": limit,
+            "tool": tool, "unsafe_sandbox": unsafe_sandbox, "fields": _fields(fields), "split": split, "out": out,
+            "concurrency": concurrency, "batch_size": batch_size, "seed": seed,
+        }  # fmt: skip
+        settings = load_eval_config(config, set_, flags)
+        _print_results(run_eval(config=settings), settings.out)

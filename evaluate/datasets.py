@@ -11,7 +11,8 @@
 | `math`    | `test`  | 5,000 | the whole MATH test set                                                |
 | `math`    | `train` | 4,500 | MATH test minus MATH-500: the customary training/seed split with MATH-500 held out |
 
-Rows are returned exactly as stored; answer extraction belongs to the grader.
+`load` returns rows exactly as stored; `problems` reads them by the set's convention (GSM8K's `####`
+answer, MATH's last `\\boxed{}` or MATH-500's `answer`, levels as ints; see `mathforge.datasources`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from mathforge.datasources import CONVENTIONS, Problem
 from mathforge.errors import DataError
 from mathforge.jsonl import read_jsonl
 
@@ -57,6 +59,12 @@ def load(name: str, split: str) -> list[dict[str, Any]]:
         held_out = {row["problem"] for row in _read(_FILES[("math500", "test")])}
         return [dict(row) for row in _read(_FILES[("math", "test")]) if row["problem"] not in held_out]
     return [dict(row) for row in _read(_FILES[(name, split)])]
+
+
+def problems(name: str, split: str) -> list[Problem]:
+    """The rows of a vendored set as `Problem`s with gold answers, levels and subjects by its convention."""
+    convention = CONVENTIONS.get("gsm8k" if name == "gsm8k" else "math")
+    return [convention(row, i) for i, row in enumerate(load(name, split))]
 
 
 def _check(name: str, split: str) -> None:

@@ -14,52 +14,14 @@ from __future__ import annotations
 
 import re
 
+from mathforge.datasources import last_boxed, match_braces  # noqa: F401 (one implementation, re-exported)
+
 STYLES = ("auto", "boxed", "minerva", "gsm8k", "answer_is", "last_number")
 
-_BOX_RE = re.compile(r"\\(?:boxed|fbox)\b")
 _MINERVA_RE = re.compile(r"final answer is\s*(.+?)\s*(?:\.\s*)?I hope", re.IGNORECASE | re.DOTALL)
 _MINERVA_LOOSE_RE = re.compile(r"final answer(?: is)?\s*[:：]?\s*(.+)", re.IGNORECASE)
 _ANSWER_IS_RE = re.compile(r"(?:the\s+(?:final\s+)?answer\s+is|answer\s*[:：])\s*[:：]?\s*(.+)", re.IGNORECASE)
 _NUMBER_RE = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:/\d+)?|-?\.\d+")
-
-
-def match_braces(text: str, start: int) -> int | None:
-    """Index just past the `}` matching the `{` at `text[start]`, or None when unbalanced."""
-    if start >= len(text) or text[start] != "{":
-        return None
-    depth = 0
-    i = start
-    while i < len(text):
-        ch = text[i]
-        if ch == "\\":  # skip escaped characters such as \{ and \}
-            i += 2
-            continue
-        if ch == "{":
-            depth += 1
-        elif ch == "}":
-            depth -= 1
-            if depth == 0:
-                return i + 1
-        i += 1
-    return None
-
-
-def last_boxed(text: str) -> str | None:
-    """Content of the last complete \\boxed{…} or \\fbox{…} (or `\\boxed 5`), else None."""
-    for match in reversed(list(_BOX_RE.finditer(text))):
-        i = match.end()
-        while i < len(text) and text[i] == " ":
-            i += 1
-        if i < len(text) and text[i] == "{":
-            end = match_braces(text, i)
-            if end is not None:
-                return text[i + 1 : end - 1].strip()
-            continue
-        if i > match.end():  # "\boxed 5": the token up to whitespace or `$`
-            token = re.match(r"[^\s$]+", text[i:])
-            if token:
-                return token.group(0).rstrip(".")
-    return None
 
 
 def _clean_tail(answer: str) -> str | None:

@@ -5,6 +5,9 @@
     run_eval(model="runs/ckpt-1000", bench="gsm8k,math500", out="runs/eval")
     run_eval(api="http://localhost:8000/v1", served_model="qwen", bench="math500", prompt="qwen-boxed")
     run_eval(model="runs/ckpt", bench="heldout.jsonl", fields={"question": "prompt", "answer": "response"})
+    run_eval(config=load_eval_config("eval.toml"), limit=50)   # from mathforge.evaluate.config
+
+The settings are the fields of `mathforge.evaluate.config.EvalConfig`, validated in one place there.
 
 Writes to `out` (when given): results.json, results.md and samples-<bench>.jsonl (question, output,
 extracted answer, gold, verdict in both modes, per sample). Returns the results dict.
@@ -18,15 +21,18 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from mathforge.backends import Backend
+from mathforge.backends import make_backend as make_chat_backend
+from mathforge.config import to_dict
 from mathforge.errors import ConfigError
-from mathforge.evaluate.backends import Backend, LocalBackend, OpenAIBackend
 from mathforge.evaluate.benchmarks import Benchmark, load_benchmark
-from mathforge.evaluate.extract import extract_answer
+from mathforge.evaluate.config import EvalConfig, eval_config
+from mathforge.evaluate.extract import STYLES, extract_answer
 from mathforge.evaluate.grade import grade
 from mathforge.evaluate.metrics import breakdown, majority, summarize
-from mathforge.evaluate.prompting import Prompt, default_prompt, load_prompt
 from mathforge.evaluate.sandbox import Sandbox, require_safe
 from mathforge.evaluate.tool import TOOL_INSTRUCTION, generate_with_tools
+from mathforge.prompts import Prompt, default_prompt, load_prompt
 
 
 def make_backend(
@@ -40,8 +46,9 @@ def make_backend(
     if api is not None:
         if not served_model:
             raise ConfigError("--api needs --served-model NAME (the model name the server serves)")
-        return OpenAIBackend(api, served_model, api_key=api_key, concurrency=concurrency, timeout=request_timeout)
-    return LocalBackend(model, engine=engine, batch_size=batch_size)
+        return make_chat_backend({"kind": "openai", "base_urls": [api], "model": served_model, "api_key": api_key,
+                                  "concurrency": concurrency, "timeout_s": request_timeout, "backoff_s": 1.0})
+    return make_chat_backend({"kind": "local", "model": model, "engine": engine, "batch_size": batch_size})
 
 
 def _chunks(items: Sequence[Any], size: int):
@@ -136,79 +143,88 @@ def markdown_table(results: dict[str, Any]) -> str:
 
 
 def run_eval(
-    model: str | Path | None = None, *, api: str | None = None, served_model: str | None = None,
-    bench: str | Sequence[str] = "gsm8k", prompt: str | None = None, n: int = 1, temperature: float = 0.0,
-    top_p: float = 1.0, max_new_tokens: int = 1024, limit: int | None = None, tool: bool = False,
-    out: str | Path | None = None, chat: bool | None = None, fields: dict[str, str] | None = None,
-    split: str = "test", seed: int = 0, backend: Backend | None = None, batch_size: int = 32,
-    concurrency: int = 16, show_progress: bool = True, unsafe_sandbox: bool = False,
+    model: str | Path | None = None, *, config: EvalConfig | None = None, backend: Backend | None = None,
+    show_progress: bool = True, **settings: Any,
 ) -> dict[str, Any]:  # fmt: skip
     """Evaluates a checkpoint folder (`model`), a server (`api` + `served_model`) or a ready `backend`.
 
-    `bench`: names (gsm8k, math500, math), JSONL/JSON paths or `hf:<dataset>[:<config>]`, as a list or
-    comma-separated; `fields` maps question/answer/id/subject/level to the data's keys for files.
-    With `tool`, the model's code runs in a `Sandbox`; when this machine's sandbox is not safe, a
-    SandboxError stops the run before any generation unless `unsafe_sandbox`. The report records
-    the isolation in force."""
-    sandbox = Sandbox() if tool else None
+    The settings are the keys of `EvalConfig` (bench, prompt, n, temperature, limit, tool, out, …), given
+    as `config`, as keyword arguments, or both (keyword arguments win); an unknown one is a ConfigError
+    listing the allowed keys. `bench`: names (gsm8k, math500, math), JSONL/JSON paths or
+    `hf:<dataset>[:<config>]`, as a list or comma-separated; `fields` maps question/answer/id/subject/level
+    to the data's keys for files. With `tool`, the model's code runs in a `Sandbox`; when this machine's
+    sandbox is not safe, a SandboxError stops the run before any generation unless `unsafe_sandbox`. The
+    report records the isolation in force."""
+    raw = to_dict(config) if config is not None else {}
+    raw.update(settings)
+    if model is not None:
+        raw["model"] = model
+    config = eval_config(raw, "run_eval")
+    sandbox = Sandbox() if config.tool else None
     try:
         if sandbox is not None:
-            require_safe(sandbox, unsafe_sandbox)
-        return _run_eval(
-            model, api=api, served_model=served_model, bench=bench, prompt=prompt, n=n, temperature=temperature,
-            top_p=top_p, max_new_tokens=max_new_tokens, limit=limit, tool=tool, out=out, chat=chat, fields=fields,
-            split=split, seed=seed, backend=backend, batch_size=batch_size, concurrency=concurrency,
-            show_progress=show_progress, sandbox=sandbox,
-        )  # fmt: skip
+            require_safe(sandbox, config.unsafe_sandbox)
+        return _run_eval(config, backend=backend, show_progress=show_progress, sandbox=sandbox)
     finally:
         if sandbox is not None:
             sandbox.close()
 
 
+def _load_prompts(config: EvalConfig) -> dict[str, Prompt]:
+    """The prompt of each benchmark, checked before any generation (its extraction style included)."""
+    prompts = {name: load_prompt(config.prompt or default_prompt(name)) for name in config.bench}
+    for prompt in prompts.values():
+        if prompt.style not in STYLES:
+            raise ConfigError(
+                f"prompt {prompt.name}: style {prompt.style!r} is not allowed; allowed: {', '.join(STYLES)}"
+            )
+    return prompts
+
+
 def _run_eval(
-    model: str | Path | None, *, api: str | None, served_model: str | None, bench: str | Sequence[str],
-    prompt: str | None, n: int, temperature: float, top_p: float, max_new_tokens: int, limit: int | None,
-    tool: bool, out: str | Path | None, chat: bool | None, fields: dict[str, str] | None, split: str, seed: int,
-    backend: Backend | None, batch_size: int, concurrency: int, show_progress: bool, sandbox: Sandbox | None,
-) -> dict[str, Any]:  # fmt: skip
-    if n < 1:
-        raise ConfigError(f"--n must be >= 1, got {n}")
-    if n > 1 and temperature == 0.0:
-        raise ConfigError("--n > 1 needs --temperature > 0 (greedy samples would all be the same)")
-    names = [b.strip() for b in (bench.split(",") if isinstance(bench, str) else bench) if b.strip()]
-    if not names:
-        raise ConfigError("--bench is empty; give gsm8k, math500, math or a JSONL path")
-    backend = backend or make_backend(model, api, served_model, concurrency=concurrency, batch_size=batch_size)
+    config: EvalConfig, *, backend: Backend | None, show_progress: bool, sandbox: Sandbox | None
+) -> dict[str, Any]:
+    prompts = _load_prompts(config)
+    backend = backend or make_backend(
+        config.model, config.api, config.served_model, concurrency=config.concurrency,
+        request_timeout=config.request_timeout, batch_size=config.batch_size, engine=config.engine,
+    )  # fmt: skip
     results: dict[str, Any] = {
-        "model": str(model) if model is not None else served_model, "api": api, "n": n, "temperature": temperature,
-        "top_p": top_p, "max_new_tokens": max_new_tokens, "tool": tool, "seed": seed,
-        "sandbox": sandbox.isolation.as_dict() if sandbox is not None else None, "benchmarks": {},
+        "model": config.model if config.model is not None else config.served_model, "api": config.api,
+        "n": config.n, "temperature": config.temperature, "top_p": config.top_p,
+        "max_new_tokens": config.max_new_tokens, "tool": config.tool, "seed": config.seed,
+        "sandbox": sandbox.isolation.as_dict() if sandbox is not None else None, "config": to_dict(config),
+        "benchmarks": {},
     }  # fmt: skip
     all_samples: dict[str, list[dict[str, Any]]] = {}
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, disable=not show_progress) as progress:
-        for name in names:
-            data = load_benchmark(name, split, fields=fields, limit=limit)
-            chosen = load_prompt(prompt or default_prompt(name))
+        for name, chosen in prompts.items():
+            data = load_benchmark(name, config.split, fields=config.fields, limit=config.limit)
             start = time.perf_counter()
             scores, samples = evaluate_benchmark(
-                backend, data, chosen, n=n, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
-                chat=chat, tool=tool, seed=seed, progress=progress, sandbox=sandbox,
+                backend, data, chosen, n=config.n, temperature=config.temperature, top_p=config.top_p,
+                max_new_tokens=config.max_new_tokens, chat=config.chat, tool=config.tool, seed=config.seed,
+                progress=progress, sandbox=sandbox,
             )  # fmt: skip
             scores["prompt"] = chosen.name
             scores["seconds"] = round(time.perf_counter() - start, 3)
             key = Path(name).stem if Path(name).suffix else name
             results["benchmarks"][key] = scores
             all_samples[key] = samples
-    if out is not None:
-        folder = Path(out)
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-        (folder / "results.md").write_text(markdown_table(results))
-        for key, samples in all_samples.items():
-            with open(folder / f"samples-{key.replace('/', '_')}.jsonl", "w", encoding="utf-8") as handle:
-                for sample in samples:
-                    handle.write(json.dumps(sample, ensure_ascii=False) + "\n")
+    if config.out is not None:
+        write_results(Path(config.out), results, all_samples)
     return results
+
+
+def write_results(folder: Path, results: dict[str, Any], all_samples: dict[str, list[dict[str, Any]]]) -> None:
+    """results.json, results.md and one samples-<bench>.jsonl per benchmark in `folder`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    (folder / "results.md").write_text(markdown_table(results))
+    for key, samples in all_samples.items():
+        with open(folder / f"samples-{key.replace('/', '_')}.jsonl", "w", encoding="utf-8") as handle:
+            for sample in samples:
+                handle.write(json.dumps(sample, ensure_ascii=False) + "\n")

@@ -8,7 +8,7 @@ import re
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
-from mathforge.evaluate.backends import Backend, PromptInput
+from mathforge.backends import Backend, PromptInput
 from mathforge.evaluate.sandbox import Sandbox, default_sandbox
 
 TOOL_INSTRUCTION = (

@@ -1,4 +1,6 @@
-"""nn.Module wrappers around the public ops (thin: all the work is in `mathforge.kernels.functional`)."""
+"""nn.Module wrappers around the public ops (thin: all the work is in `mathforge.kernels.functional`).
+
+`mathforge.model` builds its decoder from RMSNorm, SwiGLU and RotaryEmbedding here (one implementation)."""
 
 from __future__ import annotations
 
@@ -64,15 +66,26 @@ class SwiGLU(nn.Module):
 
 
 class RotaryEmbedding(nn.Module):
-    """cos/sin tables for positions (Llama/HF layout, angles repeated over both halves) and `apply_rope`."""
+    """cos/sin tables for positions (Llama/HF layout, angles repeated over both halves) and `apply_rope`.
 
-    def __init__(self, head_dim: int, base: float = 10000.0) -> None:
+    `inv_freq` [head_dim/2] (e.g. with Llama-3 scaling) defaults to base^(-2i/head_dim). It is kept as a plain
+    fp32 tensor, not a buffer: casting a model to bf16 must not round the frequencies and materialising it
+    from the meta device must not wipe them; it is copied to each device on first use there."""
+
+    def __init__(self, head_dim: int, base: float = 10000.0, inv_freq: torch.Tensor | None = None) -> None:
         super().__init__()
-        inv_freq = 1.0 / base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
-        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        if inv_freq is None:
+            exponents = torch.arange(0, head_dim, 2, dtype=torch.int64, device="cpu").float() / head_dim
+            inv_freq = 1.0 / (base**exponents)
+        self.inv_freq = inv_freq.detach().to(device="cpu", dtype=torch.float32)
+        self._inv_freq_on: dict[torch.device, torch.Tensor] = {}
 
-    def cos_sin(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        angles = positions.to(torch.float32)[:, None] * self.inv_freq[None, :]
+    def cos_sin(self, positions: torch.Tensor, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin [T, head_dim] for `positions` [T], computed in fp32 and returned in `dtype`."""
+        device = positions.device
+        if device not in self._inv_freq_on:
+            self._inv_freq_on[device] = self.inv_freq.to(device)
+        angles = positions.float()[:, None] * self._inv_freq_on[device][None, :]
         angles = torch.cat((angles, angles), dim=-1)
         return angles.cos().to(dtype), angles.sin().to(dtype)
 

@@ -110,8 +110,8 @@ def run_demo(minutes: float = 10.0, out: str | Path = "runs/demo", recipe: Recip
     """Runs the demo within about `minutes` of wall time; returns (and writes) the report."""
     import torch
 
+    from mathforge.model import from_config
     from mathforge.trainer.checkpoint import latest_checkpoint
-    from mathforge.trainer.model import from_config
     from mathforge.trainer.tokenizer import train_bpe_tokenizer
     from mathforge.trainer.train import train
 

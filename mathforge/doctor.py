@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from mathforge.bench.common import cpu_name, package_versions
+from mathforge.hardware import cpu_name, package_versions
 from mathforge.kernels.backends import attention_backends
 
 
@@ -61,7 +61,7 @@ def report(measure: bool = True) -> dict[str, Any]:
             "sms": props.multi_processor_count,
         }
         if measure:
-            from mathforge.bench.ceilings import copy_bandwidth_gbs, matmul_tflops
+            from mathforge.hardware import copy_bandwidth_gbs, matmul_tflops
 
             gpu["bf16_matmul_tflops"] = round(matmul_tflops(), 1)
             gpu["copy_bandwidth_gbs"] = round(copy_bandwidth_gbs(), 1)

@@ -70,7 +70,9 @@ class OpenAIClient:
 
     def __init__(self, base_urls: list[str] | str, model: str, *, api_key: str | None = None, concurrency: int = 64,
                  max_retries: int = 6, timeout_s: float = 120.0, backoff_s: float = 0.5, max_backoff_s: float = 30.0,
-                 seed: int = 0, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:  # fmt: skip
+                 seed: int = 0, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep, usage: Usage | None = None,
+                 per_url: Counter | None = None) -> None:  # fmt: skip
+        """`usage` and `per_url`, when given, are counted into (a backend shares them across its clients)."""
         from openai import AsyncOpenAI
 
         base_urls = [base_urls] if isinstance(base_urls, str) else list(base_urls)
@@ -84,11 +86,11 @@ class OpenAIClient:
         self.clients = [AsyncOpenAI(base_url=u, api_key=api_key or "EMPTY", max_retries=0, timeout=timeout_s,
                                     http_client=_http_client()) for u in base_urls]  # fmt: skip
         self.in_flight = [0] * len(base_urls)
-        self.per_url: Counter = Counter()
+        self.per_url: Counter = per_url if per_url is not None else Counter()
         self._next = 0
         self._limit = asyncio.Semaphore(concurrency)
         self._rng = random.Random(seed)
-        self.usage = Usage()
+        self.usage = usage if usage is not None else Usage()
 
     def _pick(self, avoid: int | None) -> int:
         count = len(self.clients)

@@ -9,9 +9,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
+from mathforge.backends import Completion
 from mathforge.registry import Registry
 from mathforge.synth import quality
-from mathforge.synth.backends import Completion
 from mathforge.synth.prompts import Prompts
 
 if TYPE_CHECKING:

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mathforge.datasources import read_rows, text_field
 from mathforge.errors import ConfigError, DataError
-from mathforge.jsonl import iter_jsonl
 from mathforge.registry import Registry
 from mathforge.synth.common import (
     PIPELINES,
@@ -63,18 +63,12 @@ VARIANTS.add("tool", Variant("jiuzhang/tool.txt", tool=True))
 
 
 def load_texts(paths: list[str], field: str) -> list[tuple[str, str]]:
-    """(id, text) pairs from JSONL files; a row without a string under `field` is a DataError naming the line."""
-    out = []
+    """(id, text) pairs from data files (`mathforge.datasources.read_rows`); a row without a string under
+    `field` is a DataError naming the file and line."""
     for name in paths:
-        path = Path(name)
-        if not path.is_file():
+        if not Path(name).is_file():
             raise DataError(f"jiuzhang.texts: {name!r} is not a file")
-        for number, row in iter_jsonl(path):
-            text = row.get(field) if isinstance(row, dict) else None
-            if not isinstance(text, str) or not text.strip():
-                raise DataError(f"{path}:{number}: no text under field {field!r}")
-            out.append((f"{path.stem}-{number}", text))
-    return out
+    return [(row.key, text_field(row, field)) for name in paths for row in read_rows(name)]
 
 
 @PIPELINES.register("jiuzhang")

@@ -23,9 +23,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from mathforge.backends import BackendError
 from mathforge.errors import ConfigError
 from mathforge.synth import quality
-from mathforge.synth.backends import BackendError
 from mathforge.synth.common import PIPELINES, Context, Pipeline, Reject
 from mathforge.synth.config import QualitySettings, SynthConfig, from_dict
 from mathforge.synth.prompts import Prompts
@@ -172,11 +172,10 @@ async def _process(pipeline, it: dict[str, Any], ctx: Context, stats: dict) -> d
 
 
 async def _run_async(pipeline, todo, journal: Journal, stats: dict, cfg: SynthConfig, backend: Any) -> dict[str, Any]:
-    from mathforge.synth.backends import make_backend
+    from mathforge.backends import make_backend
 
     own = backend is None
-    # backends.make_backend reads the plain (dict) form of the config
-    backend = backend if backend is not None else make_backend(cfg.to_dict())
+    backend = backend if backend is not None else make_backend(cfg.to_dict()["backend"], seed=cfg.run.seed)
     sandbox = _tool_sandbox(cfg)
     if sandbox is not None:
         stats["sandbox"] = sandbox.isolation.as_dict()

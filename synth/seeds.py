@@ -1,23 +1,23 @@
 """Seed problems for the Skywork-Math pipeline and their diversity selection.
 
 Seeds: `"gsm8k"` (GSM8K train, 7,473), `"math"` (MATH test minus MATH-500, 4,500, with levels), or a
-JSONL file whose rows hold a question (and optionally an answer and a level) under the field names
-given by `[skywork] seed_fields`. The selection is a k-center greedy core-set over MinHash sketches
-of word n-grams: each pick is the seed farthest (1 - estimated Jaccard) from all picks so far, so a
-small budget covers the seed set's variety instead of its most common templates.
+data file, folder or `hf:` set (`mathforge.datasources.read_rows`) whose rows hold a question (and
+optionally an answer and a level) under the field names given by `[skywork] seed_fields`. The
+selection is a k-center greedy core-set over MinHash sketches of word n-grams: each pick is the seed
+farthest (1 - estimated Jaccard) from all picks so far, so a small budget
+covers the seed set's variety instead of its most common templates.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from mathforge import _native
+from mathforge.datasources import parse_level, pick, read_rows, text_field
 from mathforge.errors import DataError
-from mathforge.jsonl import iter_jsonl
 
 
 @dataclass(frozen=True)
@@ -29,22 +29,6 @@ class Seed:
     source: str
 
 
-def boxed(text: str) -> str | None:
-    """The content of the last \\boxed{...} in `text` (braces balanced), or None."""
-    at = text.rfind("\\boxed")
-    if at < 0:
-        return None
-    i = text.find("{", at)
-    if i < 0:
-        return None
-    depth = 0
-    for j in range(i, len(text)):
-        depth += {"{": 1, "}": -1}.get(text[j], 0)
-        if depth == 0:
-            return text[i + 1:j].strip()
-    return None
-
-
 def load_seeds(sources: list[str], fields: dict[str, str] | None = None) -> list[Seed]:
     """Seeds from the named sources, in order (see module docstring)."""
     from mathforge.evaluate import datasets
@@ -52,32 +36,24 @@ def load_seeds(sources: list[str], fields: dict[str, str] | None = None) -> list
     fields = {"question": "question", "answer": "answer", "level": "level", **(fields or {})}
     out: list[Seed] = []
     for source in sources:
-        if source == "gsm8k":
-            for i, row in enumerate(datasets.load("gsm8k", "train")):
-                gold = row["answer"].rsplit("####", 1)[-1].strip().replace(",", "")
-                out.append(Seed(f"gsm8k-{i}", row["question"], gold, None, "gsm8k"))
-        elif source == "math":
-            for i, row in enumerate(datasets.load("math", "train")):
-                level = re.search(r"\d", str(row.get("level", "")))
-                out.append(Seed(f"math-{i}", row["problem"], boxed(row["solution"]),
-                                int(level.group()) if level else None, "math"))
+        if source in ("gsm8k", "math"):
+            out.extend(Seed(f"{source}-{p.index}", p.question, p.answer, p.level, source)
+                       for p in datasets.problems(source, "train"))  # fmt: skip
         else:
-            out.extend(_file_seeds(Path(source), fields))
+            out.extend(_file_seeds(source, fields))
     return out
 
 
-def _file_seeds(path: Path, fields: dict[str, str]) -> list[Seed]:
-    if not path.is_file():
-        raise DataError(f"seed source {str(path)!r} is neither 'gsm8k', 'math' nor an existing JSONL file")
+def _file_seeds(source: str, fields: dict[str, str]) -> list[Seed]:
+    if not source.startswith("hf:") and not Path(source).exists():
+        raise DataError(f"seed source {source!r} is neither 'gsm8k', 'math' nor an existing data file or folder")
     out = []
-    for number, row in iter_jsonl(path):
-        question = row.get(fields["question"]) if isinstance(row, dict) else None
-        if not isinstance(question, str) or not question.strip():
-            raise DataError(f"{path}:{number}: no text under field {fields['question']!r}")
-        answer = row.get(fields["answer"])
-        level = row.get(fields["level"])
-        out.append(Seed(f"{path.stem}-{number}", question, None if answer is None else str(answer),
-                        int(level) if isinstance(level, (int, float)) else None, path.stem))
+    for row in read_rows(source):
+        question = text_field(row, fields["question"])
+        answer = pick(row.value, fields["answer"])
+        level = pick(row.value, fields["level"])
+        origin = row.key.rsplit("-", 1)[0]
+        out.append(Seed(row.key, question, None if answer is None else str(answer), parse_level(level), origin))
     return out
 
 

@@ -1,6 +1,8 @@
 """`mathforge doctor` reports this environment truthfully; the GPU part runs only with CUDA."""
 
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -26,9 +28,25 @@ def test_doctor_json_matches_environment(capsys):
     assert info["sandbox"]["safe"] == (info["sandbox"]["level"] != "none" and all(info["sandbox"]["held"].values()))
 
 
+def test_doctor_does_not_import_bench_and_bench_measures_with_the_same_functions():
+    code = (
+        "import sys, mathforge.doctor\n"
+        "print([m for m in sys.modules if m.startswith('mathforge.bench')])\n"
+        "from mathforge import hardware\n"
+        "from mathforge.bench import ceilings, common\n"
+        "print(common.cpu_name is hardware.cpu_name, ceilings.matmul_tflops is hardware.matmul_tflops)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.splitlines() == ["[]", "True True"]
+    from mathforge.hardware import cpu_name, package_versions
+
+    assert cpu_name()
+    assert package_versions("torch", "no-such-package-xyz") == {"torch": torch.__version__, "no-such-package-xyz": None}
+
+
 @pytest.mark.gpu
 def test_gpu_ceilings_are_plausible():
-    from mathforge.bench.ceilings import copy_bandwidth_gbs, matmul_tflops
+    from mathforge.hardware import copy_bandwidth_gbs, matmul_tflops
 
     assert 10 < matmul_tflops(n=4096, iters=5) < 5000
     assert 50 < copy_bandwidth_gbs(nbytes=1 << 28, iters=5) < 20000

@@ -14,9 +14,9 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
+from mathforge.backends import LocalBackend, OpenAIBackend  # noqa: E402
 from mathforge.evaluate import datasets as vendored  # noqa: E402
 from mathforge.evaluate import run_eval  # noqa: E402
-from mathforge.evaluate.backends import LocalBackend, OpenAIBackend  # noqa: E402
 from mathforge.evaluate.benchmarks import gsm8k_gold  # noqa: E402
 
 LIMIT = 20
@@ -127,7 +127,7 @@ def test_local_and_openai_backends_agree_on_20_gsm8k_problems(checkpoint, tmp_pa
 
     server = _Server(lambda prompt, max_tokens: local.generate([prompt], max_new_tokens=max_tokens)[0][0])
     try:
-        backend = OpenAIBackend(server.url, "tiny", concurrency=4, backoff=0.01, timeout=30)
+        backend = OpenAIBackend(server.url, "tiny", concurrency=4, backoff_s=0.01, timeout_s=30)
         remote = run_eval(backend=backend, out=tmp_path / "api", **GEN)
     finally:
         server.close()

@@ -3,8 +3,7 @@
 import pytest
 import torch
 
-from mathforge.trainer.generate import generate, generate_tokens, sample_next
-from mathforge.trainer.model import from_config
+from mathforge.model import from_config, generate, generate_tokens, sample_next
 
 PROMPTS = [[5, 17, 3], [400, 2, 9, 81, 33, 7, 12], [250]]
 
@@ -25,9 +24,15 @@ def tokenizer():
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    corpus = [f"Question: what is {a} plus {b}? Answer: {a + b}. The answer is {a + b}." for a in range(30) for b in range(9)]
-    tok.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=300, special_tokens=["</s>"],
-                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    corpus = [
+        f"Question: what is {a} plus {b}? Answer: {a + b}. The answer is {a + b}." for a in range(30) for b in range(9)
+    ]
+    tok.train_from_iterator(
+        corpus,
+        trainers.BpeTrainer(
+            vocab_size=300, special_tokens=["</s>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+        ),
+    )
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="</s>")
 
 

@@ -1,4 +1,4 @@
-"""mathforge.trainer.model against transformers (same weights, fp32), packing, losses, checkpoints, configs."""
+"""mathforge.model against transformers (same weights, fp32), packing, losses, checkpoints, configs."""
 
 import json
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from mathforge.errors import ConfigError, DataError
-from mathforge.trainer.model import (
+from mathforge.model import (
     ModelConfig,
     config_from_hf,
     from_config,
@@ -24,9 +24,17 @@ LLAMA3_ROPE = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "hi
 
 def hf_config(kind: str):
     common = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4)
+    if kind == "llama-bias":  # attention_bias: transformers puts biases on q, k, v AND o_proj
+        return transformers.LlamaConfig(**common, num_key_value_heads=2, attention_bias=True, rms_norm_eps=1e-5)
     if kind == "llama":  # GQA 4:2, Llama-3 rope scaling that bites at these lengths
-        return transformers.LlamaConfig(**common, num_key_value_heads=2, max_position_embeddings=64,
-                                        rope_theta=500000.0, rope_scaling=dict(LLAMA3_ROPE), rms_norm_eps=1e-5)
+        return transformers.LlamaConfig(
+            **common,
+            num_key_value_heads=2,
+            max_position_embeddings=64,
+            rope_theta=500000.0,
+            rope_scaling=dict(LLAMA3_ROPE),
+            rms_norm_eps=1e-5,
+        )
     if kind == "qwen2":  # q/k/v biases, tied embeddings
         return transformers.Qwen2Config(**common, num_key_value_heads=2, tie_word_embeddings=True, rope_theta=1e6)
     return transformers.MistralConfig(**common, num_key_value_heads=1, head_dim=32, sliding_window=None)  # MQA
@@ -45,14 +53,21 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).abs().max() / b.abs().max())
 
 
-@pytest.mark.parametrize("kind", ["llama", "qwen2", "mistral"])
+@pytest.mark.parametrize("kind", ["llama", "llama-bias", "qwen2", "mistral"])
 def test_logits_match_transformers_both_directions(kind, tmp_path):
     hf = random_hf_model(kind)
     hf.save_pretrained(tmp_path / "hf")
     ours = from_pretrained(tmp_path / "hf")
-    assert ours.config.model_type == kind
+    assert ours.config.model_type == kind.removesuffix("-bias")
     assert (ours.lm_head is None) == (kind == "qwen2")
-    assert ours.config.attention_bias == (kind == "qwen2")
+    assert ours.config.attention_bias == (kind in ("qwen2", "llama-bias"))
+    attn, hf_attn = ours.layers[1].self_attn, hf.model.layers[1].self_attn
+    for proj in ("q_proj", "k_proj", "v_proj", "o_proj"):  # the same biases as transformers builds, loaded
+        ref_bias = getattr(hf_attn, proj).bias
+        assert (getattr(attn, proj).bias is None) == (ref_bias is None), proj
+        if ref_bias is not None:
+            assert torch.equal(getattr(attn, proj).bias, ref_bias), proj
+    assert (hf_attn.o_proj.bias is not None) == (kind == "llama-bias")  # Qwen2: q/k/v biases only
     ids = torch.randint(0, VOCAB, (2, 40), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         ref = hf(ids).logits
@@ -65,6 +80,7 @@ def test_logits_match_transformers_both_directions(kind, tmp_path):
     assert len(set(index["weight_map"].values())) > 1
     assert ("lm_head.weight" in index["weight_map"]) == (kind != "qwen2")
     reloaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "ours").eval()
+    assert (reloaded.model.layers[0].self_attn.o_proj.bias is not None) == (kind == "llama-bias")
     with torch.no_grad():
         assert rel_err(reloaded(ids).logits, ref) <= 1e-5
     # and back into ours from our own folder
@@ -180,6 +196,43 @@ def test_packed_loss_and_grads_equal_separate_documents(checkpointing):
         torch.testing.assert_close(packed_grads[name], p.grad, rtol=1e-4, atol=1e-6, msg=name)
 
 
+def _torch_loss(logits, labels, *, ignore_index=-100, label_smoothing=0.0, z_loss=0.0, softcap=None):
+    """The training loss written with torch alone (summed over predicted tokens), to check `loss` against."""
+    import torch.nn.functional as F
+
+    if softcap is not None:
+        logits = softcap * torch.tanh(logits / softcap)
+    ce = F.cross_entropy(logits, labels, ignore_index=ignore_index, reduction="sum", label_smoothing=label_smoothing)
+    lse = torch.logsumexp(logits, dim=-1)[labels != ignore_index]
+    return ce + z_loss * lse.square().sum()
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"label_smoothing": 0.1}, {"z_loss": 1e-2}, {"softcap": 2.0}, {"ignore_index": 7},
+     {"label_smoothing": 0.2, "z_loss": 1e-3, "softcap": 3.0}],
+)  # fmt: skip
+def test_loss_options_reach_the_kernel(options):
+    model = from_config("tiny")
+    gen = torch.Generator().manual_seed(3)
+    with torch.no_grad():  # logits of a few units, so that softcap and z_loss bite
+        model.lm_head.weight.copy_(torch.randn(model.lm_head.weight.shape, generator=gen) * 0.3)
+    hidden = torch.randn(2, 12, 64, generator=gen)
+    labels = torch.randint(0, 512, (2, 12), generator=gen)
+    labels[0, :3] = options.get("ignore_index", -100)  # not predicted
+    labels[1, -1] = 7  # an ordinary target, unless ignore_index=7
+    logits = (hidden @ model.lm_head.weight.T).reshape(-1, 512)
+    with torch.no_grad():
+        got = model.loss(hidden, labels, **options)
+        plain = model.loss(hidden, labels)  # the defaults (with ignore_index=7: the 7s are predicted)
+    want = _torch_loss(logits, labels.reshape(-1), **options)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-4)
+    assert abs(float(got - plain)) > 1e-3 * abs(float(plain))  # the option changed the loss
+    if "ignore_index" not in options:
+        mean = model.loss(hidden, labels, reduction="mean", **options)
+        torch.testing.assert_close(mean, want / int((labels != -100).sum()), rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize(
     ("preset", "params"),
     [("qwen2.5-0.5b", 494_032_768), ("qwen2.5-1.5b", 1_543_714_304), ("qwen2.5-7b", 7_615_616_512),
@@ -208,7 +261,8 @@ def test_flops_per_token_hand_computed():
      ({"rope_scaling": {"rope_type": "yarn", "factor": 4.0}}, "rope_type"), ({"frobnicate": 1}, "frobnicate"),
      ({"num_key_value_heads": 3}, "num_key_value_heads"), ({"mlp_bias": True}, "mlp_bias"),
      ({"quantization_config": {"bits": 4}}, "quantization_config"), ({"architectures": ["GPT2LMHeadModel"]}, "GPT2"),
-     ({"rope_scaling": {"rope_type": "llama3", "factor": 8.0}}, "low_freq_factor")],
+     ({"rope_scaling": {"rope_type": "llama3", "factor": 8.0}}, "low_freq_factor"),
+     ({"model_type": "mistral", "architectures": ["MistralForCausalLM"], "attention_bias": True}, "attention_bias")],
 )  # fmt: skip
 def test_bad_configs_name_the_field(change, field, tmp_path):
     raw = {**from_config("tiny", device="meta").config.to_hf_dict(), **change}
@@ -239,3 +293,21 @@ def test_sliding_window_longer_documents_are_refused():
     model(torch.tensor([1, 2, 3, 4]))
     with pytest.raises(ConfigError, match="sliding_window=4"):
         model(torch.tensor([1, 2, 3, 4, 5]))
+
+
+def test_model_package_stands_below_trainer_and_keeps_the_old_import_paths():
+    import subprocess
+    import sys
+
+    import mathforge.model
+    import mathforge.trainer.generate
+    import mathforge.trainer.model
+
+    code = "import sys, mathforge.model; print(sorted(m for m in sys.modules if m.startswith('mathforge.')))"
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    for upper in ("trainer", "evaluate", "synth", "bench"):
+        assert f"'mathforge.{upper}" not in loaded, loaded
+    for name in ("from_config", "from_pretrained", "shift_labels", "ModelConfig", "Transformer", "KVCache"):
+        assert getattr(mathforge.trainer.model, name) is getattr(mathforge.model, name), name
+    for name in ("generate", "generate_tokens", "sample_next"):
+        assert getattr(mathforge.trainer.generate, name) is getattr(mathforge.model, name), name

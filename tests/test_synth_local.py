@@ -4,9 +4,9 @@ import asyncio
 
 import torch
 
-from mathforge.synth.backends import LocalBackend
-from mathforge.trainer.generate import generate
-from mathforge.trainer.model import from_config
+from mathforge.backends import LocalBackend
+from mathforge.model import from_config
+from mathforge.model.generate import generate
 from mathforge.trainer.tokenizer import train_bpe_tokenizer
 
 

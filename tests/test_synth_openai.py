@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import re
@@ -12,9 +13,10 @@ import sys
 import time
 from pathlib import Path
 
+from fake_openai import LoopbackServer
+
+from mathforge.backends import OpenAIBackend
 from mathforge.synth import config, run
-from mathforge.synth.backends import OpenAIBackend
-from mathforge.synth.loopback import LoopbackServer
 from mathforge.synth.seeds import load_seeds
 
 FAULTS = {"429": 0.1, "500": 0.1, "timeout": 0.03, "malformed": 0.05}
@@ -48,6 +50,29 @@ def test_backend_survives_faults_with_no_lost_or_duplicated_replies():
     assert min(backend.per_url.values()) > 60  # both servers took a share
     assert usage["prompt_tokens"] == 240 * 2  # the loopback server counts words: "question i" is 2
     assert usage["completion_tokens"] == 240 * 2 * 7  # "echo[k]: question i / The answer is: 1" twice
+
+
+def teacher_reply(messages, index):
+    """A deterministic stand-in teacher in the layout the JiuZhang prompts ask for (Problem/Solution/answer)."""
+    prompt = messages[-1]["content"]
+    digest = int(hashlib.sha256(prompt.encode()).hexdigest()[:8], 16)
+    answer = digest % 997
+    source = re.findall(r"[A-Za-z][A-Za-z ,']{20,120}", prompt)
+    topic = source[-1].strip() if source else "a quantity"
+    if "```python" in prompt:
+        solution = (
+            f"Solution: Compute it with a short program.\n```python\nprint({digest % 89} * 11 + {answer - digest % 89 * 11})"
+            f"\n```\nOutput: {answer}\nThe answer is: {answer}"
+        )
+    else:
+        solution = (
+            f"Solution: Let us reason step by step about {topic.lower()}.\n"
+            f"Step 1: collect the given numbers ({digest % 89} and {digest % 53}).\n"
+            f"Step 2: combine them to get {answer}.\nThe answer is: {answer}"
+        )
+    if "layout:\nProblem:" in prompt or 'starting "Problem:"' in prompt:
+        return f"Problem: Variant {digest % 100003} about {topic}. What is the value asked for?\n{solution}"
+    return solution
 
 
 def texts_file(tmp_path: Path, n: int = 5) -> Path:
@@ -91,7 +116,7 @@ def rows_of(out: Path) -> dict[str, dict]:
 
 
 def test_jiuzhang_pipeline_cot_tool_and_distill_steps(tmp_path):
-    with LoopbackServer(faults=FAULTS, hang_s=1.0) as srv:
+    with LoopbackServer(teacher_reply, faults=FAULTS, hang_s=1.0) as srv:
         m = run.synthesize(jiuzhang_cfg(tmp_path, srv.url, "syn"))
         d = run.synthesize(
             jiuzhang_cfg(
@@ -224,7 +249,7 @@ def toml_value(v) -> str:
 
 
 def test_sigkill_mid_run_then_resume_equals_an_uninterrupted_run(tmp_path):
-    with LoopbackServer(latency_s=0.03, faults={"429": 0.05, "500": 0.05}) as srv:
+    with LoopbackServer(teacher_reply, latency_s=0.03, faults={"429": 0.05, "500": 0.05}) as srv:
         cfg = jiuzhang_cfg(tmp_path, srv.url, "killed", 240)
         toml = tmp_path / "kill.toml"
         toml.write_text(

@@ -41,7 +41,7 @@ class ModelSettings:
 @dataclass
 class DataConfig:
     tokenizer: str = ""  # a tokenizer folder; empty = the model's folder
-    template: str = "alpaca-cot"  # "chat" or a zero-shot prompt of mathforge.evaluate.prompting
+    template: str = "alpaca-cot"  # "chat" or a prompt of mathforge.prompts
     max_seq_len: int = 2048
     overflow: Literal["truncate", "drop"] = "truncate"
     num_proc: int = 1

@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from mathforge.datasources import SUFFIXES, read_rows
 from mathforge.errors import DataError
-from mathforge.jsonl import iter_jsonl
 from mathforge.trainer.packing import pack_detailed
 from mathforge.trainer.templates import render_chat, render_prompt, render_response, split_messages
 
@@ -72,34 +72,12 @@ class MicroBatch:
 
 def _read_source(source: str) -> list[tuple[str, dict[str, Any]]]:
     """(where, row) pairs from a file, a folder of shards searched recursively (what `mathforge synth`
-    writes: data/<stage>/shard-*.jsonl), or a Hugging Face dataset name (`name` or `name:split`)."""
-    path = Path(source)
-    if path.is_dir():
-        shards = sorted(p for p in path.rglob("*") if p.name.endswith((".jsonl", ".jsonl.gz", ".parquet", ".json")))
-        if not shards:
-            raise DataError(f"{source}: a folder with no .jsonl, .jsonl.gz, .json or .parquet files")
-        return [pair for shard in shards for pair in _read_source(str(shard))]
-    if path.suffix == ".jsonl" or source.endswith(".jsonl.gz"):
-        if not path.exists():
-            raise DataError(f"{source}: no such data file")
-        return [(f"{path}:{number}", row) for number, row in iter_jsonl(path)]
-    import datasets
-
-    if path.suffix in (".json", ".parquet"):
-        if not path.exists():
-            raise DataError(f"{source}: no such data file")
-        dataset = datasets.load_dataset(
-            "json" if path.suffix == ".json" else "parquet", data_files=str(path), split="train"
-        )
-        label = f"{path} row"
-    else:
-        name, _, split = source.partition(":")
-        try:
-            dataset = datasets.load_dataset(name, split=split or "train")
-        except Exception as error:  # the hub and local loaders raise many types
-            raise DataError(f"{source}: cannot load as a data file or Hugging Face dataset ({error})") from None
-        label = f"{source} row"
-    return [(f"{label} {i}", row) for i, row in enumerate(dataset)]
+    writes: data/<stage>/shard-*.jsonl) or `hf:<name>[:<config>]` (`mathforge.datasources.read_rows`), or
+    from a Hugging Face dataset name (`name` or `name:split`)."""
+    if source.startswith("hf:") or Path(source).exists() or source.endswith(SUFFIXES):
+        return [(row.where, row.value) for row in read_rows(source)]
+    name, _, split = source.partition(":")
+    return [(row.where, row.value) for row in read_rows(f"hf:{name}", split=split or "train")]
 
 
 def render_row(row: dict[str, Any], where: str, template: str, tokenizer: Any) -> tuple[str, str]:

@@ -1,8 +1,8 @@
 """Training templates = the evaluation prompt files, so a model is asked exactly as it was trained.
 
-A template is either `chat` (the tokenizer's chat template) or a zero-shot raw prompt of
-`mathforge.evaluate.prompting` (built-in: `alpaca-cot` as MetaMath/Skywork-Math trained, `jiuzhang`
-with ## Question / ## Solution sections, `chatml`, `plain`; or a .toml path). The prompt renders the
+A template is either `chat` (the tokenizer's chat template) or a zero-shot raw prompt of the core
+`mathforge.prompts` (shipped: `alpaca-cot` as MetaMath/Skywork-Math trained, `jiuzhang` with
+## Question / ## Solution sections, `chatml`, `plain`; or a .toml path). The prompt renders the
 question; the response is the solution with the prompt file's optional `response_prefix` and
 `response_suffix` around it, and is what the loss is computed on.
 """
@@ -13,7 +13,7 @@ from functools import cache
 from typing import Any
 
 from mathforge.errors import ConfigError, DataError
-from mathforge.evaluate.prompting import Prompt, available, load_prompt
+from mathforge.prompts import Prompt, available, load_prompt
 
 
 def template_names() -> list[str]:
@@ -48,8 +48,8 @@ def render_response(answer: str, template: str) -> str:
     """The trained-on text after the prompt (the end-of-sequence token is added by the tokenizing code)."""
     if template == "chat":
         return answer
-    extra = _raw_prompt(template).extra
-    return f"{extra.get('response_prefix', '')}{answer}{extra.get('response_suffix', '')}"
+    prompt = _raw_prompt(template)
+    return f"{prompt.response_prefix}{answer}{prompt.response_suffix}"
 
 
 def render_chat(messages: list[dict[str, str]], tokenizer: Any, add_generation_prompt: bool) -> str:
@@ -70,6 +70,6 @@ def split_messages(messages: Any, where: str) -> tuple[str | None, str, str]:
     if roles != ["user", "assistant"] or not all(isinstance(m.get("content"), str) for m in messages):
         raise DataError(
             f"{where}: 'messages' must be [system?, user, assistant] with string contents for a named template, "
-            f"got roles {roles}; use template \"chat\" for multi-turn conversations"
+            f'got roles {roles}; use template "chat" for multi-turn conversations'
         )
     return system, messages[0]["content"], messages[1]["content"]

@@ -1,22 +1,23 @@
-"""A small OpenAI-compatible chat-completions server for tests, benchmarks and dry runs on 127.0.0.1.
+"""A fake OpenAI-compatible chat-completions server on 127.0.0.1 for tests.
 
-    with LoopbackServer(latency_s=0.01, faults={"429": 0.1, "500": 0.05, "timeout": 0.02, "malformed": 0.05}) as srv:
+    def echo(messages, index):
+        return f"echo[{index}]: {messages[-1]['content']}"
+
+    with LoopbackServer(echo, latency_s=0.01, faults={"429": 0.1, "500": 0.05, "timeout": 0.02}) as srv:
         backend = OpenAIBackend([srv.url], "teacher")   # srv.url = "http://127.0.0.1:PORT/v1"
 
 It speaks HTTP/1.1 with keep-alive on its own event-loop thread. Faults are drawn per request from a
 seeded generator: "429" and "500" answer with that status, "timeout" holds the request for `hang_s`
 before answering, "malformed" answers 200 with a body that is not JSON. The reply text comes from
-`responder(messages, index)`; the default (`teacher_reply`) is a deterministic stand-in teacher that
-follows our prompt templates' output format, so pipelines run end to end without a model.
+`responder(messages, index)` (index = which of the `n` choices), which every test passes explicitly:
+the server knows nothing about our prompts.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import random
-import re
 import threading
 from collections import Counter
 from collections.abc import Callable
@@ -25,30 +26,19 @@ from typing import Any
 Responder = Callable[[list[dict[str, str]], int], str]
 
 
-def teacher_reply(messages: list[dict[str, str]], index: int) -> str:
-    """A deterministic reply in the format our templates ask for (Problem/Solution/answer marker)."""
-    prompt = messages[-1]["content"]
-    digest = int(hashlib.sha256(prompt.encode()).hexdigest()[:8], 16)
-    answer = digest % 997
-    source = re.findall(r"[A-Za-z][A-Za-z ,']{20,120}", prompt)
-    topic = source[-1].strip() if source else "a quantity"
-    if "```python" in prompt:
-        solution = (f"Solution: Compute it with a short program.\n```python\nprint({digest % 89} * 11 + {answer - digest % 89 * 11})"
-                    f"\n```\nOutput: {answer}\nThe answer is: {answer}")
-    else:
-        solution = (f"Solution: Let us reason step by step about {topic.lower()}.\n"
-                    f"Step 1: collect the given numbers ({digest % 89} and {digest % 53}).\n"
-                    f"Step 2: combine them to get {answer}.\nThe answer is: {answer}")
-    if "layout:\nProblem:" in prompt or 'starting "Problem:"' in prompt:
-        return f"Problem: Variant {digest % 100003} about {topic}. What is the value asked for?\n{solution}"
-    return solution
-
-
 class LoopbackServer:
     """Background chat-completions server; use as a context manager (see module docstring)."""
 
-    def __init__(self, *, latency_s: float = 0.0, faults: dict[str, float] | None = None, hang_s: float = 2.0,
-                 seed: int = 0, responder: Responder = teacher_reply, model: str = "loopback-teacher") -> None:
+    def __init__(
+        self,
+        responder: Responder,
+        *,
+        latency_s: float = 0.0,
+        faults: dict[str, float] | None = None,
+        hang_s: float = 2.0,
+        seed: int = 0,
+        model: str = "loopback-teacher",
+    ) -> None:
         self.latency_s, self.hang_s, self.model, self.responder = latency_s, hang_s, model, responder
         self.faults = dict(faults or {})
         unknown = set(self.faults) - {"429", "500", "timeout", "malformed"}
@@ -107,16 +97,15 @@ class LoopbackServer:
         try:
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")
-                headers = dict(
-                    line.split(":", 1) for line in head.decode("latin-1").split("\r\n")[1:] if ":" in line
-                )
+                headers = dict(line.split(":", 1) for line in head.decode("latin-1").split("\r\n")[1:] if ":" in line)
                 length = int(next((v for k, v in headers.items() if k.strip().lower() == "content-length"), "0"))
                 body = await reader.readexactly(length) if length else b""
                 status, payload = await self._reply(body)
                 data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
                 writer.write(
                     f"HTTP/1.1 {status} {'OK' if status == 200 else 'Error'}\r\nContent-Type: application/json\r\n"
-                    f"Content-Length: {len(data)}\r\nConnection: keep-alive\r\n\r\n".encode() + data
+                    f"Content-Length: {len(data)}\r\nConnection: keep-alive\r\n\r\n".encode()
+                    + data
                 )
                 await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError, asyncio.CancelledError):
@@ -148,20 +137,17 @@ class LoopbackServer:
         prompt_tokens = sum(len(m["content"].split()) for m in messages)
         completion_tokens = sum(len(t.split()) for t in texts)
         return 200, {
-            "id": f"chatcmpl-{self.counts['requests']}", "object": "chat.completion", "created": 0,
+            "id": f"chatcmpl-{self.counts['requests']}",
+            "object": "chat.completion",
+            "created": 0,
             "model": self.model,
-            "choices": [{"index": i, "message": {"role": "assistant", "content": t}, "finish_reason": "stop"}
-                        for i, t in enumerate(texts)],
-            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                      "total_tokens": prompt_tokens + completion_tokens},
+            "choices": [
+                {"index": i, "message": {"role": "assistant", "content": t}, "finish_reason": "stop"}
+                for i, t in enumerate(texts)
+            ],
+            "usage": {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens,
+            },
         }
-
-
-if __name__ == "__main__":  # python -m mathforge.synth.loopback [latency_s]: serve until killed, print the URL
-    import sys
-    import time
-
-    with LoopbackServer(latency_s=float(sys.argv[1]) if len(sys.argv) > 1 else 0.0) as server:
-        print(server.url, flush=True)
-        while True:
-            time.sleep(3600)
