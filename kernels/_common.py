@@ -37,14 +37,10 @@ def check_targets(target: torch.Tensor, vocab_size: int, ignore_index: int) -> N
         )
 
 
-# A row loop's block: 32K fp32 lanes keep a whole 32K-vocab row in one iteration while the per-lane running
-# max/sum (3 fp32 vectors) still fit in registers at 32 warps; larger vocabularies loop.
-ROW_BLOCK_MAX = 32768
-# Warps per program by block size (elements): ~64 elements per thread up to 2048, then 8/16/32 warps so a
-# wide row keeps each thread's register footprint near 32-64 values; the interpreter gains nothing from warps.
-WARPS_BY_BLOCK = ((2048, 4), (8192, 8), (16384, 16))
-WARPS_WIDEST = 32  # beyond the last threshold: the most warps a CUDA block may have (1024 threads)
-INTERPRETER_WARPS = 1  # under TRITON_INTERPRET=1 warps are simulated one by one: use one
+ROW_BLOCK_MAX = 32768  # a whole 32K-vocab row per iteration; its 3 per-lane fp32 vectors still fit at 32 warps
+WARPS_BY_BLOCK = ((2048, 4), (8192, 8), (16384, 16))  # (max block, warps): ≤ 16-32 elements per thread
+WARPS_WIDEST = 32  # blocks beyond the last threshold: the most warps a CUDA block may have (1024 threads)
+INTERPRETER_WARPS = 1  # TRITON_INTERPRET=1 runs a block as numpy ops: more warps only add overhead
 
 
 def row_block(n_cols: int, cap: int = ROW_BLOCK_MAX) -> int:

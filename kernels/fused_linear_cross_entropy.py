@@ -24,10 +24,8 @@ from mathforge.kernels.validation import check_fused_linear_cross_entropy
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
-# Chunk buffers on CUDA: 256 MiB is enough rows (≥ 512 at V = 128K in bf16) for the chunk GEMMs to reach
-# matmul peak, and more only costs memory.
-CHUNK_BYTES_CUDA = 256 << 20
-CHUNK_FREE_FRACTION = 8  # ... and at most 1/8 of the free memory, leaving room for activations/allocator slack
+CHUNK_BYTES_CUDA = 256 << 20  # chunk buffers: ≥ 256 rows at V = 128K (fp32 + bf16), enough for GEMM peak
+CHUNK_FREE_FRACTION = 8  # and at most 1/8 of free memory: room for activations and allocator slack
 CHUNK_BYTES_CPU = 64 << 20  # CPU (the interpreter, tests): small chunks keep the tests' peak memory low
 CHUNK_ROW_MULTIPLE = 128  # rows rounded down to a multiple of 128: whole tiles for the GEMMs' M dimension
 

@@ -17,10 +17,8 @@ import triton.language as tl
 from mathforge.kernels._common import interpreting, num_warps_for
 from mathforge.kernels.validation import check_rms_norm
 
-# Elements per program tile (BLOCK_M rows × the whole row): 8K fp32 values keep x, dy and the products in
-# registers on the GPU; the interpreter runs a tile as one numpy op, so bigger tiles mean fewer programs.
-TILE_ELEMENTS = 8192
-TILE_ELEMENTS_INTERPRETER = 65536
+TILE_ELEMENTS = 8192  # elements per program tile (BLOCK_M rows × row): x, dy and products stay in registers
+TILE_ELEMENTS_INTERPRETER = 65536  # the interpreter runs a tile as one numpy op: bigger tiles, fewer programs
 MAX_ROWS_PER_PROGRAM = 64  # narrow rows: at most 64 per program, so short inputs still spread over many SMs
 BWD_PROGRAMS_PER_SM = 4  # backward: 4 persistent programs per SM (enough to hide latency; few dw partials)
 
@@ -99,7 +97,8 @@ def rms_norm_fwd(
     if n:
         _rms_fwd_kernel[(triton.cdiv(n, block_m),)](
             x2, x2.stride(0), x2 if weight is None else weight, y, rstd, n, h, eps, offset,
-            HAS_WEIGHT=weight is not None, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=num_warps_for(block_m * block_n),
+            HAS_WEIGHT=weight is not None, BLOCK_M=block_m, BLOCK_N=block_n,
+            num_warps=num_warps_for(block_m * block_n),
         )  # fmt: skip
     return y.view(x.shape), rstd
 
@@ -127,8 +126,8 @@ def rms_norm_bwd(
         w, partial = weight, torch.zeros((max(programs, 1), h), device=x.device, dtype=torch.float32)
     if n:
         _rms_bwd_kernel[(programs,)](
-            dy2, dy2.stride(0), x2, x2.stride(0), w, rstd, dx, partial, n, h, offset, HAS_WEIGHT=weight is not None,
-            BLOCK_M=block_m, BLOCK_N=block_n, num_warps=num_warps_for(block_m * block_n),
+            dy2, dy2.stride(0), x2, x2.stride(0), w, rstd, dx, partial, n, h, offset,
+            HAS_WEIGHT=weight is not None, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=num_warps_for(block_m * block_n),
         )  # fmt: skip
     if weight is None:
         return dx.view(x.shape), x.new_empty(0)

@@ -16,10 +16,8 @@ import triton.language as tl
 from mathforge.kernels._common import INTERPRETER_WARPS, interpreting
 from mathforge.kernels.validation import check_apply_rope
 
-# Elements (tokens × (Hq + Hk) × D/2) per program: 2K keeps the q and k halves of a tile in registers at 4
-# warps; the interpreter runs a tile as one numpy op, so bigger tiles mean fewer programs.
-TILE_ELEMENTS = 2048
-TILE_ELEMENTS_INTERPRETER = 16384
+TILE_ELEMENTS = 2048  # tokens × (Hq + Hk) × D/2 per program: both halves of q and k stay in registers at 4 warps
+TILE_ELEMENTS_INTERPRETER = 16384  # the interpreter runs a tile as one numpy op: bigger tiles, fewer programs
 MAX_TOKENS_PER_PROGRAM = 64  # few heads: at most 64 tokens per program, so short inputs still fill the SMs
 NUM_WARPS = 4  # the tile is small (≤ 2K elements): 4 warps = 16 elements per thread
 
@@ -120,7 +118,8 @@ def _launch(q, k, cos, sin, backward: bool, xq=None, xk=None):
             q, q.stride(0), q.stride(1), k, k.stride(0), k.stride(1), yq, yk, xq if cos_grad else q,
             xk if cos_grad else k, cos, sin, cos.stride(0), dcos if cos_grad else yq, dsin if cos_grad else yq,
             n_tokens, n_qh, n_kh, half, BACKWARD=backward, COS_GRAD=cos_grad, BLOCK_T=block_t,
-            BLOCK_QH=block_qh, BLOCK_KH=block_kh, BLOCK_D=block_d, num_warps=INTERPRETER_WARPS if interpreting() else NUM_WARPS,
+            BLOCK_QH=block_qh, BLOCK_KH=block_kh, BLOCK_D=block_d,
+            num_warps=INTERPRETER_WARPS if interpreting() else NUM_WARPS,
         )  # fmt: skip
     return yq, yk, dcos, dsin
 
