@@ -1,8 +1,9 @@
 """Pure-torch references for every mathforge kernel: the ground truth in tests and the CPU path.
 
 Each computes in fp32 (or fp64 when given fp64) and returns the input's dtype, except the losses,
-which return fp32 (fp64 for fp64 input). They are written for clarity, not memory: the losses
-materialise the full [N, V] logits.
+which return fp32 (fp64 for fp64 input: the tests' ground truth; the public ops cast to fp32). They are
+written for clarity, not memory: the losses materialise the full [N, V] logits. They do not validate their
+inputs: `mathforge.kernels.validation` does, in front of both paths.
 """
 
 from __future__ import annotations
