@@ -52,10 +52,11 @@ def resolve_backend(backend: str, q: torch.Tensor) -> str:
         backend = usable_backends(q.device, q.dtype)[0]  # "sdpa" is always usable
         load(backend)
         return backend
-    try:
-        ATTENTION_BACKENDS.get(backend)
-    except ConfigError as error:
-        raise ConfigError(f"{error} (or 'auto'); usable here: {', '.join(usable_backends()) or 'none'}") from None
+    if backend not in ATTENTION_BACKENDS:  # the message other code matches: "allowed: auto, <the table's names>"
+        raise ConfigError(
+            f"unknown attention backend {backend!r}; allowed: {', '.join(('auto', *ATTENTION_BACKENDS))}; "
+            f"usable here: {', '.join(usable_backends()) or 'none'}"
+        )
     probe = _probed()[backend]
     if not probe.importable:
         raise ConfigError(
