@@ -77,6 +77,19 @@ def _scalar(out) -> torch.Tensor:
     return out.float().sum()
 
 
+def full_step(fn: Callable[[], Any], grad_inputs: list[torch.Tensor]) -> None:
+    """One forward + backward of a provider: clears the inputs' gradients, runs fn, backpropagates the sum of
+    its outputs (what "full" mode times here and what `bench/benchmarks` times with pytest-benchmark)."""
+    for t in grad_inputs:
+        t.grad = None
+    _scalar(fn()).backward()
+
+
+def case_id(case: Case) -> str:
+    """A short, stable name for a sweep point, e.g. "cross_entropy[tokens=512,vocab=32000,float32]"."""
+    return f"{case.op}[{shape_key(case.shape)},{case.dtype}]"
+
+
 def cross_entropy_case(n: int, v: int, dtype: torch.dtype, device: str, quick: bool) -> Case:
     elt = torch.finfo(dtype).bits // 8
 
@@ -199,9 +212,8 @@ def sweep(device: str, quick: bool) -> list[Case]:
     cases += [fused_linear_cross_entropy_case(n, h, v, bf16, device, quick) for h, v in flce_shapes]
     cases += [rms_norm_case(n, h, bf16, device, quick) for h in ((4096,) if quick else (2048, 4096, 8192))]
     cases += [swiglu_case(n, i, bf16, device, quick) for i in ((14336,) if quick else (11008, 14336))]
-    cases += [rope_case(n, hq, hk, 128, bf16, device, quick) for hq, hk in ((32, 8),) if True]
-    if not quick:
-        cases.append(rope_case(n, 28, 4, 128, bf16, device, quick))
+    rope_heads = ((32, 8),) if quick else ((32, 8), (28, 4))
+    cases += [rope_case(n, hq, hk, 128, bf16, device, quick) for hq, hk in rope_heads]
     return cases
 
 
@@ -245,9 +257,7 @@ def run_case(case: Case, device: str, quick: bool, ceilings: dict[str, float]) -
                 return fn()
 
         def full(fn=fn, inputs=made["grad_inputs"]):
-            for t in inputs:
-                t.grad = None
-            _scalar(fn()).backward()
+            full_step(fn, inputs)
 
         try:
             fwd, both = _time_ms(forward, device, quick), _time_ms(full, device, quick)

@@ -1,4 +1,4 @@
-"""Helpers shared by the Triton op files: block sizes, launch settings and the target check mode.
+"""Helpers shared by the Triton op files: launch constants, block sizes and the target check mode.
 
 Check mode: set the environment variable `MATHFORGE_CHECK=1` to validate inputs that a kernel cannot
 check without a host synchronisation (today: loss targets outside [0, V) that are not `ignore_index`).
@@ -37,7 +37,13 @@ def check_targets(target: torch.Tensor, vocab_size: int, ignore_index: int) -> N
         )
 
 
-def row_block(n_cols: int, cap: int = 32768) -> int:
+ROW_BLOCK_MAX = 32768  # a whole 32K-vocab row per iteration; its 3 per-lane fp32 vectors still fit at 32 warps
+WARPS_BY_BLOCK = ((2048, 4), (8192, 8), (16384, 16))  # (max block, warps): ≤ 16-32 elements per thread
+WARPS_WIDEST = 32  # blocks beyond the last threshold: the most warps a CUDA block may have (1024 threads)
+INTERPRETER_WARPS = 1  # TRITON_INTERPRET=1 runs a block as numpy ops: more warps only add overhead
+
+
+def row_block(n_cols: int, cap: int = ROW_BLOCK_MAX) -> int:
     """Block width for a loop over one row of `n_cols` elements: the whole row up to `cap`."""
     return min(triton.next_power_of_2(max(n_cols, 1)), cap)
 
@@ -45,13 +51,5 @@ def row_block(n_cols: int, cap: int = 32768) -> int:
 def num_warps_for(block: int) -> int:
     """Warps for a program working on `block` elements (more warps for wide blocks)."""
     if interpreting():
-        return 1
-    return 4 if block <= 2048 else 8 if block <= 8192 else 16 if block <= 16384 else 32
-
-
-REDUCTIONS = ("mean", "sum", "none")
-
-
-def check_reduction(reduction: str) -> None:
-    if reduction not in REDUCTIONS:
-        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+        return INTERPRETER_WARPS
+    return next((warps for limit, warps in WARPS_BY_BLOCK if block <= limit), WARPS_WIDEST)

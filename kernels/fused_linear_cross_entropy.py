@@ -8,7 +8,8 @@ and writes dloss/dlogits_c in the weight's dtype (in place when that is fp32), t
 For "mean"/"sum" the gradients are computed during the forward (Liger / CCE style) and the backward only
 scales them by the upstream scalar. For "none" the per-row upstream gradients are unknown until the
 backward, which therefore recomputes the chunks (using the lse saved by the forward). No host
-synchronisation: the number of non-ignored tokens stays on the device.
+synchronisation: the number of non-ignored tokens stays on the device. The matmuls run with autocast
+disabled (the logits are fp32 by contract, also inside a bf16 `torch.autocast` region).
 Out-of-range targets behave as in `mathforge.kernels.cross_entropy` (NaN rows; DataError with
 `MATHFORGE_CHECK=1`).
 """
@@ -17,25 +18,33 @@ from __future__ import annotations
 
 import torch
 
-from mathforge.kernels._common import check_reduction
 from mathforge.kernels.cross_entropy import launch_ce
-from mathforge.kernels.reference import reduce_rows
+from mathforge.kernels.reference import reduce_rows, z_loss_rows
+from mathforge.kernels.validation import check_fused_linear_cross_entropy
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
+CHUNK_BYTES_CUDA = 256 << 20  # chunk buffers: ≥ 256 rows at V = 128K (fp32 + bf16), enough for GEMM peak
+CHUNK_FREE_FRACTION = 8  # and at most 1/8 of free memory: room for activations and allocator slack
+CHUNK_BYTES_CPU = 64 << 20  # CPU (the interpreter, tests): small chunks keep the tests' peak memory low
+CHUNK_ROW_MULTIPLE = 128  # rows rounded down to a multiple of 128: whole tiles for the GEMMs' M dimension
+
+SECOND_BACKWARD = "fused_linear_cross_entropy: backward through the same loss twice is not supported"
+
 
 def chunk_rows(n: int, h: int, v: int, dtype: torch.dtype, device: torch.device) -> int:
-    """Rows per chunk: the per-chunk buffers (fp32 logits + dlogits in `dtype`) take at most ~1/8 of free
-    device memory and 256 MiB (64 MiB on CPU), rounded down to a multiple of 128 rows when that is ≥ 128."""
+    """Rows per chunk: the per-chunk buffers (fp32 logits + dlogits in `dtype`) take at most
+    1/CHUNK_FREE_FRACTION of free device memory and CHUNK_BYTES_CUDA (CHUNK_BYTES_CPU on CPU), rounded down
+    to a multiple of CHUNK_ROW_MULTIPLE rows when that is at least one multiple."""
     per_row = v * (4 + (0 if dtype in (torch.float32, torch.float64) else torch.finfo(dtype).bits // 8))
     per_row = max(per_row, v * 4) + 4 * h
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
-        budget = min(256 << 20, free // 8)
+        budget = min(CHUNK_BYTES_CUDA, free // CHUNK_FREE_FRACTION)
     else:
-        budget = 64 << 20
+        budget = CHUNK_BYTES_CPU
     rows = max(1, min(n, budget // per_row))
-    return rows - rows % 128 if rows >= 128 else rows
+    return rows - rows % CHUNK_ROW_MULTIPLE if rows >= CHUNK_ROW_MULTIPLE else rows
 
 
 def _logits_f32(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -109,6 +118,13 @@ def flce_fwd(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
     """Per-row loss [N] and lse [N] (fp32); with grad_scale_mode 1 ("mean") or 2 ("sum") also the gradients
     of the reduced loss (grad_hidden, grad_weight, grad_bias; empty tensors when mode is 0 or no bias)."""
+    with torch.autocast(hidden.device.type, enabled=False):
+        return _flce_fwd(
+            hidden, weight, bias, target, ignore_index, label_smoothing, z_loss, softcap, grad_scale_mode, chunk
+        )
+
+
+def _flce_fwd(hidden, weight, bias, target, ignore_index, label_smoothing, z_loss, softcap, grad_scale_mode, chunk):
     n = hidden.shape[0]
     loss = torch.empty(n, device=hidden.device, dtype=torch.float32)
     lse = torch.empty_like(loss)
@@ -147,11 +163,12 @@ def flce_bwd(
     softcap: float | None, chunk: int,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
     """Gradients for reduction "none": recomputes each chunk, row i scaled by grad_loss[i]."""
-    gh, gw, gb = _chunked(
-        hidden, weight, bias, target, None, lse, grad_loss.to(torch.float32).contiguous(), True,
-        chunk or chunk_rows(hidden.shape[0], hidden.shape[1], weight.shape[0], weight.dtype, hidden.device),
-        ignore_index, label_smoothing, z_loss, softcap,
-    )  # fmt: skip
+    with torch.autocast(hidden.device.type, enabled=False):
+        gh, gw, gb = _chunked(
+            hidden, weight, bias, target, None, lse, grad_loss.to(torch.float32).contiguous(), True,
+            chunk or chunk_rows(hidden.shape[0], hidden.shape[1], weight.shape[0], weight.dtype, hidden.device),
+            ignore_index, label_smoothing, z_loss, softcap,
+        )  # fmt: skip
     return gh, gw, hidden.new_empty(0) if gb is None else gb
 
 
@@ -162,7 +179,8 @@ def _(grad_loss, hidden, weight, bias, target, lse, ignore_index, label_smoothin
 
 
 class FusedLinearCrossEntropyFunction(torch.autograd.Function):
-    """Reduced loss (fp32 scalar, or [N] for "none") of hidden @ weight.T + bias against target."""
+    """Reduced loss (fp32 scalar, or [N] for "none") of hidden @ weight.T + bias against target, and the
+    per-row lse [N] (no gradient; for the z-loss report)."""
 
     @staticmethod
     def forward(ctx, hidden, weight, target, bias, ignore_index, reduction, label_smoothing, z_loss, softcap, chunk):
@@ -177,17 +195,18 @@ class FusedLinearCrossEntropyFunction(torch.autograd.Function):
             ctx.save_for_backward(gh, gw, gb)
         else:
             ctx.save_for_backward(hidden, weight, bias, target, lse)
-        return reduce_rows(loss, target, ignore_index, reduction)
+        ctx.mark_non_differentiable(lse)
+        return reduce_rows(loss, target, ignore_index, reduction), lse
 
     @staticmethod
-    def backward(ctx, grad_out):
+    def backward(ctx, grad_out, _grad_lse):
         if ctx.reduction == "none":
             hidden, weight, bias, target, lse = ctx.saved_tensors
             gh, gw, gb = torch.ops.mathforge.flce_bwd(grad_out, hidden, weight, bias, target, lse, *ctx.args)
         else:  # gradients of the reduced loss were computed in the forward: scale them by the upstream scalar,
             # in place so no second [V, H] buffer appears (hence a second backward through this node is refused)
             if getattr(ctx, "consumed", False):
-                raise RuntimeError("fused_linear_cross_entropy: backward through the same loss twice is not supported")
+                raise RuntimeError(SECOND_BACKWARD)
             ctx.consumed = True
             gh, gw, gb = ctx.saved_tensors
             for g in (gh, gw, gb):
@@ -206,17 +225,20 @@ def fused_linear_cross_entropy_triton(
     label_smoothing: float = 0.0,
     z_loss: float = 0.0,
     softcap: float | None = None,
+    return_z_loss: bool = False,
     chunk: int = 0,
-) -> torch.Tensor:
-    """The Triton path of `mathforge.kernels.fused_linear_cross_entropy`; `chunk` > 0 fixes the rows per chunk."""
-    check_reduction(reduction)
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """The Triton path of `mathforge.kernels.fused_linear_cross_entropy` (same checks); `chunk` > 0 fixes the
+    rows per chunk."""
+    check_fused_linear_cross_entropy(
+        hidden, weight, target, bias, reduction=reduction, label_smoothing=label_smoothing, z_loss=z_loss,
+        softcap=softcap,
+    )  # fmt: skip
     target = target.contiguous()
-    if hidden.dim() != 2 or weight.dim() != 2 or hidden.shape[1] != weight.shape[1] or target.shape != hidden.shape[:1]:
-        raise ValueError(
-            f"expected hidden [N, H], weight [V, H], target [N]; got {tuple(hidden.shape)}, "
-            f"{tuple(weight.shape)}, {tuple(target.shape)}"
-        )
-    return FusedLinearCrossEntropyFunction.apply(
+    loss, lse = FusedLinearCrossEntropyFunction.apply(
         hidden, weight, target, bias, int(ignore_index), reduction, float(label_smoothing), float(z_loss),
         None if softcap is None else float(softcap), int(chunk),
     )  # fmt: skip
+    if not return_z_loss:
+        return loss
+    return loss, reduce_rows(z_loss_rows(lse, target, ignore_index, float(z_loss)), target, ignore_index, reduction)

@@ -13,7 +13,13 @@ import torch
 import triton
 import triton.language as tl
 
-from mathforge.kernels._common import interpreting
+from mathforge.kernels._common import INTERPRETER_WARPS, interpreting
+from mathforge.kernels.validation import check_apply_rope
+
+TILE_ELEMENTS = 2048  # tokens × (Hq + Hk) × D/2 per program: both halves of q and k stay in registers at 4 warps
+TILE_ELEMENTS_INTERPRETER = 16384  # the interpreter runs a tile as one numpy op: bigger tiles, fewer programs
+MAX_TOKENS_PER_PROGRAM = 64  # few heads: at most 64 tokens per program, so short inputs still fill the SMs
+NUM_WARPS = 4  # the tile is small (≤ 2K elements): 4 warps = 16 elements per thread
 
 
 @triton.jit
@@ -102,7 +108,8 @@ def _launch(q, k, cos, sin, backward: bool, xq=None, xk=None):
         triton.next_power_of_2(half),
     )
     per_token = (block_qh + block_kh) * block_d
-    block_t = max(1, min(64, (16384 if interpreting() else 2048) // per_token))
+    tile = TILE_ELEMENTS_INTERPRETER if interpreting() else TILE_ELEMENTS
+    block_t = max(1, min(MAX_TOKENS_PER_PROGRAM, tile // per_token))
     block_t = 1 << (block_t.bit_length() - 1)
     if n_tokens:
         if cos_grad:
@@ -111,7 +118,8 @@ def _launch(q, k, cos, sin, backward: bool, xq=None, xk=None):
             q, q.stride(0), q.stride(1), k, k.stride(0), k.stride(1), yq, yk, xq if cos_grad else q,
             xk if cos_grad else k, cos, sin, cos.stride(0), dcos if cos_grad else yq, dsin if cos_grad else yq,
             n_tokens, n_qh, n_kh, half, BACKWARD=backward, COS_GRAD=cos_grad, BLOCK_T=block_t,
-            BLOCK_QH=block_qh, BLOCK_KH=block_kh, BLOCK_D=block_d, num_warps=1 if interpreting() else 4,
+            BLOCK_QH=block_qh, BLOCK_KH=block_kh, BLOCK_D=block_d,
+            num_warps=INTERPRETER_WARPS if interpreting() else NUM_WARPS,
         )  # fmt: skip
     return yq, yk, dcos, dsin
 
@@ -172,8 +180,7 @@ def apply_rope_triton(
     q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The Triton path of `mathforge.kernels.apply_rope`: q [T, Hq, D], k [T, Hk, D], cos/sin [T, D] (or
-    broadcastable to it, e.g. [1, D])."""
-    if q.dim() != 3 or k.dim() != 3 or q.shape[0] != k.shape[0] or q.shape[2] != k.shape[2] or q.shape[2] % 2:
-        raise ValueError(f"expected q [T, Hq, D], k [T, Hk, D] with even D; got {tuple(q.shape)}, {tuple(k.shape)}")
+    broadcastable to it: [1, D] or [D]); same checks as the public op."""
+    check_apply_rope(q, k, cos, sin)
     shape = (q.shape[0], q.shape[2])
     return RoPEFunction.apply(q, k, cos.expand(shape), sin.expand(shape))

@@ -10,7 +10,12 @@ import torch
 import triton
 import triton.language as tl
 
-from mathforge.kernels._common import interpreting
+from mathforge.kernels._common import INTERPRETER_WARPS, interpreting
+from mathforge.kernels.validation import check_swiglu
+
+BLOCK_ELEMENTS = 2048  # elements per program: 8 per thread at 8 warps, enough loads in flight to saturate HBM
+BLOCK_ELEMENTS_INTERPRETER = 65536  # the interpreter runs a block as one numpy op: bigger blocks, fewer programs
+NUM_WARPS = 8  # 256 threads: a full-occupancy block size for a memory-bound elementwise kernel
 
 
 @triton.jit
@@ -35,7 +40,11 @@ def _swiglu_bwd_kernel(dy_ptr, g_ptr, u_ptr, dg_ptr, du_ptr, n, BLOCK: tl.conste
 
 
 def _block() -> int:
-    return 65536 if interpreting() else 2048
+    return BLOCK_ELEMENTS_INTERPRETER if interpreting() else BLOCK_ELEMENTS
+
+
+def _warps() -> int:
+    return INTERPRETER_WARPS if interpreting() else NUM_WARPS
 
 
 @torch.library.custom_op("mathforge::swiglu_fwd", mutates_args=())
@@ -44,7 +53,7 @@ def swiglu_fwd(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     y = torch.empty_like(gate)
     n, block = gate.numel(), _block()
     if n:
-        _swiglu_fwd_kernel[(triton.cdiv(n, block),)](gate, up, y, n, BLOCK=block, num_warps=1 if interpreting() else 8)
+        _swiglu_fwd_kernel[(triton.cdiv(n, block),)](gate, up, y, n, BLOCK=block, num_warps=_warps())
     return y
 
 
@@ -59,9 +68,7 @@ def swiglu_bwd(dy: torch.Tensor, gate: torch.Tensor, up: torch.Tensor) -> tuple[
     dg, du = torch.empty_like(gate), torch.empty_like(up)
     n, block = gate.numel(), _block()
     if n:
-        _swiglu_bwd_kernel[(triton.cdiv(n, block),)](
-            dy, gate, up, dg, du, n, BLOCK=block, num_warps=1 if interpreting() else 8
-        )
+        _swiglu_bwd_kernel[(triton.cdiv(n, block),)](dy, gate, up, dg, du, n, BLOCK=block, num_warps=_warps())
     return dg, du
 
 
@@ -84,7 +91,6 @@ class SwiGLUFunction(torch.autograd.Function):
 
 
 def swiglu_triton(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
-    """The Triton path of `mathforge.kernels.swiglu`: gate and up of the same shape."""
-    if gate.shape != up.shape:
-        raise ValueError(f"gate {tuple(gate.shape)} and up {tuple(up.shape)} must have the same shape")
+    """The Triton path of `mathforge.kernels.swiglu` (same checks): gate and up of the same shape."""
+    check_swiglu(gate, up)
     return SwiGLUFunction.apply(gate, up)

@@ -7,7 +7,8 @@ import torch
 
 from mathforge.errors import ConfigError
 from mathforge.kernels import varlen_attention
-from mathforge.kernels.attention import BACKENDS, usable_backends
+from mathforge.kernels.attention import usable_backends
+from mathforge.kernels.backends import ATTENTION_BACKENDS, attention_backends
 
 LENGTHS = [7, 1, 12, 5]
 
@@ -88,7 +89,8 @@ def test_tokens_after_the_last_document_get_zeros():
 
 def test_backend_errors_name_the_choices():
     q, k, v, cu = packed([4])
-    with pytest.raises(ConfigError, match="allowed: auto, flash-attn-3, flash-attn-2, torch-varlen, flex, sdpa"):
+    known = r"unknown attention backend 'flash'; allowed: auto, flash-attn-3, flash-attn-2, torch-varlen, flex, sdpa;"
+    with pytest.raises(ConfigError, match=known):
         varlen_attention(q, k, v, cu, 4, backend="flash")
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="usable.*sdpa"):
@@ -108,7 +110,27 @@ def test_gradients_flow_per_document():
     assert k.grad[start:end].abs().sum() > 0
 
 
-CUDA_BACKENDS = [b for b in BACKENDS if b != "sdpa"]
+def test_the_registry_is_the_one_list_of_backends():
+    names = ATTENTION_BACKENDS.names()
+    assert names == ["flash-attn-3", "flash-attn-2", "torch-varlen", "flex", "sdpa"]  # the "auto" order
+    probed = attention_backends()
+    assert [b.name for b in probed] == names
+    sdpa = probed[-1]
+    assert sdpa.importable and sdpa.usable and not sdpa.needs_cuda and sdpa.detail == torch.__version__
+    assert set(usable_backends()) <= set(names) and usable_backends("cpu", torch.float32)[-1] == "sdpa"
+    with pytest.raises(ConfigError, match="unknown attention backend 'nope'; known: flash-attn-3"):
+        ATTENTION_BACKENDS.get("nope")
+
+
+def test_validation_names_shapes():
+    q, k, v, cu = packed([4])
+    with pytest.raises(ValueError, match=r"k \(4, 2, 16\) and v \(4, 1, 16\) must both be"):
+        varlen_attention(q, k, v[:, :1], cu, 4)
+    with pytest.raises(ValueError, match=r"cu_seqlens \(shape \(2,\), dtype torch.float32.*1-D integer"):
+        varlen_attention(q, k, v, cu.float(), 4)
+
+
+CUDA_BACKENDS = [b for b in ATTENTION_BACKENDS if b != "sdpa"]
 
 
 @pytest.mark.gpu

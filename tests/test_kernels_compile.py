@@ -36,12 +36,15 @@ def _opcheck_cases():
         "swiglu_bwd": (torch.randn(4, 5), torch.randn(4, 5), torch.randn(4, 5)),
         "rope_fwd": (q, k, cs, cs),
         "rope_bwd": (q, k, cs, cs, q, k),
+        "rms_norm_fwd/no-weight": (torch.randn(3, 9), None, 1e-6, 0.0),
+        "rms_norm_bwd/no-weight": (torch.randn(3, 9), torch.randn(3, 9), None, torch.rand(3), 0.0),
     }
 
 
-@pytest.mark.parametrize("name", list(_opcheck_cases()))
-def test_custom_ops_pass_opcheck(name):
-    args = _opcheck_cases()[name]
+@pytest.mark.parametrize("case", list(_opcheck_cases()))
+def test_custom_ops_pass_opcheck(case):
+    args = _opcheck_cases()[case]
+    name = case.split("/")[0]
     torch.library.opcheck(getattr(torch.ops.mathforge, name).default, args,
                           test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_static"))  # fmt: skip
 

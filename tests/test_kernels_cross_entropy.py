@@ -153,3 +153,19 @@ def test_chunk_rows_bounds_the_chunk_buffers():
     rows = chunk_rows(16384, 4096, 128256, torch.bfloat16, torch.device("cpu"))
     assert 1 <= rows <= 16384 and rows * 128256 * 6 <= 64 << 20
     assert chunk_rows(5, 8, 7, torch.float32, torch.device("cpu")) == 5
+
+
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_fused_linear_cross_entropy_z_loss_report_across_chunks(reduction):
+    n, h, v = 23, 8, 31
+    gen = torch.Generator().manual_seed(11)
+    hidden, weight = leaf(torch.randn(n, h, generator=gen) * 2), leaf(torch.randn(v, h, generator=gen))
+    target = _targets(n, v, seed=12)
+    kw = dict(reduction=reduction, z_loss=1e-2, softcap=8.0, return_z_loss=True)
+    loss, z = fused_linear_cross_entropy_triton(hidden, weight, target, chunk=5, **kw)
+    ref_loss, ref_z = reference.fused_linear_cross_entropy(hidden.double(), weight.double(), target, **kw)
+    torch.testing.assert_close(z.double(), ref_z, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(loss.double(), ref_loss.detach(), rtol=1e-5, atol=1e-6)
+    assert not z.requires_grad and z.shape == loss.shape
+    if reduction == "none":
+        assert torch.all(z[target == -100] == 0) and torch.all(z[target != -100] > 0)
