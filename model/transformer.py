@@ -142,7 +142,7 @@ class Transformer(nn.Module):
             None if config.tie_word_embeddings else nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         )
         self.activation_checkpointing = False
-        self.attention_backend = "auto"  # a name from mathforge.kernels.attention.BACKENDS, or "auto"
+        self.attention_backend = "auto"  # a name from mathforge.kernels.backends.ATTENTION_BACKENDS, or "auto"
         self.rotary_emb = RotaryEmbedding(config.head_dim, inv_freq=rope_inv_freq(config))  # fp32, no parameters
 
     @property
