@@ -104,8 +104,14 @@ def cross_entropy_case(n: int, v: int, dtype: torch.dtype, device: str, quick: b
         peers = {"liger": (lambda: lf.liger_cross_entropy(logits, target)) if lf else None}
         return {"grad_inputs": [logits], "providers": _providers(base, peers, device, quick)}
 
-    return Case("cross_entropy", {"tokens": n, "vocab": v}, str(dtype).removeprefix("torch."), make,
-                bytes_fwd=n * v * elt, bytes_full=2 * n * v * elt)  # fmt: skip
+    return Case(
+        "cross_entropy",
+        {"tokens": n, "vocab": v},
+        str(dtype).removeprefix("torch."),
+        make,
+        bytes_fwd=n * v * elt,
+        bytes_full=2 * n * v * elt,
+    )
 
 
 def fused_linear_cross_entropy_case(n: int, h: int, v: int, dtype: torch.dtype, device: str, quick: bool) -> Case:
@@ -125,8 +131,16 @@ def fused_linear_cross_entropy_case(n: int, h: int, v: int, dtype: torch.dtype, 
         return {"grad_inputs": [hidden, weight], "providers": _providers(base, peers, device, quick)}
 
     flops = 2.0 * n * h * v
-    return Case("fused_linear_cross_entropy", {"tokens": n, "hidden": h, "vocab": v}, str(dtype).removeprefix("torch."),
-                make, bytes_fwd=0.0, bytes_full=0.0, flops_fwd=flops, flops_full=3 * flops)  # fmt: skip
+    return Case(
+        "fused_linear_cross_entropy",
+        {"tokens": n, "hidden": h, "vocab": v},
+        str(dtype).removeprefix("torch."),
+        make,
+        bytes_fwd=0.0,
+        bytes_full=0.0,
+        flops_fwd=flops,
+        flops_full=3 * flops,
+    )
 
 
 def rms_norm_case(n: int, h: int, dtype: torch.dtype, device: str, quick: bool) -> Case:
@@ -144,8 +158,14 @@ def rms_norm_case(n: int, h: int, dtype: torch.dtype, device: str, quick: bool) 
         return {"grad_inputs": [x, w], "providers": _providers(base, peers, device, quick)}
 
     # forward: read x, write y; backward: read x, dy, write dx (weight and rstd are negligible)
-    return Case("rms_norm", {"tokens": n, "hidden": h}, str(dtype).removeprefix("torch."), make,
-                bytes_fwd=2 * n * h * elt, bytes_full=5 * n * h * elt)  # fmt: skip
+    return Case(
+        "rms_norm",
+        {"tokens": n, "hidden": h},
+        str(dtype).removeprefix("torch."),
+        make,
+        bytes_fwd=2 * n * h * elt,
+        bytes_full=5 * n * h * elt,
+    )
 
 
 def swiglu_case(n: int, i: int, dtype: torch.dtype, device: str, quick: bool) -> Case:
@@ -160,8 +180,14 @@ def swiglu_case(n: int, i: int, dtype: torch.dtype, device: str, quick: bool) ->
         return {"grad_inputs": [gate, up], "providers": _providers(base, peers, device, quick)}
 
     # forward: read gate, up, write y; backward: read dy, gate, up, write dgate, dup
-    return Case("swiglu", {"tokens": n, "intermediate": i}, str(dtype).removeprefix("torch."), make,
-                bytes_fwd=3 * n * i * elt, bytes_full=8 * n * i * elt)  # fmt: skip
+    return Case(
+        "swiglu",
+        {"tokens": n, "intermediate": i},
+        str(dtype).removeprefix("torch."),
+        make,
+        bytes_fwd=3 * n * i * elt,
+        bytes_full=8 * n * i * elt,
+    )
 
 
 def rope_case(t: int, hq: int, hk: int, d: int, dtype: torch.dtype, device: str, quick: bool) -> Case:
@@ -180,18 +206,30 @@ def rope_case(t: int, hq: int, hk: int, d: int, dtype: torch.dtype, device: str,
         }
         peers = {  # Liger wants [batch, heads, seq, dim]
             "liger": (lambda: lf.liger_rope(q.transpose(0, 1)[None], k.transpose(0, 1)[None], cos[None], sin[None]))
-            if lf else None,
-        }  # fmt: skip
+            if lf
+            else None,
+        }
         return {"grad_inputs": [q, k], "providers": _providers(base, peers, device, quick)}
 
     # forward: read q, k, write q', k'; backward the same (cos/sin are reused from cache)
     qk = t * (hq + hk) * d * elt
-    return Case("apply_rope", {"tokens": t, "q_heads": hq, "k_heads": hk, "head_dim": d},
-                str(dtype).removeprefix("torch."), make, bytes_fwd=2 * qk, bytes_full=4 * qk)  # fmt: skip
+    return Case(
+        "apply_rope",
+        {"tokens": t, "q_heads": hq, "k_heads": hk, "head_dim": d},
+        str(dtype).removeprefix("torch."),
+        make,
+        bytes_fwd=2 * qk,
+        bytes_full=4 * qk,
+    )
 
 
-OPS = {"cross_entropy": "ce", "fused_linear_cross_entropy": "flce", "rms_norm": "rms", "swiglu": "swiglu",
-       "apply_rope": "rope"}  # fmt: skip
+OPS = {
+    "cross_entropy": "ce",
+    "fused_linear_cross_entropy": "flce",
+    "rms_norm": "rms",
+    "swiglu": "swiglu",
+    "apply_rope": "rope",
+}
 
 
 def sweep(device: str, quick: bool) -> list[Case]:
@@ -263,16 +301,33 @@ def run_case(case: Case, device: str, quick: bool, ceilings: dict[str, float]) -
             fwd, both = _time_ms(forward, device, quick), _time_ms(full, device, quick)
             peak = _peak_mib(full, device)
         except Exception as error:  # a peer failing on a shape is reported, not fatal
-            rows.append({"op": case.op, "provider": provider, "shape": case.shape, "dtype": case.dtype,
-                         "mode": "full", "error": f"{type(error).__name__}: {error}"[:200]})  # fmt: skip
+            rows.append(
+                {
+                    "op": case.op,
+                    "provider": provider,
+                    "shape": case.shape,
+                    "dtype": case.dtype,
+                    "mode": "full",
+                    "error": f"{type(error).__name__}: {error}"[:200],
+                }
+            )
             continue
         for mode, (med, p20, p80) in (
             ("forward", fwd),
             ("full", both),
             ("backward", tuple(b - f for b, f in zip(both, fwd))),
         ):
-            row = {"op": case.op, "provider": provider, "shape": case.shape, "dtype": case.dtype, "mode": mode,
-                   "median_ms": med, "p20_ms": p20, "p80_ms": p80, "peak_mib": peak if mode == "full" else None}  # fmt: skip
+            row = {
+                "op": case.op,
+                "provider": provider,
+                "shape": case.shape,
+                "dtype": case.dtype,
+                "mode": mode,
+                "median_ms": med,
+                "p20_ms": p20,
+                "p80_ms": p80,
+                "peak_mib": peak if mode == "full" else None,
+            }
             work_bytes = {"forward": case.bytes_fwd, "full": case.bytes_full}.get(
                 mode, case.bytes_full - case.bytes_fwd
             )
@@ -296,8 +351,21 @@ def shape_key(shape: dict[str, int]) -> str:
 
 
 def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
-    fields = ["op", "mode", "provider", "shape", "dtype", "median_ms", "p20_ms", "p80_ms", "peak_mib", "gbs",
-              "tflops", "pct_of_ceiling", "error"]  # fmt: skip
+    fields = [
+        "op",
+        "mode",
+        "provider",
+        "shape",
+        "dtype",
+        "median_ms",
+        "p20_ms",
+        "p80_ms",
+        "peak_mib",
+        "gbs",
+        "tflops",
+        "pct_of_ceiling",
+        "error",
+    ]
     with path.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
@@ -355,8 +423,12 @@ def main(argv: list[str] | None = None) -> Path:
         print(f"[{i}/{len(cases)}] {case.op} {shape_key(case.shape)} {case.dtype}", flush=True)
         rows += run_case(case, device, args.quick, ceilings)
     name = "kernels_quick" if args.quick else "kernels"
-    payload = {"environment": environment("liger-kernel", "cut-cross-entropy"), "quick": args.quick,
-               "ceilings": ceilings, "rows": rows}  # fmt: skip
+    payload = {
+        "environment": environment("liger-kernel", "cut-cross-entropy"),
+        "quick": args.quick,
+        "ceilings": ceilings,
+        "rows": rows,
+    }
     path = write_result(name, payload, args.out)
     write_csv(rows, path.with_suffix(".csv"))
     for op in sorted({r["op"] for r in rows}):
@@ -381,10 +453,15 @@ def _print_summary(rows: list[dict[str, Any]]) -> None:
             continue
         rate = f"{r['gbs']:.0f} GB/s" if "gbs" in r else f"{r['tflops']:.1f} TFLOP/s" if "tflops" in r else ""
         table.add_row(
-            r["op"], shape_key(r["shape"]), r["provider"], f"{r['median_ms']:.3f}",
-            f"{r['p20_ms']:.3f}–{r['p80_ms']:.3f}", "" if r["peak_mib"] is None else f"{r['peak_mib']:.0f}",
-            rate, f"{r['pct_of_ceiling']:.0f}%" if "pct_of_ceiling" in r else "",
-        )  # fmt: skip
+            r["op"],
+            shape_key(r["shape"]),
+            r["provider"],
+            f"{r['median_ms']:.3f}",
+            f"{r['p20_ms']:.3f}–{r['p80_ms']:.3f}",
+            "" if r["peak_mib"] is None else f"{r['peak_mib']:.0f}",
+            rate,
+            f"{r['pct_of_ceiling']:.0f}%" if "pct_of_ceiling" in r else "",
+        )
     Console().print(table)
 
 

@@ -17,12 +17,19 @@ REPLY = "The answer is: 1"
 
 def _body(request: bytes) -> bytes:
     n = int(json.loads(request).get("n") or 1)
-    return json.dumps({
-        "id": "chatcmpl-bench", "object": "chat.completion", "created": 0, "model": "loopback",
-        "choices": [{"index": i, "message": {"role": "assistant", "content": REPLY}, "finish_reason": "stop"}
-                    for i in range(n)],
-        "usage": {"prompt_tokens": 1, "completion_tokens": 4 * n, "total_tokens": 1 + 4 * n},
-    }).encode()  # fmt: skip
+    return json.dumps(
+        {
+            "id": "chatcmpl-bench",
+            "object": "chat.completion",
+            "created": 0,
+            "model": "loopback",
+            "choices": [
+                {"index": i, "message": {"role": "assistant", "content": REPLY}, "finish_reason": "stop"}
+                for i in range(n)
+            ],
+            "usage": {"prompt_tokens": 1, "completion_tokens": 4 * n, "total_tokens": 1 + 4 * n},
+        }
+    ).encode()
 
 
 async def _handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -33,8 +40,11 @@ async def _handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) ->
                 (int(line.split(":", 1)[1]) for line in head.split("\r\n") if line.startswith("content-length:")), 0
             )
             data = _body(await reader.readexactly(length)) if length else b"{}"
-            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: keep-alive\r\n"
-                         + f"Content-Length: {len(data)}\r\n\r\n".encode() + data)  # fmt: skip
+            writer.write(
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: keep-alive\r\n"
+                + f"Content-Length: {len(data)}\r\n\r\n".encode()
+                + data
+            )
             await writer.drain()
     except (asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError):
         pass

@@ -50,11 +50,18 @@ def packed_workload(rows: int, seq_len: int, vocab: int, seed: int = 0, device: 
     starts = cu[:-1].long()
     for offset in range(8):  # an 8-token "prompt" at the start of every document
         prompt[(starts + offset).clamp(max=total - 1)] = True
-    return {"ids": ids, "cu": cu, "max_seqlen": max(lengths), "lengths": lengths, "labels": shift_labels(ids, cu, prompt)}
+    return {
+        "ids": ids,
+        "cu": cu,
+        "max_seqlen": max(lengths),
+        "lengths": lengths,
+        "labels": shift_labels(ids, cu, prompt),
+    }
 
 
-def time_row(model: Transformer, work: dict, backend: str, checkpointing: bool, compiled: bool, iters: int,
-             warmup: int) -> dict:  # fmt: skip
+def time_row(
+    model: Transformer, work: dict, backend: str, checkpointing: bool, compiled: bool, iters: int, warmup: int
+) -> dict:
     model.attention_backend = backend
     model.activation_checkpointing = checkpointing
     row = {"backend": backend, "activation_checkpointing": checkpointing, "compiled": compiled}
@@ -73,7 +80,11 @@ def time_row(model: Transformer, work: dict, backend: str, checkpointing: bool, 
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
         times = cuda_times_ms(step, iters, warmup)
-        row |= {"ms": times, "median_ms": statistics.median(times), "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30}
+        row |= {
+            "ms": times,
+            "median_ms": statistics.median(times),
+            "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30,
+        }
     except torch.OutOfMemoryError:
         row["error"] = "out of memory"
     except Exception as error:  # a backend or compile failure is a result to record, not a crash
@@ -184,8 +195,14 @@ def main(argv: list[str] | None = None) -> None:
     for row in result["rows"]:
         flags = [row["backend"], "on" if row["activation_checkpointing"] else "off", "yes" if row["compiled"] else "no"]
         if "median_ms" in row:
-            table.add_row(*flags, f"{row['median_ms']:.1f}", f"{row['tokens_per_s']:,.0f}", f"{row['tflops']:.1f}",
-                          f"{row['mfu']:.1%}", f"{row['peak_mem_gib']:.1f}")  # fmt: skip
+            table.add_row(
+                *flags,
+                f"{row['median_ms']:.1f}",
+                f"{row['tokens_per_s']:,.0f}",
+                f"{row['tflops']:.1f}",
+                f"{row['mfu']:.1%}",
+                f"{row['peak_mem_gib']:.1f}",
+            )
         else:
             table.add_row(*flags, row["error"][:40], "", "", "", "")
     console = Console()
@@ -194,7 +211,9 @@ def main(argv: list[str] | None = None) -> None:
     for column in ("run", "max rel err", "mean |Δ|", "argmax agree"):
         parity_table.add_column(column, justify="left" if column == "run" else "right")
     for name, p in result["parity_vs_transformers_fp32"].items():
-        parity_table.add_row(name, f"{p['max_rel_err']:.2e}", f"{p['mean_abs_err']:.2e}", f"{p['argmax_agreement']:.4f}")
+        parity_table.add_row(
+            name, f"{p['max_rel_err']:.2e}", f"{p['mean_abs_err']:.2e}", f"{p['argmax_agreement']:.4f}"
+        )
     console.print(parity_table)
     if not args.quick:
         console.print(f"wrote {write_result('model', result)}")

@@ -128,8 +128,14 @@ def main(argv: list[str] | None = None) -> None:
     for row in result["rows"]:
         if "median_s" in row:
             slowdown = row.get("slowdown_vs_mathforge_pack")
-            table.add_row(row["name"], f"{row['items']:,}", f"{row['median_s']:.3f}", f"{row['bins']:,}",
-                          f"{row['fill']:.4%}", f"{slowdown:.0f}x" if slowdown else "")  # fmt: skip
+            table.add_row(
+                row["name"],
+                f"{row['items']:,}",
+                f"{row['median_s']:.3f}",
+                f"{row['bins']:,}",
+                f"{row['fill']:.4%}",
+                f"{slowdown:.0f}x" if slowdown else "",
+            )
         else:
             table.add_row(row["name"], "", row["skipped"], "", "", "")
     console = Console()

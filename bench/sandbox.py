@@ -57,9 +57,13 @@ def _measure(run_one, code: str, expected: str, count: int, threads: int = 1) ->
     with ThreadPoolExecutor(max_workers=threads) as pool:
         list(pool.map(one, range(count)))
     wall = time.perf_counter() - start
-    return {"snippets": count, "threads": threads, "snippets_per_s": round(count / wall, 1),
-            "median_ms": round(1000 * statistics.median(latencies), 2),
-            "p90_ms": round(1000 * statistics.quantiles(latencies, n=10)[-1], 2)}  # fmt: skip
+    return {
+        "snippets": count,
+        "threads": threads,
+        "snippets_per_s": round(count / wall, 1),
+        "median_ms": round(1000 * statistics.median(latencies), 2),
+        "p90_ms": round(1000 * statistics.quantiles(latencies, n=10)[-1], 2),
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -69,23 +73,44 @@ def main(argv: list[str] | None = None) -> None:
     fresh_n, seq_n, par_n = (3, 10, 20) if args.quick else (20, 300, 600)
     rows = []
     for workload, (code, expected) in WORKLOADS.items():
-        rows.append({"design": "fresh interpreter", "level": "network namespace only", "workload": workload,
-                     **_measure(_fresh_interpreter, code, expected, fresh_n)})  # fmt: skip
+        rows.append(
+            {
+                "design": "fresh interpreter",
+                "level": "network namespace only",
+                "workload": workload,
+                **_measure(_fresh_interpreter, code, expected, fresh_n),
+            }
+        )
         for level in ("none", "landlock", "namespaces"):
             with Sandbox(isolation=level) as sandbox:
                 got = sandbox.isolation.level
                 run_one = lambda c, s=sandbox: s.run(c, timeout=30).output.strip()
-                rows.append({"design": "zygote", "level": got, "workload": workload,
-                             **_measure(run_one, code, expected, seq_n)})  # fmt: skip
+                rows.append(
+                    {"design": "zygote", "level": got, "workload": workload, **_measure(run_one, code, expected, seq_n)}
+                )
                 if level == "namespaces":
-                    rows.append({"design": "zygote", "level": got, "workload": workload,
-                                 **_measure(run_one, code, expected, par_n, threads=4)})  # fmt: skip
+                    rows.append(
+                        {
+                            "design": "zygote",
+                            "level": got,
+                            "workload": workload,
+                            **_measure(run_one, code, expected, par_n, threads=4),
+                        }
+                    )
     table = Table(title="sandbox: snippets per second (each output checked)")
     for column in ("workload", "design", "level", "threads", "snippets", "snippets/s", "median ms", "p90 ms"):
         table.add_column(column)
     for r in rows:
-        table.add_row(r["workload"], r["design"], r["level"], str(r["threads"]), str(r["snippets"]),
-                      f"{r['snippets_per_s']:.1f}", f"{r['median_ms']:.1f}", f"{r['p90_ms']:.1f}")  # fmt: skip
+        table.add_row(
+            r["workload"],
+            r["design"],
+            r["level"],
+            str(r["threads"]),
+            str(r["snippets"]),
+            f"{r['snippets_per_s']:.1f}",
+            f"{r['median_ms']:.1f}",
+            f"{r['p90_ms']:.1f}",
+        )
     Console().print(table)
     if not args.quick:
         path = write_result("sandbox", {"environment": environment("sympy"), "rows": rows})

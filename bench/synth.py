@@ -34,38 +34,62 @@ from mathforge.synth.symbolic import Generator
 
 def bench_symbolic(n: int) -> list[dict]:
     rows = []
-    for label, kwargs in [("difficulty 1 (easy)", {"difficulty": 1}), ("difficulty 2", {"difficulty": 2}),
-                          ("difficulty 3", {"difficulty": 3}), ("difficulty 4", {"difficulty": 4}),
-                          ("difficulty 5", {"difficulty": 5}), ("all levels", {})]:
+    for label, kwargs in [
+        ("difficulty 1 (easy)", {"difficulty": 1}),
+        ("difficulty 2", {"difficulty": 2}),
+        ("difficulty 3", {"difficulty": 3}),
+        ("difficulty 4", {"difficulty": 4}),
+        ("difficulty 5", {"difficulty": 5}),
+        ("all levels", {}),
+    ]:
         gen = Generator(**kwargs)
         start = time.process_time()
         for i in range(n):
             gen.problem(i)
         seconds = time.process_time() - start
-        rows.append({"name": f"symbolic {label}", "problems": n, "cpu_seconds": seconds,
-                     "problems_per_s_per_core": n / seconds})
+        rows.append(
+            {"name": f"symbolic {label}", "problems": n, "cpu_seconds": seconds, "problems_per_s_per_core": n / seconds}
+        )
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = config.load(None, [f'run.output="{tmp}/r"', f"run.items={n}", "run.progress=false",
-                                 "symbolic.mix={normal = 0.8, hard = 0.2}", "quality.near_dedup=false",
-                                 "quality.decontaminate=false"])
+        cfg = config.load(
+            None,
+            [
+                f'run.output="{tmp}/r"',
+                f"run.items={n}",
+                "run.progress=false",
+                "symbolic.mix={normal = 0.8, hard = 0.2}",
+                "quality.near_dedup=false",
+                "quality.decontaminate=false",
+            ],
+        )
         start = time.process_time()
         manifest = run.synthesize(cfg)
         seconds = time.process_time() - start
-    rows.append({"name": "synthesize() symbolic run (journal+dedup+files)", "problems": n, "cpu_seconds": seconds,
-                 "problems_per_s_per_core": n / seconds, "rows_written": manifest["rows"]})
+    rows.append(
+        {
+            "name": "synthesize() symbolic run (journal+dedup+files)",
+            "problems": n,
+            "cpu_seconds": seconds,
+            "problems_per_s_per_core": n / seconds,
+            "rows_written": manifest["rows"],
+        }
+    )
     return rows
 
 
 async def _bare(url: str, requests: int, concurrency: int, aiohttp: bool = False) -> None:
     from openai import AsyncOpenAI, DefaultAioHttpClient
 
-    client = AsyncOpenAI(base_url=url, api_key="x", max_retries=0, http_client=DefaultAioHttpClient() if aiohttp else None)
+    client = AsyncOpenAI(
+        base_url=url, api_key="x", max_retries=0, http_client=DefaultAioHttpClient() if aiohttp else None
+    )
     limit = asyncio.Semaphore(concurrency)
 
     async def one(i: int) -> None:
         async with limit:
-            await client.chat.completions.create(model="m", messages=[{"role": "user", "content": f"q {i}"}],
-                                                 max_tokens=16)
+            await client.chat.completions.create(
+                model="m", messages=[{"role": "user", "content": f"q {i}"}], max_tokens=16
+            )
 
     await asyncio.gather(*(one(i) for i in range(requests)))
     await client.close()
@@ -73,8 +97,9 @@ async def _bare(url: str, requests: int, concurrency: int, aiohttp: bool = False
 
 async def _ours(url: str, requests: int, concurrency: int) -> None:
     backend = OpenAIBackend([url], "m", concurrency=concurrency)
-    await asyncio.gather(*(backend.chat([{"role": "user", "content": f"q {i}"}], max_tokens=16)
-                           for i in range(requests)))
+    await asyncio.gather(
+        *(backend.chat([{"role": "user", "content": f"q {i}"}], max_tokens=16) for i in range(requests))
+    )
     await backend.aclose()
 
 
@@ -93,9 +118,16 @@ def bench_client(requests: int, concurrency: int = 256) -> list[dict]:
             wall, cpu = time.perf_counter(), time.process_time()
             asyncio.run(fn(url, requests, concurrency))
             wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-            rows.append({"name": name, "requests": requests, "concurrency": concurrency,
-                         "client_cpu_ms_per_request": 1000 * cpu / requests, "wall_ms_per_request": 1000 * wall / requests,
-                         "requests_per_s": requests / wall})
+            rows.append(
+                {
+                    "name": name,
+                    "requests": requests,
+                    "concurrency": concurrency,
+                    "client_cpu_ms_per_request": 1000 * cpu / requests,
+                    "wall_ms_per_request": 1000 * wall / requests,
+                    "requests_per_s": requests / wall,
+                }
+            )
         return rows
     finally:
         server.kill()
@@ -116,10 +148,19 @@ def main() -> None:
     for r in symbolic:
         table.add_row(r["name"], f"{r['problems_per_s_per_core']:,.0f} problems/s/core", "")
     for r in client:
-        table.add_row(r["name"], f"{r['requests_per_s']:,.0f} req/s", f"{r['client_cpu_ms_per_request']:.3f} ms CPU/request")
+        table.add_row(
+            r["name"], f"{r['requests_per_s']:,.0f} req/s", f"{r['client_cpu_ms_per_request']:.3f} ms CPU/request"
+        )
     Console().print(table)
-    path = write_result("synth", {"environment": environment("openai"), "symbolic": symbolic, "client": client,
-                                  "bars": {"symbolic_problems_per_s_per_core": 2000, "client_ms_per_request": 1.0}})
+    path = write_result(
+        "synth",
+        {
+            "environment": environment("openai"),
+            "symbolic": symbolic,
+            "client": client,
+            "bars": {"symbolic_problems_per_s_per_core": 2000, "client_ms_per_request": 1.0},
+        },
+    )
     print(f"wrote {path}")
 
 

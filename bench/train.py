@@ -86,14 +86,18 @@ def _measure_ours(preset, data, docs, device, autocast, tokens_per_step) -> tupl
         total = module(batch.input_ids, batch.position_ids, batch.cu_seqlens, batch.max_seqlen, batch.labels)
         return total / max(batch.num_targets, 1)
 
-    row = _measure("mathforge (packed, varlen, fused linear CE)", model, loss, packed, device, autocast,
-                   tokens_per_step, flops)  # fmt: skip
+    row = _measure(
+        "mathforge (packed, varlen, fused linear CE)", model, loss, packed, device, autocast, tokens_per_step, flops
+    )
     return row, flops, model.config.to_hf_dict(torch.float32)
 
 
 def run(preset: str, tokens: int, steps: int, device: torch.device) -> dict:
-    data = workload(n_docs=max(64, steps * tokens // 250), vocab=from_config(preset, device="meta").config.vocab_size,
-                    max_len=tokens)
+    data = workload(
+        n_docs=max(64, steps * tokens // 250),
+        vocab=from_config(preset, device="meta").config.vocab_size,
+        max_len=tokens,
+    )
     bins = plan_micro_batches(data, tokens)[:steps]
     docs = list(bins)
     real_tokens = [int(data.lengths[b].sum()) for b in docs]
@@ -125,8 +129,18 @@ def run(preset: str, tokens: int, steps: int, device: torch.device) -> dict:
         ids, mask, labels = batch
         return baseline(input_ids=ids, attention_mask=mask, labels=labels).loss
 
-    rows.append(_measure("transformers (padded, SDPA, torch CE)", baseline, baseline_loss, padded, device, autocast,
-                         statistics.median(real_tokens), flops))  # fmt: skip
+    rows.append(
+        _measure(
+            "transformers (padded, SDPA, torch CE)",
+            baseline,
+            baseline_loss,
+            padded,
+            device,
+            autocast,
+            statistics.median(real_tokens),
+            flops,
+        )
+    )
     padded_tokens = [sum(t[0].numel() for t in step) for step in padded]
     rows[-1]["padding_share"] = 1 - sum(real_tokens) / sum(padded_tokens)
     base = rows[-1]
@@ -136,10 +150,15 @@ def run(preset: str, tokens: int, steps: int, device: torch.device) -> dict:
     return {
         "benchmark": "train",
         "environment": environment("transformers"),
-        "workload": {"preset": preset, "micro_batch_tokens": tokens, "steps": steps, "docs_per_step":
-                     statistics.median(len(b) for b in docs), "lengths": "lognormal(median=300, sigma=0.7) in [32, 2048]"},
+        "workload": {
+            "preset": preset,
+            "micro_batch_tokens": tokens,
+            "steps": steps,
+            "docs_per_step": statistics.median(len(b) for b in docs),
+            "lengths": "lognormal(median=300, sigma=0.7) in [32, 2048]",
+        },
         "rows": rows,
-    }  # fmt: skip
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -156,9 +175,13 @@ def main(argv: list[str] | None = None) -> None:
     for column in ("implementation", "tokens/s", "MFU", "peak GiB", "vs transformers"):
         table.add_column(column, justify="left" if column == "implementation" else "right")
     for row in result["rows"]:
-        table.add_row(row["name"], f"{row['tokens_per_s']:,.0f}", f"{row['mfu']:.1%}" if row["mfu"] else "-",
-                      f"{row['peak_memory_gib']:.1f}" if row["peak_memory_gib"] else "-",
-                      f"{row['speedup_vs_transformers']:.2f}x" if "speedup_vs_transformers" in row else "")  # fmt: skip
+        table.add_row(
+            row["name"],
+            f"{row['tokens_per_s']:,.0f}",
+            f"{row['mfu']:.1%}" if row["mfu"] else "-",
+            f"{row['peak_memory_gib']:.1f}" if row["peak_memory_gib"] else "-",
+            f"{row['speedup_vs_transformers']:.2f}x" if "speedup_vs_transformers" in row else "",
+        )
     Console().print(table)
     if not args.quick:
         print(f"wrote {write_result('train', result)}")

@@ -37,8 +37,10 @@ def _print_results(results: dict[str, Any], out: str | None) -> None:
 
     console = Console()
     if results["sandbox"] is not None:
-        console.print(f"model code ran in the sandbox: {results['sandbox']['level']}"
-                      + ("" if results["sandbox"]["safe"] else " [red](NOT SAFE: --unsafe-sandbox)[/]"))  # fmt: skip
+        console.print(
+            f"model code ran in the sandbox: {results['sandbox']['level']}"
+            + ("" if results["sandbox"]["safe"] else " [red](NOT SAFE: --unsafe-sandbox)[/]")
+        )
     console.print(Markdown(markdown_table(results)))
     for name, scores in results["benchmarks"].items():
         if scores.get("skipped"):
@@ -56,37 +58,74 @@ def register(app: typer.Typer) -> None:
 
     @app.command("eval")
     def eval_command(
-        config: Path = typer.Option(None, "--config", help="TOML file of EvalConfig keys (flat: n = 4, bench = [...])."),
-        set_: list[str] = typer.Option([], "--set", help="Override a key, e.g. --set temperature=0.7 --set fields.question=prompt."),
+        config: Path = typer.Option(
+            None, "--config", help="TOML file of EvalConfig keys (flat: n = 4, bench = [...])."
+        ),
+        set_: list[str] = typer.Option(
+            [], "--set", help="Override a key, e.g. --set temperature=0.7 --set fields.question=prompt."
+        ),
         model: Path = typer.Option(None, "--model", help="Hugging Face checkpoint folder (local generation)."),
         api: str = typer.Option(None, "--api", help="OpenAI-compatible base URL, e.g. http://localhost:8000/v1."),
         served_model: str = typer.Option(None, "--served-model", help="Model name the server serves (with --api)."),
-        bench: str = typer.Option(None, "--bench", help=f"gsm8k, math500, math, a JSONL path or hf:<name>; comma-separated (default {','.join(d.bench)})."),
-        prompt: str = typer.Option(None, "--prompt", help=f"{', '.join(available())} or a .toml (default: the benchmark's)."),
-        chat: bool = typer.Option(None, "--chat/--raw", help="Chat messages or raw completion (default: the prompt's)."),
+        bench: str = typer.Option(
+            None,
+            "--bench",
+            help=f"gsm8k, math500, math, a JSONL path or hf:<name>; comma-separated (default {','.join(d.bench)}).",
+        ),
+        prompt: str = typer.Option(
+            None, "--prompt", help=f"{', '.join(available())} or a .toml (default: the benchmark's)."
+        ),
+        chat: bool = typer.Option(
+            None, "--chat/--raw", help="Chat messages or raw completion (default: the prompt's)."
+        ),
         n: int = typer.Option(None, "--n", help=f"Samples per problem (default {d.n}; pass@k and maj@k when > 1)."),
         temperature: float = typer.Option(None, "--temperature", help=f"Default {d.temperature} (greedy)."),
         top_p: float = typer.Option(None, "--top-p", help=f"Default {d.top_p}."),
         max_new_tokens: int = typer.Option(None, "--max-new-tokens", help=f"Default {d.max_new_tokens}."),
         limit: int = typer.Option(None, "--limit", help="Only the first N problems of each benchmark."),
-        tool: bool = typer.Option(None, "--tool", help="Tool-integrated: run the model's Python, feed output back (4 rounds)."),
-        unsafe_sandbox: bool = typer.Option(None, "--unsafe-sandbox", help="With --tool: run the model's code even where the sandbox is not safe."),
-        fields: str = typer.Option(None, "--fields", help='Field mapping for files, e.g. \'{"question": "prompt", "answer": "response"}\'.'),
+        tool: bool = typer.Option(
+            None, "--tool", help="Tool-integrated: run the model's Python, feed output back (4 rounds)."
+        ),
+        unsafe_sandbox: bool = typer.Option(
+            None, "--unsafe-sandbox", help="With --tool: run the model's code even where the sandbox is not safe."
+        ),
+        fields: str = typer.Option(
+            None, "--fields", help='Field mapping for files, e.g. \'{"question": "prompt", "answer": "response"}\'.'
+        ),
         split: str = typer.Option(None, "--split", help=f"Default {d.split}."),
         out: Path = typer.Option(None, "--out", help="Folder for results.json, results.md and samples-*.jsonl."),
-        concurrency: int = typer.Option(None, "--concurrency", help=f"Parallel requests (with --api; default {d.concurrency})."),
-        batch_size: int = typer.Option(None, "--batch-size", help=f"Prompts per batch (local generation; default {d.batch_size})."),
+        concurrency: int = typer.Option(
+            None, "--concurrency", help=f"Parallel requests (with --api; default {d.concurrency})."
+        ),
+        batch_size: int = typer.Option(
+            None, "--batch-size", help=f"Prompts per batch (local generation; default {d.batch_size})."
+        ),
         seed: int = typer.Option(None, "--seed", help=f"Default {d.seed}."),
-    ) -> None:  # fmt: skip
+    ) -> None:
         """Generate, extract, grade (lenient and strict) and report accuracy, pass@k, maj@k per benchmark."""
         from mathforge.evaluate.config import load_eval_config
         from mathforge.evaluate.runner import run_eval
 
         flags = {
-            "model": model, "api": api, "served_model": served_model, "bench": bench, "prompt": prompt, "chat": chat,
-            "n": n, "temperature": temperature, "top_p": top_p, "max_new_tokens": max_new_tokens, "limit": limit,
-            "tool": tool, "unsafe_sandbox": unsafe_sandbox, "fields": _fields(fields), "split": split, "out": out,
-            "concurrency": concurrency, "batch_size": batch_size, "seed": seed,
-        }  # fmt: skip
+            "model": model,
+            "api": api,
+            "served_model": served_model,
+            "bench": bench,
+            "prompt": prompt,
+            "chat": chat,
+            "n": n,
+            "temperature": temperature,
+            "top_p": top_p,
+            "max_new_tokens": max_new_tokens,
+            "limit": limit,
+            "tool": tool,
+            "unsafe_sandbox": unsafe_sandbox,
+            "fields": _fields(fields),
+            "split": split,
+            "out": out,
+            "concurrency": concurrency,
+            "batch_size": batch_size,
+            "seed": seed,
+        }
         settings = load_eval_config(config, set_, flags)
         _print_results(run_eval(config=settings), settings.out)

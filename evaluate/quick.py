@@ -35,18 +35,41 @@ class TooLarge(ValueError):
 
 
 _FUNCS1 = {
-    "sin": _CTX.sin, "cos": _CTX.cos, "tan": _CTX.tan, "sec": _CTX.sec, "csc": _CTX.csc, "cot": _CTX.cot,
-    "arcsin": _CTX.asin, "arccos": _CTX.acos, "arctan": _CTX.atan, "ln": _CTX.ln, "log": _CTX.log10,
-    "exp": _CTX.exp, "sqrt": _CTX.sqrt, "abs": abs,
-}  # fmt: skip
+    "sin": _CTX.sin,
+    "cos": _CTX.cos,
+    "tan": _CTX.tan,
+    "sec": _CTX.sec,
+    "csc": _CTX.csc,
+    "cot": _CTX.cot,
+    "arcsin": _CTX.asin,
+    "arccos": _CTX.acos,
+    "arctan": _CTX.atan,
+    "ln": _CTX.ln,
+    "log": _CTX.log10,
+    "exp": _CTX.exp,
+    "sqrt": _CTX.sqrt,
+    "abs": abs,
+}
 _MACRO_FUNCS = {f"\\{name}": name for name in _FUNCS1 if name not in ("sqrt", "abs")}
 _TOKEN_RE = re.compile(
     r"\s+|(?P<num>\d+(?:\.\d*)?(?:[eE][+-]?\d+(?![a-zA-Z]))?|\.\d+)|(?P<macro>\\[a-zA-Z]+)|(?P<letter>[a-zA-Z])"
     r"|(?P<op>[-+*/^!(){}|])|(?P<bad>.)"
 )
 _GREEK = {
-    "alpha", "beta", "gamma", "delta", "theta", "lambda", "mu", "sigma", "phi", "omega", "rho", "tau", "epsilon",
-}  # fmt: skip
+    "alpha",
+    "beta",
+    "gamma",
+    "delta",
+    "theta",
+    "lambda",
+    "mu",
+    "sigma",
+    "phi",
+    "omega",
+    "rho",
+    "tau",
+    "epsilon",
+}
 _OPERAND_END = {"num", "name", ")"}
 _OPERAND_START = {"num", "name", "(", "func"}
 
@@ -195,8 +218,13 @@ def _macro(tokens: list[tuple[str, str]], i: int, out: list[tuple[str, str]], nu
         _translate(arg, out, numbers)
         out.append((")", ")"))
         return i
-    simple = {"\\pi": ("name", "pi"), "\\cdot": ("op", "*"), "\\times": ("op", "*"), "\\div": ("op", "/"),
-              "\\infty": ("name", "oo")}  # fmt: skip
+    simple = {
+        "\\pi": ("name", "pi"),
+        "\\cdot": ("op", "*"),
+        "\\times": ("op", "*"),
+        "\\div": ("op", "/"),
+        "\\infty": ("name", "oo"),
+    }
     if text in simple:
         out.append(simple[text])
         return i + 1

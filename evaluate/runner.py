@@ -36,18 +36,33 @@ from mathforge.prompts import Prompt, default_prompt, load_prompt
 
 
 def make_backend(
-    model: str | Path | None = None, api: str | None = None, served_model: str | None = None, *,
-    api_key: str = "EMPTY", concurrency: int = 16, request_timeout: float = 600.0, batch_size: int = 32,
+    model: str | Path | None = None,
+    api: str | None = None,
+    served_model: str | None = None,
+    *,
+    api_key: str = "EMPTY",
+    concurrency: int = 16,
+    request_timeout: float = 600.0,
+    batch_size: int = 32,
     engine: str = "auto",
-) -> Backend:  # fmt: skip
+) -> Backend:
     """A LocalBackend for `model` (a folder) or an OpenAIBackend for `api` + `served_model`."""
     if (model is None) == (api is None):
         raise ConfigError("give exactly one of --model DIR or --api URL")
     if api is not None:
         if not served_model:
             raise ConfigError("--api needs --served-model NAME (the model name the server serves)")
-        return make_chat_backend({"kind": "openai", "base_urls": [api], "model": served_model, "api_key": api_key,
-                                  "concurrency": concurrency, "timeout_s": request_timeout, "backoff_s": 1.0})
+        return make_chat_backend(
+            {
+                "kind": "openai",
+                "base_urls": [api],
+                "model": served_model,
+                "api_key": api_key,
+                "concurrency": concurrency,
+                "timeout_s": request_timeout,
+                "backoff_s": 1.0,
+            }
+        )
     return make_chat_backend({"kind": "local", "model": model, "engine": engine, "batch_size": batch_size})
 
 
@@ -63,10 +78,21 @@ def _extract(output: str, style: str) -> str | None:
 
 
 def evaluate_benchmark(
-    backend: Backend, bench: Benchmark, prompt: Prompt, *, n: int = 1, temperature: float = 0.0, top_p: float = 1.0,
-    max_new_tokens: int = 1024, chat: bool | None = None, tool: bool = False, seed: int = 0, chunk: int = 64,
-    progress: Any = None, sandbox: Sandbox | None = None,
-) -> tuple[dict[str, Any], list[dict[str, Any]]]:  # fmt: skip
+    backend: Backend,
+    bench: Benchmark,
+    prompt: Prompt,
+    *,
+    n: int = 1,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    max_new_tokens: int = 1024,
+    chat: bool | None = None,
+    tool: bool = False,
+    seed: int = 0,
+    chunk: int = 64,
+    progress: Any = None,
+    sandbox: Sandbox | None = None,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Scores for one benchmark and its per-sample records (`sandbox` runs the model's code when `tool`)."""
     questions = [f"{item.question}\n\n{TOOL_INSTRUCTION}" if tool else item.question for item in bench.items]
     rendered = [prompt.render(q, chat=chat) for q in questions]
@@ -75,13 +101,27 @@ def evaluate_benchmark(
     for start, part in zip(range(0, len(rendered), chunk), _chunks(rendered, chunk)):
         if tool:
             flat = [p for p in part for _ in range(n)]
-            texts = generate_with_tools(backend, flat, temperature=temperature, top_p=top_p,
-                                        max_new_tokens=max_new_tokens, stop=prompt.stop, seed=seed + start,
-                                        sandbox=sandbox)  # fmt: skip
+            texts = generate_with_tools(
+                backend,
+                flat,
+                temperature=temperature,
+                top_p=top_p,
+                max_new_tokens=max_new_tokens,
+                stop=prompt.stop,
+                seed=seed + start,
+                sandbox=sandbox,
+            )
             outputs += [texts[i * n : (i + 1) * n] for i in range(len(part))]
         else:
-            outputs += backend.generate(part, n=n, temperature=temperature, top_p=top_p,
-                                        max_new_tokens=max_new_tokens, stop=prompt.stop, seed=seed + start)  # fmt: skip
+            outputs += backend.generate(
+                part,
+                n=n,
+                temperature=temperature,
+                top_p=top_p,
+                max_new_tokens=max_new_tokens,
+                stop=prompt.stop,
+                seed=seed + start,
+            )
         if progress is not None:
             progress.advance(task, len(part))
     records, samples = [], []
@@ -95,10 +135,19 @@ def evaluate_benchmark(
             {"correct": {"lenient": lenient, "strict": strict}, "maj_correct": maj_correct, "meta": item.meta}
         )
         for k, (out, ext) in enumerate(zip(outs, extracted)):
-            samples.append({
-                "id": item.id, "sample": k, "question": item.question, "output": out, "extracted": ext,
-                "gold": item.gold, "lenient": lenient[k], "strict": strict[k], **item.meta,
-            })  # fmt: skip
+            samples.append(
+                {
+                    "id": item.id,
+                    "sample": k,
+                    "question": item.question,
+                    "output": out,
+                    "extracted": ext,
+                    "gold": item.gold,
+                    "lenient": lenient[k],
+                    "strict": strict[k],
+                    **item.meta,
+                }
+            )
     scores = summarize(records, n)
     if any("subject" in r["meta"] for r in records):
         scores["by_subject"] = breakdown(records, "subject", n)
@@ -122,8 +171,14 @@ def markdown_table(results: dict[str, Any]) -> str:
         note = "" if box["safe"] else " — NOT SAFE (run with --unsafe-sandbox)"
         lines = [f"Model code ran in the sandbox: {box['level']}{note} ({', '.join(box['mechanisms'])}).", "", *lines]
     for name, s in benches.items():
-        row = [name, s.get("prompt", ""), str(s.get("count", 0)), f"{100 * s.get('accuracy_lenient', 0):.1f}",
-               f"{100 * s.get('accuracy_strict', 0):.1f}", *(f"{100 * s[k]:.1f}" if k in s else "" for k in extra)]  # fmt: skip
+        row = [
+            name,
+            s.get("prompt", ""),
+            str(s.get("count", 0)),
+            f"{100 * s.get('accuracy_lenient', 0):.1f}",
+            f"{100 * s.get('accuracy_strict', 0):.1f}",
+            *(f"{100 * s[k]:.1f}" if k in s else "" for k in extra),
+        ]
         lines.append("| " + " | ".join(row) + " |")
     for name, s in benches.items():
         for key, title in (("by_subject", "subject"), ("by_level", "level")):
@@ -143,9 +198,13 @@ def markdown_table(results: dict[str, Any]) -> str:
 
 
 def run_eval(
-    model: str | Path | None = None, *, config: EvalConfig | None = None, backend: Backend | None = None,
-    show_progress: bool = True, **settings: Any,
-) -> dict[str, Any]:  # fmt: skip
+    model: str | Path | None = None,
+    *,
+    config: EvalConfig | None = None,
+    backend: Backend | None = None,
+    show_progress: bool = True,
+    **settings: Any,
+) -> dict[str, Any]:
     """Evaluates a checkpoint folder (`model`), a server (`api` + `served_model`) or a ready `backend`.
 
     The settings are the keys of `EvalConfig` (bench, prompt, n, temperature, limit, tool, out, …), given
@@ -186,16 +245,27 @@ def _run_eval(
 ) -> dict[str, Any]:
     prompts = _load_prompts(config)
     backend = backend or make_backend(
-        config.model, config.api, config.served_model, concurrency=config.concurrency,
-        request_timeout=config.request_timeout, batch_size=config.batch_size, engine=config.engine,
-    )  # fmt: skip
+        config.model,
+        config.api,
+        config.served_model,
+        concurrency=config.concurrency,
+        request_timeout=config.request_timeout,
+        batch_size=config.batch_size,
+        engine=config.engine,
+    )
     results: dict[str, Any] = {
-        "model": config.model if config.model is not None else config.served_model, "api": config.api,
-        "n": config.n, "temperature": config.temperature, "top_p": config.top_p,
-        "max_new_tokens": config.max_new_tokens, "tool": config.tool, "seed": config.seed,
-        "sandbox": sandbox.isolation.as_dict() if sandbox is not None else None, "config": to_dict(config),
+        "model": config.model if config.model is not None else config.served_model,
+        "api": config.api,
+        "n": config.n,
+        "temperature": config.temperature,
+        "top_p": config.top_p,
+        "max_new_tokens": config.max_new_tokens,
+        "tool": config.tool,
+        "seed": config.seed,
+        "sandbox": sandbox.isolation.as_dict() if sandbox is not None else None,
+        "config": to_dict(config),
         "benchmarks": {},
-    }  # fmt: skip
+    }
     all_samples: dict[str, list[dict[str, Any]]] = {}
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -205,10 +275,19 @@ def _run_eval(
             data = load_benchmark(name, config.split, fields=config.fields, limit=config.limit)
             start = time.perf_counter()
             scores, samples = evaluate_benchmark(
-                backend, data, chosen, n=config.n, temperature=config.temperature, top_p=config.top_p,
-                max_new_tokens=config.max_new_tokens, chat=config.chat, tool=config.tool, seed=config.seed,
-                progress=progress, sandbox=sandbox,
-            )  # fmt: skip
+                backend,
+                data,
+                chosen,
+                n=config.n,
+                temperature=config.temperature,
+                top_p=config.top_p,
+                max_new_tokens=config.max_new_tokens,
+                chat=config.chat,
+                tool=config.tool,
+                seed=config.seed,
+                progress=progress,
+                sandbox=sandbox,
+            )
             scores["prompt"] = chosen.name
             scores["seconds"] = round(time.perf_counter() - start, 3)
             key = Path(name).stem if Path(name).suffix else name

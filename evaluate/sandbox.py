@@ -37,8 +37,20 @@ from typing import Any
 from mathforge.errors import ConfigError, MathforgeError
 
 ISOLATION_LEVELS = ("auto", "namespaces", "landlock", "none")
-DEFAULT_PRELOAD = ("math", "cmath", "fractions", "decimal", "itertools", "functools", "collections", "statistics",
-                   "random", "re", "numpy", "sympy")
+DEFAULT_PRELOAD = (
+    "math",
+    "cmath",
+    "fractions",
+    "decimal",
+    "itertools",
+    "functools",
+    "collections",
+    "statistics",
+    "random",
+    "re",
+    "numpy",
+    "sympy",
+)
 _ZYGOTE = Path(__file__).with_name("sandbox_zygote.py")
 _STARTUP_SECONDS = 120.0  # preloading sympy and numpy on a busy 2-core machine
 
@@ -58,8 +70,13 @@ class Isolation:
     errors: tuple[str, ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
-        return {"level": self.level, "safe": self.safe, "mechanisms": list(self.mechanisms), "held": self.held,
-                "errors": list(self.errors)}
+        return {
+            "level": self.level,
+            "safe": self.safe,
+            "mechanisms": list(self.mechanisms),
+            "held": self.held,
+            "errors": list(self.errors),
+        }
 
     def describe(self) -> str:
         walls = ", ".join(self.mechanisms)
@@ -97,12 +114,15 @@ _LIMIT_NOTES = {
 class Sandbox:
     """A zygote that runs snippets confined; thread-safe, many snippets at a time. Close it (or use `with`)."""
 
-    def __init__(self, *, isolation: str = "auto", preload: tuple[str, ...] = DEFAULT_PRELOAD,
-                 audit_hook: bool = True) -> None:
+    def __init__(
+        self, *, isolation: str = "auto", preload: tuple[str, ...] = DEFAULT_PRELOAD, audit_hook: bool = True
+    ) -> None:
         if not sys.platform.startswith("linux"):
             raise SandboxError(f"the code sandbox needs Linux (namespaces, Landlock, seccomp); this is {sys.platform}")
         if isolation not in ISOLATION_LEVELS:
-            raise ConfigError(f"sandbox isolation {isolation!r} is unknown; allowed values: {', '.join(ISOLATION_LEVELS)}")
+            raise ConfigError(
+                f"sandbox isolation {isolation!r} is unknown; allowed values: {', '.join(ISOLATION_LEVELS)}"
+            )
         self._settings = {"isolation": isolation, "preload": list(preload), "audit_hook": audit_hook}
         self._lock = threading.Lock()
         self._process: subprocess.Popen | None = None
@@ -126,15 +146,28 @@ class Sandbox:
         self._shutdown()
         base = tempfile.mkdtemp(prefix="mathforge-sandbox-")
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        env = {"PATH": "/usr/bin:/bin", "PYTHONHASHSEED": "0", "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1",
-               "MKL_NUM_THREADS": "1", "MPLBACKEND": "Agg", "HOME": base, "TMPDIR": base}
+        env = {
+            "PATH": "/usr/bin:/bin",
+            "PYTHONHASHSEED": "0",
+            "OPENBLAS_NUM_THREADS": "1",
+            "OMP_NUM_THREADS": "1",
+            "MKL_NUM_THREADS": "1",
+            "MPLBACKEND": "Agg",
+            "HOME": base,
+            "TMPDIR": base,
+        }
         log = open(os.path.join(base, "zygote.log"), "wb")
         config = json.dumps({**self._settings, "base": base, "control_fd": child.fileno()})
         try:
             process = subprocess.Popen(
                 [sys.executable, "-I", str(_ZYGOTE), config],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env, pass_fds=(child.fileno(),),
-                start_new_session=True, cwd=base,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                env=env,
+                pass_fds=(child.fileno(),),
+                start_new_session=True,
+                cwd=base,
             )
         finally:
             child.close()
@@ -149,8 +182,13 @@ class Sandbox:
         info = json.loads(hello)
         escaped = os.path.exists(os.path.join(base, "outside-probe"))
         held = {**info["held"], "filesystem": bool(info["held"].get("filesystem")) and not escaped}
-        self._isolation = Isolation(info["level"], bool(info["safe"]) and not escaped, tuple(info["mechanisms"]),
-                                    held, tuple(info["errors"] + info["preload_failed"]))
+        self._isolation = Isolation(
+            info["level"],
+            bool(info["safe"]) and not escaped,
+            tuple(info["mechanisms"]),
+            held,
+            tuple(info["errors"] + info["preload_failed"]),
+        )
         if os.path.isdir(os.path.join(base, "root")):  # the new root's mount point, empty outside the zygote
             os.rmdir(os.path.join(base, "root"))
 
@@ -179,15 +217,29 @@ class Sandbox:
 
     # -- running -----------------------------------------------------------------------------------------------
 
-    def run(self, code: str, *, timeout: float = 10.0, cpu_seconds: float | None = None, memory_mb: int = 1024,
-            file_mb: int = 16, disk_mb: int = 64, max_output: int = 4000) -> RunResult:
+    def run(
+        self,
+        code: str,
+        *,
+        timeout: float = 10.0,
+        cpu_seconds: float | None = None,
+        memory_mb: int = 1024,
+        file_mb: int = 16,
+        disk_mb: int = 64,
+        max_output: int = 4000,
+    ) -> RunResult:
         """Runs `code` confined and returns its output (stdout and stderr interleaved, the middle cut beyond
         `max_output` characters); never raises for bad or hostile code. `memory_mb` is on top of what the
         preloaded libraries take; `disk_mb` bounds the work folder, `file_mb` any one file."""
         if timeout <= 0 or memory_mb <= 0 or file_mb <= 0 or disk_mb <= 0 or max_output <= 0:
             raise ConfigError("sandbox limits (timeout, memory_mb, file_mb, disk_mb, max_output) must be positive")
-        request = {"timeout": float(timeout), "cpu_seconds": cpu_seconds or max(1.0, timeout),
-                   "memory_mb": memory_mb, "file_mb": file_mb, "disk_mb": disk_mb}
+        request = {
+            "timeout": float(timeout),
+            "cpu_seconds": cpu_seconds or max(1.0, timeout),
+            "memory_mb": memory_mb,
+            "file_mb": file_mb,
+            "disk_mb": disk_mb,
+        }
         memfd = os.memfd_create("snippet", os.MFD_CLOEXEC)
         os.write(memfd, code.encode("utf-8", "surrogatepass"))
         out_r, out_w = os.pipe()

@@ -75,7 +75,11 @@ class State:
                 self.mechanisms += ["user/mount/net/ipc/uts namespaces"]
                 confine.build_root(os.path.join(self.base, "root"), self.read_paths, DEVICES)
                 self.namespaces, self.level = True, "namespaces"
-                self.mechanisms += ["read-only minimal root", "PID namespace per snippet", "tmpfs work folder per snippet"]
+                self.mechanisms += [
+                    "read-only minimal root",
+                    "PID namespace per snippet",
+                    "tmpfs work folder per snippet",
+                ]
             except OSError as error:
                 self.errors.append(f"namespaces: {error}")
         if wanted != "none":
@@ -111,10 +115,35 @@ class State:
 def _audit_hook(root: str):
     """A first line of defence with clear messages; the OS-level confinement is the boundary."""
     write_flags = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
-    refused = ("socket.", "subprocess.", "os.fork", "os.exec", "os.posix_spawn", "os.spawn", "os.system",
-               "os.kill", "os.killpg", "pty.", "os.forkpty", "_posixsubprocess")
-    changes = ("os.remove", "os.rename", "os.rmdir", "os.mkdir", "os.chmod", "os.chown", "os.link", "os.symlink",
-               "os.truncate", "os.utime", "shutil.rmtree", "shutil.copyfile", "shutil.move")
+    refused = (
+        "socket.",
+        "subprocess.",
+        "os.fork",
+        "os.exec",
+        "os.posix_spawn",
+        "os.spawn",
+        "os.system",
+        "os.kill",
+        "os.killpg",
+        "pty.",
+        "os.forkpty",
+        "_posixsubprocess",
+    )
+    changes = (
+        "os.remove",
+        "os.rename",
+        "os.rmdir",
+        "os.mkdir",
+        "os.chmod",
+        "os.chown",
+        "os.link",
+        "os.symlink",
+        "os.truncate",
+        "os.utime",
+        "shutil.rmtree",
+        "shutil.copyfile",
+        "shutil.move",
+    )
 
     def inside(path) -> bool:
         if isinstance(path, int):
@@ -147,13 +176,26 @@ def confine_runner(state: State, work: str, limits: dict, base_size: int) -> Non
     os.chdir(work)
     mem = base_size + (int(limits["memory_mb"]) << 20)
     cpu = max(1, int(limits["cpu_seconds"]))
-    for which, value in ((resource.RLIMIT_AS, mem), (resource.RLIMIT_CPU, cpu),
-                         (resource.RLIMIT_FSIZE, int(limits["file_mb"]) << 20), (resource.RLIMIT_NOFILE, 64),
-                         (resource.RLIMIT_CORE, 0)):
+    for which, value in (
+        (resource.RLIMIT_AS, mem),
+        (resource.RLIMIT_CPU, cpu),
+        (resource.RLIMIT_FSIZE, int(limits["file_mb"]) << 20),
+        (resource.RLIMIT_NOFILE, 64),
+        (resource.RLIMIT_CORE, 0),
+    ):
         resource.setrlimit(which, (value, value))
     os.environ.clear()
-    os.environ.update({"PATH": "/usr/bin:/bin", "HOME": work, "TMPDIR": work, "MPLCONFIGDIR": work,
-                       "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0"})
+    os.environ.update(
+        {
+            "PATH": "/usr/bin:/bin",
+            "HOME": work,
+            "TMPDIR": work,
+            "MPLCONFIGDIR": work,
+            "OPENBLAS_NUM_THREADS": "1",
+            "OMP_NUM_THREADS": "1",
+            "PYTHONHASHSEED": "0",
+        }
+    )
     tempfile.tempdir = work
     try:
         confine.drop_capabilities()
@@ -182,8 +224,9 @@ def run_snippet(state: State, work: str, request: dict, code_fd: int, out_fd: in
         os.dup2(out_fd, 2)
         os.closerange(3, 1 << 16)
         sys.stdin = open(0, closefd=False)
-        sys.stdout = sys.stderr = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), encoding="utf-8",
-                                                   errors="backslashreplace", write_through=True)
+        sys.stdout = sys.stderr = io.TextIOWrapper(
+            io.FileIO(1, "w", closefd=False), encoding="utf-8", errors="backslashreplace", write_through=True
+        )
         confine_runner(state, work, request, base_size)
         linecache.cache["<model code>"] = (len(source), None, source.splitlines(True), "<model code>")
         namespace = {"__name__": "__main__", "__builtins__": builtins}
@@ -217,8 +260,13 @@ def execute(state: State, request: dict, fds: list[int]) -> None:
     try:
         if state.namespaces:
             confine.unshare(confine.CLONE_NEWNS | confine.CLONE_NEWPID)
-            confine.mount("tmpfs", confine.WORK, "tmpfs", confine.MS_NOSUID | confine.MS_NODEV,
-                          f"size={int(request['disk_mb'])}m,nr_inodes=4096,mode=1777")
+            confine.mount(
+                "tmpfs",
+                confine.WORK,
+                "tmpfs",
+                confine.MS_NOSUID | confine.MS_NODEV,
+                f"size={int(request['disk_mb'])}m,nr_inodes=4096,mode=1777",
+            )
             work = confine.WORK
         else:
             work = tempfile.mkdtemp(dir=state.runs_dir)
@@ -239,9 +287,12 @@ def execute(state: State, request: dict, fds: list[int]) -> None:
                 except (ProcessLookupError, PermissionError):
                     pass
         _, raw, usage = os.wait4(pid, 0)
-        status = {"returncode": os.waitstatus_to_exitcode(raw), "limit": limit,
-                  "cpu_seconds": round(usage.ru_utime + usage.ru_stime, 3),
-                  "seconds": round(time.monotonic() - start, 3)}
+        status = {
+            "returncode": os.waitstatus_to_exitcode(raw),
+            "limit": limit,
+            "cpu_seconds": round(usage.ru_utime + usage.ru_stime, 3),
+            "seconds": round(time.monotonic() - start, 3),
+        }
         if not state.namespaces:
             import shutil
 
@@ -347,8 +398,14 @@ def probe(state: State) -> dict:
     try:
         return {**json.loads(output.strip().splitlines()[-1]), "status": json.loads(status)}
     except (ValueError, IndexError):
-        return {"process": False, "network": False, "filesystem": False, "work_folder": False,
-                "probe_output": output[-2000:], "status": status}
+        return {
+            "process": False,
+            "network": False,
+            "filesystem": False,
+            "work_folder": False,
+            "probe_output": output[-2000:],
+            "status": status,
+        }
 
 
 def _read_all(fd: int) -> bytes:
@@ -401,9 +458,17 @@ def main() -> None:
             failed.append(f"sympy warm-up: {error!r}")
     held = probe(state)
     checks = ("process", "network", "filesystem")
-    hello = {"level": state.level, "mechanisms": state.mechanisms, "held": {k: held.get(k) for k in checks},
-             "work_folder": held.get("work_folder"), "safe": all(held.get(k) for k in checks) and state.level != "none",
-             "errors": state.errors, "preloaded": preloaded, "preload_failed": failed, "probe": held}
+    hello = {
+        "level": state.level,
+        "mechanisms": state.mechanisms,
+        "held": {k: held.get(k) for k in checks},
+        "work_folder": held.get("work_folder"),
+        "safe": all(held.get(k) for k in checks) and state.level != "none",
+        "errors": state.errors,
+        "preloaded": preloaded,
+        "preload_failed": failed,
+        "probe": held,
+    }
     control.send(json.dumps(hello).encode())
     while True:
         ready, _, _ = select.select([control], [], [], 1.0)

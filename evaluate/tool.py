@@ -40,10 +40,19 @@ def _extend(prompt: PromptInput, transcript: list[tuple[str, str]]) -> PromptInp
 
 
 def generate_with_tools(
-    backend: Backend, prompts: Sequence[PromptInput], *, rounds: int = 4, temperature: float = 0.0,
-    top_p: float = 1.0, max_new_tokens: int = 1024, stop: Sequence[str] = (), seed: int = 0,
-    timeout: float = 10.0, sandbox: Sandbox | None = None, workers: int | None = None,
-) -> list[str]:  # fmt: skip
+    backend: Backend,
+    prompts: Sequence[PromptInput],
+    *,
+    rounds: int = 4,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    max_new_tokens: int = 1024,
+    stop: Sequence[str] = (),
+    seed: int = 0,
+    timeout: float = 10.0,
+    sandbox: Sandbox | None = None,
+    workers: int | None = None,
+) -> list[str]:
     """One tool-integrated transcript per prompt: model text with ```output blocks spliced in.
 
     Each round's snippets run in `sandbox` (the process's default one if None), `workers` at a time."""
@@ -56,9 +65,14 @@ def generate_with_tools(
                 break
             batch = [_extend(prompts[i], [(t, o) for t, o in transcripts[i]]) for i in active]
             outputs = backend.generate(
-                batch, n=1, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
-                stop=[*stop, "```output"], seed=seed + round_,
-            )  # fmt: skip
+                batch,
+                n=1,
+                temperature=temperature,
+                top_p=top_p,
+                max_new_tokens=max_new_tokens,
+                stop=[*stop, "```output"],
+                seed=seed + round_,
+            )
             codes = [pending_code(text) if round_ < rounds else None for (text,) in outputs]
             runs = pool.map(lambda code: None if code is None else sandbox.run(code, timeout=timeout), codes)
             still = []

@@ -112,9 +112,12 @@ def _flex(q, k, v, cu_seqlens, max_seqlen, causal):
     mask = create_block_mask(document_causal, None, None, total, total, device=q.device)
     attend = flex_attention if torch.compiler.is_compiling() else _compiled_flex()
     out = attend(
-        q.transpose(0, 1).unsqueeze(0), k.transpose(0, 1).unsqueeze(0), v.transpose(0, 1).unsqueeze(0),
-        block_mask=mask, enable_gqa=q.shape[1] != k.shape[1],
-    )  # fmt: skip
+        q.transpose(0, 1).unsqueeze(0),
+        k.transpose(0, 1).unsqueeze(0),
+        v.transpose(0, 1).unsqueeze(0),
+        block_mask=mask,
+        enable_gqa=q.shape[1] != k.shape[1],
+    )
     return out.squeeze(0).transpose(0, 1)
 
 
@@ -140,20 +143,37 @@ def _sdpa(q, k, v, cu_seqlens, max_seqlen, causal):
 
 ATTENTION_BACKENDS: Registry[BackendSpec] = Registry("attention backend")
 for _spec in (  # flash-attn 3 / 2: `flash_attn_varlen_func`, head_dim ≤ 256
-    BackendSpec("flash-attn-3", "flash_attn_interface", "flash_attn_varlen_func", needs_cuda=True, half_only=True,
-                run=_flash("flash-attn-3"), lazy=True),
-    BackendSpec("flash-attn-2", "flash_attn", "flash_attn_varlen_func", needs_cuda=True, half_only=True,
-                run=_flash("flash-attn-2"), lazy=True),
+    BackendSpec(
+        "flash-attn-3",
+        "flash_attn_interface",
+        "flash_attn_varlen_func",
+        needs_cuda=True,
+        half_only=True,
+        run=_flash("flash-attn-3"),
+        lazy=True,
+    ),
+    BackendSpec(
+        "flash-attn-2",
+        "flash_attn",
+        "flash_attn_varlen_func",
+        needs_cuda=True,
+        half_only=True,
+        run=_flash("flash-attn-2"),
+        lazy=True,
+    ),
     # torch ≥ 2.10's varlen attention
-    BackendSpec("torch-varlen", "torch.nn.attention.varlen", "varlen_attn", needs_cuda=True, half_only=True,
-                run=_torch_varlen),
+    BackendSpec(
+        "torch-varlen", "torch.nn.attention.varlen", "varlen_attn", needs_cuda=True, half_only=True, run=_torch_varlen
+    ),
     # FlexAttention with a document-causal block mask (compiled)
-    BackendSpec("flex", "torch.nn.attention.flex_attention", "flex_attention", needs_cuda=True, half_only=False,
-                run=_flex),
+    BackendSpec(
+        "flex", "torch.nn.attention.flex_attention", "flex_attention", needs_cuda=True, half_only=False, run=_flex
+    ),
     # scaled_dot_product_attention once per document: any device and dtype; the CPU path and last resort
-    BackendSpec("sdpa", "torch.nn.functional", "scaled_dot_product_attention", needs_cuda=False, half_only=False,
-                run=_sdpa),
-):  # fmt: skip
+    BackendSpec(
+        "sdpa", "torch.nn.functional", "scaled_dot_product_attention", needs_cuda=False, half_only=False, run=_sdpa
+    ),
+):
     ATTENTION_BACKENDS.add(_spec.name, _spec)
 del _spec
 

@@ -48,10 +48,25 @@ def _tanh(y):
 
 @triton.jit
 def _ce_kernel(
-    logits_ptr, logits_stride, target_ptr, loss_ptr, lse_ptr, grad_ptr, grad_stride, scale_ptr, scale_stride,
-    n_cols, ignore_index, label_smoothing, z_loss, softcap,
-    FORWARD: tl.constexpr, BACKWARD: tl.constexpr, HAS_SOFTCAP: tl.constexpr, BLOCK: tl.constexpr,
-):  # fmt: skip
+    logits_ptr,
+    logits_stride,
+    target_ptr,
+    loss_ptr,
+    lse_ptr,
+    grad_ptr,
+    grad_stride,
+    scale_ptr,
+    scale_stride,
+    n_cols,
+    ignore_index,
+    label_smoothing,
+    z_loss,
+    softcap,
+    FORWARD: tl.constexpr,
+    BACKWARD: tl.constexpr,
+    HAS_SOFTCAP: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
     """One program per row. FORWARD: compute lse and the loss (stored to lse_ptr, loss_ptr).
     BACKWARD: write scale[row]·dloss/dx to grad_ptr (using the lse just computed, or loaded)."""
     row = tl.program_id(0).to(tl.int64)
@@ -133,13 +148,26 @@ def launch_ce(
     forward, backward = loss is not None, grad is not None
     block = row_block(v)
     _ce_kernel[(n,)](
-        logits, logits.stride(0), target, loss if forward else lse, lse,
-        grad if backward else logits, grad.stride(0) if backward else 0,
-        scale if backward else lse, (1 if scale.numel() > 1 else 0) if backward else 0,
-        v, ignore_index, label_smoothing, z_loss, softcap if softcap is not None else 1.0,
-        FORWARD=forward, BACKWARD=backward, HAS_SOFTCAP=softcap is not None, BLOCK=block,
+        logits,
+        logits.stride(0),
+        target,
+        loss if forward else lse,
+        lse,
+        grad if backward else logits,
+        grad.stride(0) if backward else 0,
+        scale if backward else lse,
+        (1 if scale.numel() > 1 else 0) if backward else 0,
+        v,
+        ignore_index,
+        label_smoothing,
+        z_loss,
+        softcap if softcap is not None else 1.0,
+        FORWARD=forward,
+        BACKWARD=backward,
+        HAS_SOFTCAP=softcap is not None,
+        BLOCK=block,
         num_warps=num_warps_for(block),
-    )  # fmt: skip
+    )
 
 
 def _rows(logits: torch.Tensor) -> torch.Tensor:
@@ -148,17 +176,29 @@ def _rows(logits: torch.Tensor) -> torch.Tensor:
 
 @torch.library.custom_op("mathforge::cross_entropy_fwd", mutates_args=())
 def cross_entropy_fwd(
-    logits: torch.Tensor, target: torch.Tensor, ignore_index: int, label_smoothing: float, z_loss: float,
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    ignore_index: int,
+    label_smoothing: float,
+    z_loss: float,
     softcap: float | None,
-) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-row loss [N] and lse [N], both fp32."""
     logits = _rows(logits)
     loss = torch.empty(logits.shape[0], device=logits.device, dtype=torch.float32)
     lse = torch.empty_like(loss)
     launch_ce(
-        logits, target, loss=loss, lse=lse, grad=None, scale=None, ignore_index=ignore_index,
-        label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap,
-    )  # fmt: skip
+        logits,
+        target,
+        loss=loss,
+        lse=lse,
+        grad=None,
+        scale=None,
+        ignore_index=ignore_index,
+        label_smoothing=label_smoothing,
+        z_loss=z_loss,
+        softcap=softcap,
+    )
     return loss, lse
 
 
@@ -170,16 +210,30 @@ def _(logits, target, ignore_index, label_smoothing, z_loss, softcap):
 
 @torch.library.custom_op("mathforge::cross_entropy_bwd", mutates_args=())
 def cross_entropy_bwd(
-    grad_loss: torch.Tensor, logits: torch.Tensor, target: torch.Tensor, lse: torch.Tensor, ignore_index: int,
-    label_smoothing: float, z_loss: float, softcap: float | None,
-) -> torch.Tensor:  # fmt: skip
+    grad_loss: torch.Tensor,
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    lse: torch.Tensor,
+    ignore_index: int,
+    label_smoothing: float,
+    z_loss: float,
+    softcap: float | None,
+) -> torch.Tensor:
     """dlogits in the logits' dtype, each row scaled by grad_loss[row]."""
     logits = _rows(logits)
     grad = torch.empty_like(logits, memory_format=torch.contiguous_format)
     launch_ce(
-        logits, target, loss=None, lse=lse, grad=grad, scale=grad_loss.contiguous(), ignore_index=ignore_index,
-        label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap,
-    )  # fmt: skip
+        logits,
+        target,
+        loss=None,
+        lse=lse,
+        grad=grad,
+        scale=grad_loss.contiguous(),
+        ignore_index=ignore_index,
+        label_smoothing=label_smoothing,
+        z_loss=z_loss,
+        softcap=softcap,
+    )
     return grad
 
 
@@ -226,9 +280,13 @@ def cross_entropy_triton(
     )
     target = target.contiguous()
     loss, lse = CrossEntropyFunction.apply(
-        logits, target, int(ignore_index), float(label_smoothing), float(z_loss),
+        logits,
+        target,
+        int(ignore_index),
+        float(label_smoothing),
+        float(z_loss),
         None if softcap is None else float(softcap),
-    )  # fmt: skip
+    )
     loss = reduce_rows(loss, target, ignore_index, reduction)
     if not return_z_loss:
         return loss

@@ -68,8 +68,14 @@ def cross_entropy(
     )
     if check_enabled():
         check_targets(target, logits.shape[-1], ignore_index)
-    kwargs = dict(ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing, z_loss=z_loss,
-                  softcap=softcap, return_z_loss=return_z_loss)  # fmt: skip
+    kwargs = dict(
+        ignore_index=ignore_index,
+        reduction=reduction,
+        label_smoothing=label_smoothing,
+        z_loss=z_loss,
+        softcap=softcap,
+        return_z_loss=return_z_loss,
+    )
     with _no_autocast(logits):
         if use_triton(logits):
             return _fp32(cross_entropy_triton(logits, target, **kwargs))
@@ -94,13 +100,26 @@ def fused_linear_cross_entropy(
     gradients computed during the forward, so a "mean"/"sum" loss takes one backward). `return_z_loss` as in
     `cross_entropy`."""
     check_fused_linear_cross_entropy(
-        hidden, weight, target, bias, reduction=reduction, label_smoothing=label_smoothing, z_loss=z_loss,
+        hidden,
+        weight,
+        target,
+        bias,
+        reduction=reduction,
+        label_smoothing=label_smoothing,
+        z_loss=z_loss,
         softcap=softcap,
-    )  # fmt: skip
+    )
     if check_enabled():
         check_targets(target, weight.shape[0], ignore_index)
-    kwargs = dict(bias=bias, ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing,
-                  z_loss=z_loss, softcap=softcap, return_z_loss=return_z_loss)  # fmt: skip
+    kwargs = dict(
+        bias=bias,
+        ignore_index=ignore_index,
+        reduction=reduction,
+        label_smoothing=label_smoothing,
+        z_loss=z_loss,
+        softcap=softcap,
+        return_z_loss=return_z_loss,
+    )
     with _no_autocast(hidden):
         if use_triton(hidden):
             return _fp32(fused_linear_cross_entropy_triton(hidden, weight, target, **kwargs))

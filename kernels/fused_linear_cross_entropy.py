@@ -76,10 +76,20 @@ def _accumulate_weight_grad(acc: torch.Tensor, grad_logits: torch.Tensor, h: tor
 
 
 def _chunked(
-    hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, target: torch.Tensor,
-    loss: torch.Tensor | None, lse: torch.Tensor, scale: torch.Tensor | None, grads: bool, chunk: int,
-    ignore_index: int, label_smoothing: float, z_loss: float, softcap: float | None,
-) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:  # fmt: skip
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    target: torch.Tensor,
+    loss: torch.Tensor | None,
+    lse: torch.Tensor,
+    scale: torch.Tensor | None,
+    grads: bool,
+    chunk: int,
+    ignore_index: int,
+    label_smoothing: float,
+    z_loss: float,
+    softcap: float | None,
+) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
     """One pass over the token chunks. `loss` given → fill loss/lse; `grads` → return (grad_hidden,
     grad_weight, grad_bias) with row i scaled by scale[i] (or scale[0])."""
     n, v = hidden.shape[0], weight.shape[0]
@@ -95,10 +105,17 @@ def _chunked(
         if grads:
             dlogits = logits if logits.dtype == weight.dtype else torch.empty_like(logits, dtype=weight.dtype)
         launch_ce(
-            logits, target[start:stop], loss=None if loss is None else loss[start:stop], lse=lse[start:stop],
-            grad=dlogits, scale=None if scale is None else (scale if scale.numel() == 1 else scale[start:stop]),
-            ignore_index=ignore_index, label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap,
-        )  # fmt: skip
+            logits,
+            target[start:stop],
+            loss=None if loss is None else loss[start:stop],
+            lse=lse[start:stop],
+            grad=dlogits,
+            scale=None if scale is None else (scale if scale.numel() == 1 else scale[start:stop]),
+            ignore_index=ignore_index,
+            label_smoothing=label_smoothing,
+            z_loss=z_loss,
+            softcap=softcap,
+        )
         if grads:
             torch.mm(dlogits, weight, out=grad_hidden[start:stop])
             _accumulate_weight_grad(grad_weight, dlogits, h)
@@ -113,9 +130,17 @@ def _chunked(
 
 @torch.library.custom_op("mathforge::flce_fwd", mutates_args=())
 def flce_fwd(
-    hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, target: torch.Tensor, ignore_index: int,
-    label_smoothing: float, z_loss: float, softcap: float | None, grad_scale_mode: int, chunk: int,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    target: torch.Tensor,
+    ignore_index: int,
+    label_smoothing: float,
+    z_loss: float,
+    softcap: float | None,
+    grad_scale_mode: int,
+    chunk: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-row loss [N] and lse [N] (fp32); with grad_scale_mode 1 ("mean") or 2 ("sum") also the gradients
     of the reduced loss (grad_hidden, grad_weight, grad_bias; empty tensors when mode is 0 or no bias)."""
     with torch.autocast(hidden.device.type, enabled=False):
@@ -134,10 +159,20 @@ def _flce_fwd(hidden, weight, bias, target, ignore_index, label_smoothing, z_los
     elif grad_scale_mode == 2:
         scale = torch.ones(1, device=hidden.device, dtype=torch.float32)
     gh, gw, gb = _chunked(
-        hidden, weight, bias, target, loss, lse, scale, grad_scale_mode > 0, chunk or chunk_rows(
-            n, hidden.shape[1], weight.shape[0], weight.dtype, hidden.device),
-        ignore_index, label_smoothing, z_loss, softcap,
-    )  # fmt: skip
+        hidden,
+        weight,
+        bias,
+        target,
+        loss,
+        lse,
+        scale,
+        grad_scale_mode > 0,
+        chunk or chunk_rows(n, hidden.shape[1], weight.shape[0], weight.dtype, hidden.device),
+        ignore_index,
+        label_smoothing,
+        z_loss,
+        softcap,
+    )
 
     def or_empty(t: torch.Tensor | None) -> torch.Tensor:  # outputs may not alias each other
         return hidden.new_empty(0) if t is None else t
@@ -150,32 +185,55 @@ def _(hidden, weight, bias, target, ignore_index, label_smoothing, z_loss, softc
     loss = hidden.new_empty(hidden.shape[0], dtype=torch.float32)
     grads = grad_scale_mode > 0
     return (
-        loss, torch.empty_like(loss), torch.empty_like(hidden) if grads else hidden.new_empty(0),
+        loss,
+        torch.empty_like(loss),
+        torch.empty_like(hidden) if grads else hidden.new_empty(0),
         torch.empty_like(weight) if grads else hidden.new_empty(0),
         torch.empty_like(bias) if grads and bias is not None else hidden.new_empty(0),
-    )  # fmt: skip
+    )
 
 
 @torch.library.custom_op("mathforge::flce_bwd", mutates_args=())
 def flce_bwd(
-    grad_loss: torch.Tensor, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-    target: torch.Tensor, lse: torch.Tensor, ignore_index: int, label_smoothing: float, z_loss: float,
-    softcap: float | None, chunk: int,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+    grad_loss: torch.Tensor,
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    target: torch.Tensor,
+    lse: torch.Tensor,
+    ignore_index: int,
+    label_smoothing: float,
+    z_loss: float,
+    softcap: float | None,
+    chunk: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Gradients for reduction "none": recomputes each chunk, row i scaled by grad_loss[i]."""
     with torch.autocast(hidden.device.type, enabled=False):
         gh, gw, gb = _chunked(
-            hidden, weight, bias, target, None, lse, grad_loss.to(torch.float32).contiguous(), True,
+            hidden,
+            weight,
+            bias,
+            target,
+            None,
+            lse,
+            grad_loss.to(torch.float32).contiguous(),
+            True,
             chunk or chunk_rows(hidden.shape[0], hidden.shape[1], weight.shape[0], weight.dtype, hidden.device),
-            ignore_index, label_smoothing, z_loss, softcap,
-        )  # fmt: skip
+            ignore_index,
+            label_smoothing,
+            z_loss,
+            softcap,
+        )
     return gh, gw, hidden.new_empty(0) if gb is None else gb
 
 
 @flce_bwd.register_fake
 def _(grad_loss, hidden, weight, bias, target, lse, ignore_index, label_smoothing, z_loss, softcap, chunk):
-    return torch.empty_like(hidden), torch.empty_like(weight), (
-        hidden.new_empty(0) if bias is None else torch.empty_like(bias))  # fmt: skip
+    return (
+        torch.empty_like(hidden),
+        torch.empty_like(weight),
+        (hidden.new_empty(0) if bias is None else torch.empty_like(bias)),
+    )
 
 
 class FusedLinearCrossEntropyFunction(torch.autograd.Function):
@@ -231,14 +289,28 @@ def fused_linear_cross_entropy_triton(
     """The Triton path of `mathforge.kernels.fused_linear_cross_entropy` (same checks); `chunk` > 0 fixes the
     rows per chunk."""
     check_fused_linear_cross_entropy(
-        hidden, weight, target, bias, reduction=reduction, label_smoothing=label_smoothing, z_loss=z_loss,
+        hidden,
+        weight,
+        target,
+        bias,
+        reduction=reduction,
+        label_smoothing=label_smoothing,
+        z_loss=z_loss,
         softcap=softcap,
-    )  # fmt: skip
+    )
     target = target.contiguous()
     loss, lse = FusedLinearCrossEntropyFunction.apply(
-        hidden, weight, target, bias, int(ignore_index), reduction, float(label_smoothing), float(z_loss),
-        None if softcap is None else float(softcap), int(chunk),
-    )  # fmt: skip
+        hidden,
+        weight,
+        target,
+        bias,
+        int(ignore_index),
+        reduction,
+        float(label_smoothing),
+        float(z_loss),
+        None if softcap is None else float(softcap),
+        int(chunk),
+    )
     if not return_z_loss:
         return loss
     return loss, reduce_rows(z_loss_rows(lse, target, ignore_index, float(z_loss)), target, ignore_index, reduction)

@@ -13,11 +13,22 @@ from mathforge.kernels.functional import apply_rope, cross_entropy, fused_linear
 class CrossEntropyLoss(nn.Module):
     """`cross_entropy` with its options fixed at construction."""
 
-    def __init__(self, ignore_index: int = -100, reduction: str = "mean", label_smoothing: float = 0.0,
-                 z_loss: float = 0.0, softcap: float | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        ignore_index: int = -100,
+        reduction: str = "mean",
+        label_smoothing: float = 0.0,
+        z_loss: float = 0.0,
+        softcap: float | None = None,
+    ) -> None:
         super().__init__()
-        self.options = dict(ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing,
-                            z_loss=z_loss, softcap=softcap)  # fmt: skip
+        self.options = dict(
+            ignore_index=ignore_index,
+            reduction=reduction,
+            label_smoothing=label_smoothing,
+            z_loss=z_loss,
+            softcap=softcap,
+        )
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return cross_entropy(logits, target, **self.options)
@@ -26,11 +37,22 @@ class CrossEntropyLoss(nn.Module):
 class FusedLinearCrossEntropyLoss(nn.Module):
     """`fused_linear_cross_entropy(hidden, weight, target, bias=...)`: pass the lm_head's weight (and bias)."""
 
-    def __init__(self, ignore_index: int = -100, reduction: str = "mean", label_smoothing: float = 0.0,
-                 z_loss: float = 0.0, softcap: float | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        ignore_index: int = -100,
+        reduction: str = "mean",
+        label_smoothing: float = 0.0,
+        z_loss: float = 0.0,
+        softcap: float | None = None,
+    ) -> None:
         super().__init__()
-        self.options = dict(ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing,
-                            z_loss=z_loss, softcap=softcap)  # fmt: skip
+        self.options = dict(
+            ignore_index=ignore_index,
+            reduction=reduction,
+            label_smoothing=label_smoothing,
+            z_loss=z_loss,
+            softcap=softcap,
+        )
 
     def forward(
         self, hidden: torch.Tensor, weight: torch.Tensor, target: torch.Tensor, bias: torch.Tensor | None = None

@@ -81,9 +81,15 @@ def fused_linear_cross_entropy(
     if bias is not None:
         logits = logits + bias.to(dtype)
     return cross_entropy(
-        logits, target, ignore_index=ignore_index, reduction=reduction,
-        label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap, return_z_loss=return_z_loss,
-    )  # fmt: skip
+        logits,
+        target,
+        ignore_index=ignore_index,
+        reduction=reduction,
+        label_smoothing=label_smoothing,
+        z_loss=z_loss,
+        softcap=softcap,
+        return_z_loss=return_z_loss,
+    )
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float = 1e-6, offset: float = 0.0) -> torch.Tensor:

@@ -25,9 +25,19 @@ BWD_PROGRAMS_PER_SM = 4  # backward: 4 persistent programs per SM (enough to hid
 
 @triton.jit
 def _rms_fwd_kernel(
-    x_ptr, x_stride, w_ptr, y_ptr, rstd_ptr, n_rows, n_cols, eps, offset,
-    HAS_WEIGHT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-):  # fmt: skip
+    x_ptr,
+    x_stride,
+    w_ptr,
+    y_ptr,
+    rstd_ptr,
+    n_rows,
+    n_cols,
+    eps,
+    offset,
+    HAS_WEIGHT: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
     rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = tl.arange(0, BLOCK_N)
     mask = (rows < n_rows)[:, None] & (cols < n_cols)[None, :]
@@ -43,9 +53,21 @@ def _rms_fwd_kernel(
 
 @triton.jit
 def _rms_bwd_kernel(
-    dy_ptr, dy_stride, x_ptr, x_stride, w_ptr, rstd_ptr, dx_ptr, dw_partial_ptr, n_rows, n_cols, offset,
-    HAS_WEIGHT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-):  # fmt: skip
+    dy_ptr,
+    dy_stride,
+    x_ptr,
+    x_stride,
+    w_ptr,
+    rstd_ptr,
+    dx_ptr,
+    dw_partial_ptr,
+    n_rows,
+    n_cols,
+    offset,
+    HAS_WEIGHT: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
     pid = tl.program_id(0)
     n_programs = tl.num_programs(0)
     cols = tl.arange(0, BLOCK_N)
@@ -96,10 +118,20 @@ def rms_norm_fwd(
     block_m, block_n = _blocks(h)
     if n:
         _rms_fwd_kernel[(triton.cdiv(n, block_m),)](
-            x2, x2.stride(0), x2 if weight is None else weight, y, rstd, n, h, eps, offset,
-            HAS_WEIGHT=weight is not None, BLOCK_M=block_m, BLOCK_N=block_n,
+            x2,
+            x2.stride(0),
+            x2 if weight is None else weight,
+            y,
+            rstd,
+            n,
+            h,
+            eps,
+            offset,
+            HAS_WEIGHT=weight is not None,
+            BLOCK_M=block_m,
+            BLOCK_N=block_n,
             num_warps=num_warps_for(block_m * block_n),
-        )  # fmt: skip
+        )
     return y.view(x.shape), rstd
 
 
@@ -126,9 +158,22 @@ def rms_norm_bwd(
         w, partial = weight, torch.zeros((max(programs, 1), h), device=x.device, dtype=torch.float32)
     if n:
         _rms_bwd_kernel[(programs,)](
-            dy2, dy2.stride(0), x2, x2.stride(0), w, rstd, dx, partial, n, h, offset,
-            HAS_WEIGHT=weight is not None, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=num_warps_for(block_m * block_n),
-        )  # fmt: skip
+            dy2,
+            dy2.stride(0),
+            x2,
+            x2.stride(0),
+            w,
+            rstd,
+            dx,
+            partial,
+            n,
+            h,
+            offset,
+            HAS_WEIGHT=weight is not None,
+            BLOCK_M=block_m,
+            BLOCK_N=block_n,
+            num_warps=num_warps_for(block_m * block_n),
+        )
     if weight is None:
         return dx.view(x.shape), x.new_empty(0)
     return dx.view(x.shape), partial.sum(0).to(weight.dtype)

@@ -24,10 +24,29 @@ NUM_WARPS = 4  # the tile is small (≤ 2K elements): 4 warps = 16 elements per 
 
 @triton.jit
 def _rope_one(
-    x_ptr, xs_t, xs_h, y_ptr, ys_t, ys_h, dx_src_ptr, dxs_t, dxs_h, c1, c2, s1, s2, t, n_tokens, n_heads, half,
-    BACKWARD: tl.constexpr, COS_GRAD: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_H: tl.constexpr,
+    x_ptr,
+    xs_t,
+    xs_h,
+    y_ptr,
+    ys_t,
+    ys_h,
+    dx_src_ptr,
+    dxs_t,
+    dxs_h,
+    c1,
+    c2,
+    s1,
+    s2,
+    t,
+    n_tokens,
+    n_heads,
+    half,
+    BACKWARD: tl.constexpr,
+    COS_GRAD: tl.constexpr,
+    BLOCK_T: tl.constexpr,
+    BLOCK_H: tl.constexpr,
     BLOCK_D: tl.constexpr,
-):  # fmt: skip
+):
     """Rotates one tensor (q or k) for tokens t; returns its contributions to (dc1, dc2, ds1, ds2)."""
     h = tl.arange(0, BLOCK_H)
     d = tl.arange(0, BLOCK_D)
@@ -57,11 +76,32 @@ def _rope_one(
 
 @triton.jit
 def _rope_kernel(
-    q_ptr, qs_t, qs_h, k_ptr, ks_t, ks_h, yq_ptr, yk_ptr, xq_ptr, xk_ptr, cos_ptr, sin_ptr, cs_t,
-    dcos_ptr, dsin_ptr, n_tokens, n_qh, n_kh, half,
-    BACKWARD: tl.constexpr, COS_GRAD: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_QH: tl.constexpr,
-    BLOCK_KH: tl.constexpr, BLOCK_D: tl.constexpr,
-):  # fmt: skip
+    q_ptr,
+    qs_t,
+    qs_h,
+    k_ptr,
+    ks_t,
+    ks_h,
+    yq_ptr,
+    yk_ptr,
+    xq_ptr,
+    xk_ptr,
+    cos_ptr,
+    sin_ptr,
+    cs_t,
+    dcos_ptr,
+    dsin_ptr,
+    n_tokens,
+    n_qh,
+    n_kh,
+    half,
+    BACKWARD: tl.constexpr,
+    COS_GRAD: tl.constexpr,
+    BLOCK_T: tl.constexpr,
+    BLOCK_QH: tl.constexpr,
+    BLOCK_KH: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
     t = tl.program_id(0).to(tl.int64) * BLOCK_T + tl.arange(0, BLOCK_T)
     d = tl.arange(0, BLOCK_D)
     cmask = (t < n_tokens)[:, None] & (d < half)[None, :]
@@ -71,15 +111,53 @@ def _rope_kernel(
     s1 = tl.load(sin_ptr + coff, mask=cmask, other=0.0).to(tl.float32)
     s2 = tl.load(sin_ptr + coff + half, mask=cmask, other=0.0).to(tl.float32)
     qc1, qc2, qs1, qs2 = _rope_one(
-        q_ptr, qs_t, qs_h, yq_ptr, n_qh * 2 * half, 2 * half, xq_ptr, n_qh * 2 * half, 2 * half,
-        c1[:, None, :], c2[:, None, :], s1[:, None, :], s2[:, None, :], t, n_tokens, n_qh, half,
-        BACKWARD, COS_GRAD, BLOCK_T, BLOCK_QH, BLOCK_D,
-    )  # fmt: skip
+        q_ptr,
+        qs_t,
+        qs_h,
+        yq_ptr,
+        n_qh * 2 * half,
+        2 * half,
+        xq_ptr,
+        n_qh * 2 * half,
+        2 * half,
+        c1[:, None, :],
+        c2[:, None, :],
+        s1[:, None, :],
+        s2[:, None, :],
+        t,
+        n_tokens,
+        n_qh,
+        half,
+        BACKWARD,
+        COS_GRAD,
+        BLOCK_T,
+        BLOCK_QH,
+        BLOCK_D,
+    )
     kc1, kc2, ks1, ks2 = _rope_one(
-        k_ptr, ks_t, ks_h, yk_ptr, n_kh * 2 * half, 2 * half, xk_ptr, n_kh * 2 * half, 2 * half,
-        c1[:, None, :], c2[:, None, :], s1[:, None, :], s2[:, None, :], t, n_tokens, n_kh, half,
-        BACKWARD, COS_GRAD, BLOCK_T, BLOCK_KH, BLOCK_D,
-    )  # fmt: skip
+        k_ptr,
+        ks_t,
+        ks_h,
+        yk_ptr,
+        n_kh * 2 * half,
+        2 * half,
+        xk_ptr,
+        n_kh * 2 * half,
+        2 * half,
+        c1[:, None, :],
+        c2[:, None, :],
+        s1[:, None, :],
+        s2[:, None, :],
+        t,
+        n_tokens,
+        n_kh,
+        half,
+        BACKWARD,
+        COS_GRAD,
+        BLOCK_T,
+        BLOCK_KH,
+        BLOCK_D,
+    )
     if COS_GRAD:
         doff = t[:, None] * 2 * half + d[None, :]
         tl.store(dcos_ptr + doff, qc1 + kc1, mask=cmask)
@@ -115,12 +193,33 @@ def _launch(q, k, cos, sin, backward: bool, xq=None, xk=None):
         if cos_grad:
             xq, xk = _last_contiguous(xq).contiguous(), _last_contiguous(xk).contiguous()
         _rope_kernel[(triton.cdiv(n_tokens, block_t),)](
-            q, q.stride(0), q.stride(1), k, k.stride(0), k.stride(1), yq, yk, xq if cos_grad else q,
-            xk if cos_grad else k, cos, sin, cos.stride(0), dcos if cos_grad else yq, dsin if cos_grad else yq,
-            n_tokens, n_qh, n_kh, half, BACKWARD=backward, COS_GRAD=cos_grad, BLOCK_T=block_t,
-            BLOCK_QH=block_qh, BLOCK_KH=block_kh, BLOCK_D=block_d,
+            q,
+            q.stride(0),
+            q.stride(1),
+            k,
+            k.stride(0),
+            k.stride(1),
+            yq,
+            yk,
+            xq if cos_grad else q,
+            xk if cos_grad else k,
+            cos,
+            sin,
+            cos.stride(0),
+            dcos if cos_grad else yq,
+            dsin if cos_grad else yq,
+            n_tokens,
+            n_qh,
+            n_kh,
+            half,
+            BACKWARD=backward,
+            COS_GRAD=cos_grad,
+            BLOCK_T=block_t,
+            BLOCK_QH=block_qh,
+            BLOCK_KH=block_kh,
+            BLOCK_D=block_d,
             num_warps=INTERPRETER_WARPS if interpreting() else NUM_WARPS,
-        )  # fmt: skip
+        )
     return yq, yk, dcos, dsin
 
 
@@ -135,14 +234,19 @@ def rope_fwd(
 @rope_fwd.register_fake
 def _(q, k, cos, sin):
     return torch.empty_like(q, memory_format=torch.contiguous_format), torch.empty_like(
-        k, memory_format=torch.contiguous_format)  # fmt: skip
+        k, memory_format=torch.contiguous_format
+    )
 
 
 @torch.library.custom_op("mathforge::rope_bwd", mutates_args=())
 def rope_bwd(
-    dq: torch.Tensor, dk: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, q: torch.Tensor | None,
+    dq: torch.Tensor,
+    dk: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    q: torch.Tensor | None,
     k: torch.Tensor | None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """dq, dk and, when q and k are given, dcos, dsin (in cos/sin dtypes; empty otherwise)."""
     gq, gk, dcos, dsin = _launch(dq, dk, cos, sin, backward=True, xq=q, xk=k)
     if dcos is None:

@@ -75,7 +75,8 @@ def swiglu_bwd(dy: torch.Tensor, gate: torch.Tensor, up: torch.Tensor) -> tuple[
 @swiglu_bwd.register_fake
 def _(dy, gate, up):
     return torch.empty_like(gate, memory_format=torch.contiguous_format), torch.empty_like(
-        up, memory_format=torch.contiguous_format)  # fmt: skip
+        up, memory_format=torch.contiguous_format
+    )
 
 
 class SwiGLUFunction(torch.autograd.Function):

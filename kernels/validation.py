@@ -64,9 +64,14 @@ def _check_target(target: torch.Tensor, rows: int, rows_of: str) -> None:
 
 
 def check_cross_entropy(
-    logits: torch.Tensor, target: torch.Tensor, *, reduction: str, label_smoothing: float, z_loss: float,
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    reduction: str,
+    label_smoothing: float,
+    z_loss: float,
     softcap: float | None,
-) -> None:  # fmt: skip
+) -> None:
     """logits [N, V] (fp16/bf16/fp32/fp64), target [N] integer on the same device, options in range."""
     _check_loss_options(reduction, label_smoothing, z_loss, softcap)
     _float("logits", logits)
@@ -77,9 +82,16 @@ def check_cross_entropy(
 
 
 def check_fused_linear_cross_entropy(
-    hidden: torch.Tensor, weight: torch.Tensor, target: torch.Tensor, bias: torch.Tensor | None, *, reduction: str,
-    label_smoothing: float, z_loss: float, softcap: float | None,
-) -> None:  # fmt: skip
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    target: torch.Tensor,
+    bias: torch.Tensor | None,
+    *,
+    reduction: str,
+    label_smoothing: float,
+    z_loss: float,
+    softcap: float | None,
+) -> None:
     """hidden [N, H], weight [V, H] and bias [V] of one floating dtype (as in nn.Linear), target [N] integer."""
     _check_loss_options(reduction, label_smoothing, z_loss, softcap)
     _float("hidden", hidden)
@@ -146,11 +158,13 @@ def check_apply_rope(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: t
 def check_varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor) -> None:
     """q [T, Hq, D], k and v [T, Hkv, D] with Hq a multiple of Hkv, cu_seqlens 1-D integer."""
     if q.dim() != 3 or k.dim() != 3 or v.dim() != 3:
-        raise ValueError(f"q, k, v must be [tokens, heads, head_dim]; got {tuple(q.shape)}, {tuple(k.shape)}, "
-                         f"{tuple(v.shape)}")  # fmt: skip
+        raise ValueError(
+            f"q, k, v must be [tokens, heads, head_dim]; got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
+        )
     if k.shape != v.shape or k.shape[0] != q.shape[0] or k.shape[2] != q.shape[2]:
-        raise ValueError(f"k {tuple(k.shape)} and v {tuple(v.shape)} must both be [T, Hkv, D] with T, D of q "
-                         f"{tuple(q.shape)}")  # fmt: skip
+        raise ValueError(
+            f"k {tuple(k.shape)} and v {tuple(v.shape)} must both be [T, Hkv, D] with T, D of q {tuple(q.shape)}"
+        )
     if q.shape[1] % k.shape[1] != 0:
         raise ValueError(f"query heads ({q.shape[1]}) must be a multiple of key/value heads ({k.shape[1]})")
     if cu_seqlens.dim() != 1 or cu_seqlens.dtype not in INDEX_DTYPES:

@@ -35,9 +35,18 @@ from mathforge.openai_client import BackendError, Completion, OpenAIClient, Usag
 from mathforge.registry import Registry
 
 __all__ = [
-    "BACKENDS", "Backend", "BackendError", "Completion", "LocalBackend", "Message", "OpenAIBackend",
-    "PromptInput", "Usage", "make_backend", "render_chat",
-]  # fmt: skip
+    "BACKENDS",
+    "Backend",
+    "BackendError",
+    "Completion",
+    "LocalBackend",
+    "Message",
+    "OpenAIBackend",
+    "PromptInput",
+    "Usage",
+    "make_backend",
+    "render_chat",
+]
 
 Message = dict[str, str]
 PromptInput = str | list[Message]  # a raw completion text or a list of chat messages
@@ -49,14 +58,28 @@ class Backend(Protocol):
     usage: Usage
 
     async def chat(
-        self, messages: list[Message], *, n: int = 1, temperature: float = 0.7, top_p: float = 1.0,
-        max_tokens: int = 1024, seed: int | None = None, stop: Sequence[str] | None = None,
-    ) -> Completion: ...  # fmt: skip
+        self,
+        messages: list[Message],
+        *,
+        n: int = 1,
+        temperature: float = 0.7,
+        top_p: float = 1.0,
+        max_tokens: int = 1024,
+        seed: int | None = None,
+        stop: Sequence[str] | None = None,
+    ) -> Completion: ...
 
     def generate(
-        self, prompts: Sequence[PromptInput], *, n: int = 1, temperature: float = 0.0, top_p: float = 1.0,
-        max_new_tokens: int = 1024, stop: Sequence[str] = (), seed: int = 0,
-    ) -> list[list[str]]: ...  # fmt: skip
+        self,
+        prompts: Sequence[PromptInput],
+        *,
+        n: int = 1,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        max_new_tokens: int = 1024,
+        stop: Sequence[str] = (),
+        seed: int = 0,
+    ) -> list[list[str]]: ...
 
     async def aclose(self) -> None: ...
 
@@ -90,9 +113,16 @@ class LocalBackend:
     ``seed`` is used by ``chat`` when a request brings none. Requests run one at a time (a lock)."""
 
     def __init__(
-        self, model: str | Path | Any, tokenizer: Any = None, *, engine: str = "auto", device: str | None = None,
-        dtype: str | None = None, batch_size: int = 32, seed: int = 0,
-    ) -> None:  # fmt: skip
+        self,
+        model: str | Path | Any,
+        tokenizer: Any = None,
+        *,
+        engine: str = "auto",
+        device: str | None = None,
+        dtype: str | None = None,
+        batch_size: int = 32,
+        seed: int = 0,
+    ) -> None:
         import torch
 
         if engine not in ("auto", "mathforge", "transformers"):
@@ -135,9 +165,16 @@ class LocalBackend:
         return tokenizer, model, "transformers"
 
     def generate(
-        self, prompts: Sequence[PromptInput], *, n: int = 1, temperature: float = 0.0, top_p: float = 1.0,
-        max_new_tokens: int = 1024, stop: Sequence[str] = (), seed: int = 0,
-    ) -> list[list[str]]:  # fmt: skip
+        self,
+        prompts: Sequence[PromptInput],
+        *,
+        n: int = 1,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        max_new_tokens: int = 1024,
+        stop: Sequence[str] = (),
+        seed: int = 0,
+    ) -> list[list[str]]:
         """n completions per prompt; greedy decoding (temperature 0) generates once and repeats it n times."""
         texts = [p if isinstance(p, str) else render_chat(self.tokenizer, p) for p in prompts]
         copies = n if temperature > 0 else 1
@@ -149,18 +186,32 @@ class LocalBackend:
         return grouped
 
     async def chat(
-        self, messages: list[Message], *, n: int = 1, temperature: float = 0.7, top_p: float = 1.0,
-        max_tokens: int = 1024, seed: int | None = None, stop: Sequence[str] | None = None,
-    ) -> Completion:  # fmt: skip
+        self,
+        messages: list[Message],
+        *,
+        n: int = 1,
+        temperature: float = 0.7,
+        top_p: float = 1.0,
+        max_tokens: int = 1024,
+        seed: int | None = None,
+        stop: Sequence[str] | None = None,
+    ) -> Completion:
         """n replies to `messages`, generated on a worker thread; `seed` None or < 0 uses the backend's."""
         before = (self.usage.prompt_tokens, self.usage.completion_tokens)
         seed = self.seed if seed is None or seed < 0 else seed
         texts = await asyncio.to_thread(
-            self.generate, [messages], n=n, temperature=temperature, top_p=top_p, max_new_tokens=max_tokens,
-            stop=list(stop or ()), seed=seed,
-        )  # fmt: skip
-        return Completion(texts[0], self.usage.prompt_tokens - before[0], self.usage.completion_tokens - before[1],
-                          self.model_name)  # fmt: skip
+            self.generate,
+            [messages],
+            n=n,
+            temperature=temperature,
+            top_p=top_p,
+            max_new_tokens=max_tokens,
+            stop=list(stop or ()),
+            seed=seed,
+        )
+        return Completion(
+            texts[0], self.usage.prompt_tokens - before[0], self.usage.completion_tokens - before[1], self.model_name
+        )
 
     def _account(self, texts: list[str], outputs: list[list[str]]) -> None:
         tok = self.tokenizer
@@ -170,15 +221,23 @@ class LocalBackend:
             self.usage.prompt_tokens += len(outs) * _count_tokens(tok, text, True)
             self.usage.completion_tokens += sum(_count_tokens(tok, o, False) for o in outs)
 
-    def _run(self, texts: list[str], temperature: float, top_p: float, max_new_tokens: int, stop: list[str],
-             seed: int) -> list[str]:  # fmt: skip
+    def _run(
+        self, texts: list[str], temperature: float, top_p: float, max_new_tokens: int, stop: list[str], seed: int
+    ) -> list[str]:
         if self.engine == "mathforge":
             from mathforge.model.generate import generate
 
             return generate(
-                self.model, self.tokenizer, texts, max_new_tokens=max_new_tokens, temperature=temperature,
-                top_p=top_p, stop=stop, seed=seed, batch_size=self.batch_size,
-            )  # fmt: skip
+                self.model,
+                self.tokenizer,
+                texts,
+                max_new_tokens=max_new_tokens,
+                temperature=temperature,
+                top_p=top_p,
+                stop=stop,
+                seed=seed,
+                batch_size=self.batch_size,
+            )
         return self._hf_generate(texts, temperature, top_p, max_new_tokens, stop, seed)
 
     def _hf_generate(self, texts, temperature, top_p, max_new_tokens, stop, seed) -> list[str]:
@@ -188,8 +247,9 @@ class LocalBackend:
         tok.padding_side = "left"
         if tok.pad_token_id is None:
             tok.pad_token = tok.eos_token
-        sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else {
-            "do_sample": False}  # fmt: skip
+        sampling = (
+            {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else {"do_sample": False}
+        )
         out: list[str] = []
         for b, start in enumerate(range(0, len(texts), self.batch_size)):
             torch.manual_seed(seed + b)
@@ -217,19 +277,35 @@ class OpenAIBackend:
     over all of them in ``usage`` and ``per_url``."""
 
     def __init__(
-        self, base_urls: list[str] | str, model: str, *, api_key: str | None = None, concurrency: int = 64,
-        max_retries: int = 6, timeout_s: float = 120.0, backoff_s: float = 0.5, max_backoff_s: float = 30.0,
-        seed: int = 0, sleep: Callable[[float], Any] = asyncio.sleep,
-    ) -> None:  # fmt: skip
+        self,
+        base_urls: list[str] | str,
+        model: str,
+        *,
+        api_key: str | None = None,
+        concurrency: int = 64,
+        max_retries: int = 6,
+        timeout_s: float = 120.0,
+        backoff_s: float = 0.5,
+        max_backoff_s: float = 30.0,
+        seed: int = 0,
+        sleep: Callable[[float], Any] = asyncio.sleep,
+    ) -> None:
         self.base_urls = [base_urls] if isinstance(base_urls, str) else list(base_urls)
         if not self.base_urls:
             raise ConfigError("backend.base_urls needs at least one URL")
         if concurrency < 1:
             raise ConfigError(f"concurrency must be >= 1, got {concurrency}")
         self.model = model
-        self.options = {"api_key": api_key, "concurrency": concurrency, "max_retries": max_retries,
-                        "timeout_s": timeout_s, "backoff_s": backoff_s, "max_backoff_s": max_backoff_s,
-                        "seed": seed, "sleep": sleep}  # fmt: skip
+        self.options = {
+            "api_key": api_key,
+            "concurrency": concurrency,
+            "max_retries": max_retries,
+            "timeout_s": timeout_s,
+            "backoff_s": backoff_s,
+            "max_backoff_s": max_backoff_s,
+            "seed": seed,
+            "sleep": sleep,
+        }
         self.usage = Usage()
         self.per_url: Counter = Counter()
         self._client: OpenAIClient | None = None
@@ -243,42 +319,72 @@ class OpenAIBackend:
     def _here(self) -> OpenAIClient:
         loop = asyncio.get_running_loop()
         if self._client is None or self._loop is not loop:
-            self._client = OpenAIClient(self.base_urls, self.model, usage=self.usage, per_url=self.per_url,
-                                        **self.options)  # fmt: skip
+            self._client = OpenAIClient(
+                self.base_urls, self.model, usage=self.usage, per_url=self.per_url, **self.options
+            )
             self._loop = loop
         return self._client
 
     async def chat(
-        self, messages: list[Message], *, n: int = 1, temperature: float = 0.7, top_p: float = 1.0,
-        max_tokens: int = 1024, seed: int | None = None, stop: Sequence[str] | None = None,
-    ) -> Completion:  # fmt: skip
+        self,
+        messages: list[Message],
+        *,
+        n: int = 1,
+        temperature: float = 0.7,
+        top_p: float = 1.0,
+        max_tokens: int = 1024,
+        seed: int | None = None,
+        stop: Sequence[str] | None = None,
+    ) -> Completion:
         """n chat completions of `messages`."""
         stop = list(stop) if stop else None
-        return await self._here().chat(messages, n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens,
-                                       seed=seed, stop=stop)  # fmt: skip
+        return await self._here().chat(
+            messages, n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed, stop=stop
+        )
 
     async def complete(
-        self, prompt: str, *, n: int = 1, temperature: float = 0.7, top_p: float = 1.0, max_tokens: int = 1024,
-        seed: int | None = None, stop: Sequence[str] | None = None,
-    ) -> Completion:  # fmt: skip
+        self,
+        prompt: str,
+        *,
+        n: int = 1,
+        temperature: float = 0.7,
+        top_p: float = 1.0,
+        max_tokens: int = 1024,
+        seed: int | None = None,
+        stop: Sequence[str] | None = None,
+    ) -> Completion:
         """n raw text completions of `prompt` (the /completions endpoint)."""
         stop = list(stop) if stop else None
-        return await self._here().complete(prompt, n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens,
-                                           seed=seed, stop=stop)  # fmt: skip
+        return await self._here().complete(
+            prompt, n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed, stop=stop
+        )
 
     def generate(
-        self, prompts: Sequence[PromptInput], *, n: int = 1, temperature: float = 0.0, top_p: float = 1.0,
-        max_new_tokens: int = 1024, stop: Sequence[str] = (), seed: int = 0,
-    ) -> list[list[str]]:  # fmt: skip
+        self,
+        prompts: Sequence[PromptInput],
+        *,
+        n: int = 1,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        max_new_tokens: int = 1024,
+        stop: Sequence[str] = (),
+        seed: int = 0,
+    ) -> list[list[str]]:
         """n completions per prompt, all requests concurrent (up to `concurrency`); blocks until done."""
-        sampling = {"n": n, "temperature": temperature, "top_p": top_p, "max_tokens": max_new_tokens, "seed": seed,
-                    "stop": list(stop)}  # fmt: skip
+        sampling = {
+            "n": n,
+            "temperature": temperature,
+            "top_p": top_p,
+            "max_tokens": max_new_tokens,
+            "seed": seed,
+            "stop": list(stop),
+        }
 
         async def run() -> list[list[str]]:
             try:
-                replies = await asyncio.gather(*(
-                    self.complete(p, **sampling) if isinstance(p, str) else self.chat(p, **sampling) for p in prompts
-                ))  # fmt: skip
+                replies = await asyncio.gather(
+                    *(self.complete(p, **sampling) if isinstance(p, str) else self.chat(p, **sampling) for p in prompts)
+                )
             finally:
                 await self.aclose()
             return [reply.texts for reply in replies]
@@ -297,8 +403,13 @@ class OpenAIBackend:
 def _openai_from(options: Mapping[str, Any], seed: int) -> OpenAIBackend:
     api_key = options.get("api_key") or os.environ.get(options.get("api_key_env") or "", None)
     keys = ("concurrency", "max_retries", "timeout_s", "backoff_s", "max_backoff_s")
-    return OpenAIBackend(options["base_urls"], options["model"], api_key=api_key, seed=seed,
-                         **{k: options[k] for k in keys if k in options})  # fmt: skip
+    return OpenAIBackend(
+        options["base_urls"],
+        options["model"],
+        api_key=api_key,
+        seed=seed,
+        **{k: options[k] for k in keys if k in options},
+    )
 
 
 def _local_from(options: Mapping[str, Any], seed: int) -> LocalBackend:

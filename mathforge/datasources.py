@@ -212,9 +212,14 @@ def math_problem(row: Mapping[str, Any], index: int) -> Problem:
     answer = row["answer"] if row.get("answer") not in (None, "") else last_boxed(row.get("solution") or "")
     own_id = row.get("unique_id", row.get("idx"))
     return Problem(
-        index, row["problem"], None if answer is None else str(answer), None if own_id is None else str(own_id),
-        parse_level(row.get("level")), row.get("subject") or row.get("type"), dict(row),
-    )  # fmt: skip
+        index,
+        row["problem"],
+        None if answer is None else str(answer),
+        None if own_id is None else str(own_id),
+        parse_level(row.get("level")),
+        row.get("subject") or row.get("type"),
+        dict(row),
+    )
 
 
 CONVENTIONS: Registry[Callable[[Mapping[str, Any], int], Problem]] = Registry("data convention")

@@ -53,8 +53,13 @@ class Recipe:
     gsm8k_sample: int = 20
     vocab_size: int = 300
     model: dict[str, Any] = field(
-        default_factory=lambda: {"hidden_size": 128, "intermediate_size": 384, "num_hidden_layers": 4,
-                                 "num_attention_heads": 4, "num_key_value_heads": 4}  # fmt: skip
+        default_factory=lambda: {
+            "hidden_size": 128,
+            "intermediate_size": 384,
+            "num_hidden_layers": 4,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 4,
+        }
     )
     template: str = "plain"
     lr: float = 1e-3
@@ -68,11 +73,13 @@ def _synthesize(folder: Path, tier: Tier, items: int, seed: int) -> tuple[list[d
     from mathforge.synth import config as synth_config
     from mathforge.synth.run import synthesize
 
-    cfg = synth_config.load(data={
-        "run": {"output": str(folder), "items": items, "seed": seed, "progress": False},
-        "symbolic": tier.symbolic,
-        "quality": {"near_dedup": False, "decontaminate": True},  # templated problems are near-duplicates by design
-    })  # fmt: skip
+    cfg = synth_config.load(
+        data={
+            "run": {"output": str(folder), "items": items, "seed": seed, "progress": False},
+            "symbolic": tier.symbolic,
+            "quality": {"near_dedup": False, "decontaminate": True},  # templated problems are near-duplicates by design
+        }
+    )
     manifest = synthesize(cfg)
     rows = []
     for info in manifest["files"].values():
@@ -88,21 +95,38 @@ def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
 def _train_config(recipe: Recipe, out: Path, init: Path, tokenizer: Path, stages: list[dict[str, Any]], **train):
     from mathforge.trainer.config import config_from_dict
 
-    return config_from_dict({
-        "run": {"out_dir": str(out), "seed": recipe.seed, "log_every": 5, "keep_last": 1, "tensorboard": False},
-        "model": {"init": str(init)},
-        "data": {"tokenizer": str(tokenizer), "template": recipe.template, "max_seq_len": recipe.max_seq_len},
-        "optim": {"lr": recipe.lr, "warmup_ratio": 0.05, "min_lr_ratio": 0.0, "weight_decay": 0.0, "schedule": "cosine"},
-        "train": {"micro_batch_tokens": recipe.micro_batch_tokens, "grad_accum": 1, **train},
-        "stages": stages,
-    }, source="mathforge demo")  # fmt: skip
+    return config_from_dict(
+        {
+            "run": {"out_dir": str(out), "seed": recipe.seed, "log_every": 5, "keep_last": 1, "tensorboard": False},
+            "model": {"init": str(init)},
+            "data": {"tokenizer": str(tokenizer), "template": recipe.template, "max_seq_len": recipe.max_seq_len},
+            "optim": {
+                "lr": recipe.lr,
+                "warmup_ratio": 0.05,
+                "min_lr_ratio": 0.0,
+                "weight_decay": 0.0,
+                "schedule": "cosine",
+            },
+            "train": {"micro_batch_tokens": recipe.micro_batch_tokens, "grad_accum": 1, **train},
+            "stages": stages,
+        },
+        source="mathforge demo",
+    )
 
 
 def _evaluate(model: Path, benches: list[str], recipe: Recipe, out: Path) -> dict[str, Any]:
     from mathforge.evaluate import run_eval
 
-    results = run_eval(model, bench=benches, prompt=recipe.template, max_new_tokens=recipe.max_new_tokens,
-                       out=out, fields={"subject": "tier"}, show_progress=False, batch_size=64)  # fmt: skip
+    results = run_eval(
+        model,
+        bench=benches,
+        prompt=recipe.template,
+        max_new_tokens=recipe.max_new_tokens,
+        out=out,
+        fields={"subject": "tier"},
+        show_progress=False,
+        batch_size=64,
+    )
     return results["benchmarks"]
 
 
@@ -131,7 +155,9 @@ def run_demo(minutes: float = 10.0, out: str | Path = "runs/demo", recipe: Recip
     train_files, heldout_files, synth_info = {}, [], {}
     train_questions: set[str] = set()
     for i, tier in enumerate(recipe.tiers):
-        rows, info = _synthesize(out / "synth" / tier.name, tier, round(recipe.train_items * tier.data_share), recipe.seed + i)
+        rows, info = _synthesize(
+            out / "synth" / tier.name, tier, round(recipe.train_items * tier.data_share), recipe.seed + i
+        )
         train_files[tier.name] = _write_jsonl(out / "data" / f"train-{tier.name}.jsonl", rows)
         train_questions |= {r["prompt"] for r in rows}
         synth_info[tier.name] = info
@@ -140,30 +166,49 @@ def run_demo(minutes: float = 10.0, out: str | Path = "runs/demo", recipe: Recip
         rows, info = _synthesize(out / "synth" / f"heldout-{tier.name}", tier, recipe.heldout_per_tier * 2, 10_000 + i)
         fresh = [r for r in rows if r["prompt"] not in train_questions]
         held_out_overlap += len(rows) - len(fresh)
-        heldout = [{"question": r["prompt"], "answer": r["meta"]["answer"], "tier": tier.name}
-                   for r in fresh[: recipe.heldout_per_tier]]  # fmt: skip
+        heldout = [
+            {"question": r["prompt"], "answer": r["meta"]["answer"], "tier": tier.name}
+            for r in fresh[: recipe.heldout_per_tier]
+        ]
         heldout_files.append(str(_write_jsonl(out / "data" / f"heldout-{tier.name}.jsonl", heldout)))
     gsm8k = out / "data" / "gsm8k-sample.jsonl"
     from mathforge.evaluate import datasets
 
-    _write_jsonl(gsm8k, [{"question": r["question"], "answer": r["answer"], "tier": "gsm8k"}
-                         for r in datasets.load("gsm8k", "test")[: recipe.gsm8k_sample]])  # fmt: skip
-    report["data"] = {"tiers": synth_info, "train_rows": sum(v["rows"] for v in synth_info.values()),
-                      "heldout_rows": recipe.heldout_per_tier * len(recipe.tiers),
-                      "heldout_dropped_as_seen_in_training": held_out_overlap}  # fmt: skip
+    _write_jsonl(
+        gsm8k,
+        [
+            {"question": r["question"], "answer": r["answer"], "tier": "gsm8k"}
+            for r in datasets.load("gsm8k", "test")[: recipe.gsm8k_sample]
+        ],
+    )
+    report["data"] = {
+        "tiers": synth_info,
+        "train_rows": sum(v["rows"] for v in synth_info.values()),
+        "heldout_rows": recipe.heldout_per_tier * len(recipe.tiers),
+        "heldout_dropped_as_seen_in_training": held_out_overlap,
+    }
     phases["synthesize"] = time.perf_counter() - tick
 
     # 2. tokenizer
     tick = time.perf_counter()
     texts = [json.loads(line) for f in train_files.values() for line in f.read_text().splitlines()]
-    tokenizer = train_bpe_tokenizer((r["prompt"] + "\n" + r["response"] for r in texts), recipe.vocab_size, out / "tokenizer")
+    tokenizer = train_bpe_tokenizer(
+        (r["prompt"] + "\n" + r["response"] for r in texts), recipe.vocab_size, out / "tokenizer"
+    )
     phases["tokenizer"] = time.perf_counter() - tick
 
     # 3. the initial model (what "before" evaluates and training starts from)
     torch.manual_seed(recipe.seed)
     init = out / "model-init"
-    model = from_config({"preset": "tiny", **recipe.model, "vocab_size": len(tokenizer),
-                         "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id})  # fmt: skip
+    model = from_config(
+        {
+            "preset": "tiny",
+            **recipe.model,
+            "vocab_size": len(tokenizer),
+            "eos_token_id": tokenizer.eos_token_id,
+            "pad_token_id": tokenizer.pad_token_id,
+        }
+    )
     model.save_pretrained(init)
     tokenizer.save_pretrained(init)
     report["model"] = {"parameters": model.num_parameters(), **recipe.model, "vocab_size": len(tokenizer)}
@@ -177,7 +222,9 @@ def run_demo(minutes: float = 10.0, out: str | Path = "runs/demo", recipe: Recip
     # 5. train: a short probe measures tokens/s; the stages run their full steps, or fewer to fit the budget
     tick = time.perf_counter()
     stage_rows = [{"name": t.name, "data": [str(train_files[t.name])], "steps": 4} for t in recipe.tiers[:1]]
-    probe = train(_train_config(recipe, out / "probe", init, out / "tokenizer", stage_rows, max_steps=4), progress=False)
+    probe = train(
+        _train_config(recipe, out / "probe", init, out / "tokenizer", stage_rows, max_steps=4), progress=False
+    )
     tokens_per_s = probe["stages"][0]["tokens_per_s"]
     # what is left after training: evaluating again (at most as long as before: a trained model stops at its
     # end-of-sequence token) and writing the report
@@ -195,8 +242,13 @@ def run_demo(minutes: float = 10.0, out: str | Path = "runs/demo", recipe: Recip
     config = _train_config(recipe, out / "train", init, out / "tokenizer", stages, time_limit_s=1.25 * budget)
     summary = train(config, progress=True)
     phases["train"] = time.perf_counter() - tick
-    report["training"] = {"probe_tokens_per_s": tokens_per_s, "budget_s": budget, "step_scale": scale,
-                          "stages": summary["stages"], "stopped_early": summary["stopped"]}  # fmt: skip
+    report["training"] = {
+        "probe_tokens_per_s": tokens_per_s,
+        "budget_s": budget,
+        "step_scale": scale,
+        "stages": summary["stages"],
+        "stopped_early": summary["stopped"],
+    }
     trained = Path(summary["final_model"]) if summary.get("final_model") else latest_checkpoint(out / "train") / "model"
 
     # 6. evaluate after training, then report
@@ -212,16 +264,27 @@ def run_demo(minutes: float = 10.0, out: str | Path = "runs/demo", recipe: Recip
 def _accuracy_table(before: dict[str, Any], after: dict[str, Any]) -> list[dict[str, Any]]:
     rows = []
     for key in after:
-        rows.append({"set": key, "count": after[key]["count"], "before": before[key]["accuracy_lenient"],
-                     "after": after[key]["accuracy_lenient"], "after_strict": after[key]["accuracy_strict"]})  # fmt: skip
+        rows.append(
+            {
+                "set": key,
+                "count": after[key]["count"],
+                "before": before[key]["accuracy_lenient"],
+                "after": after[key]["accuracy_lenient"],
+                "after_strict": after[key]["accuracy_strict"],
+            }
+        )
     count = sum(r["count"] for r in rows if r["set"].startswith("heldout"))
     if count:
-        rows.append({
-            "set": "heldout (all tiers)", "count": count,
-            "before": sum(r["before"] * r["count"] for r in rows if r["set"].startswith("heldout")) / count,
-            "after": sum(r["after"] * r["count"] for r in rows if r["set"].startswith("heldout")) / count,
-            "after_strict": sum(r["after_strict"] * r["count"] for r in rows if r["set"].startswith("heldout")) / count,
-        })  # fmt: skip
+        rows.append(
+            {
+                "set": "heldout (all tiers)",
+                "count": count,
+                "before": sum(r["before"] * r["count"] for r in rows if r["set"].startswith("heldout")) / count,
+                "after": sum(r["after"] * r["count"] for r in rows if r["set"].startswith("heldout")) / count,
+                "after_strict": sum(r["after_strict"] * r["count"] for r in rows if r["set"].startswith("heldout"))
+                / count,
+            }
+        )
     return rows
 
 
@@ -258,18 +321,32 @@ def _plot_accuracy(out: Path, rows: list[dict[str, Any]]) -> Path:
 
 
 def render_markdown(report: dict[str, Any]) -> str:
-    lines = ["# mathforge demo", "", "| set | problems | before | after | after (strict) |", "| --- | ---: | ---: | ---: | ---: |"]
+    lines = [
+        "# mathforge demo",
+        "",
+        "| set | problems | before | after | after (strict) |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
     for r in report["accuracy"]:
         lines.append(f"| {r['set']} | {r['count']} | {r['before']:.1%} | {r['after']:.1%} | {r['after_strict']:.1%} |")
-    lines += ["", "| stage | steps | final loss | tokens | tokens/s | packing efficiency |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    lines += [
+        "",
+        "| stage | steps | final loss | tokens | tokens/s | packing efficiency |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
     for s in report["training"]["stages"]:
-        lines.append(f"| {s['name']} | {s['steps']} | {s['final_loss']:.3f} | {s['tokens']:,} | "
-                     f"{s['tokens_per_s'] or 0:,.0f} | {s['packing_efficiency']:.1%} |")  # fmt: skip
+        lines.append(
+            f"| {s['name']} | {s['steps']} | {s['final_loss']:.3f} | {s['tokens']:,} | "
+            f"{s['tokens_per_s'] or 0:,.0f} | {s['packing_efficiency']:.1%} |"
+        )
     lines += ["", "| phase | seconds |", "| --- | ---: |"]
     lines += [f"| {name} | {seconds:.1f} |" for name, seconds in report["phases_s"].items()]
     data = report["data"]
-    lines += ["", f"Training problems: {data['train_rows']:,}; held-out: {data['heldout_rows']} "
-              f"({data['heldout_dropped_as_seen_in_training']} candidates dropped because they appear in training)."]  # fmt: skip
+    lines += [
+        "",
+        f"Training problems: {data['train_rows']:,}; held-out: {data['heldout_rows']} "
+        f"({data['heldout_dropped_as_seen_in_training']} candidates dropped because they appear in training).",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -282,14 +359,22 @@ def print_report(report: dict[str, Any]) -> None:
     for column in ("set", "problems", "before", "after", "after (strict)"):
         accuracy.add_column(column, justify="left" if column == "set" else "right")
     for r in report["accuracy"]:
-        accuracy.add_row(r["set"], str(r["count"]), f"{r['before']:.1%}", f"{r['after']:.1%}", f"{r['after_strict']:.1%}")
+        accuracy.add_row(
+            r["set"], str(r["count"]), f"{r['before']:.1%}", f"{r['after']:.1%}", f"{r['after_strict']:.1%}"
+        )
     console.print(accuracy)
     training = Table(title="training (two stages, packed micro-batches, fused linear cross-entropy)")
     for column in ("stage", "steps", "final loss", "tokens", "tokens/s", "packing efficiency"):
         training.add_column(column, justify="left" if column == "stage" else "right")
     for s in report["training"]["stages"]:
-        training.add_row(s["name"], str(s["steps"]), f"{s['final_loss']:.4f}", f"{s['tokens']:,}",
-                         f"{s['tokens_per_s'] or 0:,.0f}", f"{s['packing_efficiency']:.1%}")  # fmt: skip
+        training.add_row(
+            s["name"],
+            str(s["steps"]),
+            f"{s['final_loss']:.4f}",
+            f"{s['tokens']:,}",
+            f"{s['tokens_per_s'] or 0:,.0f}",
+            f"{s['packing_efficiency']:.1%}",
+        )
     console.print(training)
     phases = Table(title="wall time per phase")
     phases.add_column("phase")

@@ -48,8 +48,14 @@ class Usage:
     failures: int = 0
 
     def as_dict(self) -> dict[str, Any]:
-        return {"requests": self.requests, "completions": self.completions, "prompt_tokens": self.prompt_tokens,
-                "completion_tokens": self.completion_tokens, "retries": dict(self.retries), "failures": self.failures}  # fmt: skip
+        return {
+            "requests": self.requests,
+            "completions": self.completions,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "retries": dict(self.retries),
+            "failures": self.failures,
+        }
 
 
 class _Malformed(ValueError):
@@ -68,10 +74,22 @@ def _http_client():
 class OpenAIClient:
     """Chat and text completions from one or more OpenAI-compatible servers (see the module doc)."""
 
-    def __init__(self, base_urls: list[str] | str, model: str, *, api_key: str | None = None, concurrency: int = 64,
-                 max_retries: int = 6, timeout_s: float = 120.0, backoff_s: float = 0.5, max_backoff_s: float = 30.0,
-                 seed: int = 0, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep, usage: Usage | None = None,
-                 per_url: Counter | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        base_urls: list[str] | str,
+        model: str,
+        *,
+        api_key: str | None = None,
+        concurrency: int = 64,
+        max_retries: int = 6,
+        timeout_s: float = 120.0,
+        backoff_s: float = 0.5,
+        max_backoff_s: float = 30.0,
+        seed: int = 0,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        usage: Usage | None = None,
+        per_url: Counter | None = None,
+    ) -> None:
         """`usage` and `per_url`, when given, are counted into (a backend shares them across its clients)."""
         from openai import AsyncOpenAI
 
@@ -83,8 +101,12 @@ class OpenAIClient:
         self.model, self.max_retries = model, max_retries
         self.backoff_s, self.max_backoff_s, self._sleep = backoff_s, max_backoff_s, sleep
         self.base_urls = base_urls
-        self.clients = [AsyncOpenAI(base_url=u, api_key=api_key or "EMPTY", max_retries=0, timeout=timeout_s,
-                                    http_client=_http_client()) for u in base_urls]  # fmt: skip
+        self.clients = [
+            AsyncOpenAI(
+                base_url=u, api_key=api_key or "EMPTY", max_retries=0, timeout=timeout_s, http_client=_http_client()
+            )
+            for u in base_urls
+        ]
         self.in_flight = [0] * len(base_urls)
         self.per_url: Counter = per_url if per_url is not None else Counter()
         self._next = 0
@@ -98,13 +120,31 @@ class OpenAIClient:
         self._next = (order[0] + 1) % count
         return order[0]
 
-    async def chat(self, messages: list[Message], *, n: int = 1, temperature: float = 0.7, top_p: float = 1.0,
-                   max_tokens: int = 1024, seed: int | None = None, stop: list[str] | None = None) -> Completion:  # fmt: skip
+    async def chat(
+        self,
+        messages: list[Message],
+        *,
+        n: int = 1,
+        temperature: float = 0.7,
+        top_p: float = 1.0,
+        max_tokens: int = 1024,
+        seed: int | None = None,
+        stop: list[str] | None = None,
+    ) -> Completion:
         """`n` chat completions of `messages`."""
         return await self._collect("chat", {"messages": messages}, n, temperature, top_p, max_tokens, seed, stop)
 
-    async def complete(self, prompt: str, *, n: int = 1, temperature: float = 0.7, top_p: float = 1.0,
-                       max_tokens: int = 1024, seed: int | None = None, stop: list[str] | None = None) -> Completion:  # fmt: skip
+    async def complete(
+        self,
+        prompt: str,
+        *,
+        n: int = 1,
+        temperature: float = 0.7,
+        top_p: float = 1.0,
+        max_tokens: int = 1024,
+        seed: int | None = None,
+        stop: list[str] | None = None,
+    ) -> Completion:
         """`n` raw text completions of `prompt` (the /completions endpoint)."""
         return await self._collect("text", {"prompt": prompt}, n, temperature, top_p, max_tokens, seed, stop)
 
@@ -113,19 +153,44 @@ class OpenAIClient:
         out = await self._request(kind, payload, n, *sampling)
         while len(out.texts) < n:
             more = await self._request(kind, payload, n - len(out.texts), *sampling)
-            out = Completion(out.texts + more.texts, out.prompt_tokens + more.prompt_tokens,
-                             out.completion_tokens + more.completion_tokens, out.model)  # fmt: skip
+            out = Completion(
+                out.texts + more.texts,
+                out.prompt_tokens + more.prompt_tokens,
+                out.completion_tokens + more.completion_tokens,
+                out.model,
+            )
         out.texts = out.texts[:n]
         return out
 
-    async def _request(self, kind: str, payload: dict[str, Any], n: int, temperature: float, top_p: float,
-                       max_tokens: int, seed: int | None, stop: list[str] | None) -> Completion:  # fmt: skip
+    async def _request(
+        self,
+        kind: str,
+        payload: dict[str, Any],
+        n: int,
+        temperature: float,
+        top_p: float,
+        max_tokens: int,
+        seed: int | None,
+        stop: list[str] | None,
+    ) -> Completion:
         import openai
 
-        retryable = (openai.RateLimitError, openai.InternalServerError, openai.APITimeoutError,
-                     openai.APIConnectionError, openai.APIResponseValidationError, ValueError)  # fmt: skip
-        params: dict[str, Any] = {"model": self.model, "n": n, "temperature": temperature, "top_p": top_p,
-                                  "max_tokens": max_tokens, **payload}  # fmt: skip
+        retryable = (
+            openai.RateLimitError,
+            openai.InternalServerError,
+            openai.APITimeoutError,
+            openai.APIConnectionError,
+            openai.APIResponseValidationError,
+            ValueError,
+        )
+        params: dict[str, Any] = {
+            "model": self.model,
+            "n": n,
+            "temperature": temperature,
+            "top_p": top_p,
+            "max_tokens": max_tokens,
+            **payload,
+        }
         if seed is not None and seed >= 0:
             params["seed"] = seed
         if stop:
@@ -178,5 +243,9 @@ def _parse(data: Any, kind: str, model: str) -> Completion:
     if not texts or any(not isinstance(t, str) for t in texts):
         raise _Malformed(f"malformed reply: choices without text ({texts!r:.80})")
     usage = data.get("usage") or {}
-    return Completion(texts, int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0),
-                      str(data.get("model") or model))  # fmt: skip
+    return Completion(
+        texts,
+        int(usage.get("prompt_tokens") or 0),
+        int(usage.get("completion_tokens") or 0),
+        str(data.get("model") or model),
+    )

@@ -14,7 +14,19 @@ from mathforge.model.hf import config_from_hf, config_to_hf
 from mathforge.model.transformer import KVCache, Transformer, positions_from_cu_seqlens, rope_inv_freq, shift_labels
 
 __all__ = [
-    "ARCHITECTURES", "PRESETS", "KVCache", "ModelConfig", "Transformer", "config_from_hf", "config_to_hf",
-    "from_config", "from_pretrained", "generate", "generate_tokens", "sample_next", "positions_from_cu_seqlens",
-    "rope_inv_freq", "shift_labels",
-]  # fmt: skip
+    "ARCHITECTURES",
+    "PRESETS",
+    "KVCache",
+    "ModelConfig",
+    "Transformer",
+    "config_from_hf",
+    "config_to_hf",
+    "from_config",
+    "from_pretrained",
+    "generate",
+    "generate_tokens",
+    "sample_next",
+    "positions_from_cu_seqlens",
+    "rope_inv_freq",
+    "shift_labels",
+]

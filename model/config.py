@@ -48,8 +48,16 @@ class ModelConfig:
             self.head_dim = self.hidden_size // max(self.num_attention_heads, 1)
         if self.model_type not in ARCHITECTURES:
             raise ConfigError(f"model_type {self.model_type!r} is not supported; supported: {', '.join(ARCHITECTURES)}")
-        for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-                     "num_key_value_heads", "head_dim", "max_position_embeddings"):  # fmt: skip
+        for name in (
+            "vocab_size",
+            "hidden_size",
+            "intermediate_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "num_key_value_heads",
+            "head_dim",
+            "max_position_embeddings",
+        ):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
@@ -89,8 +97,11 @@ def _check_rope_scaling(scaling: dict[str, Any]) -> dict[str, Any] | None:
         raise ConfigError(f"rope_scaling.rope_type {rope_type!r} is not supported; supported: {', '.join(ROPE_TYPES)}")
     if rope_type == "default":
         return None
-    required = ("factor",) if rope_type == "linear" else (
-        "factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")  # fmt: skip
+    required = (
+        ("factor",)
+        if rope_type == "linear"
+        else ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
+    )
     missing = [k for k in required if k not in scaling]
     if missing:
         raise ConfigError(f"rope_scaling of type {rope_type!r} is missing {', '.join(missing)}")
@@ -105,31 +116,107 @@ def _check_rope_scaling(scaling: dict[str, Any]) -> dict[str, Any] | None:
 
 
 PRESETS: dict[str, ModelConfig] = {
-    "tiny": ModelConfig(vocab_size=512, hidden_size=64, intermediate_size=160, num_hidden_layers=2,
-                        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048),
-    "qwen2.5-0.5b": ModelConfig(model_type="qwen2", vocab_size=151936, hidden_size=896, intermediate_size=4864,
-                                num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2,
-                                max_position_embeddings=32768, rope_theta=1e6, attention_bias=True,
-                                tie_word_embeddings=True, bos_token_id=151643, eos_token_id=151643),
-    "qwen2.5-1.5b": ModelConfig(model_type="qwen2", vocab_size=151936, hidden_size=1536, intermediate_size=8960,
-                                num_hidden_layers=28, num_attention_heads=12, num_key_value_heads=2,
-                                max_position_embeddings=131072, rope_theta=1e6, attention_bias=True,
-                                tie_word_embeddings=True, bos_token_id=151643, eos_token_id=151643),
-    "qwen2.5-7b": ModelConfig(model_type="qwen2", vocab_size=152064, hidden_size=3584, intermediate_size=18944,
-                              num_hidden_layers=28, num_attention_heads=28, num_key_value_heads=4,
-                              max_position_embeddings=131072, rope_theta=1e6, attention_bias=True,
-                              bos_token_id=151643, eos_token_id=151643),
-    "llama3.2-1b": ModelConfig(vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
-                               num_attention_heads=32, num_key_value_heads=8, head_dim=64,
-                               max_position_embeddings=131072, rope_theta=500000.0, rms_norm_eps=1e-5,
-                               rope_scaling={"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0,
-                                             "high_freq_factor": 4.0, "original_max_position_embeddings": 8192},
-                               tie_word_embeddings=True, bos_token_id=128000, eos_token_id=128001),
-    "llama3-8b": ModelConfig(vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
-                             num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=8192,
-                             rope_theta=500000.0, rms_norm_eps=1e-5, bos_token_id=128000, eos_token_id=128001),
-    "mistral-7b": ModelConfig(model_type="mistral", vocab_size=32000, hidden_size=4096, intermediate_size=14336,
-                              num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8,
-                              max_position_embeddings=32768, rope_theta=10000.0, rms_norm_eps=1e-5,
-                              sliding_window=4096, bos_token_id=1, eos_token_id=2),
-}  # fmt: skip
+    "tiny": ModelConfig(
+        vocab_size=512,
+        hidden_size=64,
+        intermediate_size=160,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+    ),
+    "qwen2.5-0.5b": ModelConfig(
+        model_type="qwen2",
+        vocab_size=151936,
+        hidden_size=896,
+        intermediate_size=4864,
+        num_hidden_layers=24,
+        num_attention_heads=14,
+        num_key_value_heads=2,
+        max_position_embeddings=32768,
+        rope_theta=1e6,
+        attention_bias=True,
+        tie_word_embeddings=True,
+        bos_token_id=151643,
+        eos_token_id=151643,
+    ),
+    "qwen2.5-1.5b": ModelConfig(
+        model_type="qwen2",
+        vocab_size=151936,
+        hidden_size=1536,
+        intermediate_size=8960,
+        num_hidden_layers=28,
+        num_attention_heads=12,
+        num_key_value_heads=2,
+        max_position_embeddings=131072,
+        rope_theta=1e6,
+        attention_bias=True,
+        tie_word_embeddings=True,
+        bos_token_id=151643,
+        eos_token_id=151643,
+    ),
+    "qwen2.5-7b": ModelConfig(
+        model_type="qwen2",
+        vocab_size=152064,
+        hidden_size=3584,
+        intermediate_size=18944,
+        num_hidden_layers=28,
+        num_attention_heads=28,
+        num_key_value_heads=4,
+        max_position_embeddings=131072,
+        rope_theta=1e6,
+        attention_bias=True,
+        bos_token_id=151643,
+        eos_token_id=151643,
+    ),
+    "llama3.2-1b": ModelConfig(
+        vocab_size=128256,
+        hidden_size=2048,
+        intermediate_size=8192,
+        num_hidden_layers=16,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        head_dim=64,
+        max_position_embeddings=131072,
+        rope_theta=500000.0,
+        rms_norm_eps=1e-5,
+        rope_scaling={
+            "rope_type": "llama3",
+            "factor": 32.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 8192,
+        },
+        tie_word_embeddings=True,
+        bos_token_id=128000,
+        eos_token_id=128001,
+    ),
+    "llama3-8b": ModelConfig(
+        vocab_size=128256,
+        hidden_size=4096,
+        intermediate_size=14336,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        max_position_embeddings=8192,
+        rope_theta=500000.0,
+        rms_norm_eps=1e-5,
+        bos_token_id=128000,
+        eos_token_id=128001,
+    ),
+    "mistral-7b": ModelConfig(
+        model_type="mistral",
+        vocab_size=32000,
+        hidden_size=4096,
+        intermediate_size=14336,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        max_position_embeddings=32768,
+        rope_theta=10000.0,
+        rms_norm_eps=1e-5,
+        sliding_window=4096,
+        bos_token_id=1,
+        eos_token_id=2,
+    ),
+}

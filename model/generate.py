@@ -147,9 +147,15 @@ def generate(
     for b, start in enumerate(range(0, len(order), batch_size)):
         batch = order[start : start + batch_size]
         new = generate_tokens(
-            model, [encoded[i] for i in batch], max_new_tokens=max_new_tokens, temperature=temperature,
-            top_p=top_p, eos_token_id=sorted(eos), seed=seed + b, should_stop=stopped,
-        )  # fmt: skip
+            model,
+            [encoded[i] for i in batch],
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            eos_token_id=sorted(eos),
+            seed=seed + b,
+            should_stop=stopped,
+        )
         for i, tokens in zip(batch, new):
             texts[i] = _cut_at_stop(decode(tokens), stop)[0]
     return texts

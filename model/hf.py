@@ -24,17 +24,65 @@ if TYPE_CHECKING:
 _FIELDS = {f.name for f in dataclasses.fields(ModelConfig)}
 # config.json keys that do not change the computation (bookkeeping, generation defaults, checked flags).
 _METADATA = {
-    "architectures", "transformers_version", "torch_dtype", "dtype", "use_cache", "pretraining_tp", "_name_or_path",
-    "tokenizer_class", "output_attentions", "output_hidden_states", "return_dict", "torchscript", "is_decoder",
-    "is_encoder_decoder", "add_cross_attention", "tie_encoder_decoder", "chunk_size_feed_forward", "id2label",
-    "label2id", "problem_type", "task_specific_params", "finetuning_task", "prefix", "sep_token_id",
-    "decoder_start_token_id", "pruned_heads", "max_length", "min_length", "do_sample", "early_stopping", "num_beams",
-    "temperature", "top_k", "top_p", "typical_p", "repetition_penalty", "length_penalty", "no_repeat_ngram_size",
-    "bad_words_ids", "num_return_sequences", "output_scores", "return_dict_in_generate", "forced_bos_token_id",
-    "forced_eos_token_id", "remove_invalid_values", "use_bfloat16", "tf_legacy_loss", "suppress_tokens",
-    "begin_suppress_tokens", "max_window_layers", "layer_types", "use_sliding_window", "hidden_act", "mlp_bias",
-    "attention_dropout", "rope_parameters", "partial_rotary_factor", "use_mrope",
-}  # fmt: skip
+    "architectures",
+    "transformers_version",
+    "torch_dtype",
+    "dtype",
+    "use_cache",
+    "pretraining_tp",
+    "_name_or_path",
+    "tokenizer_class",
+    "output_attentions",
+    "output_hidden_states",
+    "return_dict",
+    "torchscript",
+    "is_decoder",
+    "is_encoder_decoder",
+    "add_cross_attention",
+    "tie_encoder_decoder",
+    "chunk_size_feed_forward",
+    "id2label",
+    "label2id",
+    "problem_type",
+    "task_specific_params",
+    "finetuning_task",
+    "prefix",
+    "sep_token_id",
+    "decoder_start_token_id",
+    "pruned_heads",
+    "max_length",
+    "min_length",
+    "do_sample",
+    "early_stopping",
+    "num_beams",
+    "temperature",
+    "top_k",
+    "top_p",
+    "typical_p",
+    "repetition_penalty",
+    "length_penalty",
+    "no_repeat_ngram_size",
+    "bad_words_ids",
+    "num_return_sequences",
+    "output_scores",
+    "return_dict_in_generate",
+    "forced_bos_token_id",
+    "forced_eos_token_id",
+    "remove_invalid_values",
+    "use_bfloat16",
+    "tf_legacy_loss",
+    "suppress_tokens",
+    "begin_suppress_tokens",
+    "max_window_layers",
+    "layer_types",
+    "use_sliding_window",
+    "hidden_act",
+    "mlp_bias",
+    "attention_dropout",
+    "rope_parameters",
+    "partial_rotary_factor",
+    "use_mrope",
+}
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 _SAFETENSORS_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
 
@@ -76,16 +124,26 @@ def _unsupported(raw: dict[str, Any], model_type: str) -> str | None:
     if unknown:
         return f"unsupported config field(s) {', '.join(unknown)} (model_type {model_type!r})"
     checks = [
-        (raw.get("hidden_act", "silu") != "silu", f"hidden_act {raw.get('hidden_act')!r} is not supported (only 'silu')"),
+        (
+            raw.get("hidden_act", "silu") != "silu",
+            f"hidden_act {raw.get('hidden_act')!r} is not supported (only 'silu')",
+        ),
         (raw.get("mlp_bias"), "mlp_bias=true is not supported"),
-        (raw.get("attention_dropout", 0.0), f"attention_dropout={raw.get('attention_dropout')} is not supported (no dropout)"),
-        (raw.get("partial_rotary_factor", 1.0) != 1.0,
-         f"partial_rotary_factor={raw.get('partial_rotary_factor')} is not supported (only 1.0)"),
+        (
+            raw.get("attention_dropout", 0.0),
+            f"attention_dropout={raw.get('attention_dropout')} is not supported (no dropout)",
+        ),
+        (
+            raw.get("partial_rotary_factor", 1.0) != 1.0,
+            f"partial_rotary_factor={raw.get('partial_rotary_factor')} is not supported (only 1.0)",
+        ),
         (raw.get("use_mrope"), "use_mrope=true is not supported"),
         (model_type == "qwen2" and raw.get("use_sliding_window"), "use_sliding_window=true is not supported for qwen2"),
-        (model_type == "qwen2" and any(t != "full_attention" for t in raw.get("layer_types") or []),
-         "layer_types other than 'full_attention' are not supported for qwen2"),
-    ]  # fmt: skip
+        (
+            model_type == "qwen2" and any(t != "full_attention" for t in raw.get("layer_types") or []),
+            "layer_types other than 'full_attention' are not supported for qwen2",
+        ),
+    ]
     return next((message for failed, message in checks if failed), None)
 
 

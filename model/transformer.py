@@ -119,9 +119,12 @@ class KVCache:
         keys, values = self.k[layer].transpose(1, 2), self.v[layer].transpose(1, 2)  # [rows, kv_heads, max_len, D]
         visible = torch.arange(keys.shape[2], device=q.device)[None, :] <= self.lengths[:, None]
         out = F.scaled_dot_product_attention(
-            q.unsqueeze(2), keys.to(q.dtype), values.to(q.dtype), attn_mask=visible[:, None, None, :],
+            q.unsqueeze(2),
+            keys.to(q.dtype),
+            values.to(q.dtype),
+            attn_mask=visible[:, None, None, :],
             enable_gqa=q.shape[1] != keys.shape[1],
-        )  # fmt: skip
+        )
         return out.squeeze(2)
 
     def advance(self) -> None:
@@ -229,9 +232,11 @@ class Transformer(nn.Module):
         if position_ids is None:
             position_ids = mask.long().cumsum(dim=1) - 1
         hidden = self.forward(
-            input_ids[mask], position_ids=position_ids[mask], cu_seqlens=cu_seqlens,
+            input_ids[mask],
+            position_ids=position_ids[mask],
+            cu_seqlens=cu_seqlens,
             max_seqlen=int(lengths.max()) if rows else 0,
-        )  # fmt: skip
+        )
         out = hidden.new_zeros(rows, width, hidden.shape[-1])
         return out.masked_scatter(mask[..., None], hidden)
 
@@ -258,9 +263,15 @@ class Transformer(nn.Module):
         `ignore_index`, `label_smoothing`, `z_loss` and `softcap` go to the kernel unchanged (a trainer's
         `[loss]` options); their meaning is the kernel's."""
         return fused_linear_cross_entropy(
-            hidden.reshape(-1, hidden.shape[-1]), self.lm_head_weight, labels.reshape(-1), reduction=reduction,
-            ignore_index=ignore_index, label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap,
-        )  # fmt: skip
+            hidden.reshape(-1, hidden.shape[-1]),
+            self.lm_head_weight,
+            labels.reshape(-1),
+            reduction=reduction,
+            ignore_index=ignore_index,
+            label_smoothing=label_smoothing,
+            z_loss=z_loss,
+            softcap=softcap,
+        )
 
     def num_parameters(self, exclude_embeddings: bool = False) -> int:
         """Distinct parameters (a tied head counts once); `exclude_embeddings` drops the input embedding."""

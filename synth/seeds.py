@@ -37,8 +37,10 @@ def load_seeds(sources: list[str], fields: dict[str, str] | None = None) -> list
     out: list[Seed] = []
     for source in sources:
         if source in ("gsm8k", "math"):
-            out.extend(Seed(f"{source}-{p.index}", p.question, p.answer, p.level, source)
-                       for p in datasets.problems(source, "train"))  # fmt: skip
+            out.extend(
+                Seed(f"{source}-{p.index}", p.question, p.answer, p.level, source)
+                for p in datasets.problems(source, "train")
+            )
         else:
             out.extend(_file_seeds(source, fields))
     return out

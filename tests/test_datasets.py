@@ -82,7 +82,11 @@ def test_conventions_on_the_vendored_sets():
     assert sum("," in a for a in raw) == 79 and not any("," in p.answer for p in gsm)  # "1,000" -> "1000"
     m500 = datasets.problems("math500", "test")[0]
     assert (m500.id, m500.answer, m500.level, m500.subject) == (
-        "test/precalculus/807.json", r"\left( 3, \frac{\pi}{2} \right)", 2, "Precalculus")  # fmt: skip
+        "test/precalculus/807.json",
+        r"\left( 3, \frac{\pi}{2} \right)",
+        2,
+        "Precalculus",
+    )
 
 
 def test_math_gold_is_the_last_box_with_nested_braces():
@@ -116,11 +120,15 @@ def test_read_rows_formats_and_where(tmp_path):
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "d" / "w.parquet")
     got = [(r.where.replace(str(tmp_path), ""), r.key, r.value["q"]) for r in read_rows(tmp_path / "d")]
     assert got == [
-        ("/d/sub/z.json:1", "z-1", "a"), ("/d/sub/z.json:3", "z-3", "b"),
-        ("/d/w.parquet row 0", "w-0", "a"), ("/d/w.parquet row 1", "w-1", "b"),
-        ("/d/x.jsonl:1", "x-1", "a"), ("/d/x.jsonl:2", "x-2", "b"),
-        ("/d/y.json: item 0", "y-0", "a"), ("/d/y.json: item 1", "y-1", "b"),
-    ]  # fmt: skip
+        ("/d/sub/z.json:1", "z-1", "a"),
+        ("/d/sub/z.json:3", "z-3", "b"),
+        ("/d/w.parquet row 0", "w-0", "a"),
+        ("/d/w.parquet row 1", "w-1", "b"),
+        ("/d/x.jsonl:1", "x-1", "a"),
+        ("/d/x.jsonl:2", "x-2", "b"),
+        ("/d/y.json: item 0", "y-0", "a"),
+        ("/d/y.json: item 1", "y-1", "b"),
+    ]
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"q": "a"}\n{"q": \n')
     with pytest.raises(DataError, match=rf"{bad}:2: not valid JSON"):

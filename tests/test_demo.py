@@ -11,11 +11,20 @@ def test_demo_runs_end_to_end(tmp_path):
             Tier("normal", {"arithmetic": "normal"}, 0.5, steps=12),
             Tier("hard", {"arithmetic": "hard"}, 0.5, steps=12, replay=40),
         ),
-        train_items=600, heldout_per_tier=10, gsm8k_sample=4, vocab_size=300, max_new_tokens=24,
-        model={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
-               "num_key_value_heads": 1},
+        train_items=600,
+        heldout_per_tier=10,
+        gsm8k_sample=4,
+        vocab_size=300,
+        max_new_tokens=24,
+        model={
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "num_key_value_heads": 1,
+        },
         micro_batch_tokens=1024,
-    )  # fmt: skip
+    )
     out = tmp_path / "demo"
     report = run_demo(minutes=0.5, out=out, recipe=recipe)
 
@@ -37,8 +46,16 @@ def test_demo_runs_end_to_end(tmp_path):
     assert stages[1]["data"]["rows"] == report["data"]["tiers"]["hard"]["rows"] + 40  # stage 2 replays stage 1
     records = [json.loads(line) for line in (out / "train" / "metrics.jsonl").open()]
     assert records[-1]["loss"] < records[0]["loss"]
-    for name in ("report.json", "report.md", "accuracy.png", "train/loss.png", "train/throughput.png",
-                 "eval-after/results.json", "tokenizer/tokenizer.json", "model-init/config.json"):
+    for name in (
+        "report.json",
+        "report.md",
+        "accuracy.png",
+        "train/loss.png",
+        "train/throughput.png",
+        "eval-after/results.json",
+        "tokenizer/tokenizer.json",
+        "model-init/config.json",
+    ):
         assert (out / name).is_file(), name
     assert (out / "accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "| heldout (all tiers) | 20 |" in (out / "report.md").read_text()

@@ -64,8 +64,10 @@ def test_prompts_render_chat_and_raw():
 
 def test_prompt_files_refuse_unknown_keys_and_load_by_path(tmp_path):
     good = tmp_path / "mine.toml"
-    good.write_text('template = "Q: {question}\\nA:"\nresponse_prefix = " "\nstop = "Q:"\n'
-                    '[[shots]]\nquestion = "1+1?"\nanswer = " 2"\n')  # fmt: skip
+    good.write_text(
+        'template = "Q: {question}\\nA:"\nresponse_prefix = " "\nstop = "Q:"\n'
+        '[[shots]]\nquestion = "1+1?"\nanswer = " 2"\n'
+    )
     prompt = load_prompt(str(good))
     assert prompt.name == "mine" and prompt.response_prefix == " " and prompt.stop == ["Q:"]
     assert prompt.render("2+2?") == "Q: 1+1?\nA: 2\n\nQ: 2+2?\nA:"
@@ -172,13 +174,33 @@ def test_eval_settings_merge_file_then_set_then_flags(tmp_path, monkeypatch):
         'api = "http://localhost:8000/v1"\nserved_model = "qwen"\nbench = ["gsm8k", "math500"]\n'
         'prompt = "qwen-boxed"\nn = 4\ntemperature = 0.7\nlimit = 10\n[fields]\nquestion = "problem"\n'
     )
-    argv = ["--config", str(path), "--set", "n=8", "--set", "fields.answer=solution", "--set", "limit=50",
-            "--limit", "5", "--bench", "math,gsm8k", "--raw"]  # fmt: skip
+    argv = [
+        "--config",
+        str(path),
+        "--set",
+        "n=8",
+        "--set",
+        "fields.answer=solution",
+        "--set",
+        "limit=50",
+        "--limit",
+        "5",
+        "--bench",
+        "math,gsm8k",
+        "--raw",
+    ]
     config = _eval_command_config(monkeypatch, argv)
     assert config == EvalConfig(
-        api="http://localhost:8000/v1", served_model="qwen", bench=["math", "gsm8k"], prompt="qwen-boxed", n=8,
-        temperature=0.7, limit=5, chat=False, fields={"question": "problem", "answer": "solution"},
-    )  # fmt: skip
+        api="http://localhost:8000/v1",
+        served_model="qwen",
+        bench=["math", "gsm8k"],
+        prompt="qwen-boxed",
+        n=8,
+        temperature=0.7,
+        limit=5,
+        chat=False,
+        fields={"question": "problem", "answer": "solution"},
+    )
     # no file: the defaults, a flag and the dataclass agree
     assert _eval_command_config(monkeypatch, ["--model", "ckpt", "--seed", "3"]) == EvalConfig(model="ckpt", seed=3)
 

@@ -39,10 +39,17 @@ def checkpoint(tmp_path_factory):
     tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<eos>")
     torch.manual_seed(0)
     config = transformers.LlamaConfig(
-        vocab_size=bpe.get_vocab_size(), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024, eos_token_id=0,
-        bos_token_id=0, tie_word_embeddings=False,
-    )  # fmt: skip
+        vocab_size=bpe.get_vocab_size(),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        eos_token_id=0,
+        bos_token_id=0,
+        tie_word_embeddings=False,
+    )
     model = transformers.LlamaForCausalLM(config)
     folder = tmp_path_factory.mktemp("tiny")
     model.save_pretrained(folder)
@@ -83,9 +90,17 @@ class _Server:
                     }
                     for i, t in enumerate(texts)
                 ]
-                self._send(200, {"id": "x", "object": "chat.completion" if chat else "text_completion",
-                                 "created": int(time.time()), "model": body["model"], "choices": choices,
-                                 "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}})  # fmt: skip
+                self._send(
+                    200,
+                    {
+                        "id": "x",
+                        "object": "chat.completion" if chat else "text_completion",
+                        "created": int(time.time()),
+                        "model": body["model"],
+                        "choices": choices,
+                        "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
+                    },
+                )
 
             def _send(self, status, payload):
                 data = json.dumps(payload).encode()
@@ -149,9 +164,16 @@ def test_openai_backend_with_canned_answers_scores_exactly(tmp_path):
     server = _Server(respond)
     try:
         results = run_eval(
-            api=server.url, served_model="canned", bench="gsm8k", limit=LIMIT, prompt="qwen-boxed",
-            n=2, temperature=0.7, out=tmp_path, show_progress=False,
-        )  # fmt: skip
+            api=server.url,
+            served_model="canned",
+            bench="gsm8k",
+            limit=LIMIT,
+            prompt="qwen-boxed",
+            n=2,
+            temperature=0.7,
+            out=tmp_path,
+            show_progress=False,
+        )
     finally:
         server.close()
     scores = results["benchmarks"]["gsm8k"]

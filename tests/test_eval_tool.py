@@ -78,8 +78,12 @@ def test_generate_with_tools_feeds_output_back(tmp_path: Path):
 def test_generate_with_tools_runs_a_round_of_snippets_concurrently():
     class Parallel:
         def generate(self, prompts, **_):
-            return [[f"```python\nimport time\ntime.sleep(1)\nprint({k} ** 2)\n```\n"] if "```output" not in p
-                     else [" done"] for k, p in enumerate(prompts)]  # fmt: skip
+            return [
+                [f"```python\nimport time\ntime.sleep(1)\nprint({k} ** 2)\n```\n"]
+                if "```output" not in p
+                else [" done"]
+                for k, p in enumerate(prompts)
+            ]
 
     start = time.monotonic()
     texts = generate_with_tools(Parallel(), ["a", "b", "c", "d"], rounds=1, timeout=10, workers=4)
@@ -94,8 +98,9 @@ def _one_item_bench(monkeypatch):
 
 def test_run_eval_tool_records_the_sandbox_in_the_report(monkeypatch, tmp_path: Path):
     _one_item_bench(monkeypatch)
-    results = runner.run_eval(backend=_ScriptedBackend(), bench="sum", tool=True, prompt="plain", out=tmp_path,
-                              show_progress=False)  # fmt: skip
+    results = runner.run_eval(
+        backend=_ScriptedBackend(), bench="sum", tool=True, prompt="plain", out=tmp_path, show_progress=False
+    )
     assert results["benchmarks"]["sum"]["accuracy_lenient"] == 1.0
     assert results["sandbox"] == Sandbox(preload=()).isolation.as_dict()
     assert "Model code ran in the sandbox" in (tmp_path / "results.md").read_text()
@@ -108,8 +113,9 @@ def test_run_eval_tool_refuses_an_unsafe_sandbox_before_generating(monkeypatch):
     with pytest.raises(SandboxError, match="not safe.*--unsafe-sandbox"):
         runner.run_eval(backend=backend, bench="sum", tool=True, prompt="plain", show_progress=False)
     assert backend.prompts == []
-    results = runner.run_eval(backend=backend, bench="sum", tool=True, prompt="plain", show_progress=False,
-                              unsafe_sandbox=True)  # fmt: skip
+    results = runner.run_eval(
+        backend=backend, bench="sum", tool=True, prompt="plain", show_progress=False, unsafe_sandbox=True
+    )
     assert results["sandbox"]["safe"] is False and results["sandbox"]["level"] == "none"
 
 

@@ -11,9 +11,18 @@ PROMPTS = [[5, 17, 3], [400, 2, 9, 81, 33, 7, 12], [250]]
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)
-    return from_config({"preset": "qwen2.5-0.5b", "vocab_size": 512, "hidden_size": 64, "intermediate_size": 96,
-                        "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
-                        "tie_word_embeddings": False}).eval()  # fmt: skip
+    return from_config(
+        {
+            "preset": "qwen2.5-0.5b",
+            "vocab_size": 512,
+            "hidden_size": 64,
+            "intermediate_size": 96,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "tie_word_embeddings": False,
+        }
+    ).eval()
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +111,8 @@ def test_text_generation_with_stop_strings_and_batches(model, tokenizer):
     got = generate(model, tokenizer, prompts[:1], max_new_tokens=24, stop=[stop, "never-there"])
     assert got == [want]
     ids = tokenizer.encode(prompts[0])
-    new = generate_tokens(model, [ids], max_new_tokens=24, eos_token_id=[],
-                          should_stop=lambda row, toks: stop in tokenizer.decode(toks))  # fmt: skip
+    new = generate_tokens(
+        model, [ids], max_new_tokens=24, eos_token_id=[], should_stop=lambda row, toks: stop in tokenizer.decode(toks)
+    )
     assert len(new[0]) < 24 and stop in tokenizer.decode(new[0])  # stopped early, right after the stop string
     assert stop not in tokenizer.decode(new[0][:-1])

@@ -14,10 +14,18 @@ from mathforge.errors import ConfigError
 
 def _write(path, medians: dict[tuple[str, str], float]) -> str:
     rows = [
-        {"op": op, "mode": mode, "provider": "mathforge", "shape": {"tokens": 8, "vocab": 7}, "dtype": "bfloat16",
-         "median_ms": ms, "p20_ms": ms, "p80_ms": ms}
+        {
+            "op": op,
+            "mode": mode,
+            "provider": "mathforge",
+            "shape": {"tokens": 8, "vocab": 7},
+            "dtype": "bfloat16",
+            "median_ms": ms,
+            "p20_ms": ms,
+            "p80_ms": ms,
+        }
         for (op, mode), ms in medians.items()
-    ]  # fmt: skip
+    ]
     rows.append({"op": "rms_norm", "mode": "full", "provider": "liger", "shape": {}, "dtype": "bfloat16", "error": "x"})
     path.write_text(json.dumps({"environment": {}, "rows": rows}))
     return str(path)

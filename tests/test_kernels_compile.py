@@ -45,8 +45,11 @@ def _opcheck_cases():
 def test_custom_ops_pass_opcheck(case):
     args = _opcheck_cases()[case]
     name = case.split("/")[0]
-    torch.library.opcheck(getattr(torch.ops.mathforge, name).default, args,
-                          test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_static"))  # fmt: skip
+    torch.library.opcheck(
+        getattr(torch.ops.mathforge, name).default,
+        args,
+        test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_static"),
+    )
 
 
 class TinyModel(torch.nn.Module):

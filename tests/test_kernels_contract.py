@@ -39,51 +39,136 @@ LONG = torch.int64
 
 # (id, call, exception, message regex): each must fail identically on both paths
 INVALID = [
-    ("ce-3d-logits", lambda: K.cross_entropy(_t(2, 3, 5), torch.zeros(2, 3, dtype=LONG)), ValueError,
-     r"logits \(shape \(2, 3, 5\), dtype torch.float32.*must be 2-D \[N, V\]"),
-    ("ce-target-shape", lambda: K.cross_entropy(_t(4, 5), torch.zeros(3, dtype=LONG)), ValueError,
-     r"target \(shape \(3,\).*must be \[N\] with N = 4"),
-    ("ce-float-target", lambda: K.cross_entropy(_t(4, 5), torch.zeros(4)), ValueError,
-     r"target must be an integer tensor.*dtype torch.float32"),
-    ("ce-int-logits", lambda: K.cross_entropy(torch.zeros(4, 5, dtype=LONG), torch.zeros(4, dtype=LONG)),
-     ValueError, r"logits \(shape \(4, 5\), dtype torch.int64.*dtype must be one of float16, bfloat16"),
-    ("ce-reduction", lambda: K.cross_entropy(_t(4, 5), torch.zeros(4, dtype=LONG), reduction="avg"), ValueError,
-     r"reduction must be one of \('mean', 'sum', 'none'\), got 'avg'"),
-    ("ce-softcap", lambda: K.cross_entropy(_t(4, 5), torch.zeros(4, dtype=LONG), softcap=0.0), ValueError,
-     r"softcap must be None or > 0, got 0.0"),
-    ("ce-smoothing", lambda: K.cross_entropy(_t(4, 5), torch.zeros(4, dtype=LONG), label_smoothing=1.5),
-     ValueError, r"label_smoothing must be in \[0, 1\]"),
-    ("ce-z-loss", lambda: K.cross_entropy(_t(4, 5), torch.zeros(4, dtype=LONG), z_loss=-1.0), ValueError,
-     r"z_loss must be >= 0"),
-    ("flce-mixed-dtypes", lambda: K.fused_linear_cross_entropy(_t(5, 3), _t(7, 3, dtype=torch.bfloat16),
-     torch.zeros(5, dtype=LONG)), ValueError,
-     r"weight \(shape \(7, 3\), dtype torch.bfloat16.*must have the dtype of hidden \(shape \(5, 3\), dtype torch.float32"),
-    ("flce-3d-hidden", lambda: K.fused_linear_cross_entropy(_t(2, 5, 3), _t(7, 3), torch.zeros(2, 5, dtype=LONG)),
-     ValueError, r"hidden \(shape \(2, 5, 3\).*must be 2-D \[N, H\]"),
-    ("flce-weight-h", lambda: K.fused_linear_cross_entropy(_t(5, 3), _t(7, 4), torch.zeros(5, dtype=LONG)),
-     ValueError, r"weight \(shape \(7, 4\).*must be \[V, H\] with H = 3"),
-    ("flce-bias-shape", lambda: K.fused_linear_cross_entropy(_t(5, 3), _t(7, 3), torch.zeros(5, dtype=LONG),
-     bias=_t(6)), ValueError, r"bias \(shape \(6,\).*must be \[V\] with V = 7"),
-    ("flce-bias-dtype", lambda: K.fused_linear_cross_entropy(_t(5, 3), _t(7, 3), torch.zeros(5, dtype=LONG),
-     bias=_t(7, dtype=torch.float64)), ValueError, r"bias \(shape \(7,\), dtype torch.float64.*dtype of weight"),
-    ("flce-target-shape", lambda: K.fused_linear_cross_entropy(_t(5, 3), _t(7, 3), torch.zeros(4, dtype=LONG)),
-     ValueError, r"target \(shape \(4,\).*N = 5"),
-    ("rms-broadcast-weight", lambda: K.rms_norm(_t(4, 6), _t(1)), ValueError,
-     r"weight \(shape \(1,\).*must be \[H\] with H = 6"),
+    (
+        "ce-3d-logits",
+        lambda: K.cross_entropy(_t(2, 3, 5), torch.zeros(2, 3, dtype=LONG)),
+        ValueError,
+        r"logits \(shape \(2, 3, 5\), dtype torch.float32.*must be 2-D \[N, V\]",
+    ),
+    (
+        "ce-target-shape",
+        lambda: K.cross_entropy(_t(4, 5), torch.zeros(3, dtype=LONG)),
+        ValueError,
+        r"target \(shape \(3,\).*must be \[N\] with N = 4",
+    ),
+    (
+        "ce-float-target",
+        lambda: K.cross_entropy(_t(4, 5), torch.zeros(4)),
+        ValueError,
+        r"target must be an integer tensor.*dtype torch.float32",
+    ),
+    (
+        "ce-int-logits",
+        lambda: K.cross_entropy(torch.zeros(4, 5, dtype=LONG), torch.zeros(4, dtype=LONG)),
+        ValueError,
+        r"logits \(shape \(4, 5\), dtype torch.int64.*dtype must be one of float16, bfloat16",
+    ),
+    (
+        "ce-reduction",
+        lambda: K.cross_entropy(_t(4, 5), torch.zeros(4, dtype=LONG), reduction="avg"),
+        ValueError,
+        r"reduction must be one of \('mean', 'sum', 'none'\), got 'avg'",
+    ),
+    (
+        "ce-softcap",
+        lambda: K.cross_entropy(_t(4, 5), torch.zeros(4, dtype=LONG), softcap=0.0),
+        ValueError,
+        r"softcap must be None or > 0, got 0.0",
+    ),
+    (
+        "ce-smoothing",
+        lambda: K.cross_entropy(_t(4, 5), torch.zeros(4, dtype=LONG), label_smoothing=1.5),
+        ValueError,
+        r"label_smoothing must be in \[0, 1\]",
+    ),
+    (
+        "ce-z-loss",
+        lambda: K.cross_entropy(_t(4, 5), torch.zeros(4, dtype=LONG), z_loss=-1.0),
+        ValueError,
+        r"z_loss must be >= 0",
+    ),
+    (
+        "flce-mixed-dtypes",
+        lambda: K.fused_linear_cross_entropy(_t(5, 3), _t(7, 3, dtype=torch.bfloat16), torch.zeros(5, dtype=LONG)),
+        ValueError,
+        r"weight \(shape \(7, 3\), dtype torch.bfloat16.*must have the dtype of hidden \(shape \(5, 3\), dtype torch.float32",
+    ),
+    (
+        "flce-3d-hidden",
+        lambda: K.fused_linear_cross_entropy(_t(2, 5, 3), _t(7, 3), torch.zeros(2, 5, dtype=LONG)),
+        ValueError,
+        r"hidden \(shape \(2, 5, 3\).*must be 2-D \[N, H\]",
+    ),
+    (
+        "flce-weight-h",
+        lambda: K.fused_linear_cross_entropy(_t(5, 3), _t(7, 4), torch.zeros(5, dtype=LONG)),
+        ValueError,
+        r"weight \(shape \(7, 4\).*must be \[V, H\] with H = 3",
+    ),
+    (
+        "flce-bias-shape",
+        lambda: K.fused_linear_cross_entropy(_t(5, 3), _t(7, 3), torch.zeros(5, dtype=LONG), bias=_t(6)),
+        ValueError,
+        r"bias \(shape \(6,\).*must be \[V\] with V = 7",
+    ),
+    (
+        "flce-bias-dtype",
+        lambda: K.fused_linear_cross_entropy(
+            _t(5, 3), _t(7, 3), torch.zeros(5, dtype=LONG), bias=_t(7, dtype=torch.float64)
+        ),
+        ValueError,
+        r"bias \(shape \(7,\), dtype torch.float64.*dtype of weight",
+    ),
+    (
+        "flce-target-shape",
+        lambda: K.fused_linear_cross_entropy(_t(5, 3), _t(7, 3), torch.zeros(4, dtype=LONG)),
+        ValueError,
+        r"target \(shape \(4,\).*N = 5",
+    ),
+    (
+        "rms-broadcast-weight",
+        lambda: K.rms_norm(_t(4, 6), _t(1)),
+        ValueError,
+        r"weight \(shape \(1,\).*must be \[H\] with H = 6",
+    ),
     ("rms-2d-weight", lambda: K.rms_norm(_t(4, 6), _t(1, 6)), ValueError, r"weight \(shape \(1, 6\).*H = 6"),
-    ("rms-none-offset", lambda: K.rms_norm(_t(4, 6), None, 1e-6, 1.0), ValueError,
-     r"offset=1.0 scales a weight; with weight=None"),
-    ("swiglu-broadcast-up", lambda: K.swiglu(_t(4, 6), _t(6)), ValueError,
-     r"up \(shape \(6,\).*must have the shape of gate \(shape \(4, 6\)"),
-    ("rope-odd-head-dim", lambda: K.apply_rope(_t(4, 2, 5), _t(4, 1, 5), _t(4, 5), _t(4, 5)), ValueError,
-     r"q \(shape \(4, 2, 5\).*head_dim 5 must be even"),
-    ("rope-k-tokens", lambda: K.apply_rope(_t(4, 2, 8), _t(3, 1, 8), _t(4, 8), _t(4, 8)), ValueError,
-     r"k \(shape \(3, 1, 8\).*T = 4, D = 8"),
-    ("rope-cos-shape", lambda: K.apply_rope(_t(4, 2, 8), _t(4, 1, 8), _t(4, 4), _t(4, 4)), ValueError,
-     r"cos \(shape \(4, 4\).*must be \[T, D\] = \[4, 8\]"),
-    ("rope-sin-shape", lambda: K.apply_rope(_t(4, 2, 8), _t(4, 1, 8), _t(4, 8), _t(1, 8)), ValueError,
-     r"sin \(shape \(1, 8\).*must have the shape of cos"),
-]  # fmt: skip
+    (
+        "rms-none-offset",
+        lambda: K.rms_norm(_t(4, 6), None, 1e-6, 1.0),
+        ValueError,
+        r"offset=1.0 scales a weight; with weight=None",
+    ),
+    (
+        "swiglu-broadcast-up",
+        lambda: K.swiglu(_t(4, 6), _t(6)),
+        ValueError,
+        r"up \(shape \(6,\).*must have the shape of gate \(shape \(4, 6\)",
+    ),
+    (
+        "rope-odd-head-dim",
+        lambda: K.apply_rope(_t(4, 2, 5), _t(4, 1, 5), _t(4, 5), _t(4, 5)),
+        ValueError,
+        r"q \(shape \(4, 2, 5\).*head_dim 5 must be even",
+    ),
+    (
+        "rope-k-tokens",
+        lambda: K.apply_rope(_t(4, 2, 8), _t(3, 1, 8), _t(4, 8), _t(4, 8)),
+        ValueError,
+        r"k \(shape \(3, 1, 8\).*T = 4, D = 8",
+    ),
+    (
+        "rope-cos-shape",
+        lambda: K.apply_rope(_t(4, 2, 8), _t(4, 1, 8), _t(4, 4), _t(4, 4)),
+        ValueError,
+        r"cos \(shape \(4, 4\).*must be \[T, D\] = \[4, 8\]",
+    ),
+    (
+        "rope-sin-shape",
+        lambda: K.apply_rope(_t(4, 2, 8), _t(4, 1, 8), _t(4, 8), _t(1, 8)),
+        ValueError,
+        r"sin \(shape \(1, 8\).*must have the shape of cos",
+    ),
+]
 
 
 @pytest.mark.parametrize(("call", "error", "message"), [c[1:] for c in INVALID], ids=[c[0] for c in INVALID])
@@ -96,43 +181,110 @@ CE_OPTIONS = dict(label_smoothing=0.1, z_loss=1e-3, softcap=4.0)
 
 # (id, our call on the inputs, float64 reference, inputs, tolerance dtype, output dtype or None = inputs[0]'s)
 VALID = [
-    ("ce-fp32", lambda x: K.cross_entropy(x, _target(9, 13), **CE_OPTIONS),
-     lambda x: reference.cross_entropy(x, _target(9, 13), **CE_OPTIONS), [_t(9, 13, scale=3)], torch.float32,
-     torch.float32),
-    ("ce-fp64-gives-fp32", lambda x: K.cross_entropy(x, _target(9, 13), reduction="none"),
-     lambda x: reference.cross_entropy(x, _target(9, 13), reduction="none"), [_t(9, 13, dtype=torch.float64)],
-     torch.float32, torch.float32),
-    ("ce-bf16-int32-target", lambda x: K.cross_entropy(x, _target(9, 13, dtype=torch.int32), reduction="sum"),
-     lambda x: reference.cross_entropy(x, _target(9, 13), reduction="sum"), [_t(9, 13, dtype=torch.bfloat16)],
-     torch.bfloat16, torch.float32),
-    ("flce-bias-sum", lambda h, w, b: K.fused_linear_cross_entropy(h, w, _target(7, 11), bias=b, reduction="sum",
-     **CE_OPTIONS), lambda h, w, b: reference.fused_linear_cross_entropy(h, w, _target(7, 11), bias=b,
-     reduction="sum", **CE_OPTIONS), [_t(7, 5, seed=1), _t(11, 5, seed=2), _t(11, seed=3)], torch.float32,
-     torch.float32),
-    ("flce-fp64-gives-fp32", lambda h, w: K.fused_linear_cross_entropy(h, w, _target(7, 11), reduction="none"),
-     lambda h, w: reference.fused_linear_cross_entropy(h, w, _target(7, 11), reduction="none"),
-     [_t(7, 5, seed=1, dtype=torch.float64), _t(11, 5, seed=2, dtype=torch.float64)], torch.float32, torch.float32),
-    ("flce-bf16", lambda h, w: K.fused_linear_cross_entropy(h, w, _target(7, 11)),
-     lambda h, w: reference.fused_linear_cross_entropy(h, w, _target(7, 11)),
-     [_t(7, 5, seed=1, dtype=torch.bfloat16), _t(11, 5, seed=2, dtype=torch.bfloat16)], torch.bfloat16,
-     torch.float32),
-    ("rms-no-weight-3d", lambda x: K.rms_norm(x, None, 1e-5), lambda x: reference.rms_norm(x, None, 1e-5),
-     [_t(2, 5, 12, scale=2)], torch.float32, None),
-    ("rms-offset-fp16", lambda x, w: K.rms_norm(x, w, 1e-5, 1.0), lambda x, w: reference.rms_norm(x, w, 1e-5, 1.0),
-     [_t(6, 12, dtype=torch.float16), _t(12, seed=4, dtype=torch.float16)], torch.float16, None),
-    ("rms-fp32-weight-bf16-x", K.rms_norm, reference.rms_norm, [_t(6, 12, dtype=torch.bfloat16), _t(12, seed=4)],
-     torch.bfloat16, None),
-    ("swiglu-bf16", K.swiglu, reference.swiglu, [_t(5, 9, dtype=torch.bfloat16), _t(5, 9, seed=5,
-     dtype=torch.bfloat16)], torch.bfloat16, None),
-    ("rope-table", K.apply_rope, reference.apply_rope, [_t(5, 3, 8), _t(5, 1, 8, seed=1), _t(5, 8, seed=2),
-     _t(5, 8, seed=3)], torch.float32, None),
-    ("rope-broadcast-1d", K.apply_rope, reference.apply_rope, [_t(5, 2, 6), _t(5, 2, 6, seed=1), _t(1, 6, seed=2),
-     _t(1, 6, seed=3)], torch.float32, None),
-]  # fmt: skip
+    (
+        "ce-fp32",
+        lambda x: K.cross_entropy(x, _target(9, 13), **CE_OPTIONS),
+        lambda x: reference.cross_entropy(x, _target(9, 13), **CE_OPTIONS),
+        [_t(9, 13, scale=3)],
+        torch.float32,
+        torch.float32,
+    ),
+    (
+        "ce-fp64-gives-fp32",
+        lambda x: K.cross_entropy(x, _target(9, 13), reduction="none"),
+        lambda x: reference.cross_entropy(x, _target(9, 13), reduction="none"),
+        [_t(9, 13, dtype=torch.float64)],
+        torch.float32,
+        torch.float32,
+    ),
+    (
+        "ce-bf16-int32-target",
+        lambda x: K.cross_entropy(x, _target(9, 13, dtype=torch.int32), reduction="sum"),
+        lambda x: reference.cross_entropy(x, _target(9, 13), reduction="sum"),
+        [_t(9, 13, dtype=torch.bfloat16)],
+        torch.bfloat16,
+        torch.float32,
+    ),
+    (
+        "flce-bias-sum",
+        lambda h, w, b: K.fused_linear_cross_entropy(h, w, _target(7, 11), bias=b, reduction="sum", **CE_OPTIONS),
+        lambda h, w, b: reference.fused_linear_cross_entropy(
+            h, w, _target(7, 11), bias=b, reduction="sum", **CE_OPTIONS
+        ),
+        [_t(7, 5, seed=1), _t(11, 5, seed=2), _t(11, seed=3)],
+        torch.float32,
+        torch.float32,
+    ),
+    (
+        "flce-fp64-gives-fp32",
+        lambda h, w: K.fused_linear_cross_entropy(h, w, _target(7, 11), reduction="none"),
+        lambda h, w: reference.fused_linear_cross_entropy(h, w, _target(7, 11), reduction="none"),
+        [_t(7, 5, seed=1, dtype=torch.float64), _t(11, 5, seed=2, dtype=torch.float64)],
+        torch.float32,
+        torch.float32,
+    ),
+    (
+        "flce-bf16",
+        lambda h, w: K.fused_linear_cross_entropy(h, w, _target(7, 11)),
+        lambda h, w: reference.fused_linear_cross_entropy(h, w, _target(7, 11)),
+        [_t(7, 5, seed=1, dtype=torch.bfloat16), _t(11, 5, seed=2, dtype=torch.bfloat16)],
+        torch.bfloat16,
+        torch.float32,
+    ),
+    (
+        "rms-no-weight-3d",
+        lambda x: K.rms_norm(x, None, 1e-5),
+        lambda x: reference.rms_norm(x, None, 1e-5),
+        [_t(2, 5, 12, scale=2)],
+        torch.float32,
+        None,
+    ),
+    (
+        "rms-offset-fp16",
+        lambda x, w: K.rms_norm(x, w, 1e-5, 1.0),
+        lambda x, w: reference.rms_norm(x, w, 1e-5, 1.0),
+        [_t(6, 12, dtype=torch.float16), _t(12, seed=4, dtype=torch.float16)],
+        torch.float16,
+        None,
+    ),
+    (
+        "rms-fp32-weight-bf16-x",
+        K.rms_norm,
+        reference.rms_norm,
+        [_t(6, 12, dtype=torch.bfloat16), _t(12, seed=4)],
+        torch.bfloat16,
+        None,
+    ),
+    (
+        "swiglu-bf16",
+        K.swiglu,
+        reference.swiglu,
+        [_t(5, 9, dtype=torch.bfloat16), _t(5, 9, seed=5, dtype=torch.bfloat16)],
+        torch.bfloat16,
+        None,
+    ),
+    (
+        "rope-table",
+        K.apply_rope,
+        reference.apply_rope,
+        [_t(5, 3, 8), _t(5, 1, 8, seed=1), _t(5, 8, seed=2), _t(5, 8, seed=3)],
+        torch.float32,
+        None,
+    ),
+    (
+        "rope-broadcast-1d",
+        K.apply_rope,
+        reference.apply_rope,
+        [_t(5, 2, 6), _t(5, 2, 6, seed=1), _t(1, 6, seed=2), _t(1, 6, seed=3)],
+        torch.float32,
+        None,
+    ),
+]
 
 
-@pytest.mark.parametrize(("ours", "ref", "inputs", "tol", "out_dtype"), [c[1:] for c in VALID],
-                         ids=[c[0] for c in VALID])  # fmt: skip
+@pytest.mark.parametrize(
+    ("ours", "ref", "inputs", "tol", "out_dtype"), [c[1:] for c in VALID], ids=[c[0] for c in VALID]
+)
 def test_valid_inputs_match_the_reference_on_both_paths(path, ours, ref, inputs, tol, out_dtype):
     out = ours(*inputs)
     first = out[0] if isinstance(out, tuple) else out
@@ -213,8 +365,9 @@ def test_softcap_keeps_relative_precision_for_tiny_logits(path):
     c = 30.0
     y = torch.tensor([1e-6, -3e-6, 1e-5, 3e-5, -1e-4, 3e-4, 1e-3, -3e-3, 1e-2, 0.1, -0.5, 0.55, 0.6, 2.0, -10.0])
     logits = (c * y).to(torch.float32)[:, None]
-    _, z = K.cross_entropy(logits, torch.zeros(len(y), dtype=LONG), z_loss=1.0, softcap=c, reduction="none",
-                           return_z_loss=True)  # fmt: skip
+    _, z = K.cross_entropy(
+        logits, torch.zeros(len(y), dtype=LONG), z_loss=1.0, softcap=c, reduction="none", return_z_loss=True
+    )
     capped = z.double().sqrt()
     exact = c * torch.tanh(logits.double()[:, 0] / c).abs()
     rel = ((capped - exact).abs() / exact).max().item()
@@ -225,5 +378,9 @@ def test_cross_entropy_softcap_tiny_logits_matches_reference(path):
     logits = _t(5, 64, scale=1e-4)
     target = _target(5, 64)
     kw = dict(softcap=20.0, label_smoothing=0.3, reduction="none")
-    compare(functools.partial(K.cross_entropy, target=target, **kw),
-            functools.partial(reference.cross_entropy, target=target, **kw), [logits], 1e-6)  # fmt: skip
+    compare(
+        functools.partial(K.cross_entropy, target=target, **kw),
+        functools.partial(reference.cross_entropy, target=target, **kw),
+        [logits],
+        1e-6,
+    )

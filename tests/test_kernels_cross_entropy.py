@@ -41,8 +41,9 @@ def test_cross_entropy_matches_reference(v, options, reduction):
     compare(
         functools.partial(cross_entropy_triton, target=target, **kw),
         functools.partial(reference.cross_entropy, target=target, **kw),
-        [logits], TOL[torch.float32],
-    )  # fmt: skip
+        [logits],
+        TOL[torch.float32],
+    )
 
 
 def test_cross_entropy_large_prime_vocab_and_custom_ignore_index():
@@ -54,8 +55,9 @@ def test_cross_entropy_large_prime_vocab_and_custom_ignore_index():
     compare(
         functools.partial(cross_entropy_triton, target=target, **kw),
         functools.partial(reference.cross_entropy, target=target, **kw),
-        [logits], TOL[torch.float32],
-    )  # fmt: skip
+        [logits],
+        TOL[torch.float32],
+    )
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
@@ -69,8 +71,9 @@ def test_cross_entropy_low_precision(dtype):
     compare(
         functools.partial(cross_entropy_triton, target=target, **kw),
         functools.partial(reference.cross_entropy, target=target, **kw),
-        [logits], TOL[dtype],
-    )  # fmt: skip
+        [logits],
+        TOL[dtype],
+    )
 
 
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
@@ -119,8 +122,9 @@ def test_fused_linear_cross_entropy_matches_reference(v, chunk, options, reducti
     compare(
         lambda hh, ww, bb: fused_linear_cross_entropy_triton(hh, ww, target, bias=bb, chunk=chunk, **kw),
         lambda hh, ww, bb: reference.fused_linear_cross_entropy(hh, ww, target, bias=bb, **kw),
-        [hidden, weight, bias], TOL[torch.float32],
-    )  # fmt: skip
+        [hidden, weight, bias],
+        TOL[torch.float32],
+    )
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
@@ -133,8 +137,9 @@ def test_fused_linear_cross_entropy_low_precision_without_bias(dtype):
     compare(
         lambda hh, ww: fused_linear_cross_entropy_triton(hh, ww, target, chunk=8, **kw),
         lambda hh, ww: reference.fused_linear_cross_entropy(hh, ww, target, **kw),
-        [hidden, weight], TOL[dtype],
-    )  # fmt: skip
+        [hidden, weight],
+        TOL[dtype],
+    )
 
 
 def test_fused_linear_cross_entropy_scales_by_the_upstream_scalar():

@@ -24,24 +24,32 @@ def test_cross_entropy_bf16_large_vocab(v, reduction):
     logits, target = _cuda(257, v, seed=0, scale=3.0), torch.randint(0, v, (257,), device="cuda")
     target[::7] = -100
     kw = dict(reduction=reduction, label_smoothing=0.1, z_loss=1e-4, softcap=30.0)
-    compare(lambda x: K.cross_entropy(x, target, **kw), lambda x: reference.cross_entropy(x, target, **kw),
-            [logits], TOL[torch.bfloat16])  # fmt: skip
+    compare(
+        lambda x: K.cross_entropy(x, target, **kw),
+        lambda x: reference.cross_entropy(x, target, **kw),
+        [logits],
+        TOL[torch.bfloat16],
+    )
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 def test_fused_linear_cross_entropy_cuda(dtype, reduction):
     n, h, v = 1000, 256, 32003
-    hidden, weight, bias = _cuda(n, h, seed=1, dtype=dtype), _cuda(v, h, seed=2, dtype=dtype, scale=0.05), _cuda(
-        v, seed=3, dtype=dtype)  # fmt: skip
+    hidden, weight, bias = (
+        _cuda(n, h, seed=1, dtype=dtype),
+        _cuda(v, h, seed=2, dtype=dtype, scale=0.05),
+        _cuda(v, seed=3, dtype=dtype),
+    )
     target = torch.randint(0, v, (n,), device="cuda")
     target[::5] = -100
     kw = dict(reduction=reduction, z_loss=1e-4)
     compare(
         lambda a, b, c: K.fused_linear_cross_entropy(a, b, target, bias=c, **kw),
         lambda a, b, c: reference.fused_linear_cross_entropy(a, b, target, bias=c, **kw),
-        [hidden, weight, bias], 3 * TOL[dtype],
-    )  # fmt: skip
+        [hidden, weight, bias],
+        3 * TOL[dtype],
+    )
 
 
 def test_norm_act_rope_cuda_bf16():

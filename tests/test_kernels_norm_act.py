@@ -27,8 +27,9 @@ def test_rms_norm_matches_reference(shape, offset, dtype):
     compare(
         lambda xx, ww: rms_norm_triton(xx, ww, 1e-5, offset),
         lambda xx, ww: reference.rms_norm(xx, ww, 1e-5, offset),
-        [x, w], TOL[dtype],
-    )  # fmt: skip
+        [x, w],
+        TOL[dtype],
+    )
 
 
 def test_rms_norm_accepts_strided_rows():
@@ -59,8 +60,9 @@ def test_rope_matches_reference(tokens, q_heads, k_heads, dim, dtype):
     compare(
         lambda qq, kk: apply_rope_triton(qq, kk, cos, sin),
         lambda qq, kk: reference.apply_rope(qq, kk, cos.double(), sin.double()),
-        [q, k], TOL[dtype],
-    )  # fmt: skip
+        [q, k],
+        TOL[dtype],
+    )
 
 
 def test_rope_gradients_of_cos_sin_and_strided_qk():

@@ -9,9 +9,15 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-FOLDERS = {"mathforge": "mathforge", "kernels": "mathforge.kernels", "model": "mathforge.model",
-           "trainer": "mathforge.trainer", "synth": "mathforge.synth", "evaluate": "mathforge.evaluate",
-           "bench": "mathforge.bench"}  # fmt: skip
+FOLDERS = {
+    "mathforge": "mathforge",
+    "kernels": "mathforge.kernels",
+    "model": "mathforge.model",
+    "trainer": "mathforge.trainer",
+    "synth": "mathforge.synth",
+    "evaluate": "mathforge.evaluate",
+    "bench": "mathforge.bench",
+}
 CORE = {"errors", "registry", "config", "jsonl", "openai_client", "prompts", "datasources", "hardware", "_native"}
 TOP = {"cli", "demo", "doctor", "__init__", "__main__"}
 # component -> the components it may import (besides itself)
@@ -81,8 +87,10 @@ def test_the_layer_table_sees_every_package():
 
 
 def test_importing_the_trainer_config_loads_nothing_of_evaluate_synth_or_bench():
-    code = ("import sys, mathforge.trainer.config\n"
-            "print(sorted(m for m in sys.modules if m.startswith(('mathforge.evaluate', 'mathforge.synth', "
-            "'mathforge.bench', 'mathforge.backends'))))")  # fmt: skip
+    code = (
+        "import sys, mathforge.trainer.config\n"
+        "print(sorted(m for m in sys.modules if m.startswith(('mathforge.evaluate', 'mathforge.synth', "
+        "'mathforge.bench', 'mathforge.backends'))))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

@@ -18,8 +18,13 @@ from mathforge.model import (
 transformers = pytest.importorskip("transformers")
 
 VOCAB = 128
-LLAMA3_ROPE = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-               "original_max_position_embeddings": 16}  # fmt: skip
+LLAMA3_ROPE = {
+    "rope_type": "llama3",
+    "factor": 8.0,
+    "low_freq_factor": 1.0,
+    "high_freq_factor": 4.0,
+    "original_max_position_embeddings": 16,
+}
 
 
 def hf_config(kind: str):
@@ -209,9 +214,14 @@ def _torch_loss(logits, labels, *, ignore_index=-100, label_smoothing=0.0, z_los
 
 @pytest.mark.parametrize(
     "options",
-    [{"label_smoothing": 0.1}, {"z_loss": 1e-2}, {"softcap": 2.0}, {"ignore_index": 7},
-     {"label_smoothing": 0.2, "z_loss": 1e-3, "softcap": 3.0}],
-)  # fmt: skip
+    [
+        {"label_smoothing": 0.1},
+        {"z_loss": 1e-2},
+        {"softcap": 2.0},
+        {"ignore_index": 7},
+        {"label_smoothing": 0.2, "z_loss": 1e-3, "softcap": 3.0},
+    ],
+)
 def test_loss_options_reach_the_kernel(options):
     model = from_config("tiny")
     gen = torch.Generator().manual_seed(3)
@@ -235,9 +245,15 @@ def test_loss_options_reach_the_kernel(options):
 
 @pytest.mark.parametrize(
     ("preset", "params"),
-    [("qwen2.5-0.5b", 494_032_768), ("qwen2.5-1.5b", 1_543_714_304), ("qwen2.5-7b", 7_615_616_512),
-     ("llama3.2-1b", 1_235_814_400), ("llama3-8b", 8_030_261_248), ("mistral-7b", 7_241_732_096)],
-)  # fmt: skip
+    [
+        ("qwen2.5-0.5b", 494_032_768),
+        ("qwen2.5-1.5b", 1_543_714_304),
+        ("qwen2.5-7b", 7_615_616_512),
+        ("llama3.2-1b", 1_235_814_400),
+        ("llama3-8b", 8_030_261_248),
+        ("mistral-7b", 7_241_732_096),
+    ],
+)
 def test_presets_have_the_real_parameter_counts(preset, params):
     model = from_config(preset, device="meta")
     assert model.num_parameters() == params
@@ -257,13 +273,19 @@ def test_flops_per_token_hand_computed():
 
 @pytest.mark.parametrize(
     ("change", "field"),
-    [({"model_type": "gpt2"}, "model_type"), ({"hidden_act": "gelu"}, "hidden_act"),
-     ({"rope_scaling": {"rope_type": "yarn", "factor": 4.0}}, "rope_type"), ({"frobnicate": 1}, "frobnicate"),
-     ({"num_key_value_heads": 3}, "num_key_value_heads"), ({"mlp_bias": True}, "mlp_bias"),
-     ({"quantization_config": {"bits": 4}}, "quantization_config"), ({"architectures": ["GPT2LMHeadModel"]}, "GPT2"),
-     ({"rope_scaling": {"rope_type": "llama3", "factor": 8.0}}, "low_freq_factor"),
-     ({"model_type": "mistral", "architectures": ["MistralForCausalLM"], "attention_bias": True}, "attention_bias")],
-)  # fmt: skip
+    [
+        ({"model_type": "gpt2"}, "model_type"),
+        ({"hidden_act": "gelu"}, "hidden_act"),
+        ({"rope_scaling": {"rope_type": "yarn", "factor": 4.0}}, "rope_type"),
+        ({"frobnicate": 1}, "frobnicate"),
+        ({"num_key_value_heads": 3}, "num_key_value_heads"),
+        ({"mlp_bias": True}, "mlp_bias"),
+        ({"quantization_config": {"bits": 4}}, "quantization_config"),
+        ({"architectures": ["GPT2LMHeadModel"]}, "GPT2"),
+        ({"rope_scaling": {"rope_type": "llama3", "factor": 8.0}}, "low_freq_factor"),
+        ({"model_type": "mistral", "architectures": ["MistralForCausalLM"], "attention_bias": True}, "attention_bias"),
+    ],
+)
 def test_bad_configs_name_the_field(change, field, tmp_path):
     raw = {**from_config("tiny", device="meta").config.to_hf_dict(), **change}
     raw.pop("rope_parameters") if "rope_scaling" in change else None
@@ -274,8 +296,16 @@ def test_bad_configs_name_the_field(change, field, tmp_path):
 
 
 def test_from_config_overrides_and_errors():
-    model = from_config({"preset": "qwen2.5-0.5b", "num_hidden_layers": 2, "hidden_size": 128, "vocab_size": 256,
-                         "num_attention_heads": 4, "intermediate_size": 64})  # fmt: skip
+    model = from_config(
+        {
+            "preset": "qwen2.5-0.5b",
+            "num_hidden_layers": 2,
+            "hidden_size": 128,
+            "vocab_size": 256,
+            "num_attention_heads": 4,
+            "intermediate_size": 64,
+        }
+    )
     assert (model.config.head_dim, model.config.num_key_value_heads, model.lm_head) == (32, 2, None)
     assert model.layers[0].self_attn.q_proj.bias is not None
     with pytest.raises(ConfigError, match="presets: tiny"):
@@ -288,8 +318,17 @@ def test_from_config_overrides_and_errors():
 
 
 def test_sliding_window_longer_documents_are_refused():
-    model = from_config({"model_type": "mistral", "vocab_size": 64, "hidden_size": 32, "intermediate_size": 32,
-                         "num_hidden_layers": 1, "num_attention_heads": 2, "sliding_window": 4})  # fmt: skip
+    model = from_config(
+        {
+            "model_type": "mistral",
+            "vocab_size": 64,
+            "hidden_size": 32,
+            "intermediate_size": 32,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "sliding_window": 4,
+        }
+    )
     model(torch.tensor([1, 2, 3, 4]))
     with pytest.raises(ConfigError, match="sliding_window=4"):
         model(torch.tensor([1, 2, 3, 4, 5]))

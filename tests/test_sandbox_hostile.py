@@ -45,7 +45,8 @@ HOSTILE = {
     "hardlink_out": "import os\nos.link(CANARY, 'hard')\nopen('hard', 'w').write('pwned')",
     "read_secret": "print(open(SECRET_FILE).read())",
     # libc through ctypes, around any Python-level hook
-    "ctypes_open": LIBC + "fd = libc.open(CANARY.encode(), os.O_WRONLY | os.O_TRUNC)\ncheck(fd)\nlibc.write(fd, b'pwned', 5)",
+    "ctypes_open": LIBC
+    + "fd = libc.open(CANARY.encode(), os.O_WRONLY | os.O_TRUNC)\ncheck(fd)\nlibc.write(fd, b'pwned', 5)",
     "ctypes_create": LIBC + "check(libc.open(NEW.encode(), os.O_WRONLY | os.O_CREAT, 0o644))",
     "ctypes_unlink": LIBC + "check(libc.unlink(CANARY.encode()))",
     "ctypes_rename": LIBC + "check(libc.rename(CANARY.encode(), (CANARY + '.moved').encode()))",
@@ -56,7 +57,8 @@ HOSTILE = {
     "os_fork": "import os\npid = os.fork()\nif pid == 0:\n    os._exit(0)",
     "fork_bomb": "import os\nwhile True:\n    os.fork()",
     "ctypes_fork_bomb": LIBC + "while True:\n    check(libc.fork())",
-    "ctypes_daemon": LIBC + (
+    "ctypes_daemon": LIBC
+    + (
         "pid = libc.fork()\ncheck(pid)\nif pid == 0:\n    libc.setsid()\n    time.sleep(2.5)\n"
         "    open(NEW, 'w').write('late')\n    os._exit(0)\ntime.sleep(30)"
     ),
@@ -160,12 +162,17 @@ def _snippet_processes(box: Sandbox) -> list[int]:
 
 def _render(code: str, outside: Path, peers, box: Sandbox) -> str:
     values = {
-        "CANARY": repr(str(outside / "canary.txt")), "NEW": repr(str(outside / "new.txt")),
-        "OUTSIDE": repr(str(outside)), "SECRET_FILE": repr(str(outside / "secret.txt")),
-        "TCP_PORT": str(peers["tcp"].getsockname()[1]), "UDP_PORT": str(peers["udp"].getsockname()[1]),
-        "UNIX_PATH": repr(peers["unix_path"]), "ABSTRACT": repr(f"\0mathforge-test-{os.getpid()}"),
-        "TEST_PID": str(os.getpid()), "ZYGOTE": str(box._process.pid),
-    }  # fmt: skip
+        "CANARY": repr(str(outside / "canary.txt")),
+        "NEW": repr(str(outside / "new.txt")),
+        "OUTSIDE": repr(str(outside)),
+        "SECRET_FILE": repr(str(outside / "secret.txt")),
+        "TCP_PORT": str(peers["tcp"].getsockname()[1]),
+        "UDP_PORT": str(peers["udp"].getsockname()[1]),
+        "UNIX_PATH": repr(peers["unix_path"]),
+        "ABSTRACT": repr(f"\0mathforge-test-{os.getpid()}"),
+        "TEST_PID": str(os.getpid()),
+        "ZYGOTE": str(box._process.pid),
+    }
     for key, value in sorted(values.items(), key=lambda kv: -len(kv[0])):
         code = code.replace(key, value)
     return code
@@ -227,8 +234,9 @@ def test_disk_bomb_is_bounded_and_the_next_snippet_has_a_fresh_folder(sandbox: S
 
 
 def test_output_flood_keeps_head_and_tail(sandbox: Sandbox):
-    result = sandbox.run("print('first')\nfor i in range(200000):\n    print('x' * 50)\nprint('last')",
-                         timeout=20, max_output=1000)  # fmt: skip
+    result = sandbox.run(
+        "print('first')\nfor i in range(200000):\n    print('x' * 50)\nprint('last')", timeout=20, max_output=1000
+    )
     assert result.returncode == 0, result
     assert result.output.startswith("first") and result.output.rstrip().endswith("last")
     assert len(result.output) < 1100

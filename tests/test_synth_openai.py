@@ -145,11 +145,19 @@ def test_jiuzhang_executes_tool_solutions_and_rejects_the_wrong_and_the_hostile(
         ("How many ways can 7 people sit on 6 chairs in a row?", "print(6 * 7)", "Output: 42", "42"),
         ("What is the product of the first two even primes times seven?", "print(6 * 7)", "Output: 41", "41"),
         ("Divide one by nothing and report the quotient please.", "print(1 / 0)", "Output: 1", "1"),
-        ("Count the letters in the word pwned then add zero.", f"open({str(canary)!r}, 'w').write('pwned')\nprint(5)",
-         "Output: 5", "5"),
-        ("In how many orders can five distinct books be shelved?", "import sympy\nprint(sympy.factorial(5))",
-         "```output\n120\n```", "120"),
-    ]  # fmt: skip
+        (
+            "Count the letters in the word pwned then add zero.",
+            f"open({str(canary)!r}, 'w').write('pwned')\nprint(5)",
+            "Output: 5",
+            "5",
+        ),
+        (
+            "In how many orders can five distinct books be shelved?",
+            "import sympy\nprint(sympy.factorial(5))",
+            "```output\n120\n```",
+            "120",
+        ),
+    ]
 
     def reply(messages, index):
         problem, code, stated, answer = programs[int(re.search(r"Lesson (\d+)", messages[-1]["content"]).group(1))]

@@ -170,8 +170,10 @@ def test_registries_hold_what_the_pipelines_dispatch_on():
 
 
 def test_set_reaches_any_depth_and_values_are_typed():
-    cfg = config.load(None, ["skywork.seed_fields.question=problem", "sampling.temperature=1", "run.items=7",
-                             'jiuzhang.stages="aime"'])  # fmt: skip
+    cfg = config.load(
+        None,
+        ["skywork.seed_fields.question=problem", "sampling.temperature=1", "run.items=7", 'jiuzhang.stages="aime"'],
+    )
     assert cfg.skywork.seed_fields == {"question": "problem"}
     assert cfg.sampling.temperature == 1.0 and isinstance(cfg.sampling.temperature, float)
     assert cfg.run.items == 7 and cfg.jiuzhang.stages == ["aime"]  # a single name is a list of one
@@ -189,8 +191,10 @@ def test_shipped_configs_load():
 
 def test_settings_hash_depends_on_content_settings_only():
     base = config.load(CONFIGS / "symbolic-demo.toml")
-    same = config.load(CONFIGS / "symbolic-demo.toml", ['run.output="elsewhere"', "quality.near_dedup=true",
-                                                          "run.progress=false", "backend.concurrency=3"])  # fmt: skip
+    same = config.load(
+        CONFIGS / "symbolic-demo.toml",
+        ['run.output="elsewhere"', "quality.near_dedup=true", "run.progress=false", "backend.concurrency=3"],
+    )
     assert run.settings_hash(base) == run.settings_hash(same) == "e3dc1685cc313486"
     assert run.settings_hash(config.load(None, ["sampling.temperature=1"])) == run.settings_hash(
         config.load(None, ["sampling.temperature=1.0"])
@@ -230,8 +234,13 @@ def test_arithmetic_tier_through_the_pipeline(tmp_path):
     from mathforge.synth import config as synth_config
     from mathforge.synth.run import synthesize
 
-    cfg = synth_config.load(data={"run": {"output": str(tmp_path / "a"), "items": 60, "progress": False},
-                                  "symbolic": {"arithmetic": "hard"}, "quality": {"near_dedup": False}})  # fmt: skip
+    cfg = synth_config.load(
+        data={
+            "run": {"output": str(tmp_path / "a"), "items": 60, "progress": False},
+            "symbolic": {"arithmetic": "hard"},
+            "quality": {"near_dedup": False},
+        }
+    )
     manifest = synthesize(cfg)
     rows = [json.loads(line) for line in open(manifest["files"]["hard"]["path"])]
     assert len(rows) == manifest["rows"] > 50 and all(r["meta"]["stage"] == "hard" for r in rows)
@@ -262,8 +271,16 @@ def test_a_skywork_method_is_one_registered_handler(tmp_path, monkeypatch):
     monkeypatch.setitem(skywork.SKYWORK_METHODS._items, "echo", echo)  # what @SKYWORK_METHODS.register("echo") does
     seeds = tmp_path / "seeds.jsonl"
     seeds.write_text('{"question": "What is 2 + 3?", "answer": "5"}\n')
-    cfg = config.load(None, ['pipeline.kind="skywork"', 'backend.kind="openai"', 'skywork.methods=["echo"]',
-                             f'skywork.seeds=["{seeds}"]', "run.items=2"])  # fmt: skip
+    cfg = config.load(
+        None,
+        [
+            'pipeline.kind="skywork"',
+            'backend.kind="openai"',
+            'skywork.methods=["echo"]',
+            f'skywork.seeds=["{seeds}"]',
+            "run.items=2",
+        ],
+    )
     pipe = run.make_pipeline(cfg)
     items = pipe.items()
     assert [it["method"] for it in items] == ["echo", "echo"] and items[1]["pass"] == 1

@@ -15,7 +15,20 @@ from mathforge.model.transformer import (
 )
 
 __all__ = [
-    "ARCHITECTURES", "PRESETS", "ROPE_TYPES", "Attention", "Block", "KVCache", "ModelConfig", "RMSNorm", "Transformer",
-    "config_from_hf", "config_to_hf", "from_config", "from_pretrained", "positions_from_cu_seqlens", "rope_inv_freq",
+    "ARCHITECTURES",
+    "PRESETS",
+    "ROPE_TYPES",
+    "Attention",
+    "Block",
+    "KVCache",
+    "ModelConfig",
+    "RMSNorm",
+    "Transformer",
+    "config_from_hf",
+    "config_to_hf",
+    "from_config",
+    "from_pretrained",
+    "positions_from_cu_seqlens",
+    "rope_inv_freq",
     "shift_labels",
-]  # fmt: skip
+]

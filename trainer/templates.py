@@ -24,8 +24,10 @@ def template_names() -> list[str]:
 def _raw_prompt(name: str) -> Prompt:
     prompt = load_prompt(name)
     if prompt.shots or prompt.chat:
-        raise ConfigError(f"template {name!r} is a few-shot or chat prompt; training needs a zero-shot raw one "
-                          f"(or \"chat\"); available: {', '.join(template_names())}")  # fmt: skip
+        raise ConfigError(
+            f"template {name!r} is a few-shot or chat prompt; training needs a zero-shot raw one "
+            f'(or "chat"); available: {", ".join(template_names())}'
+        )
     return prompt
 
 

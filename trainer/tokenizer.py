@@ -30,9 +30,12 @@ def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int, out_dir: str | Pa
     )
     tokenizer.train_from_iterator(texts, trainer=trainer)
     fast = PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer, eos_token="<|endoftext|>", pad_token="<|pad|>", bos_token=None,
+        tokenizer_object=tokenizer,
+        eos_token="<|endoftext|>",
+        pad_token="<|pad|>",
+        bos_token=None,
         clean_up_tokenization_spaces=False,
-    )  # fmt: skip
+    )
     if out_dir is not None:
         fast.save_pretrained(str(out_dir))
     return fast

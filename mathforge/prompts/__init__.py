@@ -63,8 +63,10 @@ class Prompt:
         if self.chat if chat is None else chat:
             messages: Messages = [{"role": "system", "content": self.system}] if self.system else []
             for shot in self.shots:
-                messages += [{"role": "user", "content": self.template.format(question=shot.question)},
-                             {"role": "assistant", "content": shot.answer.strip()}]  # fmt: skip
+                messages += [
+                    {"role": "user", "content": self.template.format(question=shot.question)},
+                    {"role": "assistant", "content": shot.answer.strip()},
+                ]
             return messages + [{"role": "user", "content": self.template.format(question=question)}]
         blocks = [self.system] if self.system else []
         blocks += [self.template.format(question=shot.question) + shot.answer for shot in self.shots]
