@@ -151,10 +151,11 @@ def test_injected_nan_stops_at_the_next_logging_step(workspace, monkeypatch, log
     overrides = [f"run.log_every={log_every}", "run.checkpoint_every=4", "stages.0.steps=12", "stages.0.epochs=0"]
     config = load_config(recipe(root, ws, out=out), overrides)
     checkpoints = root / out / "checkpoints"
-    if log_every == 1:  # checked before every update: step 5 is not applied, step 4's state is saved
-        message = f"stage normal, step 5: loss nan, grad norm nan — not finite; the last good step is saved in {checkpoints / 'step-00000005'}"
+    message = "stage normal, step 5: loss nan, grad norm nan — not finite; "
+    if log_every == 1:  # checked before every update: step 5 is not applied, the state after step 4 is saved
+        message += f"the last good step is saved in {checkpoints / 'step-00000005'}"
     else:  # checked on steps 3 and 7 (global 4 and 8): step 5's update already spoiled the weights
-        message = f"stage normal, step 5: loss nan, grad norm nan — not finite; found at step 7 .* the last good checkpoint is {checkpoints / 'step-00000004'}"
+        message += f"found at step 7 .* the last good checkpoint is {checkpoints / 'step-00000004'}"
     with pytest.raises(TrainingError, match=message):
         train(config, progress=False)
     assert len(calls) == 2 * (6 if log_every == 1 else 8)  # it stopped at once / on the next logging step

@@ -1,8 +1,8 @@
 """Training configuration: TOML recipes → dataclasses, with `--set key=value` overrides.
 
 A recipe has tables `[run]`, `[model]`, `[data]`, `[optim]`, `[loss]`, `[train]` and an array `[[stages]]`;
-each stage may override data, epochs/steps, learning rate and schedule (a name of `optim.SCHEDULES`). Unknown keys and bad values raise
-`ConfigError` naming the key (with its file) and the allowed keys or values.
+each stage may override data, epochs/steps, learning rate and schedule (a name in `optim.SCHEDULES`). Unknown
+keys and bad values raise `ConfigError` naming the key (with its file) and the allowed keys or values.
 """
 
 from __future__ import annotations

@@ -273,8 +273,9 @@ class StagePlan:
 def stage_data(run: Run, index: int, stage: StageConfig) -> StagePlan:
     """Tokenizes the stage's rows (rank 0 first, filling the cache the others read) and plans its steps."""
     data_cfg = run.config.stage_data(stage)
+    cache_dir = Path(data_cfg.cache_dir or run.dir / "cache")
     options = dict(template=data_cfg.template, max_seq_len=data_cfg.max_seq_len, overflow=data_cfg.overflow,
-                   cache_dir=Path(data_cfg.cache_dir or run.dir / "cache"), skip_bad_rows=data_cfg.skip_bad_rows)  # fmt: skip
+                   cache_dir=cache_dir, skip_bad_rows=data_cfg.skip_bad_rows)  # fmt: skip
     if run.is_main:
         data = tokenize(stage.data, run.tokenizer, num_proc=data_cfg.num_proc, **options)
     if run.world > 1:
