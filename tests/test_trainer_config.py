@@ -22,7 +22,20 @@ def test_defaults_and_stage_overrides():
     "raw, message",
     [
         ({**BASE, "optim": {"learning_rate": 1}}, "unknown key 'learning_rate'; allowed: lr, min_lr_ratio"),
-        ({**BASE, "optim": {"schedule": "linear"}}, "'linear' is not allowed; allowed values: cosine, wsd, constant"),
+        (
+            {**BASE, "optim": {"schedule": "linear"}},
+            r"\[optim\].schedule: unknown learning-rate schedule 'linear'; known: cosine, wsd, constant",
+        ),
+        (
+            {"stages": [{"name": "a", "data": ["x.jsonl"], "schedule": "cosin"}]},
+            r"stages\[0\].schedule: unknown learning-rate schedule 'cosin'; known: cosine, wsd, constant",
+        ),
+        ({**BASE, "train": {"z_loss": 1e-4}}, r"\[train\]: unknown key 'z_loss'"),
+        ({**BASE, "loss": {"z_loss": -1.0}}, r"\[loss\] z_loss must be >= 0"),
+        ({**BASE, "loss": {"label_smoothing": 1.0}}, r"\[loss\] label_smoothing must be in \[0, 1\)"),
+        ({**BASE, "loss": {"softcap": 0}}, r"\[loss\] softcap must be > 0"),
+        ({**BASE, "loss": {"ignore_index": 5}}, r"\[loss\] ignore_index must be < 0"),
+        ({**BASE, "loss": {"smoothing": 0.1}}, r"\[loss\]: unknown key 'smoothing'; allowed: z_loss, label_smoothing"),
         ({**BASE, "train": {"grad_accum": "2"}}, r"\[train\].grad_accum: expected an integer"),
         ({**BASE, "trian": {}}, "unknown section 'trian'"),
         ({"stages": []}, "at least one stage"),
@@ -64,6 +77,25 @@ def test_schedules():
     assert lr_at(89, 100, wsd) == pytest.approx(0.5) and lr_at(99, 100, wsd) == pytest.approx(0.0)
     const = config_from_dict({**BASE, "optim": {"lr": 2.0, "warmup_ratio": 0.0, "schedule": "constant"}}).optim
     assert lr_at(0, 10, const) == lr_at(9, 10, const) == 2.0
+
+
+def test_unknown_schedule_is_refused_not_run_as_wsd():
+    import dataclasses
+
+    from mathforge.trainer.optim import SCHEDULES
+
+    assert SCHEDULES.names() == ["cosine", "wsd", "constant"]
+    config = config_from_dict(BASE).optim
+    for name in ("linear", "WSD"):  # used to train with WSD silently
+        with pytest.raises(ConfigError, match=f"unknown learning-rate schedule '{name}'; known: cosine, wsd, constant"):
+            lr_at(50, 100, dataclasses.replace(config, schedule=name))
+
+
+def test_loss_section():
+    config = config_from_dict({**BASE, "loss": {"z_loss": 1e-4, "label_smoothing": 0.1, "softcap": 30}})
+    assert (config.loss.z_loss, config.loss.label_smoothing, config.loss.softcap) == (1e-4, 0.1, 30.0)
+    assert config.loss.ignore_index == -100 and config_from_dict(BASE).loss.softcap is None
+    assert config.to_dict()["loss"] == {"z_loss": 1e-4, "label_smoothing": 0.1, "softcap": 30.0, "ignore_index": -100}
 
 
 def test_shipped_recipes_load():

@@ -8,7 +8,14 @@ import torch
 from _trainer_utils import write_addition_data
 
 from mathforge.errors import DataError
-from mathforge.trainer.data import TokenizedData, build_micro_batch, plan_micro_batches, render_row, tokenize
+from mathforge.trainer.data import (
+    TokenizedData,
+    build_micro_batch,
+    plan_micro_batches,
+    render_row,
+    target_counts,
+    tokenize,
+)
 from mathforge.trainer.model import shift_labels
 from mathforge.trainer.tokenizer import train_bpe_tokenizer
 
@@ -35,6 +42,14 @@ def test_labels_mask_prompts_and_boundaries():
     assert shift_labels(batch.input_ids, batch.cu_seqlens, prompt_mask).tolist() == batch.labels.tolist()
     filler = build_micro_batch(data, np.array([0, 1]), mask_all=True)
     assert filler.num_targets == 0 and (filler.labels == -100).all()
+    # one target rule: per-document counts (what the trainer normalises by) match the labels
+    assert target_counts(data.lengths, data.prompt_lengths).tolist() == [3, 2]
+    other = build_micro_batch(data, np.array([1, 0]), ignore_index=-1)
+    assert other.labels.tolist() == [21, 1, -1, -1, 12, 13, 1, -1] and other.num_targets == 5
+    # a document without a prompt trains on every token but the first; a 1-token document on none
+    bare = TokenizedData(np.array([5, 6, 7, 8], np.int32), np.array([0, 3, 4]), np.array([0, 0]))
+    assert build_micro_batch(bare, np.array([0, 1])).labels.tolist() == [6, 7, -100, -100]
+    assert target_counts(bare.lengths, bare.prompt_lengths).tolist() == [2, 0]
 
 
 def test_templates_render_rows(tokenizer):

@@ -14,7 +14,7 @@ from _trainer_utils import make_workspace, recipe
 from safetensors.torch import load_file
 
 from mathforge.trainer.config import load_config
-from mathforge.trainer.train import TrainingError, train
+from mathforge.trainer.train import LossModule, StagePlan, TrainingError, build_model, load_tokenizer, train
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +78,9 @@ def test_two_processes_equal_one(workspace):
     assert one.keys() == two.keys()
     for name in one:
         torch.testing.assert_close(two[name], one[name], rtol=1e-4, atol=1e-5, msg=name)
-    losses = [[json.loads(line)["loss"] for line in (root / run / "metrics.jsonl").open()] for run in ("single", "fsdp")]
+    losses = [
+        [json.loads(line)["loss"] for line in (root / run / "metrics.jsonl").open()] for run in ("single", "fsdp")
+    ]
     assert len(losses[0]) == len(losses[1]) > 20
     assert losses[0] == pytest.approx(losses[1], rel=1e-4)
 
@@ -133,6 +135,75 @@ def test_nan_stops_with_last_good_checkpoint(workspace):
     assert state["global_step"] >= 1 and not state["finished"]
 
 
+@pytest.mark.parametrize("log_every", [1, 4])
+def test_injected_nan_stops_at_the_next_logging_step(workspace, monkeypatch, log_every):
+    root, ws = workspace
+    calls = []
+    original = LossModule.forward
+
+    def forward(self, *args):  # grad_accum = 2: the 11th micro-batch is the first of step 5 (0-based)
+        calls.append(1)
+        loss = original(self, *args)
+        return loss * float("nan") if len(calls) == 11 else loss
+
+    monkeypatch.setattr(LossModule, "forward", forward)
+    out = f"nan-log{log_every}"
+    overrides = [f"run.log_every={log_every}", "run.checkpoint_every=4", "stages.0.steps=12", "stages.0.epochs=0"]
+    config = load_config(recipe(root, ws, out=out), overrides)
+    checkpoints = root / out / "checkpoints"
+    message = "stage normal, step 5: loss nan, grad norm nan — not finite; "
+    if log_every == 1:  # checked before every update: step 5 is not applied, the state after step 4 is saved
+        message += f"the last good step is saved in {checkpoints / 'step-00000005'}"
+    else:  # checked on steps 3 and 7 (global 4 and 8): step 5's update already spoiled the weights
+        message += f"found at step 7 .* the last good checkpoint is {checkpoints / 'step-00000004'}"
+    with pytest.raises(TrainingError, match=message):
+        train(config, progress=False)
+    assert len(calls) == 2 * (6 if log_every == 1 else 8)  # it stopped at once / on the next logging step
+    saved = sorted(p.name for p in checkpoints.glob("step-*"))
+    assert saved == (["step-00000004", "step-00000005"] if log_every == 1 else ["step-00000004"])
+    state = json.loads((checkpoints / saved[-1] / "trainer_state.json").read_text())
+    assert state["global_step"] == int(saved[-1][-8:]) and not state["finished"]
+    logged = [json.loads(line)["global_step"] for line in (root / out / "metrics.jsonl").open()]
+    assert logged == ([1, 2, 3, 4, 5] if log_every == 1 else [4])
+
+
+def _reference_first_loss(config, *, label_smoothing: float = 0.0, z_loss: float = 0.0) -> float:
+    """Step 0's loss per target token recomputed with torch's cross-entropy on the same model, data and batches."""
+    from mathforge.trainer.data import build_micro_batch, tokenize
+
+    tokenizer = load_tokenizer(config)
+    model = build_model(config, tokenizer, None, torch.float32)
+    data = tokenize(config.stages[0].data, tokenizer, template="plain", max_seq_len=64)
+    plan = StagePlan(data, 256, 1, 2, config.stages[0].epochs, config.stages[0].steps, config.run.seed * 1000)
+    total, targets = 0.0, 0
+    with torch.no_grad():
+        for b in plan.rank_bins(0, 0)[0]:
+            batch = build_micro_batch(data, plan.bins[b])
+            hidden = model(batch.input_ids, position_ids=batch.position_ids, cu_seqlens=batch.cu_seqlens,
+                           max_seqlen=batch.max_seqlen)  # fmt: skip
+            logits = hidden @ model.lm_head_weight.T
+            keep = batch.labels != -100
+            ce = torch.nn.functional.cross_entropy(logits[keep], batch.labels[keep], label_smoothing=label_smoothing,
+                                                   reduction="sum")  # fmt: skip
+            total += float(ce + z_loss * torch.logsumexp(logits[keep], -1).square().sum())
+            targets += int(keep.sum())
+    return total / targets
+
+
+@pytest.mark.parametrize("loss", ["label_smoothing = 0.1", "z_loss = 1e-4"])
+def test_loss_section_reaches_the_loss(workspace, loss):
+    root, ws = workspace
+    name, value = loss.split(" = ")
+    path = recipe(root, ws, out=f"loss-{name}", extra=f"max_steps = 1\n[loss]\n{loss}\n")
+    config = load_config(path)
+    assert getattr(config.loss, name) == float(value)
+    train(config, progress=False)
+    first = json.loads((root / f"loss-{name}" / "metrics.jsonl").read_text().splitlines()[0])
+    expected = _reference_first_loss(config, **{name: float(value)})
+    assert first["loss"] == pytest.approx(expected, rel=1e-5)
+    assert abs(expected - _reference_first_loss(config)) > 1e-4  # ≫ the tolerance: the option changed the loss
+
+
 def test_bf16_weights_train_and_resume_exactly(workspace):
     root, ws = workspace
     stages = f"""
@@ -151,7 +222,9 @@ steps = 16
     states = torch.load(checkpoint / "optimizer.pt", weights_only=False)["state"]
     assert {s["exp_avg"].dtype for s in states.values()} == {torch.float32}
 
-    stopped = load_config(recipe(root, ws, out="bf16-resumed", stages=stages), ["train.precision=bf16", "train.max_steps=7"])
+    stopped = load_config(
+        recipe(root, ws, out="bf16-resumed", stages=stages), ["train.precision=bf16", "train.max_steps=7"]
+    )
     assert train(stopped, progress=False)["stopped"] == "max_steps=7"
     resumed = load_config(recipe(root, ws, out="bf16-resumed", stages=stages), ["train.precision=bf16"])
     train(resumed, resume=True, progress=False)

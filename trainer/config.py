@@ -1,8 +1,8 @@
 """Training configuration: TOML recipes → dataclasses, with `--set key=value` overrides.
 
-A recipe has tables `[run]`, `[model]`, `[data]`, `[optim]`, `[train]` and an array `[[stages]]`; each
-stage may override data, epochs/steps, learning rate and schedule. Unknown keys and bad values raise
-`ConfigError` naming the key (with its file) and the allowed keys or values.
+A recipe has tables `[run]`, `[model]`, `[data]`, `[optim]`, `[loss]`, `[train]` and an array `[[stages]]`;
+each stage may override data, epochs/steps, learning rate and schedule (a name in `optim.SCHEDULES`). Unknown
+keys and bad values raise `ConfigError` naming the key (with its file) and the allowed keys or values.
 """
 
 from __future__ import annotations
@@ -14,9 +14,10 @@ from typing import Any, Literal
 
 from mathforge.config import apply_overrides, build, read_toml
 from mathforge.errors import ConfigError
+from mathforge.trainer.optim import SCHEDULES
 from mathforge.trainer.templates import check_template
 
-__all__ = ["Config", "StageConfig", "apply_overrides", "config_from_dict", "load_config"]
+__all__ = ["Config", "LossConfig", "StageConfig", "apply_overrides", "config_from_dict", "load_config"]
 
 
 @dataclass
@@ -57,9 +58,20 @@ class OptimConfig:
     betas: tuple[float, float] = (0.9, 0.95)
     eps: float = 1e-8
     grad_clip: float = 1.0
-    schedule: Literal["cosine", "wsd", "constant"] = "cosine"
+    schedule: str = field(default="cosine", metadata={"registry": SCHEDULES})
     warmup_ratio: float = 0.03
     decay_ratio: float = 0.1  # WSD: the final fraction of steps that decays
+
+
+@dataclass
+class LossConfig:
+    """Options of the token cross-entropy (`mathforge.kernels.fused_linear_cross_entropy`), per target token:
+    (1 − ε)·nll + ε·(lse − mean logit) + z_loss·lse², on logits soft-capped as softcap·tanh(z/softcap)."""
+
+    z_loss: float = 0.0  # weight of lse² (PaLM's z-loss keeps the softmax normaliser near 1); 1e-4 is usual
+    label_smoothing: float = 0.0  # ε in [0, 1)
+    softcap: float | None = None  # > 0 (Gemma 2 uses 30); None = no capping
+    ignore_index: int = -100  # the label of positions that carry no loss (prompts, document ends); < 0
 
 
 @dataclass
@@ -85,7 +97,7 @@ class StageConfig:
     reset_optimizer: bool = False
     # Per-stage overrides of [optim] and [data]; None = inherit.
     lr: float | None = None
-    schedule: Literal["cosine", "wsd", "constant"] | None = None
+    schedule: str | None = field(default=None, metadata={"registry": SCHEDULES})
     warmup_ratio: float | None = None
     template: str | None = None
     max_seq_len: int | None = None
@@ -97,6 +109,7 @@ class Config:
     model: ModelSettings = field(default_factory=ModelSettings)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     stages: list[StageConfig] = field(default_factory=list)
     source: str = "<dict>"  # where the config came from, for messages
@@ -120,7 +133,14 @@ class Config:
 _build = build
 
 
-_SECTIONS = {"run": RunConfig, "model": ModelSettings, "data": DataConfig, "optim": OptimConfig, "train": TrainConfig}
+_SECTIONS = {
+    "run": RunConfig,
+    "model": ModelSettings,
+    "data": DataConfig,
+    "optim": OptimConfig,
+    "loss": LossConfig,
+    "train": TrainConfig,
+}
 
 
 def config_from_dict(raw: dict[str, Any], source: str = "<dict>") -> Config:
@@ -147,6 +167,10 @@ def _validate(config: Config) -> None:
         (0 <= config.optim.warmup_ratio < 1, "[optim] warmup_ratio must be in [0, 1)"),
         (0 < config.optim.decay_ratio <= 1, "[optim] decay_ratio must be in (0, 1]"),
         (config.run.keep_last >= 1, "[run] keep_last must be >= 1"),
+        (config.loss.z_loss >= 0, "[loss] z_loss must be >= 0"),
+        (0 <= config.loss.label_smoothing < 1, "[loss] label_smoothing must be in [0, 1)"),
+        (config.loss.softcap is None or config.loss.softcap > 0, "[loss] softcap must be > 0 (or absent)"),
+        (config.loss.ignore_index < 0, "[loss] ignore_index must be < 0 (token ids are >= 0)"),
     ]
     for ok, message in checks:
         if not ok:

@@ -53,7 +53,7 @@ class MicroBatch:
     max_seqlen: int
     labels: torch.Tensor  # [T] int64, shifted, -100 where nothing is predicted
     doc_lengths: list[int]
-    num_targets: int  # labels != -100
+    num_targets: int  # labels != ignore_index (`target_counts`)
 
     def to(self, device: torch.device | str) -> MicroBatch:
         return MicroBatch(
@@ -241,20 +241,29 @@ def packing_efficiency(data: TokenizedData, bins: list[np.ndarray], micro_batch_
     return float(data.lengths.sum()) / (len(bins) * micro_batch_tokens) if bins else 1.0
 
 
-def build_micro_batch(data: TokenizedData, docs: np.ndarray, *, mask_all: bool = False) -> MicroBatch:
-    """One flat stream of the given documents. `mask_all` makes every label -100 (a filler micro-batch
-    that runs the collectives of a distributed step without contributing to the loss)."""
+def target_counts(lengths: np.ndarray, prompt_lengths: np.ndarray) -> np.ndarray:
+    """Loss-carrying targets per document: the tokens after the prompt (and after the first token, which
+    nothing predicts). The one rule behind the labels below and the trainer's loss normalisation."""
+    return np.maximum(0, np.asarray(lengths) - np.maximum(np.asarray(prompt_lengths), 1))
+
+
+def build_micro_batch(
+    data: TokenizedData, docs: np.ndarray, *, mask_all: bool = False, ignore_index: int = IGNORE_INDEX
+) -> MicroBatch:
+    """One flat stream of the given documents; labels are `ignore_index` where nothing is predicted. `mask_all`
+    makes every label ignored (a filler micro-batch that runs the collectives of a distributed step without
+    contributing to the loss)."""
     lengths = data.lengths[docs]
     pieces = [data.tokens[data.offsets[d] : data.offsets[d + 1]] for d in docs]
     ids = torch.from_numpy(np.concatenate(pieces).astype(np.int64))
     starts = np.concatenate(([0], np.cumsum(lengths)))
     position = np.arange(len(ids)) - np.repeat(starts[:-1], lengths)
-    labels = torch.full_like(ids, IGNORE_INDEX)
-    if not mask_all:
-        for start, length, prompt_length in zip(starts[:-1], lengths, data.prompt_lengths[docs]):
-            # position t predicts token t+1; train on t+1 in [max(prompt_length, 1), length)
-            first = start + max(int(prompt_length), 1) - 1
-            labels[first : start + length - 1] = ids[first + 1 : start + length]
+    labels = torch.full_like(ids, ignore_index)
+    targets = np.zeros(len(docs), dtype=np.int64) if mask_all else target_counts(lengths, data.prompt_lengths[docs])
+    for start, length, count in zip(starts[:-1], lengths, targets):
+        # position t predicts token t+1: the last `count` positions before the document's end carry a target
+        end = int(start + length - 1)
+        labels[end - count : end] = ids[end - count + 1 : end + 1]
     return MicroBatch(
         input_ids=ids,
         position_ids=torch.from_numpy(position.astype(np.int64)),
@@ -262,5 +271,5 @@ def build_micro_batch(data: TokenizedData, docs: np.ndarray, *, mask_all: bool =
         max_seqlen=int(lengths.max()),
         labels=labels,
         doc_lengths=lengths.tolist(),
-        num_targets=int((labels != IGNORE_INDEX).sum()),
+        num_targets=int(targets.sum()),
     )

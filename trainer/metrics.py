@@ -1,8 +1,10 @@
-"""Training metrics: MFU against a peak table, a JSONL log (+ TensorBoard when installed), and plots."""
+"""Training metrics: MFU against a peak table, throughput between syncs, a JSONL log (+ TensorBoard when
+installed), and plots."""
 
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +40,53 @@ def mfu(flops: float, seconds: float, peak: float | None, world_size: int = 1) -
     if peak is None or seconds <= 0:
         return None
     return flops / seconds / (peak * 1e12 * world_size)
+
+
+class Throughput:
+    """Tokens, FLOPs and seconds of a stage's steps, between logging steps and in total.
+
+    The training loop syncs the device only when it logs or checkpoints, so one step's wall time would measure
+    how fast the host queues work, not the work: time is taken over the span of steps between two syncs, from
+    the start of the first step (so logging and checkpointing are not counted) to the sync that ends it."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self._tick: float | None = None
+        self.tokens, self.flops, self.seconds = 0, 0.0, 0.0  # since the last logging step
+        self.stage_tokens, self.stage_seconds = 0, 0.0
+        self.tokens_per_s = 0.0  # of the last interval
+        self.loss = float("nan")  # the last logged loss
+
+    def start(self) -> None:
+        """Starts timing at the start of a step, unless a span is already running."""
+        if self._tick is None:
+            self._tick = time.perf_counter()
+
+    def add(self, tokens: int, flops: float) -> None:
+        self.tokens += tokens
+        self.flops += flops
+
+    def pause(self) -> None:
+        """Ends the running span once the device has finished its work (a sync)."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        if self._tick is not None:
+            self.seconds += time.perf_counter() - self._tick
+            self._tick = None
+
+    def interval(self) -> tuple[int, float, float]:
+        """(tokens, FLOPs, seconds) since the previous call, added to the stage's totals; starts a new interval."""
+        self.pause()
+        tokens, flops, seconds = self.tokens, self.flops, self.seconds
+        self.stage_tokens += tokens
+        self.stage_seconds += seconds
+        self.tokens_per_s = tokens / seconds if seconds > 0 else 0.0
+        self.tokens, self.flops, self.seconds = 0, 0.0, 0.0
+        return tokens, flops, seconds
+
+    @property
+    def stage_tokens_per_s(self) -> float | None:
+        return self.stage_tokens / self.stage_seconds if self.stage_seconds else None
 
 
 class MetricsLog:

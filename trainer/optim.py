@@ -1,4 +1,4 @@
-"""AdamW with weight-decay groups, and learning-rate schedules as plain functions of the step.
+"""AdamW with weight-decay groups, and learning-rate schedules as plain functions of the step (`SCHEDULES`).
 
 For bf16 weights (precision "bf16") `AdamWBf16` keeps the moments in fp32, computes the update in fp32
 and writes it back to the bf16 weight with stochastic rounding, so updates far smaller than bf16's
@@ -8,11 +8,16 @@ resolution still move the weights on average instead of vanishing.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from mathforge.trainer.config import OptimConfig
+from mathforge.registry import Registry
+
+if TYPE_CHECKING:  # config.py validates schedule names against SCHEDULES, so it imports this module
+    from mathforge.trainer.config import OptimConfig
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -41,29 +46,47 @@ def build_optimizer(model: nn.Module, config: OptimConfig) -> torch.optim.Optimi
     )
 
 
-def lr_at(step: int, total_steps: int, config: OptimConfig) -> float:
-    """Learning rate for optimizer step `step` (0-based) of `total_steps`.
+# ---------------------------------------------------------------- learning-rate schedules
+# A schedule maps a step after the warm-up to a learning rate. `lr_at` does the warm-up, then looks the
+# schedule up here; configs validate `schedule` names against this table. Adding one = one function.
 
-    - cosine: linear warm-up over warmup_ratio·total, then cosine from lr to min_lr_ratio·lr;
-    - wsd: warm-up, stable at lr, then linear decay to min_lr_ratio·lr over the final decay_ratio·total;
-    - constant: warm-up, then lr.
-    """
+Schedule = Callable[[int, int, int, "OptimConfig"], float]  # (step, warmup, total_steps, config) -> lr
+SCHEDULES: Registry[Schedule] = Registry("learning-rate schedule")
+
+
+@SCHEDULES.register("cosine")
+def cosine(step: int, warmup: int, total_steps: int, config: OptimConfig) -> float:
+    """Cosine from lr down to min_lr_ratio·lr over the steps after the warm-up."""
     peak, floor = config.lr, config.lr * config.min_lr_ratio
-    warmup = math.ceil(config.warmup_ratio * total_steps)
-    if step < warmup:
-        return peak * (step + 1) / warmup
-    if config.schedule == "constant":
-        return peak
-    if config.schedule == "cosine":
-        span = max(1, total_steps - warmup)
-        progress = min(1.0, (step - warmup) / span)
-        return floor + (peak - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+    progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+    return floor + (peak - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+@SCHEDULES.register("wsd")
+def wsd(step: int, warmup: int, total_steps: int, config: OptimConfig) -> float:
+    """Warm-up, stable at lr, then linear decay to min_lr_ratio·lr over the final decay_ratio·total steps."""
+    peak, floor = config.lr, config.lr * config.min_lr_ratio
     decay_steps = max(1, math.ceil(config.decay_ratio * total_steps))
     decay_start = total_steps - decay_steps
     if step < decay_start:
         return peak
-    progress = min(1.0, (step - decay_start + 1) / decay_steps)
-    return peak + (floor - peak) * progress
+    return peak + (floor - peak) * min(1.0, (step - decay_start + 1) / decay_steps)
+
+
+@SCHEDULES.register("constant")
+def constant(step: int, warmup: int, total_steps: int, config: OptimConfig) -> float:
+    """lr after the warm-up."""
+    return config.lr
+
+
+def lr_at(step: int, total_steps: int, config: OptimConfig) -> float:
+    """Learning rate for optimizer step `step` (0-based) of `total_steps`: a linear warm-up over
+    warmup_ratio·total steps, then `config.schedule` from `SCHEDULES` (ConfigError for an unknown name)."""
+    schedule = SCHEDULES.get(config.schedule, "[optim] schedule")
+    warmup = math.ceil(config.warmup_ratio * total_steps)
+    if step < warmup:
+        return config.lr * (step + 1) / warmup
+    return schedule(step, warmup, total_steps, config)
 
 
 def round_to_bf16_stochastically(x: torch.Tensor) -> torch.Tensor:

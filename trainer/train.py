@@ -9,11 +9,12 @@ whatever the accumulation and world size.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import os
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,26 +32,41 @@ from mathforge.trainer.checkpoint import (
     save_checkpoint,
     save_model_folder,
 )
-from mathforge.trainer.config import Config
-from mathforge.trainer.data import TokenizedData, build_micro_batch, packing_efficiency, plan_micro_batches, tokenize
-from mathforge.trainer.metrics import MetricsLog, mfu, peak_tflops
+from mathforge.trainer.config import Config, LossConfig, StageConfig
+from mathforge.trainer.data import (
+    TokenizedData,
+    build_micro_batch,
+    packing_efficiency,
+    plan_micro_batches,
+    target_counts,
+    tokenize,
+)
+from mathforge.trainer.metrics import MetricsLog, Throughput, mfu, peak_tflops
 from mathforge.trainer.optim import build_optimizer, lr_at
 
 
 class TrainingError(MathforgeError):
-    """Training cannot go on (e.g. a non-finite loss); a checkpoint of the last good step was written."""
+    """Training cannot go on (e.g. a non-finite loss); the message says where the last good weights are."""
+
+
+def loss_kwargs(loss: LossConfig) -> dict[str, Any]:
+    """The `[loss]` options as the keywords of the model's loss (`mathforge.kernels.fused_linear_cross_entropy`):
+    z_loss, label_smoothing, softcap, ignore_index. The one place the recipe reaches the loss."""
+    return dataclasses.asdict(loss)
 
 
 class LossModule(nn.Module):
-    """Model + loss in one forward, so FSDP2 keeps the (possibly tied) head unsharded while the loss uses it."""
+    """Model + loss in one forward, so FSDP2 keeps the (possibly tied) head unsharded while the loss uses it.
+    Returns the loss summed over the micro-batch's targets (the loop divides by the step's target count)."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, loss: LossConfig | None = None) -> None:
         super().__init__()
         self.model = model
+        self.loss_kwargs = loss_kwargs(loss or LossConfig())
 
     def forward(self, input_ids, position_ids, cu_seqlens, max_seqlen, labels) -> torch.Tensor:
         hidden = self.model(input_ids, position_ids=position_ids, cu_seqlens=cu_seqlens, max_seqlen=max_seqlen)
-        return self.model.loss(hidden, labels, reduction="sum")
+        return self.model.loss(hidden, labels, reduction="sum", **self.loss_kwargs)
 
 
 # ---------------------------------------------------------------- set-up
@@ -139,7 +155,78 @@ def _shard(module: LossModule, precision: str) -> None:
     fully_shard(module, mp_policy=policy)
 
 
-# ---------------------------------------------------------------- the stage plan
+@dataclass
+class Run:
+    """What every step of one training run works with: where it runs, the model, optimizer and progress."""
+
+    config: Config
+    rank: int
+    world: int
+    device: torch.device
+    precision: str
+    dir: Path
+    state: TrainerState
+    tokenizer: Any = None
+    model: nn.Module | None = None
+    module: LossModule | None = None
+    optimizer: torch.optim.Optimizer | None = None
+    autocast: Any = field(default_factory=contextlib.nullcontext)
+    peak: float | None = None  # the GPU's bf16 TFLOP/s, for MFU
+    log: MetricsLog | None = None  # rank 0 only
+    started: float = 0.0  # perf_counter() at the run's start, earlier sessions included
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def setup(config: Config, *, resume: bool = False) -> Run:
+    """Process group, device, precision and run folder; the state of the checkpoint to resume (if any); then,
+    unless that run already finished, tokenizer, model, optimizer (restored), autocast and the metrics log."""
+    rank, world, distributed_device = _distributed()
+    device = _device(config, distributed_device)
+    run_dir = Path(config.run.out_dir)
+    if rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+    checkpoint = latest_checkpoint(run_dir) if resume else None
+    if resume and checkpoint is None and rank == 0:
+        print(f"no checkpoint in {run_dir / 'checkpoints'}; starting from the beginning")
+    state = load_trainer_state(checkpoint) if checkpoint else TrainerState()
+    run = Run(config, rank, world, device, _precision(config, device), run_dir, state)
+    if state.finished:
+        return run
+    run.tokenizer = load_tokenizer(config)
+    run.model, run.module, run.optimizer = _build_module(run, checkpoint)
+    if run.precision == "bf16-autocast" and world == 1:
+        run.autocast = torch.autocast(device.type, dtype=torch.bfloat16)
+    run.peak = peak_tflops(override=config.train.peak_tflops) if device.type == "cuda" else None
+    run.log = MetricsLog(run_dir, config.run.tensorboard) if run.is_main else None
+    run.started = time.perf_counter() - state.elapsed_s
+    return run
+
+
+def _build_module(run: Run, checkpoint: Path | None) -> tuple[nn.Module, LossModule, torch.optim.Optimizer]:
+    """Model (compiled blocks if asked) inside its LossModule on the device, sharded when world > 1, and its
+    optimizer; a resumed run restores optimizer and RNG states, a new one seeds each rank."""
+    config = run.config
+    model = build_model(config, run.tokenizer, checkpoint, torch.bfloat16 if run.precision == "bf16" else torch.float32)
+    module = LossModule(model, config.loss)
+    if config.model.compile:
+        for i, block in enumerate(model.layers):
+            model.layers[i] = torch.compile(block)
+    module.to(run.device)
+    if run.world > 1:
+        _shard(module, run.precision)
+    optimizer = build_optimizer(module, config.optim)
+    if checkpoint is not None:
+        restore(checkpoint, module, optimizer)
+    else:
+        torch.manual_seed(config.run.seed + run.rank)
+    return model, module, optimizer
+
+
+# ---------------------------------------------------------------- stage data
 
 
 class StagePlan:
@@ -154,9 +241,8 @@ class StagePlan:
         self.world, self.accum, self.seed = world, accum, seed
         self.steps_per_epoch = math.ceil(len(self.bins) / self.per_step)
         self.total_steps = steps if steps > 0 else max(1, round(epochs * self.steps_per_epoch))
-        lengths = data.lengths
-        targets = np.maximum(0, lengths - np.maximum(data.prompt_lengths, 1))
-        self.bin_tokens = np.array([lengths[b].sum() for b in self.bins])
+        targets = target_counts(data.lengths, data.prompt_lengths)
+        self.bin_tokens = np.array([data.lengths[b].sum() for b in self.bins])
         self.bin_targets = np.array([targets[b].sum() for b in self.bins])
         self.efficiency = packing_efficiency(data, self.bins, micro_batch_tokens)
         self._orders: dict[int, np.ndarray] = {}
@@ -173,177 +259,253 @@ class StagePlan:
         shares = [chosen[r * self.accum : (r + 1) * self.accum] for r in range(self.world)]
         return shares[rank], max(len(s) for s in shares)
 
+    def step_targets(self, step: int) -> int:
+        """Loss-carrying tokens of the whole step on all ranks: the loss of a step is normalised by them."""
+        return int(self.bin_targets[self.step_bins(step)].sum())
+
+    def step_tokens(self, step: int) -> int:
+        return int(self.bin_tokens[self.step_bins(step)].sum())
+
+    def step_doc_lengths(self, step: int) -> np.ndarray:
+        return np.concatenate([self.data.lengths[self.bins[b]] for b in self.step_bins(step)])
+
+
+def stage_data(run: Run, index: int, stage: StageConfig) -> StagePlan:
+    """Tokenizes the stage's rows (rank 0 first, filling the cache the others read) and plans its steps."""
+    data_cfg = run.config.stage_data(stage)
+    cache_dir = Path(data_cfg.cache_dir or run.dir / "cache")
+    options = dict(template=data_cfg.template, max_seq_len=data_cfg.max_seq_len, overflow=data_cfg.overflow,
+                   cache_dir=cache_dir, skip_bad_rows=data_cfg.skip_bad_rows)  # fmt: skip
+    if run.is_main:
+        data = tokenize(stage.data, run.tokenizer, num_proc=data_cfg.num_proc, **options)
+    if run.world > 1:
+        dist.barrier()  # rank 0 tokenized and cached; the others read the cache
+        if not run.is_main:
+            data = tokenize(stage.data, run.tokenizer, num_proc=1, **options)
+    train_cfg = run.config.train
+    plan = StagePlan(data, train_cfg.micro_batch_tokens, run.world, train_cfg.grad_accum, stage.epochs, stage.steps,
+                     run.config.run.seed * 1000 + index)  # fmt: skip
+    if run.is_main:
+        print(f"stage {stage.name}: {data.counts['documents']:,} documents ({data.counts}), {len(plan.bins):,} "
+              f"micro-batches of ≤{train_cfg.micro_batch_tokens} tokens, packing efficiency "
+              f"{plan.efficiency:.2%}, {plan.total_steps} steps")  # fmt: skip
+    return plan
+
+
+# ---------------------------------------------------------------- one train step
+
+
+@dataclass
+class StepResult:
+    """One step's loss per target token and gradient norm, left on the device (no host sync)."""
+
+    loss: torch.Tensor
+    grad_norm: torch.Tensor
+
+
+def forward_backward(run: Run, plan: StagePlan, step: int) -> StepResult:
+    """Forward and backward over this rank's micro-batches, each summed loss scaled by world / (targets of the
+    whole step on all ranks), so the gradient is the token mean of one big batch; then clips the gradients."""
+    mine, n_micro = plan.rank_bins(step, run.rank)
+    targets = max(plan.step_targets(step), 1)
+    loss_sum = torch.zeros((), device=run.device)
+    for i in range(n_micro):
+        # a rank short of micro-batches in the last step runs a fully masked one for the collectives
+        docs, filler = (plan.bins[mine[i]], False) if i < len(mine) else (plan.bins[0], True)
+        batch = build_micro_batch(plan.data, docs, mask_all=filler, ignore_index=run.config.loss.ignore_index)
+        batch = batch.to(run.device)
+        with run.autocast:
+            loss = run.module(batch.input_ids, batch.position_ids, batch.cu_seqlens, batch.max_seqlen, batch.labels)
+        (loss * (run.world / targets)).backward()
+        loss_sum += loss.detach()
+    if run.world > 1:
+        dist.all_reduce(loss_sum)
+    grad_norm = torch.nn.utils.clip_grad_norm_(run.module.parameters(), run.config.optim.grad_clip or float("inf"))
+    if hasattr(grad_norm, "full_tensor"):  # a DTensor under FSDP2
+        grad_norm = grad_norm.full_tensor()
+    return StepResult(loss_sum / targets, grad_norm)
+
+
+def optimizer_step(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+class FiniteWatch:
+    """The first step (of a stage) whose loss or gradient norm was not finite, kept on the device so that
+    steps need no host sync; `check` syncs (on logging and checkpoint steps) and stops the run."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.step = torch.full((), -1, dtype=torch.int64, device=device)
+        self.values = torch.zeros(2, dtype=torch.float32, device=device)
+
+    def record(self, step: int, result: StepResult) -> None:
+        values = torch.stack([result.loss.float(), result.grad_norm.float()])
+        first = ~torch.isfinite(values).all() & (self.step < 0)
+        self.step = torch.where(first, step, self.step)
+        self.values = torch.where(first, values, self.values)
+
+    def check(self, run: Run, stage: str, step: int) -> None:
+        """Call before applying `step`. TrainingError if a step so far was not finite: when it is `step`
+        itself the weights are still the last good ones and are saved (as a checkpoint); when it is an earlier
+        step its update already spoiled them, so nothing is saved and the last good checkpoint is named."""
+        bad = int(self.step)
+        if bad < 0:
+            return
+        loss, grad_norm = self.values.tolist()
+        run.optimizer.zero_grad(set_to_none=True)
+        if bad == step:
+            where = f"the last good step is saved in {save(run)}"
+        else:
+            where = (f"found at step {step} (checks run on logging and checkpoint steps) after its update made the "
+                     f"weights non-finite, so nothing was saved; the last good checkpoint is "
+                     f"{latest_checkpoint(run.dir) or 'none (none was written before it)'}")  # fmt: skip
+        raise TrainingError(
+            f"stage {stage}, step {bad}: loss {loss}, grad norm {grad_norm} — not finite; {where}. "
+            "Lower [optim] lr or check the data."
+        )
+
+
+# ---------------------------------------------------------------- log, checkpoint, stop
+
+
+def log_due(config: Config, plan: StagePlan, step: int, global_step: int) -> bool:
+    """Logging steps: every `log_every` global steps and a stage's last step (and a stop, decided apart)."""
+    return global_step % config.run.log_every == 0 or step + 1 == plan.total_steps
+
+
+def checkpoint_due(config: Config, plan: StagePlan, step: int, global_step: int) -> bool:
+    """Periodic checkpoints (the end of a stage and a stop save their own)."""
+    every = config.run.checkpoint_every
+    return bool(every) and global_step % every == 0 and step + 1 < plan.total_steps
+
+
+def stop_reason(config: Config, global_step: int, elapsed_s: float) -> str | None:
+    """Why the run stops after this step (None = it goes on): max_steps or time_limit_s reached."""
+    if config.train.max_steps and global_step >= config.train.max_steps:
+        return f"max_steps={config.train.max_steps}"
+    if config.train.time_limit_s and elapsed_s >= config.train.time_limit_s:
+        return f"time_limit_s={config.train.time_limit_s}"
+    return None
+
+
+def advance(run: Run, plan: StagePlan, step: int, meter: Throughput) -> None:
+    """Counts the applied step in the trainer state and the stage's throughput."""
+    tokens = plan.step_tokens(step)
+    state = run.state
+    state.stage_step, state.global_step = step + 1, state.global_step + 1
+    state.tokens_seen += tokens
+    state.elapsed_s = time.perf_counter() - run.started
+    meter.add(tokens, run.model.flops_per_token(plan.step_doc_lengths(step)) * tokens)
+
+
+def log_step(run: Run, plan: StagePlan, stage: str, step: int, result: StepResult, meter: Throughput) -> None:
+    """Brings the step's loss and gradient norm to the host and (rank 0) appends the metrics record; tokens/s
+    and MFU cover the steps since the previous logging step."""
+    tokens, flops, seconds = meter.interval()
+    meter.loss = result.loss.item()
+    if run.log is None:
+        return
+    run.log.log({
+        "stage": stage, "step": step + 1, "global_step": run.state.global_step, "loss": meter.loss,
+        "lr": run.optimizer.param_groups[0]["lr"], "grad_norm": result.grad_norm.item(),
+        "tokens": plan.step_tokens(step), "target_tokens": plan.step_targets(step),
+        "tokens_per_s": meter.tokens_per_s, "mfu": mfu(flops, seconds, run.peak, run.world),
+        "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if run.device.type == "cuda" else None,
+        "packing_efficiency": plan.efficiency, "elapsed_s": run.state.elapsed_s,
+    })  # fmt: skip
+
+
+def save(run: Run) -> Path:
+    """A checkpoint of the current state (every rank calls it)."""
+    return save_checkpoint(run.dir, run.module, run.optimizer, run.state, run.tokenizer, run.config.run.keep_last)
+
+
+def stage_summary(stage: StageConfig, plan: StagePlan, run: Run, meter: Throughput) -> dict[str, Any]:
+    return {
+        "name": stage.name, "steps": run.state.stage_step, "planned_steps": plan.total_steps,
+        "final_loss": meter.loss, "tokens": meter.stage_tokens, "tokens_per_s": meter.stage_tokens_per_s,
+        "packing_efficiency": plan.efficiency, "micro_batches": len(plan.bins), "data": plan.data.counts,
+    }  # fmt: skip
+
+
+def finish(run: Run, summary: dict[str, Any], stop: str | None) -> dict[str, Any]:
+    """A stopped run saves a checkpoint to resume; a finished one its final Hugging Face folder. Then summary.json."""
+    run.state.finished = stop is None
+    run.state.elapsed_s = time.perf_counter() - run.started
+    summary |= {"state": asdict(run.state), "stopped": stop, "elapsed_s": run.state.elapsed_s}
+    if stop:
+        save(run)
+    else:
+        weights = run.model.hf_state_dict()  # collective under FSDP
+        if run.is_main:
+            save_model_folder(run.model, run.dir / "final", run.tokenizer, weights)
+            summary["final_model"] = str(run.dir / "final")
+    if run.is_main:
+        (run.dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+        run.log.close()
+    if run.world > 1:
+        dist.barrier()
+    return summary
+
 
 # ---------------------------------------------------------------- the loop
 
 
 def train(config: Config, *, resume: bool = False, progress: bool = True) -> dict[str, Any]:
-    """Runs every stage of `config`; returns (and writes to <out_dir>/summary.json) what happened."""
-    rank, world, distributed_device = _distributed()
-    device = _device(config, distributed_device)
-    precision = _precision(config, device)
-    run_dir = Path(config.run.out_dir)
-    is_main = rank == 0
-    if is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+    """Runs every stage of `config`; returns (and writes to <out_dir>/summary.json) what happened.
 
-    checkpoint = latest_checkpoint(run_dir) if resume else None
-    if resume and checkpoint is None and is_main:
-        print(f"no checkpoint in {run_dir / 'checkpoints'}; starting from the beginning")
-    state = load_trainer_state(checkpoint) if checkpoint else TrainerState()
-    if state.finished:
-        return json.loads((run_dir / "summary.json").read_text())
-
-    tokenizer = load_tokenizer(config)
-    model = build_model(config, tokenizer, checkpoint, torch.bfloat16 if precision == "bf16" else torch.float32)
-    module = LossModule(model)
-    if config.model.compile:
-        for i, block in enumerate(model.layers):
-            model.layers[i] = torch.compile(block)
-    module.to(device)
-    if world > 1:
-        _shard(module, precision)
-    optimizer = build_optimizer(module, config.optim)
-    if checkpoint is not None:
-        restore(checkpoint, module, optimizer)
-    else:
-        torch.manual_seed(config.run.seed + rank)
-
-    autocast = (
-        torch.autocast(device.type, dtype=torch.bfloat16)
-        if precision == "bf16-autocast" and world == 1
-        else contextlib.nullcontext()
-    )
-    peak = peak_tflops(override=config.train.peak_tflops) if device.type == "cuda" else None
-    log = MetricsLog(run_dir, config.run.tensorboard) if is_main else None
-    summary: dict[str, Any] = {"stages": [], "precision": precision, "device": str(device), "world_size": world}
-    started = time.perf_counter() - state.elapsed_s
-    stop_reason = None
-
-    for stage_index, stage in enumerate(config.stages):
-        if stage_index < state.stage:
+    The host waits for the device only on logging steps (every `log_every` global steps, a stage's last step,
+    a stop) and checkpoint steps; in between, loss and gradient norm stay on the device. A non-finite loss or
+    gradient norm raises `TrainingError` naming the stage and the first bad step, found at the next such step
+    at the latest (at once with log_every = 1): when found before its own update, that update is skipped and
+    the last good step is saved as a checkpoint; when found later, the last good checkpoint is named instead.
+    """
+    run = setup(config, resume=resume)
+    if run.state.finished:
+        return json.loads((run.dir / "summary.json").read_text())
+    summary: dict[str, Any] = {"stages": [], "precision": run.precision, "device": str(run.device),
+                               "world_size": run.world}  # fmt: skip
+    stop = None
+    for index, stage in enumerate(config.stages):
+        if index < run.state.stage:
             continue
-        data_cfg, optim_cfg = config.stage_data(stage), config.stage_optim(stage)
-        cache_dir = Path(data_cfg.cache_dir or run_dir / "cache")
-        if is_main or world == 1:
-            data = tokenize(stage.data, tokenizer, template=data_cfg.template, max_seq_len=data_cfg.max_seq_len,
-                            overflow=data_cfg.overflow, num_proc=data_cfg.num_proc, cache_dir=cache_dir,
-                            skip_bad_rows=data_cfg.skip_bad_rows)  # fmt: skip
-        if world > 1:
-            dist.barrier()  # rank 0 tokenized and cached; the others read the cache
-            if not is_main:
-                data = tokenize(stage.data, tokenizer, template=data_cfg.template, max_seq_len=data_cfg.max_seq_len,
-                                overflow=data_cfg.overflow, num_proc=1, cache_dir=cache_dir,
-                                skip_bad_rows=data_cfg.skip_bad_rows)  # fmt: skip
-        plan = StagePlan(data, config.train.micro_batch_tokens, world, config.train.grad_accum, stage.epochs,
-                         stage.steps, config.run.seed * 1000 + stage_index)  # fmt: skip
-        if state.stage_step == 0 and stage_index > 0 and stage.reset_optimizer:
-            optimizer = build_optimizer(module, config.optim)
-        if is_main:
-            print(f"stage {stage.name}: {data.counts['documents']:,} documents ({data.counts}), {len(plan.bins):,} "
-                  f"micro-batches of ≤{config.train.micro_batch_tokens} tokens, packing efficiency "
-                  f"{plan.efficiency:.2%}, {plan.total_steps} steps")  # fmt: skip
-
-        stage_tokens, stage_seconds, last_loss = 0, 0.0, float("nan")
-        bar = _progress(stage.name, plan.total_steps, state.stage_step, enabled=progress and is_main)
-        for step in range(state.stage_step, plan.total_steps):
-            tick = time.perf_counter()
-            mine, n_micro = plan.rank_bins(step, rank)
-            chosen = plan.step_bins(step)
-            global_targets = int(plan.bin_targets[chosen].sum())
-            scale = world / max(global_targets, 1)
-            loss_sum = torch.zeros((), device=device)
-            for i in range(n_micro):
-                # a rank short of micro-batches in the last step runs a fully masked one for the collectives
-                batch = (
-                    build_micro_batch(data, plan.bins[mine[i]])
-                    if i < len(mine)
-                    else build_micro_batch(data, plan.bins[0], mask_all=True)
-                )
-                batch = batch.to(device)
-                with autocast:
-                    loss = module(batch.input_ids, batch.position_ids, batch.cu_seqlens, batch.max_seqlen, batch.labels)
-                (loss * scale).backward()
-                loss_sum += loss.detach()
-            if world > 1:
-                dist.all_reduce(loss_sum)
-            grad_norm = torch.nn.utils.clip_grad_norm_(module.parameters(), config.optim.grad_clip or float("inf"))
-            lr = lr_at(step, plan.total_steps, optim_cfg)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            step_loss = (loss_sum / max(global_targets, 1)).item()
-            grad_norm_value = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
-            if not (math.isfinite(step_loss) and math.isfinite(grad_norm_value)):
-                optimizer.zero_grad(set_to_none=True)
-                saved = save_checkpoint(run_dir, module, optimizer, state, tokenizer, config.run.keep_last)
-                raise TrainingError(
-                    f"stage {stage.name}, step {step}: loss {step_loss}, grad norm {grad_norm_value} — not finite; "
-                    f"the last good step is saved in {saved}. Lower [optim] lr or check the data."
-                )
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            seconds = time.perf_counter() - tick
-            tokens = int(plan.bin_tokens[chosen].sum())
-            state.stage_step, state.global_step = step + 1, state.global_step + 1
-            state.tokens_seen += tokens
-            state.elapsed_s = time.perf_counter() - started
-            stage_tokens += tokens
-            stage_seconds += seconds
-            last_loss = step_loss
-
-            if is_main and (state.global_step % config.run.log_every == 0 or step + 1 == plan.total_steps):
-                doc_lengths = np.concatenate([plan.data.lengths[plan.bins[b]] for b in chosen])
-                flops = model.flops_per_token(doc_lengths) * tokens
-                log.log({
-                    "stage": stage.name, "step": step + 1, "global_step": state.global_step, "loss": step_loss,
-                    "lr": lr, "grad_norm": grad_norm_value, "tokens": tokens, "target_tokens": global_targets,
-                    "tokens_per_s": tokens / seconds, "mfu": mfu(flops, seconds, peak, world),
-                    "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None,
-                    "packing_efficiency": plan.efficiency, "elapsed_s": state.elapsed_s,
-                })  # fmt: skip
+        plan, optim_cfg = stage_data(run, index, stage), config.stage_optim(stage)
+        if run.state.stage_step == 0 and index > 0 and stage.reset_optimizer:
+            run.optimizer = build_optimizer(run.module, config.optim)
+        meter, watch = Throughput(run.device), FiniteWatch(run.device)
+        bar = _progress(stage.name, plan.total_steps, run.state.stage_step, enabled=progress and run.is_main)
+        for step in range(run.state.stage_step, plan.total_steps):
+            meter.start()
+            result = forward_backward(run, plan, step)
+            watch.record(step, result)
+            global_step = run.state.global_step + 1  # once this step is applied
+            stop = stop_reason(config, global_step, time.perf_counter() - run.started)
+            log_now = stop is not None or log_due(config, plan, step, global_step)
+            save_now = checkpoint_due(config, plan, step, global_step)
+            if log_now or save_now:
+                watch.check(run, stage.name, step)  # a bad step stops here, before its update
+            optimizer_step(run.optimizer, lr_at(step, plan.total_steps, optim_cfg))
+            advance(run, plan, step, meter)
+            if log_now:
+                log_step(run, plan, stage.name, step, result, meter)
+            if save_now:
+                meter.pause()
+                save(run)
             if bar is not None:
-                bar.update(loss=step_loss, tokens_per_s=tokens / seconds)
-            every = config.run.checkpoint_every
-            if every and state.global_step % every == 0 and step + 1 < plan.total_steps:
-                save_checkpoint(run_dir, module, optimizer, state, tokenizer, config.run.keep_last)
-            if config.train.max_steps and state.global_step >= config.train.max_steps:
-                stop_reason = f"max_steps={config.train.max_steps}"
-            elif config.train.time_limit_s and state.elapsed_s >= config.train.time_limit_s:
-                stop_reason = f"time_limit_s={config.train.time_limit_s}"
-            if stop_reason:
+                bar.update(loss=meter.loss, tokens_per_s=meter.tokens_per_s)
+            if stop:
                 break
         if bar is not None:
             bar.close()
-
-        summary["stages"].append({
-            "name": stage.name, "steps": state.stage_step, "planned_steps": plan.total_steps, "final_loss": last_loss,
-            "tokens": stage_tokens, "tokens_per_s": stage_tokens / stage_seconds if stage_seconds else None,
-            "packing_efficiency": plan.efficiency, "micro_batches": len(plan.bins), "data": data.counts,
-        })  # fmt: skip
-        if stop_reason:
+        summary["stages"].append(stage_summary(stage, plan, run, meter))
+        if stop:
             break
-        state.stage, state.stage_step = stage_index + 1, 0
-        save_checkpoint(run_dir, module, optimizer, state, tokenizer, config.run.keep_last)
-
-    state.finished = stop_reason is None
-    state.elapsed_s = time.perf_counter() - started
-    summary |= {"state": asdict(state), "stopped": stop_reason, "elapsed_s": state.elapsed_s}
-    if stop_reason:
-        save_checkpoint(run_dir, module, optimizer, state, tokenizer, config.run.keep_last)
-    else:
-        weights = model.hf_state_dict()
-        if is_main:
-            save_model_folder(model, run_dir / "final", tokenizer, weights)
-            summary["final_model"] = str(run_dir / "final")
-    if is_main:
-        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
-        log.close()
-    if world > 1:
-        dist.barrier()
-    return summary
+        run.state.stage, run.state.stage_step = index + 1, 0
+        save(run)
+    return finish(run, summary, stop)
 
 
 class _Bar:
