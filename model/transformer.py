@@ -254,8 +254,10 @@ class Transformer(nn.Module):
         label_smoothing: float = 0.0,
         z_loss: float = 0.0,
         softcap: float | None = None,
-    ) -> torch.Tensor:
-        """Cross-entropy of the LM head on `hidden` through `fused_linear_cross_entropy`; an fp32 scalar.
+        return_z_loss: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Cross-entropy of the LM head on `hidden` through `fused_linear_cross_entropy`; an fp32 scalar
+        (with `return_z_loss`, the pair (loss, its z-loss term), the term detached, for logging).
 
         Labels are ALREADY ALIGNED with positions: labels[t] is the token to predict from position t
         (i.e. the next token), `ignore_index` where nothing is predicted (see `shift_labels`). `reduction="sum"`
@@ -271,6 +273,7 @@ class Transformer(nn.Module):
             label_smoothing=label_smoothing,
             z_loss=z_loss,
             softcap=softcap,
+            return_z_loss=return_z_loss,
         )
 
     def num_parameters(self, exclude_embeddings: bool = False) -> int:

@@ -10,8 +10,13 @@ BASE = {"stages": [{"name": "a", "data": ["x.jsonl"], "epochs": 1}]}
 
 
 def test_defaults_and_stage_overrides():
-    config = config_from_dict({**BASE, "optim": {"lr": 1e-4}, "stages": [
-        {"name": "a", "data": ["x.jsonl"], "lr": 5e-5, "schedule": "wsd", "template": "jiuzhang"}]})  # fmt: skip
+    config = config_from_dict(
+        {
+            **BASE,
+            "optim": {"lr": 1e-4},
+            "stages": [{"name": "a", "data": ["x.jsonl"], "lr": 5e-5, "schedule": "wsd", "template": "jiuzhang"}],
+        }
+    )
     stage = config.stages[0]
     assert config.stage_optim(stage).lr == 5e-5 and config.stage_optim(stage).schedule == "wsd"
     assert config.stage_data(stage).template == "jiuzhang"

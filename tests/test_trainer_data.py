@@ -8,6 +8,7 @@ import torch
 from _trainer_utils import write_addition_data
 
 from mathforge.errors import DataError
+from mathforge.model import shift_labels
 from mathforge.trainer.data import (
     TokenizedData,
     build_micro_batch,
@@ -16,7 +17,6 @@ from mathforge.trainer.data import (
     target_counts,
     tokenize,
 )
-from mathforge.trainer.model import shift_labels
 from mathforge.trainer.tokenizer import train_bpe_tokenizer
 
 

@@ -68,10 +68,27 @@ def test_two_processes_equal_one(workspace):
     overrides = ["optim.eps=1e-3"]
     single = recipe(root, ws, out="single")  # grad_accum = 2 in one process
     train(load_config(single, overrides), progress=False)
-    command, env = _cli("train", str(single), "--set", f'run.out_dir="{root / "fsdp"}"', "--set", "train.grad_accum=1",
-                        "--set", overrides[0], "--no-progress")  # fmt: skip
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
-                *command[1:]]  # fmt: skip
+    command, env = _cli(
+        "train",
+        str(single),
+        "--set",
+        f'run.out_dir="{root / "fsdp"}"',
+        "--set",
+        "train.grad_accum=1",
+        "--set",
+        overrides[0],
+        "--no-progress",
+    )
+    torchrun = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "29533",
+        *command[1:],
+    ]
     result = subprocess.run(torchrun, env=env, capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stderr[-3000:]
     one, two = _weights(root / "single"), _weights(root / "fsdp")
@@ -179,12 +196,17 @@ def _reference_first_loss(config, *, label_smoothing: float = 0.0, z_loss: float
     with torch.no_grad():
         for b in plan.rank_bins(0, 0)[0]:
             batch = build_micro_batch(data, plan.bins[b])
-            hidden = model(batch.input_ids, position_ids=batch.position_ids, cu_seqlens=batch.cu_seqlens,
-                           max_seqlen=batch.max_seqlen)  # fmt: skip
+            hidden = model(
+                batch.input_ids,
+                position_ids=batch.position_ids,
+                cu_seqlens=batch.cu_seqlens,
+                max_seqlen=batch.max_seqlen,
+            )
             logits = hidden @ model.lm_head_weight.T
             keep = batch.labels != -100
-            ce = torch.nn.functional.cross_entropy(logits[keep], batch.labels[keep], label_smoothing=label_smoothing,
-                                                   reduction="sum")  # fmt: skip
+            ce = torch.nn.functional.cross_entropy(
+                logits[keep], batch.labels[keep], label_smoothing=label_smoothing, reduction="sum"
+            )
             total += float(ce + z_loss * torch.logsumexp(logits[keep], -1).square().sum())
             targets += int(keep.sum())
     return total / targets
@@ -201,7 +223,13 @@ def test_loss_section_reaches_the_loss(workspace, loss):
     first = json.loads((root / f"loss-{name}" / "metrics.jsonl").read_text().splitlines()[0])
     expected = _reference_first_loss(config, **{name: float(value)})
     assert first["loss"] == pytest.approx(expected, rel=1e-5)
-    assert abs(expected - _reference_first_loss(config)) > 1e-4  # ≫ the tolerance: the option changed the loss
+    plain = _reference_first_loss(config)
+    assert abs(expected - plain) > 1e-4  # ≫ the tolerance: the option changed the loss
+    if name == "z_loss":  # logged apart: the cross-entropy part is the plain loss, the rest is the z-loss term
+        assert first["ce_loss"] == pytest.approx(plain, rel=1e-5)
+        assert first["z_loss"] == pytest.approx(expected - plain, rel=1e-3)
+    else:
+        assert "z_loss" not in first and "ce_loss" not in first
 
 
 def test_bf16_weights_train_and_resume_exactly(workspace):

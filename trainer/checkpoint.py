@@ -76,9 +76,13 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def save_checkpoint(
-    run_dir: Path, module: torch.nn.Module, optimizer: torch.optim.Optimizer, state: TrainerState,
-    tokenizer: Any, keep_last: int,
-) -> Path:  # fmt: skip
+    run_dir: Path,
+    module: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    state: TrainerState,
+    tokenizer: Any,
+    keep_last: int,
+) -> Path:
     """Writes a checkpoint of the current step (call on every rank) and prunes all but the last `keep_last`.
     `module` is what the optimizer was built on; `module.model` is the Transformer."""
     root = run_dir / "checkpoints"

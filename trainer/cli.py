@@ -48,10 +48,14 @@ def _print_summary(summary: dict) -> None:
     for stage in summary["stages"]:
         tps = stage["tokens_per_s"]
         table.add_row(
-            stage["name"], f"{stage['steps']}/{stage['planned_steps']}", f"{stage['final_loss']:.4f}",
-            f"{stage['tokens']:,}", f"{tps:,.0f}" if tps else "-", f"{stage['packing_efficiency']:.2%}",
+            stage["name"],
+            f"{stage['steps']}/{stage['planned_steps']}",
+            f"{stage['final_loss']:.4f}",
+            f"{stage['tokens']:,}",
+            f"{tps:,.0f}" if tps else "-",
+            f"{stage['packing_efficiency']:.2%}",
             f"{stage['data']['documents']:,}",
-        )  # fmt: skip
+        )
     console = Console()
     console.print(table)
     if summary.get("stopped"):

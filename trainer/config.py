@@ -32,7 +32,7 @@ class RunConfig:
 
 @dataclass
 class ModelSettings:
-    init: str = "tiny"  # a preset name of mathforge.trainer.model, or a Hugging Face checkpoint folder
+    init: str = "tiny"  # a preset name of mathforge.model, or a Hugging Face checkpoint folder
     overrides: dict[str, Any] = field(default_factory=dict)  # config fields changed on top of a preset
     attention_backend: str = "auto"
     activation_checkpointing: bool = False

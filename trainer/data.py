@@ -222,8 +222,13 @@ def tokenize(
     if cache_file is not None:
         cache_file.parent.mkdir(parents=True, exist_ok=True)
         partial = cache_file.with_suffix(f".tmp{os.getpid()}.npz")
-        np.savez(partial, tokens=data.tokens, offsets=data.offsets, prompt_lengths=data.prompt_lengths,
-                 counts=np.array(json.dumps(data.counts)))  # fmt: skip
+        np.savez(
+            partial,
+            tokens=data.tokens,
+            offsets=data.offsets,
+            prompt_lengths=data.prompt_lengths,
+            counts=np.array(json.dumps(data.counts)),
+        )
         os.replace(partial, cache_file)
     return data
 

@@ -101,8 +101,14 @@ class AdamWBf16(torch.optim.Optimizer):
     """AdamW (decoupled weight decay, bias-corrected moments, as `torch.optim.AdamW`) for bf16 parameters
     with fp32 optimizer states and stochastically rounded updates. fp32 parameters get plain updates."""
 
-    def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 0.0) -> None:  # fmt: skip
+    def __init__(
+        self,
+        params,
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+    ) -> None:
         super().__init__(params, {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay})
 
     def load_state_dict(self, state_dict: dict) -> None:

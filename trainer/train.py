@@ -64,9 +64,10 @@ class LossModule(nn.Module):
         self.model = model
         self.loss_kwargs = loss_kwargs(loss or LossConfig())
 
-    def forward(self, input_ids, position_ids, cu_seqlens, max_seqlen, labels) -> torch.Tensor:
+    def forward(self, input_ids, position_ids, cu_seqlens, max_seqlen, labels, return_z_loss: bool = False):
+        """The summed loss; with `return_z_loss`, (loss, the z-loss term inside it) for logging them apart."""
         hidden = self.model(input_ids, position_ids=position_ids, cu_seqlens=cu_seqlens, max_seqlen=max_seqlen)
-        return self.model.loss(hidden, labels, reduction="sum", **self.loss_kwargs)
+        return self.model.loss(hidden, labels, reduction="sum", return_z_loss=return_z_loss, **self.loss_kwargs)
 
 
 # ---------------------------------------------------------------- set-up
@@ -118,7 +119,7 @@ def load_tokenizer(config: Config) -> Any:
 
 def build_model(config: Config, tokenizer: Any, checkpoint: Path | None, dtype: torch.dtype) -> nn.Module:
     """The model from a checkpoint being resumed, a Hugging Face folder, or a preset (seeded random init)."""
-    from mathforge.trainer.model import from_config, from_pretrained
+    from mathforge.model import from_config, from_pretrained
 
     init = config.model.init
     if checkpoint is not None:
@@ -233,8 +234,9 @@ class StagePlan:
     """Which packed micro-batches each optimizer step uses: every epoch a seeded permutation of the bins,
     cut into steps of world × grad_accum micro-batches; rank r takes its grad_accum-sized slice."""
 
-    def __init__(self, data: TokenizedData, micro_batch_tokens: int, world: int, accum: int, epochs: float,
-                 steps: int, seed: int) -> None:  # fmt: skip
+    def __init__(
+        self, data: TokenizedData, micro_batch_tokens: int, world: int, accum: int, epochs: float, steps: int, seed: int
+    ) -> None:
         self.data = data
         self.bins = plan_micro_batches(data, micro_batch_tokens)
         self.per_step = world * accum
@@ -274,8 +276,13 @@ def stage_data(run: Run, index: int, stage: StageConfig) -> StagePlan:
     """Tokenizes the stage's rows (rank 0 first, filling the cache the others read) and plans its steps."""
     data_cfg = run.config.stage_data(stage)
     cache_dir = Path(data_cfg.cache_dir or run.dir / "cache")
-    options = dict(template=data_cfg.template, max_seq_len=data_cfg.max_seq_len, overflow=data_cfg.overflow,
-                   cache_dir=cache_dir, skip_bad_rows=data_cfg.skip_bad_rows)  # fmt: skip
+    options = dict(
+        template=data_cfg.template,
+        max_seq_len=data_cfg.max_seq_len,
+        overflow=data_cfg.overflow,
+        cache_dir=cache_dir,
+        skip_bad_rows=data_cfg.skip_bad_rows,
+    )
     if run.is_main:
         data = tokenize(stage.data, run.tokenizer, num_proc=data_cfg.num_proc, **options)
     if run.world > 1:
@@ -283,12 +290,21 @@ def stage_data(run: Run, index: int, stage: StageConfig) -> StagePlan:
         if not run.is_main:
             data = tokenize(stage.data, run.tokenizer, num_proc=1, **options)
     train_cfg = run.config.train
-    plan = StagePlan(data, train_cfg.micro_batch_tokens, run.world, train_cfg.grad_accum, stage.epochs, stage.steps,
-                     run.config.run.seed * 1000 + index)  # fmt: skip
+    plan = StagePlan(
+        data,
+        train_cfg.micro_batch_tokens,
+        run.world,
+        train_cfg.grad_accum,
+        stage.epochs,
+        stage.steps,
+        run.config.run.seed * 1000 + index,
+    )
     if run.is_main:
-        print(f"stage {stage.name}: {data.counts['documents']:,} documents ({data.counts}), {len(plan.bins):,} "
-              f"micro-batches of ≤{train_cfg.micro_batch_tokens} tokens, packing efficiency "
-              f"{plan.efficiency:.2%}, {plan.total_steps} steps")  # fmt: skip
+        print(
+            f"stage {stage.name}: {data.counts['documents']:,} documents ({data.counts}), {len(plan.bins):,} "
+            f"micro-batches of ≤{train_cfg.micro_batch_tokens} tokens, packing efficiency "
+            f"{plan.efficiency:.2%}, {plan.total_steps} steps"
+        )
     return plan
 
 
@@ -301,6 +317,7 @@ class StepResult:
 
     loss: torch.Tensor
     grad_norm: torch.Tensor
+    z_loss: torch.Tensor | None = None  # the z-loss part of `loss`, when [loss] z_loss > 0
 
 
 def forward_backward(run: Run, plan: StagePlan, step: int) -> StepResult:
@@ -308,22 +325,26 @@ def forward_backward(run: Run, plan: StagePlan, step: int) -> StepResult:
     whole step on all ranks), so the gradient is the token mean of one big batch; then clips the gradients."""
     mine, n_micro = plan.rank_bins(step, run.rank)
     targets = max(plan.step_targets(step), 1)
-    loss_sum = torch.zeros((), device=run.device)
+    with_z = run.config.loss.z_loss > 0
+    sums = torch.zeros(2, device=run.device)  # loss, z-loss term
     for i in range(n_micro):
         # a rank short of micro-batches in the last step runs a fully masked one for the collectives
         docs, filler = (plan.bins[mine[i]], False) if i < len(mine) else (plan.bins[0], True)
         batch = build_micro_batch(plan.data, docs, mask_all=filler, ignore_index=run.config.loss.ignore_index)
         batch = batch.to(run.device)
+        args = (batch.input_ids, batch.position_ids, batch.cu_seqlens, batch.max_seqlen, batch.labels)
         with run.autocast:
-            loss = run.module(batch.input_ids, batch.position_ids, batch.cu_seqlens, batch.max_seqlen, batch.labels)
+            loss, z = run.module(*args, return_z_loss=True) if with_z else (run.module(*args), None)
         (loss * (run.world / targets)).backward()
-        loss_sum += loss.detach()
+        sums[0] += loss.detach()
+        if z is not None:
+            sums[1] += z
     if run.world > 1:
-        dist.all_reduce(loss_sum)
+        dist.all_reduce(sums)
     grad_norm = torch.nn.utils.clip_grad_norm_(run.module.parameters(), run.config.optim.grad_clip or float("inf"))
     if hasattr(grad_norm, "full_tensor"):  # a DTensor under FSDP2
         grad_norm = grad_norm.full_tensor()
-    return StepResult(loss_sum / targets, grad_norm)
+    return StepResult(sums[0] / targets, grad_norm, sums[1] / targets if with_z else None)
 
 
 def optimizer_step(optimizer: torch.optim.Optimizer, lr: float) -> None:
@@ -359,9 +380,11 @@ class FiniteWatch:
         if bad == step:
             where = f"the last good step is saved in {save(run)}"
         else:
-            where = (f"found at step {step} (checks run on logging and checkpoint steps) after its update made the "
-                     f"weights non-finite, so nothing was saved; the last good checkpoint is "
-                     f"{latest_checkpoint(run.dir) or 'none (none was written before it)'}")  # fmt: skip
+            where = (
+                f"found at step {step} (checks run on logging and checkpoint steps) after its update made the "
+                f"weights non-finite, so nothing was saved; the last good checkpoint is "
+                f"{latest_checkpoint(run.dir) or 'none (none was written before it)'}"
+            )
         raise TrainingError(
             f"stage {stage}, step {bad}: loss {loss}, grad norm {grad_norm} — not finite; {where}. "
             "Lower [optim] lr or check the data."
@@ -408,14 +431,32 @@ def log_step(run: Run, plan: StagePlan, stage: str, step: int, result: StepResul
     meter.loss = result.loss.item()
     if run.log is None:
         return
-    run.log.log({
-        "stage": stage, "step": step + 1, "global_step": run.state.global_step, "loss": meter.loss,
-        "lr": run.optimizer.param_groups[0]["lr"], "grad_norm": result.grad_norm.item(),
-        "tokens": plan.step_tokens(step), "target_tokens": plan.step_targets(step),
-        "tokens_per_s": meter.tokens_per_s, "mfu": mfu(flops, seconds, run.peak, run.world),
-        "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if run.device.type == "cuda" else None,
-        "packing_efficiency": plan.efficiency, "elapsed_s": run.state.elapsed_s,
-    })  # fmt: skip
+    run.log.log(
+        {
+            "stage": stage,
+            "step": step + 1,
+            "global_step": run.state.global_step,
+            "loss": meter.loss,
+            "lr": run.optimizer.param_groups[0]["lr"],
+            "grad_norm": result.grad_norm.item(),
+            "tokens": plan.step_tokens(step),
+            "target_tokens": plan.step_targets(step),
+            "tokens_per_s": meter.tokens_per_s,
+            "mfu": mfu(flops, seconds, run.peak, run.world),
+            "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if run.device.type == "cuda" else None,
+            "packing_efficiency": plan.efficiency,
+            "elapsed_s": run.state.elapsed_s,
+            **_loss_parts(result),
+        }
+    )
+
+
+def _loss_parts(result: StepResult) -> dict[str, float]:
+    """With a z-loss, the record splits the loss into its cross-entropy and z-loss parts."""
+    if result.z_loss is None:
+        return {}
+    z = result.z_loss.item()
+    return {"ce_loss": result.loss.item() - z, "z_loss": z}
 
 
 def save(run: Run) -> Path:
@@ -425,10 +466,16 @@ def save(run: Run) -> Path:
 
 def stage_summary(stage: StageConfig, plan: StagePlan, run: Run, meter: Throughput) -> dict[str, Any]:
     return {
-        "name": stage.name, "steps": run.state.stage_step, "planned_steps": plan.total_steps,
-        "final_loss": meter.loss, "tokens": meter.stage_tokens, "tokens_per_s": meter.stage_tokens_per_s,
-        "packing_efficiency": plan.efficiency, "micro_batches": len(plan.bins), "data": plan.data.counts,
-    }  # fmt: skip
+        "name": stage.name,
+        "steps": run.state.stage_step,
+        "planned_steps": plan.total_steps,
+        "final_loss": meter.loss,
+        "tokens": meter.stage_tokens,
+        "tokens_per_s": meter.stage_tokens_per_s,
+        "packing_efficiency": plan.efficiency,
+        "micro_batches": len(plan.bins),
+        "data": plan.data.counts,
+    }
 
 
 def finish(run: Run, summary: dict[str, Any], stop: str | None) -> dict[str, Any]:
@@ -466,8 +513,12 @@ def train(config: Config, *, resume: bool = False, progress: bool = True) -> dic
     run = setup(config, resume=resume)
     if run.state.finished:
         return json.loads((run.dir / "summary.json").read_text())
-    summary: dict[str, Any] = {"stages": [], "precision": run.precision, "device": str(run.device),
-                               "world_size": run.world}  # fmt: skip
+    summary: dict[str, Any] = {
+        "stages": [],
+        "precision": run.precision,
+        "device": str(run.device),
+        "world_size": run.world,
+    }
     stop = None
     for index, stage in enumerate(config.stages):
         if index < run.state.stage:
@@ -515,9 +566,12 @@ class _Bar:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
         self.progress = Progress(
-            TextColumn(f"[bold]{name}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+            TextColumn(f"[bold]{name}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
             TextColumn("loss {task.fields[loss]:.4f} · {task.fields[tps]:,.0f} tok/s"),
-        )  # fmt: skip
+        )
         self.task = self.progress.add_task(name, total=total, completed=done, loss=float("nan"), tps=0.0)
         self.progress.start()
 
