@@ -25,6 +25,11 @@ def check_enabled() -> bool:
     return os.environ.get("MATHFORGE_CHECK", "0") not in ("", "0")
 
 
+def last_dim_contiguous(t: torch.Tensor) -> torch.Tensor:
+    """`t` itself when its last dimension has stride 1 (what the kernels index by), else a contiguous copy."""
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
 def check_targets(target: torch.Tensor, vocab_size: int, ignore_index: int) -> None:
     """Raises DataError naming the first target that is neither `ignore_index` nor in [0, vocab_size)."""
     bad = (target != ignore_index) & ((target < 0) | (target >= vocab_size))

@@ -21,7 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
-from mathforge.kernels._common import num_warps_for, row_block
+from mathforge.kernels._common import last_dim_contiguous, num_warps_for, row_block
 from mathforge.kernels.reference import reduce_rows, z_loss_rows
 from mathforge.kernels.validation import check_cross_entropy
 
@@ -170,10 +170,6 @@ def launch_ce(
     )
 
 
-def _rows(logits: torch.Tensor) -> torch.Tensor:
-    return logits if logits.stride(-1) == 1 else logits.contiguous()
-
-
 @torch.library.custom_op("mathforge::cross_entropy_fwd", mutates_args=())
 def cross_entropy_fwd(
     logits: torch.Tensor,
@@ -184,7 +180,7 @@ def cross_entropy_fwd(
     softcap: float | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-row loss [N] and lse [N], both fp32."""
-    logits = _rows(logits)
+    logits = last_dim_contiguous(logits)
     loss = torch.empty(logits.shape[0], device=logits.device, dtype=torch.float32)
     lse = torch.empty_like(loss)
     launch_ce(
@@ -220,7 +216,7 @@ def cross_entropy_bwd(
     softcap: float | None,
 ) -> torch.Tensor:
     """dlogits in the logits' dtype, each row scaled by grad_loss[row]."""
-    logits = _rows(logits)
+    logits = last_dim_contiguous(logits)
     grad = torch.empty_like(logits, memory_format=torch.contiguous_format)
     launch_ce(
         logits,

@@ -14,7 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
-from mathforge.kernels._common import interpreting, num_warps_for
+from mathforge.kernels._common import interpreting, last_dim_contiguous, num_warps_for
 from mathforge.kernels.validation import check_rms_norm
 
 TILE_ELEMENTS = 8192  # elements per program tile (BLOCK_M rows × row): x, dy and products stay in registers
@@ -102,8 +102,7 @@ def _blocks(n_cols: int) -> tuple[int, int]:
 
 
 def _rows2d(t: torch.Tensor) -> torch.Tensor:
-    t = t.reshape(-1, t.shape[-1])
-    return t if t.stride(-1) == 1 else t.contiguous()
+    return last_dim_contiguous(t.reshape(-1, t.shape[-1]))
 
 
 @torch.library.custom_op("mathforge::rms_norm_fwd", mutates_args=())

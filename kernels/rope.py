@@ -13,7 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
-from mathforge.kernels._common import INTERPRETER_WARPS, interpreting
+from mathforge.kernels._common import INTERPRETER_WARPS, interpreting, last_dim_contiguous
 from mathforge.kernels.validation import check_apply_rope
 
 TILE_ELEMENTS = 2048  # tokens × (Hq + Hk) × D/2 per program: both halves of q and k stay in registers at 4 warps
@@ -166,13 +166,9 @@ def _rope_kernel(
         tl.store(dsin_ptr + doff + half, qs2 + ks2, mask=cmask)
 
 
-def _last_contiguous(t: torch.Tensor) -> torch.Tensor:
-    return t if t.stride(-1) == 1 else t.contiguous()
-
-
 def _launch(q, k, cos, sin, backward: bool, xq=None, xk=None):
     """Rotates (or, backward, un-rotates) q and k; returns (yq, yk, dcos, dsin) — dcos/dsin when xq is given."""
-    q, k, cos, sin = (_last_contiguous(t) for t in (q, k, cos, sin))
+    q, k, cos, sin = (last_dim_contiguous(t) for t in (q, k, cos, sin))
     n_tokens, n_qh, dim = q.shape
     n_kh = k.shape[1]
     half = dim // 2
@@ -191,7 +187,7 @@ def _launch(q, k, cos, sin, backward: bool, xq=None, xk=None):
     block_t = 1 << (block_t.bit_length() - 1)
     if n_tokens:
         if cos_grad:
-            xq, xk = _last_contiguous(xq).contiguous(), _last_contiguous(xk).contiguous()
+            xq, xk = last_dim_contiguous(xq).contiguous(), last_dim_contiguous(xk).contiguous()
         _rope_kernel[(triton.cdiv(n_tokens, block_t),)](
             q,
             q.stride(0),

@@ -241,11 +241,6 @@ def plan_micro_batches(data: TokenizedData, micro_batch_tokens: int) -> list[np.
     return pack_detailed(data.lengths, micro_batch_tokens, policy="error").bins()
 
 
-def packing_efficiency(data: TokenizedData, bins: list[np.ndarray], micro_batch_tokens: int) -> float:
-    """Real tokens / (micro-batches × budget): the share of each micro-batch that is not padding."""
-    return float(data.lengths.sum()) / (len(bins) * micro_batch_tokens) if bins else 1.0
-
-
 def target_counts(lengths: np.ndarray, prompt_lengths: np.ndarray) -> np.ndarray:
     """Loss-carrying targets per document: the tokens after the prompt (and after the first token, which
     nothing predicts). The one rule behind the labels below and the trainer's loss normalisation."""

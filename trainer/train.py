@@ -36,13 +36,13 @@ from mathforge.trainer.config import Config, LossConfig, StageConfig
 from mathforge.trainer.data import (
     TokenizedData,
     build_micro_batch,
-    packing_efficiency,
     plan_micro_batches,
     target_counts,
     tokenize,
 )
 from mathforge.trainer.metrics import MetricsLog, Throughput, mfu, peak_tflops
 from mathforge.trainer.optim import build_optimizer, lr_at
+from mathforge.trainer.packing import fill_ratio
 
 
 class TrainingError(MathforgeError):
@@ -246,7 +246,7 @@ class StagePlan:
         targets = target_counts(data.lengths, data.prompt_lengths)
         self.bin_tokens = np.array([data.lengths[b].sum() for b in self.bins])
         self.bin_targets = np.array([targets[b].sum() for b in self.bins])
-        self.efficiency = packing_efficiency(data, self.bins, micro_batch_tokens)
+        self.efficiency = fill_ratio(self.bins, data.lengths, micro_batch_tokens)
         self._orders: dict[int, np.ndarray] = {}
 
     def step_bins(self, step: int) -> np.ndarray:
