@@ -186,6 +186,7 @@ def _check(cfg: SynthConfig, where: str) -> None:
     """Checks that span keys or need more than a type: ranges, mixes, stage names, pipeline/backend fit."""
     q, sy, sk, jz = cfg.quality, cfg.symbolic, cfg.skywork, cfg.jiuzhang
     checks = [
+        (bool(cfg.run.output.strip()), "run.output", "is empty: name a folder for the output, e.g. runs/my-run"),
         (cfg.run.items >= 0, "run.items", "must be >= 0"),
         (cfg.backend.concurrency >= 1, "backend.concurrency", "must be >= 1"),
         (len(cfg.backend.base_urls) >= 1, "backend.base_urls", "needs at least one URL"),

@@ -18,6 +18,7 @@ import asyncio
 import hashlib
 import json
 import re
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -29,7 +30,7 @@ from mathforge.synth import quality
 from mathforge.synth.common import PIPELINES, Context, Pipeline, Reject
 from mathforge.synth.config import QualitySettings, SynthConfig, from_dict
 from mathforge.synth.prompts import Prompts
-from mathforge.synth.store import Journal, shard_name, write_json, write_rows
+from mathforge.synth.store import Journal, shard_name, writable_folder, write_json, write_rows
 
 
 def make_pipeline(cfg: SynthConfig) -> Pipeline:
@@ -53,7 +54,9 @@ def synthesize(
     index, count = shard
     if not (count >= 1 and 0 <= index < count):
         raise ConfigError(f"--shard {index}/{count}: need 0 <= i < n")
-    out = Path(cfg.run.output)
+    out = writable_folder(cfg.run.output, "run.output")
+    if backend is None and cfg.backend.kind == "openai":
+        check_reachable(cfg.backend.base_urls)  # seconds, not the retries' minutes, before anything is written
     name = shard_name(index, count)
     journal_path = out / "work" / f"journal-{name}.jsonl"
     _claim_output(cfg, journal_path, resume)
@@ -73,10 +76,11 @@ def synthesize(
     }
     usage: dict[str, Any] = {}
     try:
-        if pipeline.sync:
-            _run_sync(pipeline, todo, journal, stats, cfg.run.progress)
-        else:
-            usage = asyncio.run(_run_async(pipeline, todo, journal, stats, cfg, backend))
+        with Progress(cfg.run.progress, len(todo), stats) as progress:
+            if pipeline.sync:
+                _run_sync(pipeline, todo, journal, progress)
+            else:
+                usage = asyncio.run(_run_async(pipeline, todo, journal, stats, cfg, backend, progress))
     finally:
         journal.close()
     stats["generate_seconds"] = round(time.perf_counter() - start, 3)
@@ -120,19 +124,107 @@ def _same_settings(stored: Any, digest: str) -> bool:
         return False
 
 
-def _progress(enabled: bool, total: int):
-    from rich.progress import Progress
+def check_reachable(urls: list[str], timeout_s: float = 3.0) -> None:
+    """ConfigError naming the first of `urls` that no server answers at (connection refused, unknown host, no
+    connection within `timeout_s`), found with one GET of <url>/models each. Any HTTP answer, even an error status
+    (a missing API key, no /models route), counts as reachable: the real requests report those themselves."""
+    import http.client
+    import urllib.error
+    import urllib.request
+    from concurrent.futures import ThreadPoolExecutor
 
-    progress = Progress(disable=not enabled, transient=True)
-    return progress, progress.add_task("synthesizing", total=total)
+    def problem(url: str) -> str | None:
+        try:
+            urllib.request.urlopen(url.rstrip("/") + "/models", timeout=timeout_s).close()
+        except urllib.error.HTTPError:
+            return None
+        except urllib.error.URLError as error:  # raised before any answer: no server there
+            return _why_unreachable(error.reason, timeout_s)
+        except ValueError as error:  # not a URL urllib can open ("localhost:8000/v1", "ftp://...")
+            return f"not an http(s) URL ({error})"
+        except (OSError, http.client.HTTPException):  # connected, then a slow or odd answer: a server is there
+            return None
+        return None
+
+    with ThreadPoolExecutor(max_workers=min(16, len(urls))) as pool:
+        for url, why in zip(urls, pool.map(problem, urls)):
+            if why is not None:
+                raise ConfigError(f"cannot reach {url}: {why} (backend.base_urls); is the server running?")
 
 
-def _run_sync(pipeline, todo, journal: Journal, stats: dict, show: bool) -> None:
-    progress, task = _progress(show, len(todo))
-    with progress:
-        for it in todo:
-            journal.append({"id": it["id"], "status": "ok", "rows": pipeline.process_sync(it)})
-            progress.advance(task)
+def _why_unreachable(reason: object, timeout_s: float) -> str:
+    import socket
+
+    if isinstance(reason, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(reason, socket.gaierror):
+        return "unknown host"
+    if isinstance(reason, TimeoutError):
+        return f"no connection within {timeout_s:g} s"
+    return str(getattr(reason, "strerror", None) or reason)
+
+
+class Progress:
+    """Progress of a shard's items. On a terminal a live bar; elsewhere (Slurm logs, pipes) a plain line every
+    tenth of the items or every `every_s` seconds, whichever comes first, and one at the end:
+
+        synth: 120/500 items (24%), 3 rejected, 1 failed, 12.3 items/s, ~31 s left
+    """
+
+    def __init__(self, enabled: bool, total: int, stats: dict[str, Any], *, every_s: float = 10.0, stream=None):
+        self.stream = stream if stream is not None else sys.stdout
+        self.enabled, self.total, self.stats, self.every_s = enabled and total > 0, total, stats, every_s
+        self.done = self.printed = 0
+        self.every = max(1, total // 10)
+        self.start = self.last = time.perf_counter()
+        self.bar = None
+        if self.enabled and self.stream.isatty():
+            from rich.progress import Progress as Bar
+
+            self.bar = Bar(transient=True)
+            self.task = self.bar.add_task("synthesizing", total=total)
+
+    def __enter__(self) -> Progress:
+        if self.bar is not None:
+            self.bar.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+        elif self.enabled and self.printed != self.done:
+            self.line()
+
+    def advance(self) -> None:
+        """One more item handled (kept, rejected or failed)."""
+        self.done += 1
+        if self.bar is not None:
+            failed, rejected = self.stats.get("failed", 0), self.stats.get("rejected", 0)
+            self.bar.update(self.task, advance=1, description=f"synthesizing ({rejected} rejected, {failed} failed)")
+        elif self.enabled and (
+            self.done - self.printed >= self.every
+            or time.perf_counter() - self.last >= self.every_s
+            or self.done == self.total
+        ):
+            self.line()
+
+    def line(self) -> None:
+        now = time.perf_counter()
+        rate = self.done / max(now - self.start, 1e-9)
+        left = f", ~{(self.total - self.done) / rate:.0f} s left" if 0 < self.done < self.total else ""
+        print(
+            f"synth: {self.done}/{self.total} items ({self.done / self.total:.0%}), {self.stats.get('rejected', 0)} "
+            f"rejected, {self.stats.get('failed', 0)} failed, {rate:.1f} items/s{left}",
+            file=self.stream,
+            flush=True,
+        )
+        self.printed, self.last = self.done, now
+
+
+def _run_sync(pipeline, todo, journal: Journal, progress: Progress) -> None:
+    for it in todo:
+        journal.append({"id": it["id"], "status": "ok", "rows": pipeline.process_sync(it)})
+        progress.advance()
 
 
 def _context(cfg: SynthConfig, backend: Any, sandbox: Any) -> Context:
@@ -171,7 +263,9 @@ async def _process(pipeline, it: dict[str, Any], ctx: Context, stats: dict) -> d
         return None
 
 
-async def _run_async(pipeline, todo, journal: Journal, stats: dict, cfg: SynthConfig, backend: Any) -> dict[str, Any]:
+async def _run_async(
+    pipeline, todo, journal: Journal, stats: dict, cfg: SynthConfig, backend: Any, progress: Progress
+) -> dict[str, Any]:
     from mathforge.backends import make_backend
 
     own = backend is None
@@ -183,7 +277,6 @@ async def _run_async(pipeline, todo, journal: Journal, stats: dict, cfg: SynthCo
     queue: asyncio.Queue = asyncio.Queue()
     for it in todo:
         queue.put_nowait(it)
-    progress, task = _progress(cfg.run.progress, len(todo))
 
     async def worker() -> None:
         while not queue.empty():
@@ -191,11 +284,10 @@ async def _run_async(pipeline, todo, journal: Journal, stats: dict, cfg: SynthCo
             record = await _process(pipeline, it, ctx, stats)
             if record is not None:
                 journal.append(record)
-                progress.advance(task)
+            progress.advance()
 
     try:
-        with progress:
-            await asyncio.gather(*(worker() for _ in range(min(cfg.backend.concurrency, max(1, len(todo))))))
+        await asyncio.gather(*(worker() for _ in range(min(cfg.backend.concurrency, max(1, len(todo))))))
     finally:
         if own:
             await backend.aclose()
@@ -322,6 +414,8 @@ def _natural(text: str) -> list:
 
 def merge(cfg: SynthConfig, count: int) -> dict[str, Any]:
     """Filters all `count` shards' journals together (cross-shard dedup) into merged/<stage>/shard-merged.*."""
+    if count < 1:
+        raise ConfigError(f"--merge {count}: give the number of shards the run was split into (>= 1), e.g. --merge 4")
     out = Path(cfg.run.output)
     journals = [out / "work" / f"journal-{shard_name(i, count)}.jsonl" for i in range(count)]
     missing = [str(p) for p in journals if not p.exists()]

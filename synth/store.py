@@ -22,7 +22,27 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from mathforge.errors import DataError
+from mathforge.errors import ConfigError, DataError
+
+
+def writable_folder(path: str | Path, key: str) -> Path:
+    """`path` as a folder this process can write in, created if missing; ConfigError naming `key` and the value
+    if it is empty, a file, or not writable (checked by writing a probe file, which also catches read-only file
+    systems and root-owned folders where permission bits alone would not tell). Call it before any work."""
+    if not str(path).strip():
+        raise ConfigError(f"{key} is empty: name a folder for the output, e.g. runs/my-run")
+    folder = Path(path)
+    blocker = next((p for p in (folder, *folder.parents) if p.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        raise ConfigError(f"{key} = {str(path)!r}: {blocker} is a file, not a folder; choose another path")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        raise ConfigError(f"{key} = {str(path)!r}: cannot write there ({error.strerror or error})") from None
+    return folder
 
 
 def shard_name(index: int, count: int) -> str:
