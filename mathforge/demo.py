@@ -16,13 +16,14 @@ Everything lands in the run folder; the checkpoints are Hugging Face folders.
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from mathforge.errors import ConfigError
-from mathforge.synth.store import write_rows
+from mathforge.synth.store import writable_folder, write_rows
 
 
 @dataclass(frozen=True)
@@ -132,6 +133,7 @@ def _evaluate(model: Path, benches: list[str], recipe: Recipe, out: Path) -> dic
 
 def run_demo(minutes: float = 10.0, out: str | Path = "runs/demo", recipe: Recipe | None = None) -> dict[str, Any]:
     """Runs the demo within about `minutes` of wall time; returns (and writes) the report."""
+    out = check_arguments(minutes, out)
     import torch
 
     from mathforge.model import from_config
@@ -140,12 +142,6 @@ def run_demo(minutes: float = 10.0, out: str | Path = "runs/demo", recipe: Recip
     from mathforge.trainer.train import train
 
     recipe = recipe or Recipe()
-    if minutes <= 0:
-        raise ConfigError(f"--minutes must be positive, got {minutes}")
-    out = Path(out)
-    if (out / "report.json").exists() or (out / "train").exists():
-        raise ConfigError(f"{out} already holds a demo run; pass another --out or remove it")
-    out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     phases: dict[str, float] = {}
     report: dict[str, Any] = {"minutes": minutes, "recipe": asdict(recipe), "phases_s": phases}
@@ -261,6 +257,19 @@ def run_demo(minutes: float = 10.0, out: str | Path = "runs/demo", recipe: Recip
     return report
 
 
+def check_arguments(minutes: float, out: str | Path) -> Path:
+    """The run folder, created and checked writable, once `minutes` and `out` are fit to start: ConfigError naming
+    the flag and its value otherwise (before any work, so a typo costs seconds, not a run)."""
+    if not (isinstance(minutes, (int, float)) and math.isfinite(minutes) and minutes > 0):
+        raise ConfigError(f"--minutes {minutes}: must be a positive number of minutes, e.g. --minutes 10")
+    out = Path(out)
+    if not str(out).strip() or str(out) == ".":
+        raise ConfigError(f"--out {str(out)!r}: name a new folder for the demo run, e.g. --out runs/demo")
+    if (out / "report.json").exists() or (out / "train").exists():
+        raise ConfigError(f"--out {out}: already holds a demo run; pass another --out or remove it")
+    return writable_folder(out, "--out")
+
+
 def _accuracy_table(before: dict[str, Any], after: dict[str, Any]) -> list[dict[str, Any]]:
     rows = []
     for key in after:
@@ -299,25 +308,36 @@ def _write_report(out: Path, report: dict[str, Any]) -> None:
 
 
 def _plot_accuracy(out: Path, rows: list[dict[str, Any]]) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig = accuracy_figure(rows)
+    path = out / "accuracy.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def accuracy_figure(rows: list[dict[str, Any]]):
+    """accuracy.png: before/after bars per evaluation set, each labelled with its value."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = [r["set"] for r in rows]
+    names = [f"{r['set']}\n(n={r['count']})" for r in rows]
     x = range(len(rows))
-    fig, ax = plt.subplots(figsize=(7, 3.5))
-    ax.bar([i - 0.2 for i in x], [100 * r["before"] for r in rows], width=0.4, label="before training")
-    ax.bar([i + 0.2 for i in x], [100 * r["after"] for r in rows], width=0.4, label="after training")
+    fig, ax = plt.subplots(figsize=(8, 4))
+    for shift, key, label in ((-0.2, "before", "before training"), (0.2, "after", "after training")):
+        bars = ax.bar([i + shift for i in x], [100 * r[key] for r in rows], width=0.4, label=label)
+        ax.bar_label(bars, fmt="%.1f", fontsize="small", padding=2)
     ax.set_xticks(list(x), names, rotation=15)
     ax.set_ylabel("accuracy % (lenient)")
-    ax.set_ylim(0, 100)
+    ax.set_ylim(0, 110)  # room for the labels over 100% bars
+    ax.set_yticks(range(0, 101, 20))
+    ax.set_title("mathforge demo: accuracy before and after training (greedy decoding)", pad=28)
     ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2, frameon=False)
     fig.tight_layout()
-    path = out / "accuracy.png"
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return fig
 
 
 def render_markdown(report: dict[str, Any]) -> str:

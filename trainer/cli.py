@@ -32,9 +32,16 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def plot(run_dir: Path = typer.Argument(..., help="A training run folder (holding metrics.jsonl).")) -> None:
         """Write loss.png and throughput.png for a training run."""
+        import json
+
+        from mathforge.errors import DataError
         from mathforge.trainer.metrics import plot_run
 
-        for path in plot_run(run_dir):
+        try:
+            paths = plot_run(run_dir)
+        except json.JSONDecodeError as error:
+            raise DataError(f"{run_dir / 'metrics.jsonl'}: a line is not valid JSON ({error.msg})") from None
+        for path in paths:
             print(f"wrote {path}")
 
 

@@ -126,44 +126,80 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def plot_run(run_dir: Path) -> list[Path]:
-    """loss.png (loss and learning rate by step, one colour per stage) and throughput.png (tokens/s, MFU)."""
+def ema(values: list[float], alpha: float = 0.1) -> list[float]:
+    """Exponential moving average (first value as the start): the trend through a noisy loss curve."""
+    out: list[float] = []
+    for v in values:
+        out.append(v if not out else alpha * v + (1 - alpha) * out[-1])
+    return out
+
+
+def loss_figure(records: list[dict[str, Any]]):
+    """The loss.png figure: raw loss (faint) with its EMA on top, on a log axis when every loss is positive,
+    above the learning rate; one colour per stage; a stage with a single logged step is drawn as a marker."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    records = [r for r in read_metrics(run_dir) if "loss" in r]
-    run_dir = Path(run_dir)
-    stages = list(dict.fromkeys(r["stage"] for r in records))
-    outputs = []
-
     fig, (ax_loss, ax_lr) = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
-    for stage in stages:
+    for i, stage in enumerate(dict.fromkeys(r["stage"] for r in records)):
         rows = [r for r in records if r["stage"] == stage]
-        steps = [r["global_step"] for r in rows]
-        ax_loss.plot(steps, [r["loss"] for r in rows], label=stage)
-        ax_lr.plot(steps, [r["lr"] for r in rows], label=stage)
-    ax_loss.set_ylabel("loss (per target token)")
-    ax_loss.legend()
+        steps, loss = [r["global_step"] for r in rows], [r["loss"] for r in rows]
+        colour, marker = f"C{i}", "o" if len(rows) == 1 else None
+        ax_loss.plot(steps, loss, color=colour, alpha=0.35, linewidth=1, marker=marker, label=f"{stage} (raw)")
+        ax_loss.plot(steps, ema(loss), color=colour, linewidth=2, marker=marker, label=f"{stage} (EMA)")
+        ax_lr.plot(steps, [r["lr"] for r in rows], color=colour, marker=marker, label=stage)
+    if records and all(r["loss"] > 0 for r in records):
+        ax_loss.set_yscale("log")
+    ax_loss.set_ylabel("loss per target token" + (" (log)" if ax_loss.get_yscale() == "log" else ""))
+    ax_loss.set_title(f"training loss ({len(records)} logged steps)")
+    ax_loss.legend(fontsize="small")
     ax_lr.set_ylabel("learning rate")
     ax_lr.set_xlabel("optimizer step")
     fig.tight_layout()
-    outputs.append(run_dir / "loss.png")
-    fig.savefig(outputs[-1], dpi=120)
-    plt.close(fig)
+    return fig
+
+
+def throughput_figure(records: list[dict[str, Any]]):
+    """The throughput.png figure: tokens/s by step and, on a GPU with a known peak, MFU."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 3.5))
     steps = [r["global_step"] for r in records]
-    ax.plot(steps, [r["tokens_per_s"] for r in records], color="tab:blue")
+    marker = "o" if len(records) == 1 else None
+    ax.plot(steps, [r["tokens_per_s"] for r in records], color="tab:blue", marker=marker)
     ax.set_ylabel("tokens/s", color="tab:blue")
     ax.set_xlabel("optimizer step")
     if any(r.get("mfu") is not None for r in records):
         twin = ax.twinx()
-        twin.plot(steps, [100 * (r.get("mfu") or 0) for r in records], color="tab:orange")
+        twin.plot(steps, [100 * (r.get("mfu") or 0) for r in records], color="tab:orange", marker=marker)
         twin.set_ylabel("MFU %", color="tab:orange")
     fig.tight_layout()
-    outputs.append(run_dir / "throughput.png")
-    fig.savefig(outputs[-1], dpi=120)
-    plt.close(fig)
+    return fig
+
+
+def plot_run(run_dir: Path) -> list[Path]:
+    """loss.png (loss and learning rate by step, one colour per stage) and throughput.png (tokens/s, MFU)."""
+    import matplotlib.pyplot as plt
+
+    from mathforge.errors import DataError
+
+    run_dir = Path(run_dir)
+    records = [r for r in read_metrics(run_dir) if "loss" in r]
+    if not records:
+        raise DataError(f"{run_dir / 'metrics.jsonl'}: no logged training steps yet (no line has a loss)")
+    outputs = []
+    for name, make in (("loss.png", loss_figure), ("throughput.png", throughput_figure)):
+        fig = make(records)
+        try:
+            fig.savefig(run_dir / name, dpi=120)
+        except OSError as error:
+            raise DataError(f"{run_dir / name}: cannot write the plot ({error.strerror or error})") from None
+        finally:
+            plt.close(fig)
+        outputs.append(run_dir / name)
     return outputs
