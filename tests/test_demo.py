@@ -59,3 +59,63 @@ def test_demo_runs_end_to_end(tmp_path):
         assert (out / name).is_file(), name
     assert (out / "accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "| heldout (all tiers) | 20 |" in (out / "report.md").read_text()
+
+
+def run_cli(argv, capsys):
+    import pytest
+
+    from mathforge.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return exit_info.value.code, lines[0]
+
+
+def test_demo_refuses_bad_minutes_before_any_work(tmp_path, capsys):
+    out = tmp_path / "demo"
+    for value in ("nan", "inf", "-inf", "-2", "0"):
+        code, line = run_cli(["demo", "--minutes", value, "--out", str(out)], capsys)
+        shown = {"-2": "-2.0", "0": "0.0"}.get(value, value)
+        assert (
+            code == 2 and line == f"error: --minutes {shown}: must be a positive number of minutes, e.g. --minutes 10"
+        )
+    assert not out.exists()
+
+
+def test_demo_refuses_an_unusable_out_folder_before_any_work(tmp_path, capsys):
+    import os
+    from pathlib import Path
+
+    blocker = tmp_path / "file"
+    blocker.write_text("mine\n")
+    code, line = run_cli(["demo", "--minutes", "1", "--out", str(blocker)], capsys)
+    assert code == 2 and line == f"error: --out = '{blocker}': {blocker} is a file, not a folder; choose another path"
+    assert blocker.read_text() == "mine\n"
+    if os.geteuid() == 0:  # root ignores permission bits; /sys refuses even root
+        locked = Path("/sys/mathforge-demo-test")
+    else:
+        (tmp_path / "locked").mkdir(mode=0o500)
+        locked = tmp_path / "locked" / "demo"
+    code, line = run_cli(["demo", "--minutes", "1", "--out", str(locked)], capsys)
+    assert code == 2 and line.startswith(f"error: --out = '{locked}': cannot write there (")
+    (tmp_path / "done" / "train").mkdir(parents=True)
+    code, line = run_cli(["demo", "--out", str(tmp_path / "done")], capsys)
+    assert code == 2 and "already holds a demo run" in line
+
+
+def test_accuracy_figure_has_a_title_and_value_labels():
+    from mathforge.demo import accuracy_figure
+
+    fig = accuracy_figure(
+        [
+            {"set": "heldout-normal", "count": 10, "before": 0.0, "after": 0.9},
+            {"set": "gsm8k-sample", "count": 4, "before": 0.25, "after": 0.5},
+        ]
+    )
+    ax = fig.axes[0]
+    assert "accuracy before and after training" in ax.get_title()
+    assert sorted(t.get_text() for t in ax.texts) == ["0.0", "25.0", "50.0", "90.0"]
+    assert [round(b.get_height(), 6) for b in ax.patches] == [0.0, 25.0, 90.0, 50.0]
