@@ -10,6 +10,10 @@ ones. When the shard's items are done, the dataset filters run over the shard's 
 near-duplicate removal, decontamination, lengths) and the data files, removed-rows log and manifest
 are (re)written. `merge(cfg, n)` applies the same filters across all n shards' journals — the step
 to run once all array jobs are done, so duplicates across shards go too.
+
+Before the first request of an OpenAI-compatible run, every `backend.base_urls` entry gets one GET of
+<url>/models (3 s): no server there is a ConfigError in seconds, not minutes of retries. Progress is a live
+bar on a terminal and, in a log file (Slurm, a pipe), a plain line every tenth of the items or 10 s.
 """
 
 from __future__ import annotations
@@ -134,14 +138,17 @@ def check_reachable(urls: list[str], timeout_s: float = 3.0) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
     def problem(url: str) -> str | None:
+        if not url.lower().startswith(("http://", "https://")):
+            return "not an http(s) URL; write it like http://host:8000/v1 (backend.base_urls)"
         try:
             urllib.request.urlopen(url.rstrip("/") + "/models", timeout=timeout_s).close()
         except urllib.error.HTTPError:
             return None
         except urllib.error.URLError as error:  # raised before any answer: no server there
-            return _why_unreachable(error.reason, timeout_s)
-        except ValueError as error:  # not a URL urllib can open ("localhost:8000/v1", "ftp://...")
-            return f"not an http(s) URL ({error})"
+            why = _why_unreachable(error.reason, timeout_s)
+            return f"{why} (backend.base_urls); is the server running (or still loading its model)?"
+        except ValueError as error:  # a URL urllib cannot open, e.g. a bad port
+            return f"not a valid URL ({error}) (backend.base_urls)"
         except (OSError, http.client.HTTPException):  # connected, then a slow or odd answer: a server is there
             return None
         return None
@@ -149,7 +156,7 @@ def check_reachable(urls: list[str], timeout_s: float = 3.0) -> None:
     with ThreadPoolExecutor(max_workers=min(16, len(urls))) as pool:
         for url, why in zip(urls, pool.map(problem, urls)):
             if why is not None:
-                raise ConfigError(f"cannot reach {url}: {why} (backend.base_urls); is the server running?")
+                raise ConfigError(f"cannot reach {url}: {why}")
 
 
 def _why_unreachable(reason: object, timeout_s: float) -> str:

@@ -118,7 +118,7 @@ def test_no_server_fails_in_seconds_naming_the_url(tmp_path, capsys):
     assert time.monotonic() - start < 20  # it used to retry for minutes
     assert code == 2
     assert one_error_line(err) == (
-        f"error: cannot reach {url}: connection refused (backend.base_urls); is the server running?"
+        f"error: cannot reach {url}: connection refused (backend.base_urls); is the server running (or still loading its model)?"
     )
     assert not (out / "work").exists()  # no journal: the same command works once the server is up
 
@@ -201,3 +201,14 @@ def test_loss_plot_log_axis_ema_and_a_one_point_run(tmp_path, capsys):
     assert code in (0, None) and f"wrote {run / 'loss.png'}" in stdout
     for name in ("loss.png", "throughput.png"):
         assert (run / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_base_url_without_a_scheme_is_named():
+    from mathforge.errors import ConfigError
+    from mathforge.synth.run import check_reachable
+
+    with pytest.raises(ConfigError) as error:
+        check_reachable(["localhost:8000/v1"])
+    assert str(error.value) == (
+        "cannot reach localhost:8000/v1: not an http(s) URL; write it like http://host:8000/v1 (backend.base_urls)"
+    )
