@@ -126,8 +126,11 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def ema(values: list[float], alpha: float = 0.1) -> list[float]:
-    """Exponential moving average (first value as the start): the trend through a noisy loss curve."""
+def ema(values: list[float], alpha: float | None = None) -> list[float]:
+    """Exponential moving average (first value as the start): the trend through a noisy loss curve. The default
+    `alpha` spans about a twentieth of the points, so a short run's trend does not lag behind its loss."""
+    if alpha is None:
+        alpha = 2 / (max(2, len(values) // 20) + 1)
     out: list[float] = []
     for v in values:
         out.append(v if not out else alpha * v + (1 - alpha) * out[-1])
@@ -151,7 +154,11 @@ def loss_figure(records: list[dict[str, Any]]):
         ax_loss.plot(steps, ema(loss), color=colour, linewidth=2, marker=marker, label=f"{stage} (EMA)")
         ax_lr.plot(steps, [r["lr"] for r in rows], color=colour, marker=marker, label=stage)
     if records and all(r["loss"] > 0 for r in records):
+        from matplotlib.ticker import FormatStrFormatter
+
         ax_loss.set_yscale("log")
+        for axis_format in (ax_loss.yaxis.set_major_formatter, ax_loss.yaxis.set_minor_formatter):
+            axis_format(FormatStrFormatter("%g"))  # 0.4, 2, 6 rather than 4x10^-1
     ax_loss.set_ylabel("loss per target token" + (" (log)" if ax_loss.get_yscale() == "log" else ""))
     ax_loss.set_title(f"training loss ({len(records)} logged steps)")
     ax_loss.legend(fontsize="small")
