@@ -100,7 +100,10 @@ class LoopbackServer:
                 headers = dict(line.split(":", 1) for line in head.decode("latin-1").split("\r\n")[1:] if ":" in line)
                 length = int(next((v for k, v in headers.items() if k.strip().lower() == "content-length"), "0"))
                 body = await reader.readexactly(length) if length else b""
-                status, payload = await self._reply(body)
+                if head.startswith(b"GET "):  # a reachability check (GET /models): no fault, not counted
+                    status, payload = 200, {"object": "list", "data": [{"id": "fake", "object": "model"}]}
+                else:
+                    status, payload = await self._reply(body)
                 data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
                 writer.write(
                     f"HTTP/1.1 {status} {'OK' if status == 200 else 'Error'}\r\nContent-Type: application/json\r\n"
