@@ -30,7 +30,7 @@ def build(config: ModelConfig, dtype: torch.dtype, device: torch.device | str) -
 
 def _preset(name: str) -> ModelConfig:
     if name not in PRESETS:
-        raise ConfigError(f"unknown model preset {name!r}; presets: {', '.join(PRESETS)}")
+        raise ConfigError(f"model {name!r}: no such folder, and not a preset name (presets: {', '.join(PRESETS)})")
     return dataclasses.replace(PRESETS[name])
 
 

@@ -3,7 +3,9 @@
     <run>/checkpoints/step-00000120/
         model/               Hugging Face folder (config, safetensors, tokenizer): loads in transformers/vLLM
         optimizer.pt         full optimizer state (keyed by parameter name)
-        trainer_state.json   stage, step within the stage, global step, tokens seen, elapsed time
+        trainer_state.json   stage, step within the stage, global step, tokens seen, elapsed time, the
+                             summaries of the stages already done
+        config.json          the run's resolved config: a resume with other settings is refused
         rng-rank<r>.pt       every rank's torch / CUDA / numpy / python RNG states
 
 Resuming restores all of it, so a run killed at any point continues bit-identically from the last
@@ -16,7 +18,7 @@ import json
 import os
 import random
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +42,9 @@ class TrainerState:
     tokens_seen: int = 0
     elapsed_s: float = 0.0
     finished: bool = False
+    stages: list[dict[str, Any]] = field(default_factory=list)  # summaries of the finished stages
+    stage_tokens: int = 0  # tokens and timed seconds of the stage in progress, for its throughput
+    stage_seconds: float = 0.0
 
 
 def _rank() -> int:
@@ -82,9 +87,11 @@ def save_checkpoint(
     state: TrainerState,
     tokenizer: Any,
     keep_last: int,
+    config: dict[str, Any] | None = None,
 ) -> Path:
     """Writes a checkpoint of the current step (call on every rank) and prunes all but the last `keep_last`.
-    `module` is what the optimizer was built on; `module.model` is the Transformer."""
+    `module` is what the optimizer was built on; `module.model` is the Transformer; `config` (the run's resolved
+    config) is stored beside the state so that a resume can check it continues the same run."""
     root = run_dir / "checkpoints"
     final = root / f"step-{state.global_step:08d}"
     partial = root / f".step-{state.global_step:08d}.partial"
@@ -100,7 +107,9 @@ def save_checkpoint(
     if _rank() == 0:
         save_model_folder(module.model, partial / "model", tokenizer, weights)
         torch.save(optim_state, partial / "optimizer.pt")
-        (partial / "trainer_state.json").write_text(json.dumps(asdict(state), indent=2) + "\n")
+        (partial / "trainer_state.json").write_text(json.dumps(asdict(state), indent=2, default=str) + "\n")
+        if config is not None:
+            (partial / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     _barrier()
     if _rank() == 0:
         _fsync_tree(partial)
@@ -142,3 +151,57 @@ def restore(checkpoint: Path, module: torch.nn.Module, optimizer: torch.optim.Op
     if not rng_file.exists():
         raise DataError(f"{rng_file}: missing; resume with the same number of processes as the run that saved it")
     set_rng_state(torch.load(rng_file, weights_only=False))
+
+
+# What a training run writes into its folder (the tokenized-data cache is not among them: it is keyed by its
+# inputs and reused by any run).
+RUN_OUTPUTS = (
+    "checkpoints",
+    "final",
+    "metrics.jsonl",
+    "summary.json",
+    "config.json",
+    "tensorboard",
+    "loss.png",
+    "throughput.png",
+)
+
+
+def run_outputs(run_dir: Path) -> list[Path]:
+    """The outputs of an earlier run in `run_dir` (empty when there is none)."""
+    return [run_dir / name for name in RUN_OUTPUTS if (run_dir / name).exists()]
+
+
+def describe_output(path: Path) -> str:
+    """How an output is named in messages: "checkpoints/ (2 checkpoints)", "metrics.jsonl (40 records)"."""
+    if path.name == "checkpoints":
+        count = len(list(path.glob("step-*")))
+        return f"checkpoints/ ({count} checkpoint{'' if count == 1 else 's'})"
+    if path.name == "metrics.jsonl":
+        with path.open() as handle:
+            count = sum(1 for line in handle if line.strip())
+        return f"metrics.jsonl ({count} record{'' if count == 1 else 's'})"
+    return f"{path.name}/" if path.is_dir() else path.name
+
+
+def remove_outputs(run_dir: Path) -> list[str]:
+    """Deletes an earlier run's outputs from `run_dir`; returns what was removed, as `describe_output` says it."""
+    removed = []
+    for path in run_outputs(run_dir):
+        removed.append(describe_output(path))
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+    return removed
+
+
+def saved_config(checkpoint: Path, run_dir: Path) -> dict[str, Any] | None:
+    """The config a checkpoint was written under (its own copy, else the run folder's config.json)."""
+    for file in (checkpoint / "config.json", run_dir / "config.json"):
+        if file.exists():
+            try:
+                return json.loads(file.read_text())
+            except json.JSONDecodeError as error:
+                raise DataError(f"{file}: unreadable config ({error})") from None
+    return None

@@ -8,6 +8,7 @@ keys and bad values raise `ConfigError` naming the key (with its file) and the a
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -17,7 +18,16 @@ from mathforge.errors import ConfigError
 from mathforge.trainer.optim import SCHEDULES
 from mathforge.trainer.templates import check_template
 
-__all__ = ["Config", "LossConfig", "StageConfig", "apply_overrides", "config_from_dict", "load_config"]
+__all__ = [
+    "Config",
+    "LossConfig",
+    "StageConfig",
+    "apply_overrides",
+    "config_from_dict",
+    "config_warnings",
+    "load_config",
+    "result_differences",
+]
 
 
 @dataclass
@@ -159,7 +169,13 @@ def config_from_dict(raw: dict[str, Any], source: str = "<dict>") -> Config:
 
 def _validate(config: Config) -> None:
     src = config.source
+    if not str(config.run.out_dir).strip():
+        raise ConfigError(f'{src}: [run] out_dir is empty; name the run folder, e.g. out_dir = "runs/my-run"')
     checks = [
+        (config.run.log_every >= 1, f"[run] log_every = {config.run.log_every} must be >= 1"),
+        (config.run.checkpoint_every >= 0, f"[run] checkpoint_every = {config.run.checkpoint_every} must be >= 0"),
+        (config.train.max_steps >= 0, f"[train] max_steps = {config.train.max_steps} must be >= 0 (0 = no limit)"),
+        (config.train.time_limit_s >= 0, f"[train] time_limit_s = {config.train.time_limit_s} must be >= 0"),
         (config.train.micro_batch_tokens > 0, "[train] micro_batch_tokens must be > 0"),
         (config.train.grad_accum > 0, "[train] grad_accum must be > 0"),
         (config.data.max_seq_len > 1, "[data] max_seq_len must be > 1"),
@@ -185,6 +201,12 @@ def _validate(config: Config) -> None:
     for i, stage in enumerate(config.stages):
         if not stage.data:
             raise ConfigError(f"{src}: stages[{i}] ({stage.name}) has no data")
+        for key in ("steps", "epochs"):
+            value = getattr(stage, key)
+            if value < 0:
+                raise ConfigError(f"{src}: stages.{i}.{key} = {value} ({stage.name}) must be >= 0")
+        if stage.lr is not None and stage.lr < 0:
+            raise ConfigError(f"{src}: stages.{i}.lr = {stage.lr} ({stage.name}) must be >= 0")
         if stage.epochs <= 0 and stage.steps <= 0:
             raise ConfigError(f"{src}: stages[{i}] ({stage.name}) needs epochs > 0 or steps > 0")
         max_len = stage.max_seq_len or config.data.max_seq_len
@@ -193,6 +215,68 @@ def _validate(config: Config) -> None:
                 f"{src}: stages[{i}] max_seq_len={max_len} exceeds [train] micro_batch_tokens="
                 f"{config.train.micro_batch_tokens}; a sequence must fit one micro-batch"
             )
+
+
+# Keys that may differ between a run and its resumption: they change how the run is logged, saved, stopped or
+# computed, not what it computes (the same steps on the same data with the same settings).
+RESUME_NEUTRAL_KEYS = (
+    "run.out_dir",
+    "run.log_every",
+    "run.checkpoint_every",
+    "run.keep_last",
+    "run.tensorboard",
+    "data.num_proc",
+    "data.cache_dir",
+    "train.max_steps",
+    "train.time_limit_s",
+    "train.peak_tflops",
+    "train.device",
+    "model.attention_backend",
+    "model.compile",
+    "model.activation_checkpointing",
+)
+
+
+def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, dict):
+        items = value.items()
+    elif isinstance(value, list) and prefix == "stages":
+        items = ((str(i), v) for i, v in enumerate(value))
+    else:
+        return {prefix: value}
+    out: dict[str, Any] = {}
+    for key, item in items:
+        out |= _flatten(item, f"{prefix}.{key}" if prefix else str(key))
+    return out
+
+
+def result_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+    """(key, saved value, current value) for every setting that changes what a run computes and differs
+    between a run's stored config (`Config.to_dict()`, as JSON) and `current`; keys in RESUME_NEUTRAL_KEYS
+    may differ. A key missing on one side shows as "<absent>"."""
+    old, new = _flatten(json.loads(json.dumps(saved))), _flatten(json.loads(json.dumps(current)))
+    diffs = []
+    for key in sorted(set(old) | set(new), key=lambda k: [int(p) if p.isdigit() else p for p in k.split(".")]):
+        if key in RESUME_NEUTRAL_KEYS:
+            continue
+        a, b = old.get(key, "<absent>"), new.get(key, "<absent>")
+        if a != b:
+            diffs.append((key, a, b))
+    return diffs
+
+
+def config_warnings(config: Config) -> list[str]:
+    """One line for each setting that is legal but probably not meant: a stage that trains with lr = 0."""
+    warnings = []
+    for i, stage in enumerate(config.stages):
+        lr = config.stage_optim(stage).lr
+        if lr == 0:
+            where = f"stages.{i}.lr" if stage.lr is not None else "[optim] lr"
+            warnings.append(
+                f"warning: {config.source}: stage {stage.name} trains with learning rate 0 ({where} = 0): "
+                "its steps will not change the weights"
+            )
+    return warnings
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:

@@ -4,6 +4,7 @@ installed), and plots."""
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -49,11 +50,11 @@ class Throughput:
     how fast the host queues work, not the work: time is taken over the span of steps between two syncs, from
     the start of the first step (so logging and checkpointing are not counted) to the sync that ends it."""
 
-    def __init__(self, device: torch.device) -> None:
+    def __init__(self, device: torch.device, stage_tokens: int = 0, stage_seconds: float = 0.0) -> None:
         self.device = device
         self._tick: float | None = None
         self.tokens, self.flops, self.seconds = 0, 0.0, 0.0  # since the last logging step
-        self.stage_tokens, self.stage_seconds = 0, 0.0
+        self.stage_tokens, self.stage_seconds = stage_tokens, stage_seconds  # a resumed stage starts from its own
         self.tokens_per_s = 0.0  # of the last interval
         self.loss = float("nan")  # the last logged loss
 
@@ -88,6 +89,11 @@ class Throughput:
     def stage_tokens_per_s(self) -> float | None:
         return self.stage_tokens / self.stage_seconds if self.stage_seconds else None
 
+    def stage_totals(self) -> tuple[int, float]:
+        """(tokens, seconds) of the stage so far, the interval not yet logged included (for a checkpoint)."""
+        self.pause()
+        return self.stage_tokens + self.tokens, self.stage_seconds + self.seconds
+
 
 class MetricsLog:
     """Appends one JSON object per logged step to `metrics.jsonl`; mirrors scalars to TensorBoard if it is installed."""
@@ -102,7 +108,11 @@ class MetricsLog:
 
                 self.writer = SummaryWriter(str(run_dir / "tensorboard"))
             except ImportError:
-                pass
+                print(
+                    "warning: [run] tensorboard = true but tensorboard is not installed; metrics go to "
+                    f"{self.path} only (pip install tensorboard, or set run.tensorboard = false)",
+                    file=sys.stderr,
+                )
 
     def log(self, record: dict[str, Any]) -> None:
         with self.path.open("a") as handle:
@@ -115,6 +125,21 @@ class MetricsLog:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+
+
+def trim_metrics(run_dir: Path, global_step: int) -> int:
+    """Drops the records of `metrics.jsonl` past `global_step` (steps a resumed run is about to redo, logged
+    by a process that died after its last checkpoint); returns how many were dropped."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.exists():
+        return 0
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    kept = [line for line in lines if json.loads(line).get("global_step", 0) <= global_step]
+    if len(kept) < len(lines):
+        partial = path.with_suffix(".jsonl.partial")
+        partial.write_text("".join(line + "\n" for line in kept))
+        partial.replace(path)
+    return len(lines) - len(kept)
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:

@@ -13,6 +13,9 @@ import dataclasses
 import json
 import math
 import os
+import signal
+import sys
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,13 +29,17 @@ from torch import nn
 from mathforge.errors import ConfigError, MathforgeError
 from mathforge.trainer.checkpoint import (
     TrainerState,
+    describe_output,
     latest_checkpoint,
     load_trainer_state,
+    remove_outputs,
     restore,
+    run_outputs,
     save_checkpoint,
     save_model_folder,
+    saved_config,
 )
-from mathforge.trainer.config import Config, LossConfig, StageConfig
+from mathforge.trainer.config import Config, LossConfig, StageConfig, config_warnings, result_differences
 from mathforge.trainer.data import (
     TokenizedData,
     build_micro_batch,
@@ -40,13 +47,24 @@ from mathforge.trainer.data import (
     target_counts,
     tokenize,
 )
-from mathforge.trainer.metrics import MetricsLog, Throughput, mfu, peak_tflops
+from mathforge.trainer.metrics import MetricsLog, Throughput, mfu, peak_tflops, trim_metrics
 from mathforge.trainer.optim import build_optimizer, lr_at
 from mathforge.trainer.packing import fill_ratio
 
 
 class TrainingError(MathforgeError):
     """Training cannot go on (e.g. a non-finite loss); the message says where the last good weights are."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped the run after a step, with a checkpoint; `str()` says the step and how to continue."""
+
+    def __init__(self, message: str, summary: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.message, self.summary = message, summary
+
+    def __str__(self) -> str:
+        return self.message
 
 
 def loss_kwargs(loss: LossConfig) -> dict[str, Any]:
@@ -94,6 +112,65 @@ def _device(config: Config, distributed_device: torch.device | None) -> torch.de
     if config.train.device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(config.train.device)
+
+
+def check_out_dir(config: Config) -> Path:
+    """The run folder, refused before any work when it is a file, under a file, or not writable."""
+    run_dir = Path(config.run.out_dir)
+    where = f"{config.source}: [run] out_dir = {str(run_dir)!r}"
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"{where} is a file, not a folder; choose another run.out_dir")
+    existing = run_dir
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"{where}: {existing} is a file, so the folder cannot be made; choose another run.out_dir")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"{where}: {existing} is not writable; choose another run.out_dir")
+    return run_dir
+
+
+def check_model_init(config: Config) -> None:
+    """[model] init must be a folder or a preset name."""
+    from mathforge.model.config import PRESETS
+
+    init = config.model.init
+    if not Path(init).is_dir() and init not in PRESETS:
+        raise ConfigError(
+            f"{config.source}: model.init = {init!r}: no such folder, and not a preset name "
+            f"(presets: {', '.join(PRESETS)})"
+        )
+
+
+def check_earlier_run(run_dir: Path, *, resume: bool, force: bool, is_main: bool) -> None:
+    """A folder holding an earlier run is continued (`resume`), cleared first (`force`: says what went) or
+    refused: nothing of an earlier run is replaced or appended to silently."""
+    if resume and force:
+        raise ConfigError("--resume continues the run in out_dir and --force deletes it: pass one of them")
+    outputs = run_outputs(run_dir)
+    if not outputs or resume:
+        return
+    if not force:
+        raise ConfigError(
+            f"{run_dir} already holds a training run ({', '.join(describe_output(p) for p in outputs)}); "
+            "pass --resume to continue it, or --force to delete it and start over"
+        )
+    if is_main:
+        print(f"--force: removed from {run_dir}: {', '.join(remove_outputs(run_dir))}")
+
+
+def _check_resume(config: Config, run_dir: Path, checkpoint: Path) -> None:
+    """A resume must compute what the run would have: settings that change the result must be the run's."""
+    saved = saved_config(checkpoint, run_dir)
+    if saved is None:
+        return
+    diffs = result_differences(saved, config.to_dict())
+    if diffs:
+        listed = "; ".join(f"{key} = {json.dumps(old)} in the run, {json.dumps(new)} now" for key, old, new in diffs)
+        raise ConfigError(
+            f"{config.source}: cannot resume {run_dir} with other settings: {listed}. Resume with the run's "
+            "settings, or start over with --force (or another run.out_dir)"
+        )
 
 
 def _precision(config: Config, device: torch.device) -> str:
@@ -175,25 +252,30 @@ class Run:
     peak: float | None = None  # the GPU's bf16 TFLOP/s, for MFU
     log: MetricsLog | None = None  # rank 0 only
     started: float = 0.0  # perf_counter() at the run's start, earlier sessions included
+    plain_log: bool = True  # one printed line per logging step (no progress bar)
 
     @property
     def is_main(self) -> bool:
         return self.rank == 0
 
 
-def setup(config: Config, *, resume: bool = False) -> Run:
-    """Process group, device, precision and run folder; the state of the checkpoint to resume (if any); then,
+def setup(config: Config, *, resume: bool = False, force: bool = False) -> Run:
+    """Process group, device, precision and run folder (checked: a file, an earlier run without `resume` or
+    `force`, a resume with other settings are refused); the state of the checkpoint to resume (if any); then,
     unless that run already finished, tokenizer, model, optimizer (restored), autocast and the metrics log."""
     rank, world, distributed_device = _distributed()
     device = _device(config, distributed_device)
-    run_dir = Path(config.run.out_dir)
-    if rank == 0:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+    run_dir = check_out_dir(config)
+    check_model_init(config)
+    check_earlier_run(run_dir, resume=resume, force=force, is_main=rank == 0)
     checkpoint = latest_checkpoint(run_dir) if resume else None
-    if resume and checkpoint is None and rank == 0:
-        print(f"no checkpoint in {run_dir / 'checkpoints'}; starting from the beginning")
+    if checkpoint is not None:
+        _check_resume(config, run_dir, checkpoint)
+    if world > 1:
+        dist.barrier()  # every rank has checked the folder before rank 0 writes to it
     state = load_trainer_state(checkpoint) if checkpoint else TrainerState()
+    if rank == 0:
+        _prepare_run_dir(config, run_dir, resume=resume, checkpoint=checkpoint, state=state)
     run = Run(config, rank, world, device, _precision(config, device), run_dir, state)
     if state.finished:
         return run
@@ -205,6 +287,23 @@ def setup(config: Config, *, resume: bool = False) -> Run:
     run.log = MetricsLog(run_dir, config.run.tensorboard) if run.is_main else None
     run.started = time.perf_counter() - state.elapsed_s
     return run
+
+
+def _prepare_run_dir(config: Config, run_dir: Path, *, resume: bool, checkpoint: Path | None, state) -> None:
+    """Rank 0: makes the folder, writes config.json, drops metrics a resume redoes, prints the warnings."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+    except OSError as error:
+        raise ConfigError(f"{config.source}: [run] out_dir = {str(run_dir)!r}: cannot write there ({error})") from None
+    if resume and checkpoint is None:
+        print(f"no checkpoint in {run_dir / 'checkpoints'}; starting from the beginning")
+    if resume and not state.finished:
+        dropped = trim_metrics(run_dir, state.global_step)
+        if dropped:
+            print(f"resuming at step {state.global_step}: dropped {dropped} metrics records of later steps (redone)")
+    for warning in config_warnings(config):
+        print(warning, file=sys.stderr)
 
 
 def _build_module(run: Run, checkpoint: Path | None) -> tuple[nn.Module, LossModule, torch.optim.Optimizer]:
@@ -449,6 +548,13 @@ def log_step(run: Run, plan: StagePlan, stage: str, step: int, result: StepResul
             **_loss_parts(result),
         }
     )
+    if run.plain_log:
+        lr = run.optimizer.param_groups[0]["lr"]
+        print(
+            f"{stage} step {step + 1}/{plan.total_steps} (global {run.state.global_step}): loss {meter.loss:.4f}, "
+            f"lr {lr:.3g}, {meter.tokens_per_s:,.0f} tokens/s",
+            flush=True,
+        )
 
 
 def _loss_parts(result: StepResult) -> dict[str, float]:
@@ -459,9 +565,14 @@ def _loss_parts(result: StepResult) -> dict[str, float]:
     return {"ce_loss": result.loss.item() - z, "z_loss": z}
 
 
-def save(run: Run) -> Path:
-    """A checkpoint of the current state (every rank calls it)."""
-    return save_checkpoint(run.dir, run.module, run.optimizer, run.state, run.tokenizer, run.config.run.keep_last)
+def save(run: Run, meter: Throughput | None = None) -> Path:
+    """A checkpoint of the current state (every rank calls it); with the stage's `meter`, its throughput so far."""
+    if meter is not None:
+        run.state.stage_tokens, run.state.stage_seconds = meter.stage_totals()
+    config = run.config.to_dict()
+    return save_checkpoint(
+        run.dir, run.module, run.optimizer, run.state, run.tokenizer, run.config.run.keep_last, config
+    )
 
 
 def stage_summary(stage: StageConfig, plan: StagePlan, run: Run, meter: Throughput) -> dict[str, Any]:
@@ -478,14 +589,15 @@ def stage_summary(stage: StageConfig, plan: StagePlan, run: Run, meter: Throughp
     }
 
 
-def finish(run: Run, summary: dict[str, Any], stop: str | None) -> dict[str, Any]:
+def finish(run: Run, summary: dict[str, Any], stop: str | None, meter: Throughput | None) -> dict[str, Any]:
     """A stopped run saves a checkpoint to resume; a finished one its final Hugging Face folder. Then summary.json."""
     run.state.finished = stop is None
     run.state.elapsed_s = time.perf_counter() - run.started
-    summary |= {"state": asdict(run.state), "stopped": stop, "elapsed_s": run.state.elapsed_s}
     if stop:
-        save(run)
-    else:
+        summary["checkpoint"] = str(save(run, meter))
+    state = {k: v for k, v in asdict(run.state).items() if k != "stages"}  # the stages are listed in full
+    summary |= {"state": state, "stopped": stop, "elapsed_s": run.state.elapsed_s}
+    if not stop:
         weights = run.model.hf_state_dict()  # collective under FSDP
         if run.is_main:
             save_model_folder(run.model, run.dir / "final", run.tokenizer, weights)
@@ -501,8 +613,95 @@ def finish(run: Run, summary: dict[str, Any], stop: str | None) -> dict[str, Any
 # ---------------------------------------------------------------- the loop
 
 
-def train(config: Config, *, resume: bool = False, progress: bool = True) -> dict[str, Any]:
+class InterruptFlag:
+    """Ctrl-C (SIGINT) while training: the first asks the loop to stop after the step in progress, with a
+    checkpoint; a second one stops at once (KeyboardInterrupt, nothing saved). Installed only in the main thread."""
+
+    def __init__(self, announce: bool) -> None:
+        self.set = False
+        self.announce = announce
+        self._previous: Any = None
+
+    def __enter__(self) -> InterruptFlag:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.set:
+            raise KeyboardInterrupt
+        self.set = True
+        if self.announce:
+            print(
+                "\nCtrl-C: stopping after this step with a checkpoint (Ctrl-C again stops at once, unsaved)", flush=True
+            )
+
+    def requested(self, run: Run, sync_step: bool) -> bool:
+        """Whether to stop now. On one process at once; on many, all ranks agree on syncing steps only (a step
+        that logs or checkpoints), so no rank leaves the others waiting in a collective."""
+        if run.world == 1:
+            return self.set
+        if not sync_step:
+            return False
+        flag = torch.tensor([float(self.set)], device=run.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
+
+
+def run_stage(
+    run: Run, index: int, stage: StageConfig, flag: InterruptFlag, bar_enabled: bool
+) -> tuple[dict[str, Any], str | None, Throughput]:
+    """One stage from the trainer state's step to its end or a stop; (its summary, the stop reason, its meter)."""
+    config = run.config
+    plan, optim_cfg = stage_data(run, index, stage), config.stage_optim(stage)
+    if run.state.stage_step == 0 and index > 0 and stage.reset_optimizer:
+        run.optimizer = build_optimizer(run.module, config.optim)
+    if run.state.stage_step == 0:
+        run.state.stage_tokens, run.state.stage_seconds = 0, 0.0
+    meter = Throughput(run.device, run.state.stage_tokens, run.state.stage_seconds)
+    watch = FiniteWatch(run.device)
+    bar = _Bar(stage.name, plan.total_steps, run.state.stage_step) if bar_enabled else None
+    stop = None
+    try:
+        for step in range(run.state.stage_step, plan.total_steps):
+            meter.start()
+            result = forward_backward(run, plan, step)
+            watch.record(step, result)
+            global_step = run.state.global_step + 1  # once this step is applied
+            save_now = checkpoint_due(config, plan, step, global_step)
+            periodic = log_due(config, plan, step, global_step) or save_now
+            stop = stop_reason(config, global_step, time.perf_counter() - run.started)
+            if stop is None and flag.requested(run, periodic):
+                stop = "interrupted"
+            if periodic or stop:
+                watch.check(run, stage.name, step)  # a bad step stops here, before its update
+            optimizer_step(run.optimizer, lr_at(step, plan.total_steps, optim_cfg))
+            advance(run, plan, step, meter)
+            if periodic or stop:
+                log_step(run, plan, stage.name, step, result, meter)
+            if save_now and not stop:
+                save(run, meter)
+            if bar is not None:
+                bar.update(loss=meter.loss, tokens_per_s=meter.tokens_per_s)
+            if stop:
+                break
+    finally:
+        if bar is not None:
+            bar.close()
+    return stage_summary(stage, plan, run, meter), stop, meter
+
+
+def train(config: Config, *, resume: bool = False, force: bool = False, progress: bool = True) -> dict[str, Any]:
     """Runs every stage of `config`; returns (and writes to <out_dir>/summary.json) what happened.
+
+    A run folder holding an earlier run is refused unless `resume` (continue it: the settings that change the
+    result must be the same) or `force` (delete its outputs first). With `progress` and a terminal, a progress bar;
+    otherwise one printed line per logging step. Ctrl-C stops after the step in progress with a checkpoint and
+    raises `TrainingInterrupted` (a KeyboardInterrupt) saying how to continue.
 
     The host waits for the device only on logging steps (every `log_every` global steps, a stage's last step,
     a stop) and checkpoint steps; in between, loss and gradient norm stay on the device. A non-finite loss or
@@ -510,53 +709,39 @@ def train(config: Config, *, resume: bool = False, progress: bool = True) -> dic
     at the latest (at once with log_every = 1): when found before its own update, that update is skipped and
     the last good step is saved as a checkpoint; when found later, the last good checkpoint is named instead.
     """
-    run = setup(config, resume=resume)
+    run = setup(config, resume=resume, force=force)
     if run.state.finished:
         return json.loads((run.dir / "summary.json").read_text())
+    bar_enabled = progress and run.is_main and sys.stdout.isatty()
+    run.plain_log = not bar_enabled
     summary: dict[str, Any] = {
-        "stages": [],
+        "stages": list(run.state.stages),  # stages finished by earlier processes of this run
         "precision": run.precision,
         "device": str(run.device),
         "world_size": run.world,
     }
-    stop = None
-    for index, stage in enumerate(config.stages):
-        if index < run.state.stage:
-            continue
-        plan, optim_cfg = stage_data(run, index, stage), config.stage_optim(stage)
-        if run.state.stage_step == 0 and index > 0 and stage.reset_optimizer:
-            run.optimizer = build_optimizer(run.module, config.optim)
-        meter, watch = Throughput(run.device), FiniteWatch(run.device)
-        bar = _progress(stage.name, plan.total_steps, run.state.stage_step, enabled=progress and run.is_main)
-        for step in range(run.state.stage_step, plan.total_steps):
-            meter.start()
-            result = forward_backward(run, plan, step)
-            watch.record(step, result)
-            global_step = run.state.global_step + 1  # once this step is applied
-            stop = stop_reason(config, global_step, time.perf_counter() - run.started)
-            log_now = stop is not None or log_due(config, plan, step, global_step)
-            save_now = checkpoint_due(config, plan, step, global_step)
-            if log_now or save_now:
-                watch.check(run, stage.name, step)  # a bad step stops here, before its update
-            optimizer_step(run.optimizer, lr_at(step, plan.total_steps, optim_cfg))
-            advance(run, plan, step, meter)
-            if log_now:
-                log_step(run, plan, stage.name, step, result, meter)
-            if save_now:
-                meter.pause()
-                save(run)
-            if bar is not None:
-                bar.update(loss=meter.loss, tokens_per_s=meter.tokens_per_s)
+    stop, meter = None, None
+    with InterruptFlag(announce=run.is_main) as flag:
+        for index, stage in enumerate(config.stages):
+            if index < run.state.stage:
+                continue
+            if run.state.stage_step == 0 and flag.requested(run, sync_step=True):
+                stop = "interrupted"  # between stages: the previous stage's end is saved; skip tokenizing
+                break
+            stage_result, stop, meter = run_stage(run, index, stage, flag, bar_enabled)
+            summary["stages"].append(stage_result)
             if stop:
                 break
-        if bar is not None:
-            bar.close()
-        summary["stages"].append(stage_summary(stage, plan, run, meter))
-        if stop:
-            break
-        run.state.stage, run.state.stage_step = index + 1, 0
-        save(run)
-    return finish(run, summary, stop)
+            run.state.stages.append(stage_result)
+            run.state.stage, run.state.stage_step = index + 1, 0
+            save(run, meter)
+        summary = finish(run, summary, stop, meter)
+    if stop == "interrupted":
+        raise TrainingInterrupted(
+            f"interrupted at step {run.state.global_step}; continue with --resume (checkpoint: {summary['checkpoint']})",
+            summary,
+        )
+    return summary
 
 
 class _Bar:
@@ -580,7 +765,3 @@ class _Bar:
 
     def close(self) -> None:
         self.progress.stop()
-
-
-def _progress(name: str, total: int, done: int, enabled: bool) -> _Bar | None:
-    return _Bar(name, total, done) if enabled else None
