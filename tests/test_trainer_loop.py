@@ -58,6 +58,10 @@ schedule = "constant"
 
     final = root / "chain" / "final"  # a Hugging Face folder: model and tokenizer load in transformers
     assert AutoModelForCausalLM.from_pretrained(final).config.vocab_size == len(AutoTokenizer.from_pretrained(final))
+    config = load_config(recipe(root, ws, out="chain", stages=stages))
+    assert json.loads((final / "mathforge.json").read_text()) == {"template": config.data.template}
+    checkpoint = sorted((root / "chain" / "checkpoints").glob("step-*"))[-1] / "model"
+    assert json.loads((checkpoint / "mathforge.json").read_text()) == {"template": config.data.template}
 
 
 def test_two_processes_equal_one(workspace):

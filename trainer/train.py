@@ -571,8 +571,21 @@ def save(run: Run, meter: Throughput | None = None) -> Path:
         run.state.stage_tokens, run.state.stage_seconds = meter.stage_totals()
     config = run.config.to_dict()
     return save_checkpoint(
-        run.dir, run.module, run.optimizer, run.state, run.tokenizer, run.config.run.keep_last, config
+        run.dir,
+        run.module,
+        run.optimizer,
+        run.state,
+        run.tokenizer,
+        run.config.run.keep_last,
+        config,
+        template=_template(run, run.state.stage),
     )
+
+
+def _template(run: Run, stage_index: int) -> str:
+    """The training template of stage `stage_index` (the last stage once all are done)."""
+    stages = run.config.stages
+    return run.config.stage_data(stages[min(stage_index, len(stages) - 1)]).template
 
 
 def stage_summary(stage: StageConfig, plan: StagePlan, run: Run, meter: Throughput) -> dict[str, Any]:
@@ -600,7 +613,9 @@ def finish(run: Run, summary: dict[str, Any], stop: str | None, meter: Throughpu
     if not stop:
         weights = run.model.hf_state_dict()  # collective under FSDP
         if run.is_main:
-            save_model_folder(run.model, run.dir / "final", run.tokenizer, weights)
+            save_model_folder(
+                run.model, run.dir / "final", run.tokenizer, weights, _template(run, len(run.config.stages) - 1)
+            )
             summary["final_model"] = str(run.dir / "final")
     if run.is_main:
         (run.dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
