@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from mathforge.errors import ConfigError, DataError
-from mathforge.openai_client import BackendError, Completion, OpenAIClient, Usage
+from mathforge.openai_client import BackendError, Completion, OpenAIClient, Usage, check_reachable
 from mathforge.registry import Registry
 
 __all__ = [
@@ -355,6 +355,12 @@ class OpenAIBackend:
         self.per_url: Counter = Counter()
         self._client: OpenAIClient | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+
+    def check(self, timeout_s: float = 5.0) -> None:
+        """One quick request to each base URL: a BackendError "cannot reach <url>: connection refused" in
+        seconds when a server is not there (called before a long run)."""
+        for url in self.base_urls:
+            check_reachable(url, api_key=self.options["api_key"], timeout_s=timeout_s)
 
     @property
     def retries(self) -> int:
