@@ -118,8 +118,9 @@ def load_tokenizer(folder: Path, cause: Exception | None = None) -> Any:
     try:
         return AutoTokenizer.from_pretrained(str(folder))
     except Exception as error:  # tokenizers raises plain Exception for a corrupt tokenizer.json
-        reason = cause if cause is not None else f"{type(error).__name__}: {_first_line(error)}"
-        raise DataError(f"{folder}: cannot load the tokenizer ({reason})") from None
+        if cause is not None:  # config.json is what neither could read: say what is wrong in it
+            raise DataError(str(cause)) from None
+        raise DataError(f"{folder}: cannot load the tokenizer ({type(error).__name__}: {_first_line(error)})") from None
 
 
 def _cut(text: str, stop: Sequence[str]) -> str:
