@@ -305,9 +305,7 @@ def run_facts() -> dict[str, Any]:
 
 def git_revision() -> str | None:
     """`git rev-parse --short HEAD` of the checkout mathforge runs from; None outside a checkout."""
-    import mathforge
-
-    root = Path(mathforge.__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parent.parent  # a checkout's root holds evaluate/ (and mathforge/, .git)
     if not (root / ".git").exists():  # installed from a wheel: whatever repository encloses it is not ours
         return None
     try:

@@ -23,9 +23,9 @@ app = typer.Typer(
 
 def _print_version(value: bool) -> None:
     if value:
-        from mathforge import __version__
+        import mathforge
 
-        print(f"mathforge {__version__}")
+        print(f"mathforge {mathforge.__version__}")
         raise typer.Exit()
 
 
