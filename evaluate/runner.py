@@ -9,8 +9,9 @@
 
 The settings are the fields of `mathforge.evaluate.config.EvalConfig`, validated in one place there.
 
-Writes to `out` (when given): results.json, results.md and samples-<bench>.jsonl (question, output,
-extracted answer, gold, verdict in both modes, per sample). Returns the results dict.
+Writes to `out` (when given; `mathforge eval` always gives one): results.md, samples-<bench>.jsonl (question,
+output, extracted answer, gold, verdict in both modes, per sample) and, last, results.json (scores, settings,
+the prompt and where it came from, package versions, git revision, UTC date). Returns the results dict.
 """
 
 from __future__ import annotations
