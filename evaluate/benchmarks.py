@@ -12,6 +12,7 @@ answer are skipped and counted in `Benchmark.skipped` (with file and line), neve
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,9 +57,21 @@ def load_benchmark(
         if not name.startswith("hf:") and not Path(name).exists():
             raise DataError(f"{name}: no such benchmark file (built-in benchmarks: {', '.join(BUILTIN)})")
         bench = _from_rows(name, read_rows(name, split=split), fields or {})
+    if not bench.items:
+        raise DataError(f"{name}: no problems to evaluate: {_nothing_usable(bench)}")
     if limit is not None:
         bench.items = bench.items[:limit]
     return bench
+
+
+def _nothing_usable(bench: Benchmark) -> str:
+    """Why a benchmark has no items: no rows at all, or every row skipped (counted by reason, one example)."""
+    if not bench.skipped:
+        return "it holds no rows"
+    reasons = Counter(entry.split(": ", 1)[-1] for entry in bench.skipped)
+    counts = "; ".join(f"{count} {reason}" for reason, count in reasons.most_common(3))
+    more = f"; {len(reasons) - 3} other reasons" if len(reasons) > 3 else ""
+    return f"all {len(bench.skipped)} rows skipped ({counts}{more}), e.g. {bench.skipped[0]}; check --fields"
 
 
 def _builtin(name: str, split: str) -> Benchmark:

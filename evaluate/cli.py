@@ -2,12 +2,16 @@
 
 The settings are `mathforge.evaluate.config.EvalConfig`: an optional `--config eval.toml`, then `--set
 key=value` overrides, then the flags below when given (each flag is one EvalConfig key; unset flags
-leave the file's value or the default).
+leave the file's value or the default). Results always land in a run folder: --out, or a new
+runs/eval/<model>-<UTC time>; everything that can be checked (the folder, the data, the model, the server) is
+checked before any generation.
 """
 
 from __future__ import annotations
 
 import json
+import re
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +31,25 @@ def _fields(text: str | None) -> dict[str, str] | None:
     if not isinstance(mapping, dict):
         raise ConfigError(f"--fields must be a JSON object, got {text}")
     return mapping
+
+
+def default_out(settings: Any, root: Path = Path("runs/eval")) -> Path:
+    """A new run folder for `mathforge eval` without --out: runs/eval/<model name>-<UTC time>, the model name
+    being the checkpoint folder's (with its run's name for step-*/final folders) or the served model's."""
+    if settings.model is not None:
+        path = Path(settings.model).resolve()
+        generic = path.name == "final" or path.name.startswith(("step-", "checkpoint-"))
+        parent = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+        name = f"{parent.name}-{path.name}" if generic and parent.name else path.name
+    else:
+        name = settings.served_model or "model"
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "model"
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%SZ")
+    folder, k = root / f"{name}-{stamp}", 1
+    while folder.exists():
+        k += 1
+        folder = root / f"{name}-{stamp}-{k}"
+    return folder
 
 
 def _print_results(results: dict[str, Any], out: str | None) -> None:
@@ -93,7 +116,12 @@ def register(app: typer.Typer) -> None:
             None, "--fields", help='Field mapping for files, e.g. \'{"question": "prompt", "answer": "response"}\'.'
         ),
         split: str = typer.Option(None, "--split", help=f"Default {d.split}."),
-        out: Path = typer.Option(None, "--out", help="Folder for results.json, results.md and samples-*.jsonl."),
+        out: Path = typer.Option(
+            None,
+            "--out",
+            help="Folder for results.json, results.md and samples-*.jsonl (default: a new runs/eval/<model>-<UTC time>).",
+        ),
+        force: bool = typer.Option(None, "--force", help="Overwrite an earlier run's results.json in --out."),
         concurrency: int = typer.Option(
             None, "--concurrency", help=f"Parallel requests (with --api; default {d.concurrency})."
         ),
@@ -123,9 +151,21 @@ def register(app: typer.Typer) -> None:
             "fields": _fields(fields),
             "split": split,
             "out": out,
+            "force": force,
             "concurrency": concurrency,
             "batch_size": batch_size,
             "seed": seed,
         }
+        from rich.console import Console
+
         settings = load_eval_config(config, set_, flags)
-        _print_results(run_eval(config=settings), settings.out)
+        console = Console(stderr=True)
+        if settings.out is None:
+            settings.out = str(default_out(settings))
+            console.print(
+                f"saving results in {settings.out}/ (--out to choose the folder)", highlight=False, soft_wrap=True
+            )
+        _print_results(
+            run_eval(config=settings, notify=lambda note: console.print(note, highlight=False, soft_wrap=True)),
+            settings.out,
+        )

@@ -9,22 +9,27 @@
 
 The settings are the fields of `mathforge.evaluate.config.EvalConfig`, validated in one place there.
 
-Writes to `out` (when given): results.json, results.md and samples-<bench>.jsonl (question, output,
-extracted answer, gold, verdict in both modes, per sample). Returns the results dict.
+Writes to `out` (when given; `mathforge eval` always gives one): results.md, samples-<bench>.jsonl (question,
+output, extracted answer, gold, verdict in both modes, per sample) and, last, results.json (scores, settings,
+the prompt and where it came from, package versions, git revision, UTC date). Returns the results dict.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from mathforge.backends import Backend
 from mathforge.backends import make_backend as make_chat_backend
 from mathforge.config import to_dict
-from mathforge.errors import ConfigError
+from mathforge.errors import ConfigError, DataError
 from mathforge.evaluate.benchmarks import Benchmark, load_benchmark
 from mathforge.evaluate.config import EvalConfig, eval_config
 from mathforge.evaluate.extract import STYLES, extract_answer
@@ -32,7 +37,10 @@ from mathforge.evaluate.grade import grade
 from mathforge.evaluate.metrics import breakdown, majority, summarize
 from mathforge.evaluate.sandbox import Sandbox, require_safe
 from mathforge.evaluate.tool import TOOL_INSTRUCTION, generate_with_tools
+from mathforge.hardware import package_versions
 from mathforge.prompts import Prompt, default_prompt, load_prompt
+
+_PACKAGES = ("mathforge", "torch", "transformers", "tokenizers", "safetensors", "openai", "triton")
 
 
 def make_backend(
@@ -203,6 +211,7 @@ def run_eval(
     config: EvalConfig | None = None,
     backend: Backend | None = None,
     show_progress: bool = True,
+    notify: Callable[[str], Any] | None = None,
     **settings: Any,
 ) -> dict[str, Any]:
     """Evaluates a checkpoint folder (`model`), a server (`api` + `served_model`) or a ready `backend`.
@@ -213,46 +222,159 @@ def run_eval(
     `hf:<dataset>[:<config>]`, as a list or comma-separated; `fields` maps question/answer/id/subject/level
     to the data's keys for files. With `tool`, the model's code runs in a `Sandbox`; when this machine's
     sandbox is not safe, a SandboxError stops the run before any generation unless `unsafe_sandbox`. The
-    report records the isolation in force."""
+    report records the isolation in force.
+
+    What can be checked is checked before any generation: the `out` folder (writable, not a file, no
+    earlier results.json unless `force`), the benchmarks (an empty one, or one whose rows are all skipped,
+    is a DataError), the prompts, the model folder, the server (one quick request). Without `prompt`, a
+    model folder holding mathforge.json (written by `mathforge train`) is evaluated with the template it was
+    trained with. `notify` receives one-line notes for the user (which prompt, and why)."""
     raw = to_dict(config) if config is not None else {}
     raw.update(settings)
     if model is not None:
         raw["model"] = model
     config = eval_config(raw, "run_eval")
+    created = prepare_out(Path(config.out), config.force) if config.out is not None else None
     sandbox = Sandbox() if config.tool else None
     try:
         if sandbox is not None:
             require_safe(sandbox, config.unsafe_sandbox)
-        return _run_eval(config, backend=backend, show_progress=show_progress, sandbox=sandbox)
+        return _run_eval(config, backend=backend, show_progress=show_progress, sandbox=sandbox, notify=notify)
+    except BaseException:
+        if created is not None and created.is_dir() and not any(created.iterdir()):
+            created.rmdir()  # a run that failed leaves no empty folder behind
+        raise
     finally:
         if sandbox is not None:
             sandbox.close()
 
 
-def _load_prompts(config: EvalConfig) -> dict[str, Prompt]:
-    """The prompt of each benchmark, checked before any generation (its extraction style included)."""
-    prompts = {name: load_prompt(config.prompt or default_prompt(name)) for name in config.bench}
+def prepare_out(folder: Path, force: bool = False) -> Path | None:
+    """Makes sure results can be saved in `folder` before any work: not a file, writable, and without an
+    earlier run's results.json (unless `force`). Creates it; returns it when this call created it."""
+    where = f"cannot save results in {folder}"
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"{where}: it is a file, not a folder (--out)")
+    if (folder / "results.json").exists() and not force:
+        raise ConfigError(
+            f"{where}: it holds an earlier run's results.json; --force overwrites, or choose another --out"
+        )
+    created = None if folder.exists() else folder
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-check-"):
+            pass
+    except OSError as error:
+        if created is not None and created.is_dir() and not any(created.iterdir()):
+            created.rmdir()
+        raise ConfigError(f"{where}: {error.strerror or error} ({error.filename or folder})") from None
+    return created
+
+
+def training_template(model: str | Path | None) -> tuple[str, Path] | None:
+    """(template, the mathforge.json naming it) when `model` is a folder written by `mathforge train`, whose
+    mathforge.json records {"template": "<prompt name or .toml path>"}; a relative .toml path is looked up in
+    the model folder first. None when there is no such file or it names no template."""
+    meta = Path(model) / "mathforge.json" if model is not None else None
+    if meta is None or not meta.is_file():
+        return None
+    try:
+        raw = json.loads(meta.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise DataError(f"{meta}: line {error.lineno}: invalid JSON ({error.msg})") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise DataError(f"{meta}: cannot be read ({error})") from None
+    template = raw.get("template") if isinstance(raw, dict) else None
+    if template is None:
+        return None
+    if not isinstance(template, str) or not template.strip():
+        raise DataError(f'{meta}: "template" must be a prompt name or a .toml path, got {template!r}')
+    if template.endswith(".toml") and not Path(template).is_absolute() and (meta.parent / template).is_file():
+        template = str(meta.parent / template)
+    return template, meta
+
+
+def run_facts() -> dict[str, Any]:
+    """What results.json records about the software: package versions, the git revision of the mathforge
+    checkout (None when not run from one) and the UTC date."""
+    return {
+        "versions": package_versions(*_PACKAGES),
+        "git_revision": git_revision(),
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def git_revision() -> str | None:
+    """`git rev-parse --short HEAD` of the checkout mathforge runs from; None outside a checkout."""
+    root = Path(__file__).resolve().parent.parent  # a checkout's root holds evaluate/ (and mathforge/, .git)
+    if not (root / ".git").exists():  # installed from a wheel: whatever repository encloses it is not ours
+        return None
+    try:
+        done = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (done.stdout.strip() or None) if done.returncode == 0 else None
+
+
+def _load_prompts(config: EvalConfig, notify: Callable[[str], Any] | None) -> tuple[dict[str, Prompt], str]:
+    """The prompt of each benchmark, checked before any generation (its extraction style included), and
+    where it came from: "prompt" (given), the model's mathforge.json, or "benchmark default"."""
+    trained = training_template(config.model) if config.prompt is None else None
+    if config.prompt is not None:
+        prompts, source = {name: load_prompt(config.prompt) for name in config.bench}, "prompt"
+    elif trained is not None:
+        template, meta = trained
+        try:
+            chosen = load_prompt(template)
+        except ConfigError as error:
+            raise ConfigError(f"{meta}: template: {error}") from None
+        prompts, source = dict.fromkeys(config.bench, chosen), str(meta)
+        if notify is not None:
+            notify(f"prompt: {chosen.name}, the template the model was trained with ({meta}); --prompt overrides")
+    else:
+        prompts, source = {name: load_prompt(default_prompt(name)) for name in config.bench}, "benchmark default"
     for prompt in prompts.values():
         if prompt.style not in STYLES:
             raise ConfigError(
                 f"prompt {prompt.name}: style {prompt.style!r} is not allowed; allowed: {', '.join(STYLES)}"
             )
-    return prompts
+    return prompts, source
+
+
+def _prepare(config: EvalConfig, backend: Backend | None) -> tuple[dict[str, Benchmark], Backend]:
+    """Every benchmark loaded (and refused when unusable) and the backend ready, before any generation; a
+    server is asked once, briefly, so that a wrong URL fails in seconds rather than after minutes of retries."""
+    benches = {
+        name: load_benchmark(name, config.split, fields=config.fields, limit=config.limit) for name in config.bench
+    }
+    if backend is None:
+        backend = make_backend(
+            config.model,
+            config.api,
+            config.served_model,
+            concurrency=config.concurrency,
+            request_timeout=config.request_timeout,
+            batch_size=config.batch_size,
+            engine=config.engine,
+        )
+    check = getattr(backend, "check", None)
+    if callable(check):
+        check(timeout_s=min(5.0, config.request_timeout))
+    return benches, backend
 
 
 def _run_eval(
-    config: EvalConfig, *, backend: Backend | None, show_progress: bool, sandbox: Sandbox | None
+    config: EvalConfig,
+    *,
+    backend: Backend | None,
+    show_progress: bool,
+    sandbox: Sandbox | None,
+    notify: Callable[[str], Any] | None = None,
 ) -> dict[str, Any]:
-    prompts = _load_prompts(config)
-    backend = backend or make_backend(
-        config.model,
-        config.api,
-        config.served_model,
-        concurrency=config.concurrency,
-        request_timeout=config.request_timeout,
-        batch_size=config.batch_size,
-        engine=config.engine,
-    )
+    prompts, prompt_source = _load_prompts(config, notify)
+    benches, backend = _prepare(config, backend)
     results: dict[str, Any] = {
         "model": config.model if config.model is not None else config.served_model,
         "api": config.api,
@@ -262,7 +384,9 @@ def _run_eval(
         "max_new_tokens": config.max_new_tokens,
         "tool": config.tool,
         "seed": config.seed,
+        "prompt_source": prompt_source,
         "sandbox": sandbox.isolation.as_dict() if sandbox is not None else None,
+        **run_facts(),
         "config": to_dict(config),
         "benchmarks": {},
     }
@@ -272,11 +396,10 @@ def _run_eval(
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, disable=not show_progress) as progress:
         for name, chosen in prompts.items():
-            data = load_benchmark(name, config.split, fields=config.fields, limit=config.limit)
             start = time.perf_counter()
             scores, samples = evaluate_benchmark(
                 backend,
-                data,
+                benches[name],
                 chosen,
                 n=config.n,
                 temperature=config.temperature,
@@ -301,9 +424,12 @@ def _run_eval(
 def write_results(folder: Path, results: dict[str, Any], all_samples: dict[str, list[dict[str, Any]]]) -> None:
     """results.json, results.md and one samples-<bench>.jsonl per benchmark in `folder`."""
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     (folder / "results.md").write_text(markdown_table(results))
     for key, samples in all_samples.items():
         with open(folder / f"samples-{key.replace('/', '_')}.jsonl", "w", encoding="utf-8") as handle:
             for sample in samples:
                 handle.write(json.dumps(sample, ensure_ascii=False) + "\n")
+    # results.json last, and whole (written aside, then renamed): its presence means a finished run
+    partial = folder / ".results.json.partial"
+    partial.write_text(json.dumps(results, indent=2) + "\n")
+    os.replace(partial, folder / "results.json")

@@ -30,8 +30,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from mathforge.errors import ConfigError
-from mathforge.openai_client import BackendError, Completion, OpenAIClient, Usage
+from mathforge.errors import ConfigError, DataError
+from mathforge.openai_client import BackendError, Completion, OpenAIClient, Usage, check_reachable
 from mathforge.registry import Registry
 
 __all__ = [
@@ -93,6 +93,36 @@ def render_chat(tokenizer: Any, messages: list[Message]) -> str:
     return body + "\n\nAssistant: "
 
 
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer.tiktoken", "vocab.txt")
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [""])[0]
+
+
+def _require_tokenizer_files(folder: Path) -> None:
+    if not any((folder / name).is_file() for name in _TOKENIZER_FILES):
+        raise DataError(
+            f"{folder}: no tokenizer ({', '.join(_TOKENIZER_FILES)}); save the tokenizer into the model folder "
+            "(tokenizer.save_pretrained) or copy the base model's tokenizer files there"
+        )
+
+
+def load_tokenizer(folder: Path, cause: Exception | None = None) -> Any:
+    """The tokenizer saved in a model folder; a folder without one (or with a broken one) is a DataError
+    naming it (transformers alone would suggest installing sentencepiece). `cause`: why our model could not
+    read the folder's config.json, the better message when transformers cannot either."""
+    from transformers import AutoTokenizer
+
+    _require_tokenizer_files(folder)
+    try:
+        return AutoTokenizer.from_pretrained(str(folder))
+    except Exception as error:  # tokenizers raises plain Exception for a corrupt tokenizer.json
+        if cause is not None:  # config.json is what neither could read: say what is wrong in it
+            raise DataError(str(cause)) from None
+        raise DataError(f"{folder}: cannot load the tokenizer ({type(error).__name__}: {_first_line(error)})") from None
+
+
 def _cut(text: str, stop: Sequence[str]) -> str:
     hits = [i for i in (text.find(s) for s in stop if s) if i >= 0]
     return text[: min(hits)] if hits else text
@@ -146,23 +176,39 @@ class LocalBackend:
         self._lock = threading.Lock()
 
     def _load(self, folder: Path, tokenizer: Any, engine: str, dtype: Any) -> tuple[Any, Any, str]:
-        from transformers import AutoTokenizer
-
+        """(tokenizer, model, engine) of a Hugging Face folder. A folder that cannot be read (no config.json,
+        corrupt JSON or weights, no tokenizer) is a DataError naming the file, never a traceback."""
+        if not folder.is_dir():
+            raise DataError(f"{folder}: no such model folder")
         if not (folder / "config.json").is_file():
-            raise ConfigError(f"{folder}: not a model folder (no config.json)")
-        tokenizer = tokenizer or AutoTokenizer.from_pretrained(str(folder))
+            raise DataError(f"{folder}: not a model folder (no config.json)")
+        from mathforge.model.hf import read_json
+
+        if not isinstance(read_json(folder / "config.json"), dict):
+            raise DataError(f"{folder / 'config.json'}: not a JSON object; is this a model folder?")
+        if tokenizer is None:
+            _require_tokenizer_files(folder)
+        model, ours = None, None
         if engine in ("auto", "mathforge"):
             from mathforge.model import from_pretrained
 
             try:
-                return tokenizer, from_pretrained(folder, dtype=dtype, device=self.device), "mathforge"
-            except ConfigError:
+                model = from_pretrained(folder, dtype=dtype, device=self.device)
+            except ConfigError as error:  # an architecture or feature our model lacks: transformers may have it
                 if engine == "mathforge":
                     raise
+                ours = error
+        tokenizer = tokenizer or load_tokenizer(folder, ours)
+        if model is not None:
+            return tokenizer, model, "mathforge"
         from transformers import AutoModelForCausalLM
 
-        model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype or "auto").to(self.device)
-        return tokenizer, model, "transformers"
+        try:
+            model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype or "auto")
+        except (OSError, ValueError, KeyError, TypeError, RuntimeError) as error:
+            reason = ours if ours is not None else f"{type(error).__name__}: {_first_line(error)}"
+            raise DataError(f"{folder}: cannot load the model ({reason})") from None
+        return tokenizer, model.to(self.device), "transformers"
 
     def generate(
         self,
@@ -310,6 +356,12 @@ class OpenAIBackend:
         self.per_url: Counter = Counter()
         self._client: OpenAIClient | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+
+    def check(self, timeout_s: float = 5.0) -> None:
+        """One quick request to each base URL: a BackendError "cannot reach <url>: connection refused" in
+        seconds when a server is not there (called before a long run)."""
+        for url in self.base_urls:
+            check_reachable(url, api_key=self.options["api_key"], timeout_s=timeout_s)
 
     @property
     def retries(self) -> int:

@@ -21,8 +21,20 @@ app = typer.Typer(
 )
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        import mathforge
+
+        print(f"mathforge {mathforge.__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _root() -> None:
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
     """mathforge: synthesize math problems, fine-tune LLMs on them, evaluate on GSM8K and MATH."""
 
 

@@ -226,11 +226,63 @@ class OpenAIClient:
                 self.usage.completion_tokens += completion.completion_tokens
                 return completion
         self.usage.failures += 1
-        raise BackendError(f"gave up after {self.max_retries + 1} attempts: {type(last).__name__}: {last}")
+        where = self.base_urls[url] if url is not None else ", ".join(self.base_urls)
+        raise BackendError(f"{where}: gave up after {self.max_retries + 1} attempts: {_reason(last)}")
 
     async def aclose(self) -> None:
         for client in self.clients:
             await client.close()
+
+
+def connection_problem(error: BaseException | None) -> str | None:
+    """What went wrong when `error` (or an exception it was raised from) is a failure to connect: "connection
+    refused", "host name not resolved", …; None when the server was reached. The transports wrap these deep
+    (aiohttp's refused connection even surfaces as an APITimeoutError)."""
+    import socket
+
+    seen = 0
+    while error is not None and seen < 12:
+        if isinstance(error, ConnectionRefusedError):
+            return "connection refused"
+        if isinstance(error, socket.gaierror):
+            return f"host name not resolved ({error.strerror or error})"
+        if isinstance(error, (ConnectionResetError, ConnectionAbortedError)):
+            return "connection reset"
+        if type(error).__name__ in ("ClientConnectorError", "ConnectError") and error.__cause__ is None:
+            return f"cannot connect ({error})"
+        error, seen = error.__cause__ or error.__context__, seen + 1
+    return None
+
+
+def _reason(error: BaseException | None) -> str:
+    """One line on why the last attempt failed, a refused or unresolvable connection said as such."""
+    problem = connection_problem(error)
+    if problem is not None:
+        return f"cannot reach the server: {problem}"
+    return f"{type(error).__name__}: {error}"
+
+
+def check_reachable(base_url: str, *, api_key: str | None = None, timeout_s: float = 5.0) -> None:
+    """One quick GET <base_url>/models: a BackendError "cannot reach <url>: connection refused" (or the
+    other transport problem) within about `timeout_s`, instead of minutes of retries before a long run.
+    Any HTTP reply, an error status included, means the server is there."""
+    import urllib.error
+    import urllib.request
+
+    url = base_url.rstrip("/") + "/models"
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {api_key or 'EMPTY'}"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s):
+            return
+    except urllib.error.HTTPError:
+        return  # it answered (404 for servers without /models, 401 for a wrong key: later requests say which)
+    except (urllib.error.URLError, OSError, ValueError) as error:
+        reason = getattr(error, "reason", error)
+        problem = connection_problem(reason if isinstance(reason, BaseException) else error)
+        if problem is None:
+            timed_out = isinstance(reason, TimeoutError) or "timed out" in str(reason)
+            problem = f"no reply within {timeout_s:g} s" if timed_out else str(reason)
+        raise BackendError(f"cannot reach {base_url}: {problem}") from None
 
 
 def _parse(data: Any, kind: str, model: str) -> Completion:

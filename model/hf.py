@@ -10,6 +10,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -168,11 +170,32 @@ def read_config(path: Path) -> tuple[dict[str, Any], ModelConfig]:
     config_file = path / "config.json"
     if not config_file.is_file():
         raise ConfigError(f"{config_file}: not found (a Hugging Face model folder needs config.json)")
-    try:
-        raw = json.loads(config_file.read_text())
-    except json.JSONDecodeError as error:
-        raise ConfigError(f"{config_file}: line {error.lineno}: invalid JSON ({error.msg})") from None
+    raw = read_json(config_file)
+    if not isinstance(raw, dict):
+        raise DataError(f"{config_file}: not a JSON object (got {type(raw).__name__}); is this a model folder?")
     return raw, config_from_hf(raw, source=str(config_file))
+
+
+def read_json(file: Path) -> Any:
+    """The decoded JSON of `file`; DataError naming the file and line when it cannot be read or parsed."""
+    try:
+        return json.loads(file.read_bytes())
+    except json.JSONDecodeError as error:
+        raise DataError(f"{file}: line {error.lineno}: invalid JSON ({error.msg})") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise DataError(f"{file}: cannot be read ({error})") from None
+
+
+@contextmanager
+def _safetensors(file: Path, device: str = "cpu") -> Iterator[Any]:
+    """`safe_open(file)`; a corrupt or truncated file is a DataError naming it, not a SafetensorError."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(file), framework="pt", device=device) as handle:
+            yield handle
+    except (SafetensorError, OSError) as error:
+        raise DataError(f"{file}: not a readable safetensors file ({error}); re-save or re-download it") from None
 
 
 # ---------------------------------------------------------------------------------------------- weights
@@ -260,8 +283,15 @@ def checkpoint_files(path: Path) -> list[str]:
     """The safetensors files of the folder: the index's shards, or model.safetensors."""
     index_file = path / "model.safetensors.index.json"
     if index_file.is_file():
-        weight_map: dict[str, str] = json.loads(index_file.read_text())["weight_map"]
-        return sorted(set(weight_map.values()))
+        index = read_json(index_file)
+        weight_map = index.get("weight_map") if isinstance(index, dict) else None
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise DataError(f'{index_file}: no "weight_map" object (a safetensors index maps names to files)')
+        files = sorted(set(map(str, weight_map.values())))
+        absent = [name for name in files if not (path / name).is_file()]
+        if absent:
+            raise DataError(f"{index_file}: lists {', '.join(absent[:4])}, not found in {path}")
+        return files
     if (path / "model.safetensors").is_file():
         return ["model.safetensors"]
     raise DataError(f"{path}: no model.safetensors or model.safetensors.index.json (only safetensors are read)")
@@ -269,8 +299,6 @@ def checkpoint_files(path: Path) -> list[str]:
 
 def checkpoint_dtype(path: Path, raw: dict[str, Any], files: list[str]) -> torch.dtype:
     """config.json's torch_dtype (or 5.x dtype); without one, the dtype of the first stored tensor."""
-    from safetensors import safe_open
-
     name = raw.get("torch_dtype") or raw.get("dtype")
     if name is not None:
         if name not in DTYPES:
@@ -278,8 +306,11 @@ def checkpoint_dtype(path: Path, raw: dict[str, Any], files: list[str]) -> torch
                 f"{path / 'config.json'}: torch_dtype {name!r} is not supported; supported: {', '.join(DTYPES)}"
             )
         return DTYPES[name]
-    with safe_open(str(path / files[0]), framework="pt") as f:
-        stored = f.get_slice(next(iter(f.keys()))).get_dtype()
+    with _safetensors(path / files[0]) as f:
+        names = list(f.keys())
+        if not names:
+            raise DataError(f"{path / files[0]}: holds no tensors")
+        stored = f.get_slice(names[0]).get_dtype()
     if stored not in _SAFETENSORS_DTYPES:
         raise DataError(f"{path / files[0]}: tensors of dtype {stored} are not supported (BF16, F16, F32)")
     return _SAFETENSORS_DTYPES[stored]
@@ -289,14 +320,12 @@ def checkpoint_dtype(path: Path, raw: dict[str, Any], files: list[str]) -> torch
 def load_weights(model: Transformer, path: Path, files: list[str]) -> None:
     """Copies the folder's tensors into `model` (already on its device and dtype); every parameter must be
     there with the shape config.json implies, and nothing else (rotary tables and a tied head are skipped)."""
-    from safetensors import safe_open
-
     expected = {hf_name(k): t for k, t in model.state_dict().items()}
     device = str(next(iter(expected.values())).device)
     seen: set[str] = set()
     unexpected = []
     for filename in files:
-        with safe_open(str(path / filename), framework="pt", device=device) as f:
+        with _safetensors(path / filename, device) as f:
             for name in f.keys():
                 if name.endswith("rotary_emb.inv_freq") or (
                     name == "lm_head.weight" and model.config.tie_word_embeddings

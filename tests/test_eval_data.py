@@ -155,7 +155,7 @@ def _eval_command_config(monkeypatch, argv):
 
     seen = {}
 
-    def fake_run_eval(config):
+    def fake_run_eval(config, notify=None):
         seen["config"] = config
         return {"sandbox": None, "benchmarks": {}}
 
@@ -163,7 +163,11 @@ def _eval_command_config(monkeypatch, argv):
     with pytest.raises(SystemExit) as exit_info:
         main(["eval", *argv])
     assert exit_info.value.code == 0
-    return seen["config"]
+    config = seen["config"]
+    # without --out the command picks a new run folder, runs/eval/<model>-<UTC time> (tests/test_cli_eval.py)
+    assert config.out.startswith("runs/eval/")
+    config.out = None
+    return config
 
 
 def test_eval_settings_merge_file_then_set_then_flags(tmp_path, monkeypatch):
