@@ -126,19 +126,34 @@ def _repeat_kv(x: torch.Tensor, heads: int) -> torch.Tensor:
 
 
 def _sdpa(q, k, v, cu_seqlens, max_seqlen, causal):
-    """One SDPA call per document: exact, any device and dtype; the reference the other backends are tested against."""
+    """The documents right-padded into one [docs, heads, max_seqlen, D] batch, one SDPA call: any device and
+    dtype, and on CPU torch's fused (flash) kernel instead of one small math-path call per document.
+    Causal: a real query never sees the padding after it, so no mask is needed; else a key-padding mask.
+    Equals `reference.varlen_attention` (one call per document) to fp32 rounding; padding rows are dropped."""
     k, v = _repeat_kv(k, q.shape[1]), _repeat_kv(v, q.shape[1])
-    bounds = cu_seqlens.tolist()
-    outs = []
-    for start, end in zip(bounds[:-1], bounds[1:]):
-        if end == start:
-            continue
-        qd, kd, vd = (x[start:end].transpose(0, 1) for x in (q, k, v))  # [heads, len, D]
-        outs.append(F.scaled_dot_product_attention(qd, kd, vd, is_causal=causal, scale=1 / math.sqrt(q.shape[-1])))
-    outs = [o.transpose(0, 1) for o in outs]
-    if bounds[-1] < q.shape[0]:  # tokens after the last document (padding) attend to nothing: zeros
-        outs.append(q.new_zeros(q.shape[0] - bounds[-1], *q.shape[1:]))
-    return torch.cat(outs, dim=0) if outs else torch.zeros_like(q)
+    total, docs = q.shape[0], cu_seqlens.shape[0] - 1
+    used = int(cu_seqlens[-1])
+    if docs == 0 or used == 0 or max_seqlen == 0:
+        return torch.zeros_like(q)
+    starts = cu_seqlens[:-1].long()
+    lengths = cu_seqlens[1:].long() - starts
+    doc = torch.repeat_interleave(torch.arange(docs, device=q.device), lengths, output_size=used)
+    slot = doc * max_seqlen + torch.arange(used, device=q.device) - starts[doc]  # token → row of the padded batch
+
+    def pad(x):  # [used, heads, D] → [docs, heads, max_seqlen, D], zeros in the padding
+        flat = x.new_zeros(docs * max_seqlen, *x.shape[1:]).index_copy(0, slot, x[:used])
+        return flat.view(docs, max_seqlen, *x.shape[1:]).transpose(1, 2)
+
+    mask = None
+    if not causal:  # keys past a document's end are padding
+        mask = (torch.arange(max_seqlen, device=q.device)[None, :] < lengths[:, None])[:, None, None, :]
+    out = F.scaled_dot_product_attention(
+        pad(q), pad(k), pad(v), attn_mask=mask, is_causal=causal, scale=1 / math.sqrt(q.shape[-1])
+    )
+    out = out.transpose(1, 2).reshape(docs * max_seqlen, *q.shape[1:]).index_select(0, slot)
+    if used < total:  # tokens after the last document (padding) attend to nothing: zeros
+        out = torch.cat((out, q.new_zeros(total - used, *q.shape[1:])))
+    return out
 
 
 ATTENTION_BACKENDS: Registry[BackendSpec] = Registry("attention backend")
@@ -169,7 +184,7 @@ for _spec in (  # flash-attn 3 / 2: `flash_attn_varlen_func`, head_dim ≤ 256
     BackendSpec(
         "flex", "torch.nn.attention.flex_attention", "flex_attention", needs_cuda=True, half_only=False, run=_flex
     ),
-    # scaled_dot_product_attention once per document: any device and dtype; the CPU path and last resort
+    # scaled_dot_product_attention on the documents padded into a batch: any device and dtype; the CPU path
     BackendSpec(
         "sdpa", "torch.nn.functional", "scaled_dot_product_attention", needs_cuda=False, half_only=False, run=_sdpa
     ),

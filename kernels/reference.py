@@ -8,6 +8,8 @@ inputs: `mathforge.kernels.validation` does, in front of both paths.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -126,3 +128,20 @@ def apply_rope(
         return (x32 * c + rotate_half(x32) * s).to(x.dtype)
 
     return rotate(q), rotate(k)
+
+
+def varlen_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor, causal: bool = True
+) -> torch.Tensor:
+    """Packed attention, one scaled_dot_product_attention call per document (q [T, Hq, D], k, v [T, Hkv, D]):
+    the readable ground truth the attention backends are tested against; tokens after cu_seqlens[-1] get 0."""
+    groups = q.shape[1] // k.shape[1]
+    k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+    out = torch.zeros_like(q)
+    bounds = cu_seqlens.tolist()
+    for start, end in zip(bounds[:-1], bounds[1:]):
+        if end > start:
+            qd, kd, vd = (x[start:end].transpose(0, 1) for x in (q, k, v))  # [heads, len, D]
+            attended = F.scaled_dot_product_attention(qd, kd, vd, is_causal=causal, scale=1 / math.sqrt(q.shape[-1]))
+            out = out.index_copy(0, torch.arange(start, end, device=q.device), attended.transpose(0, 1))
+    return out

@@ -10,6 +10,7 @@ import typer
 
 from mathforge.errors import MathforgeError
 from mathforge.evaluate.cli import register as register_evaluate
+from mathforge.hardware import configure_threads
 from mathforge.synth.cli import register as register_synth
 from mathforge.trainer.cli import register as register_trainer
 
@@ -76,6 +77,7 @@ for register in (register_trainer, register_synth, register_evaluate):
 
 
 def main(argv: list[str] | None = None) -> None:
+    configure_threads()  # torch's CPU threads for this machine and its load, unless the user chose them
     try:
         app(args=argv, prog_name="mathforge", standalone_mode=True)
     except MathforgeError as error:

@@ -151,3 +151,46 @@ def test_cuda_backend_matches_sdpa_and_isolates(name):
     for got, want in zip(*grads):
         torch.testing.assert_close(got, want, rtol=5e-2, atol=5e-2)
     check_isolation(name, device="cuda", dtype=torch.bfloat16, tol=1e-3)
+
+
+def random_lengths(seed, docs=9, low=0, high=40):
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randint(low, high + 1, (docs,), generator=gen).tolist()
+
+
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize(("hq", "hkv"), [(4, 4), (4, 1)])
+@pytest.mark.parametrize(  # bf16: the tolerances of the CUDA backends' test above (outputs, gradients)
+    ("dtype", "tol", "grad_tol"), [(torch.float32, 1e-5, 1e-5), (torch.bfloat16, 2e-2, 5e-2)]
+)
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_padded_batch_equals_the_per_document_reference(causal, hq, hkv, dtype, tol, grad_tol, seed):
+    """The "sdpa" backend pads the documents into one batch; values and gradients equal one SDPA call per
+    document (reference.varlen_attention), empty documents included."""
+    from mathforge.kernels.reference import varlen_attention as per_document
+
+    lengths = random_lengths(seed)
+    lengths[seed] = 0  # an empty document somewhere
+    q, k, v, cu = packed(lengths, hq, hkv, dtype=dtype, seed=seed)
+    grads = []
+    for padded in (True, False):
+        qq, kk, vv = (t.detach().clone().requires_grad_(True) for t in (q, k, v))
+        if padded:
+            out = varlen_attention(qq, kk, vv, cu, max(lengths), causal=causal, backend="sdpa")
+        else:
+            out = per_document(qq, kk, vv, cu, causal)
+        out.float().square().sum().backward()
+        grads.append((out.detach().float(), *(t.grad.float() for t in (qq, kk, vv))))
+    assert grads[0][0].dtype == torch.float32 and grads[0][0].shape == q.shape
+    torch.testing.assert_close(grads[0][0], grads[1][0], rtol=tol, atol=tol)
+    for ours, ref in zip(grads[0][1:], grads[1][1:]):
+        torch.testing.assert_close(ours, ref, rtol=grad_tol, atol=grad_tol)
+
+
+def test_the_per_document_reference_matches_the_dense_fp64_reference():
+    from mathforge.kernels.reference import varlen_attention as per_document
+
+    q, k, v, cu = packed([7, 0, 12, 5], 4, 2)
+    for causal in (True, False):
+        out = per_document(q, k, v, cu, causal)
+        torch.testing.assert_close(out.double(), dense_reference(q, k, v, cu, causal), rtol=1e-5, atol=1e-6)

@@ -350,3 +350,31 @@ def test_model_package_stands_below_trainer_and_keeps_the_old_import_paths():
         assert getattr(mathforge.trainer.model, name) is getattr(mathforge.model, name), name
     for name in ("generate", "generate_tokens", "sample_next"):
         assert getattr(mathforge.trainer.generate, name) is getattr(mathforge.model, name), name
+
+
+# ----------------------------------------------------------------- CPU threads for model runs (mathforge.hardware)
+
+
+def test_thread_rule_leaves_busy_cores_out():
+    from mathforge.hardware import choose_threads
+
+    assert [choose_threads(2, busy) for busy in (0.0, 0.4, 0.6, 1.0, 2.0, 7.5)] == [2, 2, 1, 1, 1, 1]
+    assert choose_threads(8, 3.2) == 5 and choose_threads(8, 0.0) == 8 and choose_threads(1, 0.0) == 1
+
+
+def test_configure_threads_respects_the_users_choice(monkeypatch):
+    from mathforge import hardware
+
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.setenv("OMP_NUM_THREADS", "3")
+        assert hardware.configure_threads() is None and torch.get_num_threads() == before
+        monkeypatch.delenv("OMP_NUM_THREADS")
+        monkeypatch.delenv("MKL_NUM_THREADS", raising=False)
+        torch.set_num_threads(2)  # torch's default on a machine of 2 physical cores, one of them busy
+        monkeypatch.setattr(hardware, "physical_cores", lambda: 2)
+        monkeypatch.setattr(hardware, "busy_cpus", lambda interval=0.1: 1.0)
+        assert hardware.configure_threads() == 1 and torch.get_num_threads() == 1
+        assert hardware.configure_threads() is None  # now torch's count is not its default: a choice, kept
+    finally:
+        torch.set_num_threads(before)
