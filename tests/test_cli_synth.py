@@ -131,7 +131,7 @@ def test_failed_items_print_the_first_error_with_its_url_and_resume_completes_th
     line = one_error_line(err)
     assert code == 1
     assert line.startswith("error: 6 of 6 items failed (backend errors); first: ")
-    assert "InternalServerError" in line and f"(backend.base_urls: {broken.url})" in line
+    assert "InternalServerError" in line and broken.url in line  # the URL is named (by the client or by synth)
     assert line.endswith("fix that, then rerun with --resume")
     with LoopbackServer(answer) as good:
         toml = jiuzhang_toml(tmp_path, good.url, out)
