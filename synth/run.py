@@ -130,45 +130,25 @@ def _same_settings(stored: Any, digest: str) -> bool:
 
 def check_reachable(urls: list[str], timeout_s: float = 3.0) -> None:
     """ConfigError naming the first of `urls` that no server answers at (connection refused, unknown host, no
-    connection within `timeout_s`), found with one GET of <url>/models each. Any HTTP answer, even an error status
-    (a missing API key, no /models route), counts as reachable: the real requests report those themselves."""
-    import http.client
-    import urllib.error
-    import urllib.request
+    connection within `timeout_s`), checked side by side with `mathforge.openai_client.check_reachable` (one
+    GET of <url>/models; any HTTP answer, even an error status, counts as reachable)."""
     from concurrent.futures import ThreadPoolExecutor
+
+    from mathforge.openai_client import check_reachable as reach
 
     def problem(url: str) -> str | None:
         if not url.lower().startswith(("http://", "https://")):
-            return "not an http(s) URL; write it like http://host:8000/v1 (backend.base_urls)"
+            return f"cannot reach {url}: not an http(s) URL; write it like http://host:8000/v1 (backend.base_urls)"
         try:
-            urllib.request.urlopen(url.rstrip("/") + "/models", timeout=timeout_s).close()
-        except urllib.error.HTTPError:
-            return None
-        except urllib.error.URLError as error:  # raised before any answer: no server there
-            why = _why_unreachable(error.reason, timeout_s)
-            return f"{why} (backend.base_urls); is the server running (or still loading its model)?"
-        except ValueError as error:  # a URL urllib cannot open, e.g. a bad port
-            return f"not a valid URL ({error}) (backend.base_urls)"
-        except (OSError, http.client.HTTPException):  # connected, then a slow or odd answer: a server is there
-            return None
+            reach(url, timeout_s=timeout_s)
+        except BackendError as error:
+            return f"{error} (backend.base_urls); is the server running (or still loading its model)?"
         return None
 
     with ThreadPoolExecutor(max_workers=min(16, len(urls))) as pool:
-        for url, why in zip(urls, pool.map(problem, urls)):
+        for why in pool.map(problem, urls):
             if why is not None:
-                raise ConfigError(f"cannot reach {url}: {why}")
-
-
-def _why_unreachable(reason: object, timeout_s: float) -> str:
-    import socket
-
-    if isinstance(reason, ConnectionRefusedError):
-        return "connection refused"
-    if isinstance(reason, socket.gaierror):
-        return "unknown host"
-    if isinstance(reason, TimeoutError):
-        return f"no connection within {timeout_s:g} s"
-    return str(getattr(reason, "strerror", None) or reason)
+                raise ConfigError(why)
 
 
 class Progress:
