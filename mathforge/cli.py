@@ -60,7 +60,12 @@ def doctor(
 
 @app.command()
 def demo(
-    minutes: float = typer.Option(10.0, "--minutes", help="Wall-time budget for the whole demo."),
+    minutes: float = typer.Option(
+        None,
+        "--minutes",
+        help="Cap the wall time: training gets fewer steps if the recipe will not fit (the report says so). "
+        "Default: train the whole recipe.",
+    ),
     out: Path = typer.Option(Path("runs/demo"), "--out", help="Run folder (must not hold an earlier demo)."),
 ) -> None:
     """Synthesize, train a small model from scratch in two stages, evaluate before/after — on this CPU."""

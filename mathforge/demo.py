@@ -131,8 +131,13 @@ def _evaluate(model: Path, benches: list[str], recipe: Recipe, out: Path) -> dic
     return results["benchmarks"]
 
 
-def run_demo(minutes: float = 10.0, out: str | Path = "runs/demo", recipe: Recipe | None = None) -> dict[str, Any]:
-    """Runs the demo within about `minutes` of wall time; returns (and writes) the report."""
+def run_demo(
+    minutes: float | None = None, out: str | Path = "runs/demo", recipe: Recipe | None = None
+) -> dict[str, Any]:
+    """Runs the demo and returns (and writes) the report. By default it trains the recipe's fixed steps, so
+    its result depends on the seed, not on how busy the machine is; `minutes` caps the wall time instead
+    (training gets fewer steps when the measured speed says the recipe will not fit, and the report says
+    so loudly)."""
     out = check_arguments(minutes, out)
     import torch
 
@@ -215,18 +220,18 @@ def run_demo(minutes: float = 10.0, out: str | Path = "runs/demo", recipe: Recip
     before = _evaluate(init, benches, recipe, out / "eval-before")
     phases["evaluate_before"] = time.perf_counter() - tick
 
-    # 5. train: a short probe measures tokens/s; the stages run their full steps, or fewer to fit the budget
+    # 5. train: a short probe measures tokens/s (for the time estimate, and for the cap when --minutes is given)
     tick = time.perf_counter()
     stage_rows = [{"name": t.name, "data": [str(train_files[t.name])], "steps": 4} for t in recipe.tiers[:1]]
     probe = train(
         _train_config(recipe, out / "probe", init, out / "tokenizer", stage_rows, max_steps=4), progress=False
     )
     tokens_per_s = probe["stages"][0]["tokens_per_s"]
-    # what is left after training: evaluating again (at most as long as before: a trained model stops at its
-    # end-of-sequence token) and writing the report
-    budget = max(20.0, minutes * 60 - (time.perf_counter() - started) - phases["evaluate_before"] - 10)
-    full_s = sum(t.steps for t in recipe.tiers) * recipe.micro_batch_tokens / tokens_per_s
-    scale = min(1.0, budget / full_s)
+    planned = sum(t.steps for t in recipe.tiers)
+    full_s = planned * recipe.micro_batch_tokens / tokens_per_s
+    print(f"this machine trains at ~{tokens_per_s:,.0f} tokens/s: the recipe's {planned:,} steps take about "
+          f"{full_s / 60:.1f} min")  # fmt: skip
+    budget, scale = _training_budget(minutes, started, phases["evaluate_before"], full_s)
     stages = []
     for i, t in enumerate(recipe.tiers):
         data = [str(train_files[t.name])]
@@ -234,17 +239,24 @@ def run_demo(minutes: float = 10.0, out: str | Path = "runs/demo", recipe: Recip
             previous = train_files[recipe.tiers[i - 1].name].read_text().splitlines()[: t.replay]
             data.append(str(_write_jsonl(out / "data" / f"replay-{t.name}.jsonl", [json.loads(r) for r in previous])))
         stages.append({"name": t.name, "data": data, "steps": max(5, int(t.steps * scale))})
-    # a machine slower than the probe said stops at 1.25x the budget, keeping what it learned so far
-    config = _train_config(recipe, out / "train", init, out / "tokenizer", stages, time_limit_s=1.25 * budget)
+    # under --minutes, a machine slower than the probe said stops at 1.25x the budget, keeping what it learned
+    limit = 1.25 * budget if budget is not None else 0.0
+    config = _train_config(recipe, out / "train", init, out / "tokenizer", stages, time_limit_s=limit)
     summary = train(config, progress=True)
     phases["train"] = time.perf_counter() - tick
+    trained_steps = sum(s["steps"] for s in summary["stages"])
     report["training"] = {
         "probe_tokens_per_s": tokens_per_s,
         "budget_s": budget,
         "step_scale": scale,
+        "planned_steps": planned,
+        "trained_steps": trained_steps,
+        "short_of_recipe": trained_steps < planned,
         "stages": summary["stages"],
         "stopped_early": summary["stopped"],
     }
+    if trained_steps < planned:
+        print(f"WARNING: {_short_note(report['training'], minutes)}")
     trained = Path(summary["final_model"]) if summary.get("final_model") else latest_checkpoint(out / "train") / "model"
 
     # 6. evaluate after training, then report
@@ -257,10 +269,29 @@ def run_demo(minutes: float = 10.0, out: str | Path = "runs/demo", recipe: Recip
     return report
 
 
-def check_arguments(minutes: float, out: str | Path) -> Path:
+def _training_budget(
+    minutes: float | None, started: float, evaluate_s: float, full_s: float
+) -> tuple[float | None, float]:
+    """(seconds training may take, share of the recipe's steps): (None, 1.0) without a cap. With one, what is
+    left after training (evaluating again, at most as long as before, and the report) comes off the cap."""
+    if minutes is None:
+        return None, 1.0
+    budget = max(20.0, minutes * 60 - (time.perf_counter() - started) - evaluate_s - 10)
+    return budget, min(1.0, budget / full_s)
+
+
+def _short_note(training: dict[str, Any], minutes: float | None) -> str:
+    why = f"--minutes {minutes:g} cap" if minutes is not None else "the run stopped early"
+    return (
+        f"trained {training['trained_steps']:,} of {training['planned_steps']:,} planned steps ({why}); "
+        "accuracy will be low. Run without --minutes to train the whole recipe."
+    )
+
+
+def check_arguments(minutes: float | None, out: str | Path) -> Path:
     """The run folder, created and checked writable, once `minutes` and `out` are fit to start: ConfigError naming
     the flag and its value otherwise (before any work, so a typo costs seconds, not a run)."""
-    if not (isinstance(minutes, (int, float)) and math.isfinite(minutes) and minutes > 0):
+    if minutes is not None and not (isinstance(minutes, (int, float)) and math.isfinite(minutes) and minutes > 0):
         raise ConfigError(f"--minutes {minutes}: must be a positive number of minutes, e.g. --minutes 10")
     out = Path(out)
     if not str(out).strip() or str(out) == ".":
@@ -341,8 +372,13 @@ def accuracy_figure(rows: list[dict[str, Any]]):
 
 
 def render_markdown(report: dict[str, Any]) -> str:
-    lines = [
-        "# mathforge demo",
+    training = report["training"]
+    lines = ["# mathforge demo", ""]
+    if training.get("short_of_recipe"):
+        lines += [f"> **Warning: {_short_note(training, report.get('minutes'))}**", ""]
+    lines += [
+        f"Trained {training.get('trained_steps', 0):,} of {training.get('planned_steps', 0):,} planned steps; "
+        f"this machine measured {training['probe_tokens_per_s']:,.0f} tokens/s before training.",
         "",
         "| set | problems | before | after | after (strict) |",
         "| --- | ---: | ---: | ---: | ---: |",
@@ -402,3 +438,5 @@ def print_report(report: dict[str, Any]) -> None:
     for name, seconds in report["phases_s"].items():
         phases.add_row(name, f"{seconds:.1f}")
     console.print(phases)
+    if report["training"].get("short_of_recipe"):
+        console.print(f"[bold red]WARNING: {_short_note(report['training'], report.get('minutes'))}[/]")

@@ -26,7 +26,7 @@ def test_demo_runs_end_to_end(tmp_path):
         micro_batch_tokens=1024,
     )
     out = tmp_path / "demo"
-    report = run_demo(minutes=0.5, out=out, recipe=recipe)
+    report = run_demo(out=out, recipe=recipe)  # no --minutes: the recipe's fixed steps, whatever the load
 
     train_questions = {json.loads(line)["prompt"] for f in (out / "data").glob("train-*.jsonl") for line in f.open()}
     heldout = [json.loads(line) for f in (out / "data").glob("heldout-*.jsonl") for line in f.open()]
@@ -40,7 +40,10 @@ def test_demo_runs_end_to_end(tmp_path):
         assert 0.0 <= row["before"] <= 1.0 and 0.0 <= row["after"] <= 1.0
 
     stages = report["training"]["stages"]
-    assert [s["name"] for s in stages] == ["normal", "hard"] and all(s["steps"] >= 5 for s in stages)
+    assert [s["name"] for s in stages] == ["normal", "hard"] and [s["steps"] for s in stages] == [12, 12]
+    training = report["training"]
+    assert (training["planned_steps"], training["trained_steps"], training["short_of_recipe"]) == (24, 24, False)
+    assert training["budget_s"] is None and training["step_scale"] == 1.0
     replay = (out / "data" / "replay-hard.jsonl").read_text().splitlines()
     assert len(replay) == 40 and replay == (out / "data" / "train-normal.jsonl").read_text().splitlines()[:40]
     assert stages[1]["data"]["rows"] == report["data"]["tiers"]["hard"]["rows"] + 40  # stage 2 replays stage 1
@@ -58,7 +61,34 @@ def test_demo_runs_end_to_end(tmp_path):
     ):
         assert (out / name).is_file(), name
     assert (out / "accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "| heldout (all tiers) | 20 |" in (out / "report.md").read_text()
+    markdown = (out / "report.md").read_text()
+    assert "| heldout (all tiers) | 20 |" in markdown
+    assert "Trained 24 of 24 planned steps" in markdown and "Warning" not in markdown
+
+
+def test_a_minutes_cap_scales_the_steps_and_a_short_run_is_flagged_loudly():
+    import time
+
+    from mathforge.demo import _training_budget, render_markdown
+
+    assert _training_budget(None, time.perf_counter(), 5.0, 600.0) == (None, 1.0)
+    budget, scale = _training_budget(2.0, time.perf_counter(), 5.0, 600.0)  # 120 s - 5 s evaluation - 10 s report
+    assert abs(budget - 105.0) < 1.0 and abs(scale - budget / 600.0) < 1e-9
+    assert _training_budget(1.0, time.perf_counter() - 300, 5.0, 600.0)[0] == 20.0  # never below 20 s
+    training = {
+        "probe_tokens_per_s": 439.0,
+        "planned_steps": 1500,
+        "trained_steps": 71,
+        "short_of_recipe": True,
+        "stages": [],
+    }
+    data = {"train_rows": 20_115, "heldout_rows": 400, "heldout_dropped_as_seen_in_training": 0}
+    markdown = render_markdown({"minutes": 3.0, "training": training, "accuracy": [], "phases_s": {}, "data": data})
+    assert (
+        "> **Warning: trained 71 of 1,500 planned steps (--minutes 3 cap); accuracy will be low. "
+        "Run without --minutes to train the whole recipe.**" in markdown
+    )
+    assert "this machine measured 439 tokens/s before training" in markdown
 
 
 def run_cli(argv, capsys):
