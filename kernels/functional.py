@@ -63,9 +63,11 @@ def cross_entropy(
     returns fp32 (a scalar, or [N] for reduction="none"). With `return_z_loss`, returns (loss, z_loss term):
     the z-loss part already included in `loss`, detached and reduced the same way (for logging).
     Semantics: `mathforge.kernels.reference`."""
-    check_cross_entropy(
-        logits, target, reduction=reduction, label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap
-    )
+    triton = use_triton(logits)
+    if not triton:  # the Triton entry point checks its own inputs (once per call)
+        check_cross_entropy(
+            logits, target, reduction=reduction, label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap
+        )
     if check_enabled():
         check_targets(target, logits.shape[-1], ignore_index)
     kwargs = dict(
@@ -77,7 +79,7 @@ def cross_entropy(
         return_z_loss=return_z_loss,
     )
     with _no_autocast(logits):
-        if use_triton(logits):
+        if triton:
             return _fp32(cross_entropy_triton(logits, target, **kwargs))
         return _fp32(reference.cross_entropy(logits, target, **kwargs))
 
@@ -99,16 +101,18 @@ def fused_linear_cross_entropy(
     logits are fp32 even under autocast. On CUDA the [N, V] logits are never materialised (token chunks,
     gradients computed during the forward, so a "mean"/"sum" loss takes one backward). `return_z_loss` as in
     `cross_entropy`."""
-    check_fused_linear_cross_entropy(
-        hidden,
-        weight,
-        target,
-        bias,
-        reduction=reduction,
-        label_smoothing=label_smoothing,
-        z_loss=z_loss,
-        softcap=softcap,
-    )
+    triton = use_triton(hidden)
+    if not triton:  # the Triton entry point checks its own inputs (once per call)
+        check_fused_linear_cross_entropy(
+            hidden,
+            weight,
+            target,
+            bias,
+            reduction=reduction,
+            label_smoothing=label_smoothing,
+            z_loss=z_loss,
+            softcap=softcap,
+        )
     if check_enabled():
         check_targets(target, weight.shape[0], ignore_index)
     kwargs = dict(
@@ -121,7 +125,7 @@ def fused_linear_cross_entropy(
         return_z_loss=return_z_loss,
     )
     with _no_autocast(hidden):
-        if use_triton(hidden):
+        if triton:
             return _fp32(fused_linear_cross_entropy_triton(hidden, weight, target, **kwargs))
         out = _fp32(reference.fused_linear_cross_entropy(hidden, weight, target, **kwargs))
     if reduction == "none":  # the Triton path recomputes for "none": any number of backwards
@@ -149,17 +153,17 @@ class _BackwardOnce(torch.autograd.Function):
 def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float = 1e-6, offset: float = 0.0) -> torch.Tensor:
     """x / sqrt(mean(x², -1) + eps) · (offset + weight), in x's dtype; offset=1.0 is Gemma's (1 + w);
     weight=None: no affine (offset must be 0.0). weight is exactly [H] (x's last dim): no broadcasting."""
-    check_rms_norm(x, weight, eps, offset)
     if use_triton(x):
-        return rms_norm_triton(x, weight, eps, offset)
+        return rms_norm_triton(x, weight, eps, offset)  # checks its own inputs
+    check_rms_norm(x, weight, eps, offset)
     return reference.rms_norm(x, weight, eps, offset)
 
 
 def swiglu(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     """silu(gate) · up, in gate's dtype; gate and up of the same shape (no broadcasting)."""
-    check_swiglu(gate, up)
     if use_triton(gate):
-        return swiglu_triton(gate, up)
+        return swiglu_triton(gate, up)  # checks its own inputs
+    check_swiglu(gate, up)
     return reference.swiglu(gate, up)
 
 
@@ -168,7 +172,7 @@ def apply_rope(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Rotary embedding (half-rotation layout of Llama/HF): q, k [tokens, heads, head_dim] (head_dim even);
     cos, sin [tokens, head_dim] (or [1, head_dim], [head_dim]). Returns the rotated (q, k)."""
-    check_apply_rope(q, k, cos, sin)
     if use_triton(q):
-        return apply_rope_triton(q, k, cos, sin)
+        return apply_rope_triton(q, k, cos, sin)  # checks its own inputs
+    check_apply_rope(q, k, cos, sin)
     return reference.apply_rope(q, k, cos, sin)
