@@ -81,8 +81,13 @@ for register in (register_trainer, register_synth, register_evaluate):
     register(app)
 
 
+TORCH_COMMANDS = frozenset({"train", "demo", "eval"})  # the commands that compute with torch on this machine
+
+
 def main(argv: list[str] | None = None) -> None:
-    configure_threads()  # torch's CPU threads for this machine and its load, unless the user chose them
+    command = (sys.argv[1:] if argv is None else argv)[:1]
+    if command and command[0] in TORCH_COMMANDS:  # not for --help, --version, synth, plot: no torch import there
+        configure_threads()  # torch's CPU threads for this machine and its load, unless the user chose them
     try:
         app(args=argv, prog_name="mathforge", standalone_mode=True)
     except MathforgeError as error:

@@ -95,7 +95,7 @@ def configure_threads() -> int | None:
     """Sets torch's intra-op threads for CPU work to `choose_threads(physical_cores(), busy_cpus())` unless the
     user chose already: it leaves them when OMP_NUM_THREADS or MKL_NUM_THREADS is set, or when
     torch.get_num_threads() is not torch's default (the physical cores available), i.e. torch.set_num_threads
-    was called. Returns the count it set, or None. Called once at CLI start (`mathforge.cli.main`); costs a
+    was called. Returns the count it set, or None. Called once when `train`, `demo` or `eval` starts (`mathforge.cli.main`); costs a
     0.1 s sample of /proc/stat."""
     if os.environ.get("OMP_NUM_THREADS") or os.environ.get("MKL_NUM_THREADS"):
         return None
