@@ -6,7 +6,7 @@ run here — ours (`mathforge`, the public API: Triton on CUDA, the torch refere
 and derives backward = full − forward. CUDA timing: triton.testing.do_bench (median, p20, p80), peak
 memory beyond the inputs, achieved GB/s (memory-bound ops; bytes model in `OPS`) or TFLOP/s (fused linear
 CE, 2·N·H·V per matmul: 2 forward, 6 full) against the ceilings measured at the start of the run
-(`mathforge.bench.ceilings`). CPU: a `--quick` torch-only subset timed with time.perf_counter.
+(`mathforge.hardware`). CPU: a `--quick` torch-only subset timed with time.perf_counter.
 Writes `kernels[_quick].json` + `.csv` and one PNG per op to bench/results/<device>/.
 """
 

@@ -33,8 +33,8 @@ def test_doctor_does_not_import_bench_and_bench_measures_with_the_same_functions
         "import sys, mathforge.doctor\n"
         "print([m for m in sys.modules if m.startswith('mathforge.bench')])\n"
         "from mathforge import hardware\n"
-        "from mathforge.bench import ceilings, common\n"
-        "print(common.cpu_name is hardware.cpu_name, ceilings.matmul_tflops is hardware.matmul_tflops)\n"
+        "from mathforge.bench import common, model\n"
+        "print(common.cpu_name is hardware.cpu_name, model.cuda_times_ms is hardware.cuda_times_ms)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.splitlines() == ["[]", "True True"]
