@@ -16,8 +16,10 @@ ROW = re.compile(r"^\|\s*`(?P<stem>[a-z0-9_]+)`\s*\|.*\|\s*(?P<cases>\d+)\s*\|\s
 
 
 def _readme_counts() -> dict[str, tuple[int, int]]:
+    """(cases, conflicts) per source from the table of the README's "## Sources" section."""
+    section = README.read_text(encoding="utf-8").split("\n## Sources\n", 1)[1].split("\n## ", 1)[0]
     counts = {}
-    for line in README.read_text(encoding="utf-8").splitlines():
+    for line in section.splitlines():
         match = ROW.match(line)
         if match:
             counts[match["stem"]] = (int(match["cases"]), int(match["conflicts"]))
