@@ -357,7 +357,12 @@ def _filters(q: QualitySettings) -> tuple[list[tuple[str, Filter]], quality.Deco
         )
     deco = None
     if q.decontaminate:
-        deco = quality.Decontaminator(q.decontamination_n, q.decontamination_sets)
+        deco = quality.Decontaminator(
+            q.decontamination_n,
+            q.decontamination_sets,
+            threshold=q.decontamination_threshold,
+            min_words=q.decontamination_min_words,
+        )
         steps.append(("decontamination", lambda r: deco.filter(r, tuple(q.decontamination_fields))))
     return steps, deco
 
