@@ -12,9 +12,9 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections import Counter
-from itertools import chain
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from itertools import chain
 from typing import Any
 
 import numpy as np
