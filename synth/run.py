@@ -64,10 +64,10 @@ def synthesize(
         check_reachable(cfg.backend.base_urls)  # seconds, not the retries' minutes, before anything is written
     name = shard_name(index, count)
     journal_path = out / "work" / f"journal-{name}.jsonl"
+    start = time.perf_counter()
+    pipeline = make_pipeline(cfg)  # its checks (seeds, test splits) before anything is written
     _claim_output(cfg, journal_path, resume)
 
-    start = time.perf_counter()
-    pipeline = make_pipeline(cfg)
     items = [it for k, it in enumerate(pipeline.items()) if k % count == index]
     journal = Journal(journal_path, fsync_every=cfg.run.fsync_every)
     todo = [it for it in items if it["id"] not in journal.done]
