@@ -1,10 +1,12 @@
 """Quality filters for synthesized rows: exact and near-duplicate removal, decontamination, lengths, answers.
 
 Every filter takes rows and returns (kept rows, removed records); a removed record says which row
-(`meta.id`), which filter, and why (the duplicate it matched, the eval item and n-gram it shares, the
+(`meta.id`), which filter, and why (the duplicate it matched, the eval item it overlaps and how much, the
 length). `Report` collects the counts per filter for the run's manifest.
 
-Hashing of words, n-grams and MinHash signatures runs in `mathforge._native` (C++).
+One text normalisation (`words` / `normalize`: NFKC, typographic punctuation folded, case folded) serves
+exact dedup and both sides of decontamination; hashing of the normalised words, n-grams and MinHash
+signatures runs in `mathforge._native` (C++).
 """
 
 from __future__ import annotations

@@ -62,6 +62,21 @@ def test_a_seed_file_of_test_problems_is_refused_naming_the_file_and_split(tmp_p
     assert len(checked.seeds) == 5 and checked.dropped == {"gsm8k_test": 2}
 
 
+def test_an_allowed_test_file_records_every_eval_set_its_seeds_match(tmp_path):
+    held_out = {r["problem"] for r in datasets.load("math500", "test")}
+    rows = datasets.load("math", "test")
+    chosen = [r for r in rows if r["problem"] in held_out][:10] + [r for r in rows if r["problem"] not in held_out][:30]
+    path = write_seeds(tmp_path / "math_test_part.jsonl", chosen)
+    with pytest.raises(ConfigError, match=r"math/test \(decontamination set math_test\)"):
+        load_checked_seeds([str(path)], {"convention": "math"})
+    checked = load_checked_seeds([str(path)], {"convention": "math"}, allow_test_split=True)
+    assert len(checked.seeds) == 40 and checked.dropped == {}
+    assert checked.seeded_from_test == {
+        "math_test": {"sources": [str(path)], "seeds": 40},
+        "math500_test": {"sources": [str(path)], "seeds": 10},  # a minority, still recorded
+    }
+
+
 def test_math_convention_seed_files(tmp_path):
     row = {"problem": "What is $1+1$?", "solution": "It is $\\boxed{2}$.", "level": "Level 4", "type": "Algebra"}
     path = write_seeds(tmp_path / "algebra.jsonl", [row])

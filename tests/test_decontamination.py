@@ -47,3 +47,18 @@ def test_planted_test_problems_are_removed(deco, kind, bar):
         named = by_id[row["meta"]["id"]]["eval_item"]
         assert named == item or deco.text_of(named) == deco.text_of(item)
     assert len(kept) == 1000 + 25 - len(caught)
+
+
+def test_the_synth_manifest_reports_the_decontamination_settings(tmp_path):
+    from mathforge.synth import config, run
+
+    cfg = config.load(None, [f'run.output="{tmp_path / "r"}"', "run.items=20", "run.progress=false"])
+    summary = run.synthesize(cfg)["decontamination"]
+    assert {k: summary[k] for k in ("sets", "n", "threshold", "min_words")} == {
+        "sets": ["gsm8k_test", "math_test", "math500_test"],
+        "n": 8,
+        "threshold": 0.3,
+        "min_words": 3,
+    }
+    assert summary["eval_items"] == 6819 and summary["eval_items_not_indexed"] == 0
+    assert summary["normalization"].startswith("NFKC")
