@@ -122,6 +122,11 @@ def register(app: typer.Typer) -> None:
             help="Folder for results.json, results.md and samples-*.jsonl (default: a new runs/eval/<model>-<UTC time>).",
         ),
         force: bool = typer.Option(None, "--force", help="Overwrite an earlier run's results.json in --out."),
+        allow_contaminated: bool = typer.Option(
+            None,
+            "--allow-contaminated",
+            help="Evaluate on a benchmark whose test split seeded the model's training data (refused otherwise).",
+        ),
         concurrency: int = typer.Option(
             None, "--concurrency", help=f"Parallel requests (with --api; default {d.concurrency})."
         ),
@@ -152,6 +157,7 @@ def register(app: typer.Typer) -> None:
             "split": split,
             "out": out,
             "force": force,
+            "allow_contaminated": allow_contaminated,
             "concurrency": concurrency,
             "batch_size": batch_size,
             "seed": seed,

@@ -57,6 +57,7 @@ class EvalConfig:
     out: str | None = None  # folder for results.json, results.md and samples-*.jsonl (`mathforge eval`: a new
     # runs/eval/<model>-<UTC time> when not given; run_eval: nothing is written)
     force: bool = False  # overwrite an earlier run's results.json in `out`
+    allow_contaminated: bool = False  # evaluate on a split that seeded the model's training data (mathforge.json)
 
     def __post_init__(self) -> None:
         # "gsm8k,math500" and ["gsm8k", "math500"] mean the same

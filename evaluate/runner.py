@@ -178,6 +178,8 @@ def markdown_table(results: dict[str, Any]) -> str:
         box = results["sandbox"]
         note = "" if box["safe"] else " — NOT SAFE (run with --unsafe-sandbox)"
         lines = [f"Model code ran in the sandbox: {box['level']}{note} ({', '.join(box['mechanisms'])}).", "", *lines]
+    for name, manifests in (results.get("contaminated") or {}).items():
+        lines = [f"CONTAMINATED: {name}'s test split seeded the training data ({', '.join(manifests)}).", "", *lines]
     for name, s in benches.items():
         row = [
             name,
@@ -234,6 +236,7 @@ def run_eval(
     if model is not None:
         raw["model"] = model
     config = eval_config(raw, "run_eval")
+    contamination(config)  # before anything is written
     created = prepare_out(Path(config.out), config.force) if config.out is not None else None
     sandbox = Sandbox() if config.tool else None
     try:
@@ -271,10 +274,8 @@ def prepare_out(folder: Path, force: bool = False) -> Path | None:
     return created
 
 
-def training_template(model: str | Path | None) -> tuple[str, Path] | None:
-    """(template, the mathforge.json naming it) when `model` is a folder written by `mathforge train`, whose
-    mathforge.json records {"template": "<prompt name or .toml path>"}; a relative .toml path is looked up in
-    the model folder first. None when there is no such file or it names no template."""
+def training_info(model: str | Path | None) -> tuple[dict[str, Any], Path] | None:
+    """(its contents, the file) of the mathforge.json `mathforge train` writes beside a model; None without one."""
     meta = Path(model) / "mathforge.json" if model is not None else None
     if meta is None or not meta.is_file():
         return None
@@ -284,7 +285,38 @@ def training_template(model: str | Path | None) -> tuple[str, Path] | None:
         raise DataError(f"{meta}: line {error.lineno}: invalid JSON ({error.msg})") from None
     except (OSError, UnicodeDecodeError) as error:
         raise DataError(f"{meta}: cannot be read ({error})") from None
-    template = raw.get("template") if isinstance(raw, dict) else None
+    return (raw, meta) if isinstance(raw, dict) else ({}, meta)
+
+
+def contamination(config: EvalConfig) -> dict[str, list[str]]:
+    """The benchmarks of `config` whose split seeded the model's training data -> the synth manifests that
+    say so (mathforge.json beside a model of `mathforge train` records "seeded_from_test": {"<bench>_<split>":
+    [manifests]}). A ConfigError naming the split and the manifest unless `allow_contaminated`. A model
+    without that record (from elsewhere, or trained on data of unknown origin) is not refused."""
+    found = training_info(config.model)
+    seeded = found[0].get("seeded_from_test") if found is not None else None
+    if not isinstance(seeded, dict):
+        return {}
+    hits = {b: list(seeded[f"{b}_{config.split}"]) for b in config.bench if f"{b}_{config.split}" in seeded}
+    if hits and not config.allow_contaminated:
+        bench, manifests = next(iter(hits.items()))
+        raise ConfigError(
+            f"--bench {bench}: {config.model} was trained on data seeded from the {bench} {config.split} split "
+            f"(synth manifest {manifests[0]}, recorded in {found[1]}), so its {bench} score is contaminated; "
+            "pass --allow-contaminated to evaluate it anyway (results.json records it)"
+        )
+    return hits
+
+
+def training_template(model: str | Path | None) -> tuple[str, Path] | None:
+    """(template, the mathforge.json naming it) when `model` is a folder written by `mathforge train`, whose
+    mathforge.json records {"template": "<prompt name or .toml path>"}; a relative .toml path is looked up in
+    the model folder first. None when there is no such file or it names no template."""
+    found = training_info(model)
+    if found is None:
+        return None
+    raw, meta = found
+    template = raw.get("template")
     if template is None:
         return None
     if not isinstance(template, str) or not template.strip():
@@ -385,6 +417,7 @@ def _run_eval(
         "tool": config.tool,
         "seed": config.seed,
         "prompt_source": prompt_source,
+        "contaminated": contamination(config),  # bench -> synth manifests (allowed with allow_contaminated)
         "sandbox": sandbox.isolation.as_dict() if sandbox is not None else None,
         **run_facts(),
         "config": to_dict(config),

@@ -225,3 +225,55 @@ def math_problem(row: Mapping[str, Any], index: int) -> Problem:
 CONVENTIONS: Registry[Callable[[Mapping[str, Any], int], Problem]] = Registry("data convention")
 CONVENTIONS.add("gsm8k", gsm8k_problem)
 CONVENTIONS.add("math", math_problem)
+
+
+# ---------------------------------------------------------------- provenance of synthesized data
+
+
+def synth_manifests(source: str | Path, levels: int = 3) -> list[Path]:
+    """The manifests (``manifest-*.json``) of the `mathforge synth` run whose output holds `source` (a data
+    file or folder: ``<output>/data/<stage>/shard-….jsonl``, ``<output>/merged/…``): those of the nearest
+    folder at or up to `levels` above it that holds ``settings.json`` and manifests; [] for anything else."""
+    if str(source).startswith("hf:"):
+        return []
+    path = Path(source).resolve()
+    for folder in [path, *path.parents][: levels + 1]:
+        if folder.is_dir() and (folder / "settings.json").is_file():
+            return sorted(folder.glob("manifest-*.json"))
+    return []
+
+
+def seeded_from_test(manifest: Mapping[str, Any]) -> list[str]:
+    """The evaluation sets (``<data set>_<split>``, e.g. ``math_test``) whose problems seeded a synth run, as
+    its manifest records them. Manifests written before that key existed: a Skywork run with the built-in
+    ``math`` seeds (then MATH test minus MATH-500, and the default) was seeded from ``math_test``."""
+    recorded = manifest.get("seeded_from_test")
+    if isinstance(recorded, Mapping):
+        return sorted(recorded)
+    settings = manifest.get("settings") or {}
+    skywork = settings.get("skywork") or {}
+    if (settings.get("pipeline") or {}).get("kind") == "skywork" and "math" in (skywork.get("seeds") or []):
+        return ["math_test"]
+    return []
+
+
+def data_provenance(sources: list[str]) -> dict[str, Any]:
+    """What a training run records about its data (mathforge.json beside its checkpoints): the synth
+    manifests behind `sources` and, per evaluation set that seeded any of them, those manifests. Empty when
+    no source was written by `mathforge synth` (nothing is known: nothing is claimed)."""
+    manifests: list[str] = []
+    seeded: dict[str, list[str]] = {}
+    for source in sources:
+        for path in synth_manifests(source):
+            if str(path) in manifests:
+                continue
+            manifests.append(str(path))
+            try:
+                manifest = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+                raise DataError(f"{path}: unreadable synth manifest ({error})") from None
+            for eval_set in seeded_from_test(manifest if isinstance(manifest, dict) else {}):
+                seeded.setdefault(eval_set, []).append(str(path))
+    if not manifests:
+        return {}
+    return {"synth_manifests": manifests, "seeded_from_test": seeded}

@@ -25,7 +25,7 @@ from typing import Any, Literal
 
 from mathforge.config import apply_overrides, build, read_toml
 from mathforge.errors import ConfigError
-from mathforge.synth import jiuzhang, skywork, symbolic  # noqa: F401  (they register their pipelines)
+from mathforge.synth import jiuzhang, quality, skywork, symbolic  # noqa: F401  (they register their pipelines)
 from mathforge.synth.common import PIPELINES
 from mathforge.synth.jiuzhang import EDUCATION_STAGES, VARIANTS
 from mathforge.synth.quality import EVAL_SETS
@@ -91,7 +91,8 @@ class PromptSettings:
 
 @dataclass
 class SkyworkSettings:
-    seeds: list[str] = field(default_factory=lambda: ["gsm8k", "math"])
+    seeds: list[str] = field(default_factory=lambda: ["gsm8k"])  # built-in names, files, folders, hf:<name>
+    allow_test_split: bool = False  # seeds from an evaluation split (e.g. "math"): refused unless true
     seed_fields: dict[str, str] = field(default_factory=lambda: {"question": "question", "answer": "answer"})
     select: int = 0  # k-center greedy core-set size (0 = all seeds)
     select_ngram: int = 3
@@ -122,9 +123,11 @@ class QualitySettings:
     near_dedup_perm: int = 128
     near_dedup_bands: int = 16
     decontaminate: bool = True
-    decontamination_n: int = 30
+    decontamination_n: int = quality.DEFAULT_N  # n-gram size; defaults measured by bench/decontamination.py
+    decontamination_threshold: float = quality.DEFAULT_THRESHOLD  # shared grams / grams of the shorter text
+    decontamination_min_words: int = quality.DEFAULT_MIN_WORDS  # eval items shorter than n are indexed whole
     decontamination_sets: list[str] = field(
-        default_factory=lambda: ["gsm8k_test", "math500_test"], metadata={"registry": EVAL_SETS}
+        default_factory=lambda: list(quality.DEFAULT_SETS), metadata={"registry": EVAL_SETS}
     )
     decontamination_fields: list[str] = field(default_factory=lambda: ["prompt"])
     require_answer: bool = True
@@ -192,6 +195,8 @@ def _check(cfg: SynthConfig, where: str) -> None:
         (len(cfg.backend.base_urls) >= 1, "backend.base_urls", "needs at least one URL"),
         (q.self_consistency >= 0, "quality.self_consistency", "must be >= 0 (0 = off)"),
         (0 < q.near_dedup_threshold <= 1, "quality.near_dedup_threshold", "must be in (0, 1]"),
+        (0 < q.decontamination_threshold <= 1, "quality.decontamination_threshold", "must be in (0, 1]"),
+        (q.decontamination_n >= 1, "quality.decontamination_n", "must be >= 1"),
         (_good_mix(sy.mix), "symbolic.mix", "must map normal/hard to non-negative weights"),
         (_good_mix(sk.mix), "skywork.mix", "must map normal/hard to non-negative weights"),
         (_good_difficulty(sy.difficulty), "symbolic.difficulty", "must be 1..5, 'easy', or a list of them"),

@@ -1,18 +1,22 @@
 """Quality filters for synthesized rows: exact and near-duplicate removal, decontamination, lengths, answers.
 
 Every filter takes rows and returns (kept rows, removed records); a removed record says which row
-(`meta.id`), which filter, and why (the duplicate it matched, the eval item and n-gram it shares, the
+(`meta.id`), which filter, and why (the duplicate it matched, the eval item it overlaps and how much, the
 length). `Report` collects the counts per filter for the run's manifest.
 
-Hashing of words, n-grams and MinHash signatures runs in `mathforge._native` (C++).
+One text normalisation (`words` / `normalize`: NFKC, typographic punctuation folded, case folded) serves
+exact dedup and both sides of decontamination; hashing of the normalised words, n-grams and MinHash
+signatures runs in `mathforge._native` (C++).
 """
 
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from itertools import chain
 from typing import Any
 
 import numpy as np
@@ -45,9 +49,28 @@ def _id(row: Row, index: int) -> str:
     return str(row.get("meta", {}).get("id", index))
 
 
+# Typographic punctuation and invisible characters NFKC leaves alone, folded to their ASCII forms.
+_FOLD = str.maketrans(
+    {
+        **dict.fromkeys("\u2018\u2019\u201a\u201b\u2032\u02bc\u00b4\u0060", "'"),
+        **dict.fromkeys("\u201c\u201d\u201e\u201f\u2033\u00ab\u00bb", '"'),
+        **dict.fromkeys("\u2010\u2011\u2012\u2013\u2014\u2015\u2212", "-"),
+        **dict.fromkeys("\u200b\u200c\u200d\u2060\ufeff\u00ad"),  # zero-width and soft hyphen: removed
+    }
+)
+_WORD = re.compile(r"[^\W_]+")
+
+
+def words(text: str) -> list[str]:
+    """The words of `text` under the one normalisation of this module: Unicode NFKC, typographic quotes,
+    apostrophes and dashes folded to ASCII, invisible characters dropped, case folded; a word is a run of
+    letters and digits (punctuation, LaTeX symbols and whitespace separate words)."""
+    return _WORD.findall(unicodedata.normalize("NFKC", text).translate(_FOLD).casefold())
+
+
 def normalize(text: str) -> str:
-    """Lower-case words joined by single spaces, punctuation dropped: the key for exact duplicates."""
-    return " ".join(re.findall(r"[^\W_]+", text.lower()))
+    """`words` joined by single spaces: the key for exact duplicates and the text decontamination hashes."""
+    return " ".join(words(text))
 
 
 def exact_dedup(rows: list[Row], fields: tuple[str, ...] = ("prompt",)) -> tuple[list[Row], list[dict]]:
@@ -118,92 +141,160 @@ def near_dedup(rows: list[Row], *, field_name: str = "prompt", **kwargs: Any) ->
     return kept, removed
 
 
-class Decontaminator:
-    """Flags texts sharing a word n-gram with an evaluation set (GSM8K test, MATH test, …).
+# The defaults, chosen by bench/decontamination.py (results in bench/results/cpu/decontamination.json):
+# recall on planted test problems (verbatim, prefixed, one number changed, two sentences swapped) against
+# false removals of clean problems, over n and the threshold.
+DEFAULT_N = 8
+DEFAULT_THRESHOLD = 0.3
+DEFAULT_MIN_WORDS = 3
+DEFAULT_SETS = ("gsm8k_test", "math_test", "math500_test")
+NORMALIZATION = "NFKC, typographic quotes/apostrophes/dashes folded, invisible characters dropped, case folded, words"
 
-    An eval item with fewer than `n` words cannot share an n-gram with anything, so it is indexed as
-    one gram of its full length (when it has at least `min_words` words): a candidate is flagged if it
-    contains the whole short item. `short_items` counts them — with n = 30 most GSM8K and MATH
-    problems are shorter than n and are caught only verbatim, which is why n is configurable
-    (13 or fewer catches light rewording of short problems).
+
+@dataclass(frozen=True)
+class Match:
+    """Why a text counts as contaminated: the eval item it overlaps, how much, and at which n-gram length."""
+
+    eval_item: str  # "<set>#<index>", e.g. "gsm8k_test#12"
+    score: float  # shared n-grams / the smaller of the two texts' n-gram counts (1.0: one contains the other)
+    shared: int  # distinct n-grams the two texts share
+    gram: int  # n-gram length (n, or a short item's whole length)
+
+    def reason(self) -> str:
+        return f"{self.shared} shared {self.gram}-grams with {self.eval_item} (overlap {self.score:.2f})"
+
+
+class Decontaminator:
+    """Flags texts that overlap an evaluation item (GSM8K test, MATH test, MATH-500 …) in word n-grams.
+
+    Index and query go through the same normalisation (`words`). A text is contaminated by an eval item
+    when they share at least `threshold` of the n-grams of the shorter of the two (the overlap coefficient
+    of their n-gram sets): a verbatim copy or a copy inside a longer prompt scores 1.0, one changed number
+    loses the n grams that hold it, two swapped sentences only the grams across their border. An eval item
+    of fewer than `n` words (but at least `min_words`) is indexed whole, as one gram of its own length: a
+    text containing it is contaminated. `contaminated(text)` answers for one text, `filter` for rows.
     """
 
     def __init__(
         self,
-        n: int = 30,
-        sets: Iterable[str] = ("gsm8k_test", "math500_test"),
+        n: int = DEFAULT_N,
+        sets: Iterable[str] = DEFAULT_SETS,
         *,
-        min_words: int = 8,
+        threshold: float = DEFAULT_THRESHOLD,
+        min_words: int = DEFAULT_MIN_WORDS,
         extra: dict[str, list[str]] | None = None,
     ) -> None:
         if n < 1:
             raise ConfigError(f"decontamination.n = {n}: must be >= 1")
-        sets = [EVAL_SETS.check(name, "decontamination.sets") for name in sets]
-        from mathforge.evaluate import datasets
-
-        self.n, self.min_words = n, min_words
-        self.index: dict[int, dict[int, str]] = {}  # gram length -> gram hash -> eval item id
-        self.texts: dict[str, str] = {}
-        self.short_items = self.items = 0
-        sources: dict[str, list[str]] = {}
-        for name in sets:
-            ds, split, key = EVAL_SETS.get(name)
-            sources[name] = [row[key] for row in datasets.load(ds, split)]
-        sources.update(extra or {})
-        for name, texts in sources.items():
+        if not 0 < threshold <= 1:
+            raise ConfigError(f"decontamination.threshold = {threshold}: must be in (0, 1]")
+        self.sets = [EVAL_SETS.check(name, "decontamination.sets") for name in sets]
+        self.n, self.threshold, self.min_words = n, threshold, min_words
+        self.ids: list[str] = []
+        self.texts: list[str] = []
+        self.position: dict[str, int] = {}
+        self.grams: list[int] = []  # distinct grams of each item
+        self.postings: dict[int, list[int]] = {}  # gram hash (its length is mixed into the hash) -> items
+        self.lengths: set[int] = set()  # gram lengths in the index: n and the short items' own lengths
+        self.short_items = self.too_short = 0
+        for name, texts in {**_eval_texts(tuple(self.sets)), **(extra or {})}.items():
             for j, text in enumerate(texts):
                 self._add(f"{name}#{j}", text)
 
     def _add(self, item_id: str, text: str) -> None:
-        self.items += 1
-        self.texts[item_id] = text
-        grams = _native.ngram_hashes(text, self.n)
+        canon = normalize(text)
+        size = canon.count(" ") + 1 if canon else 0
         length = self.n
-        if len(grams) == 0:
-            words = len(normalize(text).split())
-            if words < self.min_words:
+        if size < self.n:
+            if size < self.min_words:
+                self.too_short += 1
                 return
             self.short_items += 1
-            length, grams = words, _native.ngram_hashes(text, words)
-        table = self.index.setdefault(length, {})
+            length = size
+        grams = np.unique(_native.ngram_hashes(canon, length))
+        item = len(self.ids)
+        self.position[item_id] = item
+        self.ids.append(item_id)
+        self.texts.append(text)
+        self.grams.append(len(grams))
+        self.lengths.add(length)
         for g in grams.tolist():
-            table.setdefault(g, item_id)
+            self.postings.setdefault(g, []).append(item)
 
-    def match(self, text: str) -> tuple[str, int] | None:
-        """(eval item id, n-gram length) of the first overlap found, or None."""
-        for length, table in self.index.items():
-            for g in _native.ngram_hashes(text, length).tolist():
-                hit = table.get(g)
-                if hit is not None:
-                    return hit, length
-        return None
+    def matches(self, text: str) -> Iterator[Match]:
+        """Every eval item `text` overlaps at or above the threshold."""
+        canon = normalize(text)
+        for length in sorted(self.lengths):
+            grams = np.unique(_native.ngram_hashes(canon, length))
+            if len(grams) == 0:
+                continue
+            found = [self.postings[g] for g in grams.tolist() if g in self.postings]
+            if not found:
+                continue
+            for item, shared in Counter(chain.from_iterable(found)).items():
+                own = self.grams[item]
+                score = shared / (own if length < self.n else min(own, len(grams)))
+                if score >= self.threshold:
+                    yield Match(self.ids[item], round(score, 4), shared, length)
+
+    def contaminated(self, text: str) -> Match | None:
+        """The best-overlapping eval item when the overlap reaches the threshold, else None."""
+        return max(self.matches(text), key=lambda m: (m.score, m.shared), default=None)
+
+    def contaminated_sets(self, text: str) -> tuple[str, ...]:
+        """The eval sets (names) holding an item `text` overlaps at or above the threshold."""
+        return tuple(sorted({m.eval_item.split("#", 1)[0] for m in self.matches(text)}))
+
+    def contaminated_batch(self, texts: Iterable[str]) -> list[Match | None]:
+        return [self.contaminated(t) for t in texts]
+
+    def text_of(self, eval_item: str) -> str:
+        return self.texts[self.position[eval_item]]
 
     def filter(self, rows: list[Row], fields: tuple[str, ...] = ("prompt",)) -> tuple[list[Row], list[dict]]:
+        """Keeps the rows none of whose `fields` is contaminated; a removal names the eval item and the overlap."""
         kept, removed = [], []
         for i, row in enumerate(rows):
-            hit = next((h + (f,) for f in fields if (h := self.match(str(row.get(f, "")))) is not None), None)
-            if hit is None:
+            found = ((f, self.contaminated(str(row.get(f, "")))) for f in fields)
+            f, match = next(((f, m) for f, m in found if m is not None), ("", None))
+            if match is None:
                 kept.append(row)
-            else:
-                eval_id, length, f = hit
-                removed.append(
-                    {
-                        "id": _id(row, i),
-                        "reason": f"{length}-gram overlap with {eval_id} in {f}",
-                        "eval_item": eval_id,
-                        "eval_text": self.texts[eval_id][:300],
-                        "text": str(row.get(f, ""))[:300],
-                    }
-                )
+                continue
+            removed.append(
+                {
+                    "id": _id(row, i),
+                    "reason": f"{match.reason()} in {f}",
+                    "eval_item": match.eval_item,
+                    "overlap": match.score,
+                    "eval_text": self.text_of(match.eval_item)[:300],
+                    "text": str(row.get(f, ""))[:300],
+                }
+            )
         return kept, removed
 
     def summary(self) -> dict[str, Any]:
+        """What the manifest records: the settings, and how many eval items were indexed whole or not at all."""
         return {
+            "sets": self.sets,
             "n": self.n,
-            "eval_items": self.items,
-            "eval_items_shorter_than_n": self.short_items,
+            "threshold": self.threshold,
+            "match": "shared n-grams / n-grams of the shorter text >= threshold; short items: contained whole",
+            "normalization": NORMALIZATION,
             "min_words": self.min_words,
+            "eval_items": len(self.ids) + self.too_short,
+            "eval_items_shorter_than_n": self.short_items,
+            "eval_items_not_indexed": self.too_short,
         }
+
+
+def _eval_texts(sets: tuple[str, ...]) -> dict[str, list[str]]:
+    from mathforge.evaluate import datasets  # lazy: owned by the evaluation package
+
+    out = {}
+    for name in sets:
+        ds, split, key = EVAL_SETS.get(name)
+        out[name] = [row[key] for row in datasets.load(ds, split)]
+    return out
 
 
 def length_filter(

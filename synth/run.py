@@ -34,6 +34,7 @@ from mathforge.synth import quality
 from mathforge.synth.common import PIPELINES, Context, Pipeline, Reject
 from mathforge.synth.config import QualitySettings, SynthConfig, from_dict
 from mathforge.synth.prompts import Prompts
+from mathforge.synth.seeds import SEED_SOURCES
 from mathforge.synth.store import Journal, shard_name, writable_folder, write_json, write_rows
 
 
@@ -63,10 +64,10 @@ def synthesize(
         check_reachable(cfg.backend.base_urls)  # seconds, not the retries' minutes, before anything is written
     name = shard_name(index, count)
     journal_path = out / "work" / f"journal-{name}.jsonl"
+    start = time.perf_counter()
+    pipeline = make_pipeline(cfg)  # its checks (seeds, test splits) before anything is written
     _claim_output(cfg, journal_path, resume)
 
-    start = time.perf_counter()
-    pipeline = make_pipeline(cfg)
     items = [it for k, it in enumerate(pipeline.items()) if k % count == index]
     journal = Journal(journal_path, fsync_every=cfg.run.fsync_every)
     todo = [it for it in items if it["id"] not in journal.done]
@@ -95,6 +96,8 @@ def synthesize(
             "generation": stats,
             "usage": usage,
             "pipeline_info": getattr(pipeline, "info", {}),
+            # evaluation sets whose problems seeded this run (skywork.allow_test_split); read by the trainer
+            "seeded_from_test": getattr(pipeline, "info", {}).get("seeded_from_test", {}),
         }
     )
     write_json(out / f"manifest-{name}.json", manifest)
@@ -357,7 +360,12 @@ def _filters(q: QualitySettings) -> tuple[list[tuple[str, Filter]], quality.Deco
         )
     deco = None
     if q.decontaminate:
-        deco = quality.Decontaminator(q.decontamination_n, q.decontamination_sets)
+        deco = quality.Decontaminator(
+            q.decontamination_n,
+            q.decontamination_sets,
+            threshold=q.decontamination_threshold,
+            min_words=q.decontamination_min_words,
+        )
         steps.append(("decontamination", lambda r: deco.filter(r, tuple(q.decontamination_fields))))
     return steps, deco
 
@@ -409,5 +417,24 @@ def merge(cfg: SynthConfig, count: int) -> dict[str, Any]:
     if missing:
         raise ConfigError(f"--merge {count}: missing shard journals {', '.join(missing[:3])}")
     manifest = finalize(cfg, journals, "merged", folder="merged")
+    shards = [out / f"manifest-{shard_name(i, count)}.json" for i in range(count)]
+    manifest["seeded_from_test"] = _seeded_from_test(cfg, shards)
     write_json(out / "manifest-merged.json", manifest)
     return manifest
+
+
+def _seeded_from_test(cfg: SynthConfig, manifests: list[Path]) -> dict[str, Any]:
+    """The shards' `seeded_from_test` together (sources listed once; every shard has the same seed pool), and
+    the built-in test-split seed sources the config names (known without a shard's manifest)."""
+    merged: dict[str, Any] = {}
+    if cfg.pipeline.kind == "skywork" and cfg.skywork.allow_test_split:
+        for source in cfg.skywork.seeds:
+            for eval_set in SEED_SOURCES.get(source).eval_sets if source in SEED_SOURCES else ():
+                merged.setdefault(eval_set, {"sources": [], "seeds": 0})["sources"].append(source)
+    for path in manifests:
+        recorded = json.loads(path.read_text()).get("seeded_from_test", {}) if path.exists() else {}
+        for eval_set, entry in recorded.items():
+            into = merged.setdefault(eval_set, {"sources": [], "seeds": 0})
+            into["sources"] += [s for s in entry.get("sources", []) if s not in into["sources"]]
+            into["seeds"] = max(into["seeds"], entry.get("seeds", 0))
+    return merged

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 from mathforge.errors import ConfigError
 from mathforge.registry import Registry
 from mathforge.synth.common import PIPELINES, Context, Reject, check_answer, consistent, finish, make_row, split_reply
-from mathforge.synth.seeds import Seed, k_center_greedy, load_seeds
+from mathforge.synth.seeds import Seed, k_center_greedy, load_checked_seeds
 
 if TYPE_CHECKING:
     from mathforge.synth.config import SkyworkSettings, SynthConfig
@@ -200,7 +200,14 @@ class SkyworkPipeline:
         if not self.methods:
             raise ConfigError("skywork.methods is empty; allowed values: " + ", ".join(SKYWORK_METHODS))
         self.handlers = {m: SKYWORK_METHODS.get(m, "skywork.methods") for m in self.methods}
-        seeds = load_seeds(sk.seeds, sk.seed_fields)
+        q = cfg.quality
+        checked = load_checked_seeds(
+            sk.seeds,
+            sk.seed_fields,
+            allow_test_split=sk.allow_test_split,
+            decontamination=(q.decontamination_n, q.decontamination_threshold, q.decontamination_min_words),
+        )
+        seeds = checked.seeds
         if not seeds:
             raise ConfigError(f"skywork.seeds = {sk.seeds} gave no seeds")
         hard_levels = set(sk.hard_levels)
@@ -218,6 +225,7 @@ class SkyworkPipeline:
             "pool_normal": len(self.pools["normal"]),
             "pool_hard": len(self.pools["hard"]),
             "items": self.counts,
+            **checked.info(),
         }
 
     def _select(self, seeds: list[Seed]) -> list[Seed]:

@@ -235,6 +235,27 @@ def test_a_checkpoint_is_evaluated_with_the_template_it_was_trained_with(checkpo
     assert not (tmp_path / "e").exists()
 
 
+def test_a_benchmark_that_seeded_the_training_data_needs_allow_contaminated(checkpoint, tmp_path, capsys):
+    trained = _copy(checkpoint, tmp_path)
+    manifest = "/runs/sky/manifest-merged.json"
+    record = {"synth_manifests": [manifest], "seeded_from_test": {"gsm8k_test": [manifest]}}
+    (trained / "mathforge.json").write_text(json.dumps(record))
+    code, _, err = _eval(capsys, "--model", str(trained), *FAST, "--out", str(tmp_path / "a"))
+    assert code == 2 and _error_line(err) == (
+        f"error: --bench gsm8k: {trained} was trained on data seeded from the gsm8k test split (synth manifest "
+        f"{manifest}, recorded in {trained / 'mathforge.json'}), so its gsm8k score is contaminated; pass "
+        "--allow-contaminated to evaluate it anyway (results.json records it)"
+    )
+    assert not (tmp_path / "a").exists()
+    code, _, err = _eval(capsys, "--model", str(trained), *FAST, "--bench", "math500", "--out", str(tmp_path / "b"))
+    assert code == 0, err  # another split: not refused
+    assert json.loads((tmp_path / "b" / "results.json").read_text())["contaminated"] == {}
+    code, _, err = _eval(capsys, "--model", str(trained), *FAST, "--allow-contaminated", "--out", str(tmp_path / "c"))
+    assert code == 0, err
+    assert json.loads((tmp_path / "c" / "results.json").read_text())["contaminated"] == {"gsm8k": [manifest]}
+    assert "CONTAMINATED: gsm8k's test split seeded the training data" in (tmp_path / "c" / "results.md").read_text()
+
+
 # ------------------------------------------------------------------ 4. unreadable checkpoints
 
 

@@ -79,30 +79,41 @@ def test_decontamination_removes_planted_test_problems_and_nothing_else():
         "Find all real x such that x^3 - 6x^2 + 11x - 6 = 0 and list them in increasing order.",
     ]
     data = rows(clean + planted + short)
-    deco = Decontaminator(n=13)
+    deco = Decontaminator(n=13, threshold=0.5)
     kept, removed = deco.filter(data)
     planted_ids = {f"r{i}" for i in range(len(clean), len(data))}
     assert {r["id"] for r in removed} == planted_ids
-    assert all(
-        "gram overlap with" in r["reason"] and r["eval_item"].split("#")[0] in ("gsm8k_test", "math500_test")
-        for r in removed
-    )
+    assert all("13-grams with" in r["reason"] or "-grams with" in r["reason"] and r["overlap"] == 1.0 for r in removed)
+    assert all(r["eval_item"].split("#")[0] in ("gsm8k_test", "math_test", "math500_test") for r in removed)
     assert len(kept) == len(clean)
-    assert deco.summary()["eval_items"] == 1319 + 500
+    assert deco.summary()["eval_items"] == 1319 + 5000 + 500
 
 
-def test_default_n30_only_catches_long_overlaps_and_reports_short_items():
-    deco = Decontaminator()  # n = 30, as Skywork-Math
+def test_typographic_punctuation_is_folded_for_index_and_query():
+    assert normalize("Janet\u2019s \u201cducks\u201d \u2014 16\u00a0eggs\u200b!") == "janet s ducks 16 eggs"
+    assert normalize('Janet\'s "ducks" - 16 eggs!') == "janet s ducks 16 eggs"
+    assert normalize("\uff21\uff22 \u00bd") == "ab 1 2"  # NFKC: full-width letters, vulgar fractions
+    gsm_test = [r["question"] for r in datasets.load("gsm8k", "test")]
+    curly = [q for q in gsm_test if "\u2019" in q]
+    assert len(curly) >= 5
+    deco = Decontaminator(sets=["gsm8k_test"])
+    for q in curly:  # verbatim, and with the apostrophes typed straight
+        assert deco.contaminated(q).score == 1.0
+        assert deco.contaminated(q.replace("\u2019", "'")).score == 1.0
+
+
+def test_short_items_are_indexed_whole():
+    math_test = [r["problem"] for r in datasets.load("math", "test")]
+    short = [q for q in math_test if 3 <= len(normalize(q).split()) < 8]
+    deco = Decontaminator(n=8, sets=["math_test"])
     summary = deco.summary()
-    texts = [r["question"] for r in datasets.load("gsm8k", "test")] + [
-        r["problem"] for r in datasets.load("math500", "test")
-    ]
-    assert summary["n"] == 30 and summary["eval_items_shorter_than_n"] == sum(
-        8 <= len(normalize(t).split()) < 30 for t in texts
-    )
-    q = next(r["question"] for r in datasets.load("gsm8k", "test") if len(r["question"].split()) < 25)
-    assert deco.match(q) is not None  # verbatim short item: whole-item gram
-    assert deco.match(" ".join(q.split()[1:])) is None  # drop one word: missed at n = 30
+    assert summary["eval_items_shorter_than_n"] == len(short) and summary["eval_items_not_indexed"] == 0
+    assert len(short) == 196  # MATH test items of 3-7 words (never checked before, at min_words = 8)
+    for q in short:
+        m = deco.contaminated("Answer this one: " + q)
+        assert m is not None and m.score == 1.0 and deco.text_of(m.eval_item).strip() == q.strip()
+    assert deco.contaminated("Compute $\\cos 45^\\circ$.") is not None  # "compute cos 45 circ"
+    assert deco.contaminated("Compute $\\cos 46^\\circ$.") is None
 
 
 def test_length_filter_and_report_counts():
@@ -128,7 +139,7 @@ def test_marked_answer_and_self_consistency():
     assert keep == []
 
 
-@pytest.mark.parametrize("bad", [{"n": 0}, {"sets": ["nope_test"]}])
+@pytest.mark.parametrize("bad", [{"n": 0}, {"sets": ["nope_test"]}, {"threshold": 0}, {"threshold": 1.5}])
 def test_decontaminator_rejects_bad_settings(bad):
     from mathforge.errors import ConfigError
 

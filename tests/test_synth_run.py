@@ -121,7 +121,7 @@ def test_config_errors_name_the_key_and_allowed_values(sets, match):
     [
         (
             ['pipeline.kind="magic"'],
-            r"pipeline.kind: unknown pipeline kind 'magic'; known: .*jiuzhang.*skywork.*symbolic",
+            r"pipeline.kind: unknown pipeline kind 'magic'; known: (?=.*jiuzhang)(?=.*skywork)(?=.*symbolic)",  # any order
         ),
         (
             ['skywork.methods=["rephrase", "magic"]'],
@@ -195,7 +195,7 @@ def test_settings_hash_depends_on_content_settings_only():
         CONFIGS / "symbolic-demo.toml",
         ['run.output="elsewhere"', "quality.near_dedup=true", "run.progress=false", "backend.concurrency=3"],
     )
-    assert run.settings_hash(base) == run.settings_hash(same) == "e3dc1685cc313486"
+    assert run.settings_hash(base) == run.settings_hash(same) == "1bf199d4870ff996"
     assert run.settings_hash(config.load(None, ["sampling.temperature=1"])) == run.settings_hash(
         config.load(None, ["sampling.temperature=1.0"])
     )

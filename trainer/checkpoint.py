@@ -89,6 +89,7 @@ def save_checkpoint(
     keep_last: int,
     config: dict[str, Any] | None = None,
     template: str | None = None,
+    provenance: dict[str, Any] | None = None,
 ) -> Path:
     """Writes a checkpoint of the current step (call on every rank) and prunes all but the last `keep_last`.
     `module` is what the optimizer was built on; `module.model` is the Transformer; `config` (the run's resolved
@@ -106,7 +107,7 @@ def save_checkpoint(
         module, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
     )
     if _rank() == 0:
-        save_model_folder(module.model, partial / "model", tokenizer, weights, template)
+        save_model_folder(module.model, partial / "model", tokenizer, weights, template, provenance)
         torch.save(optim_state, partial / "optimizer.pt")
         (partial / "trainer_state.json").write_text(json.dumps(asdict(state), indent=2, default=str) + "\n")
         if config is not None:
@@ -127,16 +128,25 @@ TRAINING_INFO = "mathforge.json"  # beside a saved model: how it was trained ({"
 
 
 def save_model_folder(
-    model: torch.nn.Module, folder: Path, tokenizer: Any, weights: dict | None = None, template: str | None = None
+    model: torch.nn.Module,
+    folder: Path,
+    tokenizer: Any,
+    weights: dict | None = None,
+    template: str | None = None,
+    provenance: dict[str, Any] | None = None,
 ) -> None:
     """A Hugging Face folder with the model (its own dtype) and the tokenizer (rank 0 only under FSDP;
     pass `weights` from `model.hf_state_dict()` gathered on every rank), and `mathforge.json` naming the
-    training `template`, so `mathforge eval` prompts the model in the layout it was trained on."""
+    training `template`, so `mathforge eval` prompts the model in the layout it was trained on, and the
+    data's `provenance` (`mathforge.datasources.data_provenance`: synth manifests, evaluation sets that
+    seeded them), so `mathforge eval` refuses a benchmark the training data was seeded from."""
     model.save_pretrained(folder, state=weights)
     if tokenizer is not None:
         tokenizer.save_pretrained(folder)
-    if template is not None:
-        (Path(folder) / TRAINING_INFO).write_text(json.dumps({"template": template}, indent=2) + "\n")
+    info = {"template": template} if template is not None else {}
+    info.update(provenance or {})
+    if info:
+        (Path(folder) / TRAINING_INFO).write_text(json.dumps(info, indent=2) + "\n")
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:

@@ -26,6 +26,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from mathforge.datasources import data_provenance
 from mathforge.errors import ConfigError, MathforgeError
 from mathforge.trainer.checkpoint import (
     TrainerState,
@@ -579,7 +580,13 @@ def save(run: Run, meter: Throughput | None = None) -> Path:
         run.config.run.keep_last,
         config,
         template=_template(run, run.state.stage),
+        provenance=_provenance(run),
     )
+
+
+def _provenance(run: Run) -> dict[str, Any]:
+    """The synth manifests behind the run's data and the evaluation sets that seeded them (mathforge.json)."""
+    return data_provenance([source for stage in run.config.stages for source in stage.data])
 
 
 def _template(run: Run, stage_index: int) -> str:
@@ -614,7 +621,12 @@ def finish(run: Run, summary: dict[str, Any], stop: str | None, meter: Throughpu
         weights = run.model.hf_state_dict()  # collective under FSDP
         if run.is_main:
             save_model_folder(
-                run.model, run.dir / "final", run.tokenizer, weights, _template(run, len(run.config.stages) - 1)
+                run.model,
+                run.dir / "final",
+                run.tokenizer,
+                weights,
+                _template(run, len(run.config.stages) - 1),
+                _provenance(run),
             )
             summary["final_model"] = str(run.dir / "final")
     if run.is_main:
