@@ -70,6 +70,9 @@ class BackendSettings:
     timeout_s: float = 120.0
     backoff_s: float = 0.5
     max_backoff_s: float = 30.0
+    max_retry_after_s: float = 60.0  # longest Retry-After (429/503) honoured
+    bench_s: float = 1.0  # an unreachable URL is set aside this long, doubling per failure ...
+    max_bench_s: float = 60.0  # ... up to this
     device: str = "auto"
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     batch_size: int = 8
