@@ -96,14 +96,16 @@ class PromptSettings:
 class SkyworkSettings:
     seeds: list[str] = field(default_factory=lambda: ["gsm8k", "math"])
     seed_fields: dict[str, str] = field(default_factory=lambda: {"question": "question", "answer": "answer"})
-    select: int = 0  # k-center greedy core-set size (0 = all seeds)
-    select_ngram: int = 3
+    select: int = 0  # core-set size per stage pool (0 = all seeds); see synth/seeds.py
+    select_mix: dict[str, float] = field(default_factory=dict)  # source -> weight ({} = as in the seeds)
+    select_by_level: bool = True  # stratify by MATH level within a source too
+    solutions: int = 4  # distinct solutions kept per item: answer_aug's samples; cap of self-consistent drafts
     methods: list[str] = field(default_factory=SKYWORK_METHODS.names, metadata={"registry": SKYWORK_METHODS})
     evol_rounds: int = 2
     evol_ops: list[str] = field(default_factory=EVOL_OPS.names, metadata={"registry": EVOL_OPS})
     self_check: bool = True
     hard_levels: list[int] = field(default_factory=lambda: [4, 5])
-    hard_by_prompt: bool = False
+    hard_by_prompt: bool = False  # no seeds of hard_levels: the hard stage draws any seed (the hard prompt does it)
     mix: dict[str, float] = field(default_factory=lambda: {"normal": 0.85, "hard": 0.15})
 
 
@@ -194,6 +196,8 @@ def _check(cfg: SynthConfig, where: str) -> None:
         (cfg.backend.concurrency >= 1, "backend.concurrency", "must be >= 1"),
         (len(cfg.backend.base_urls) >= 1, "backend.base_urls", "needs at least one URL"),
         (q.self_consistency >= 0, "quality.self_consistency", "must be >= 0 (0 = off)"),
+        (sk.solutions >= 1, "skywork.solutions", "must be >= 1"),
+        (all(v >= 0 for v in sk.select_mix.values()), "skywork.select_mix", "weights must be >= 0"),
         (0 < q.near_dedup_threshold <= 1, "quality.near_dedup_threshold", "must be in (0, 1]"),
         (_good_mix(sy.mix), "symbolic.mix", "must map normal/hard to non-negative weights"),
         (_good_mix(sk.mix), "skywork.mix", "must map normal/hard to non-negative weights"),
