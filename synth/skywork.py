@@ -294,7 +294,7 @@ class SkyworkPipeline:
             "seed_source": seed.source,
             "difficulty": seed.level,
             "model": draft.model,
-            "sampling": ctx.sampling_meta(k),
+            "sampling": ctx.sampling_meta(draft.extra.get("samples", k)),
             "answer": draft.answer,
             "usage": job.usage,
             **draft.extra,
