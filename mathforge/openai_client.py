@@ -139,6 +139,7 @@ class OpenAIClient:
         self.in_flight = [0] * len(base_urls)
         self.benched_until = [0.0] * len(base_urls)  # clock time before which a URL is set aside
         self._failures = [0] * len(base_urls)  # consecutive connection failures per URL
+        self._benched_at = [float("-inf")] * len(base_urls)  # when each URL was last benched for a failure
         self.per_url: Counter = per_url if per_url is not None else Counter()
         self._next = 0
         self._limit = asyncio.Semaphore(concurrency)
@@ -161,9 +162,10 @@ class OpenAIClient:
         self._next = (order[0] + 1) % count
         return order[0]
 
-    def _bench(self, url: int, error: BaseException) -> None:
+    def _bench(self, url: int, error: BaseException, started: float) -> None:
         """Sets `url` aside after a failure that says so: Retry-After on a 429/503 for the time it asks (capped);
-        a connection that could not be made for bench_s * 2^(failures - 1) (capped)."""
+        a connection that could not be made for bench_s * 2^(failures - 1) (capped), where attempts that began
+        before the URL's last benching (concurrent requests meeting the same outage) count as one failure."""
         now = self._clock()
         wait = retry_after_s(error)
         if wait is not None:
@@ -172,7 +174,10 @@ class OpenAIClient:
             self.usage.retry_after_s += wait
             self.benched_until[url] = max(self.benched_until[url], now + wait)
         elif len(self.clients) > 1 and _unreachable(error):  # one URL alone: the backoff spaces its retries
+            if started < self._benched_at[url]:
+                return
             self._failures[url] += 1
+            self._benched_at[url] = now
             span = min(self.max_bench_s, self.bench_s * 2 ** (self._failures[url] - 1))
             self.benched_until[url] = max(self.benched_until[url], now + span)
             self.usage.benched[self.base_urls[url]] += 1
@@ -264,6 +269,7 @@ class OpenAIClient:
                     await self._sleep(wait)
                 self.in_flight[url] += 1
                 self.usage.requests += 1
+                started = self._clock()
                 try:
                     path = "/chat/completions" if kind == "chat" else "/completions"
                     reply = await self.clients[url].post(path, body=params, cast_to=object)
@@ -273,7 +279,7 @@ class OpenAIClient:
                     cause = "malformed" if isinstance(error, ValueError) else type(error).__name__  # incl. bad JSON
                     self.usage.retries[str(status) if status else cause] += 1
                     last = error
-                    self._bench(url, error)
+                    self._bench(url, error, started)
                     delay = min(self.max_backoff_s, self.backoff_s * 2**attempt) * (0.5 + self._rng.random())
                     continue
                 except openai.APIStatusError as error:  # 4xx other than 429: the request itself is wrong

@@ -134,3 +134,13 @@ def test_eval_results_report_the_clients_retries_and_truncations(tmp_path):
     assert client["retries"] == {"429": counts["429"]} and client["truncated"] == counts["cut"]
     assert client["requests"] == counts["requests"] == 12 + counts["429"] and client["failures"] == 0
     assert client["per_url"] == {srv.url: 12} and client["benched"] == {}
+
+
+def test_concurrent_requests_meeting_a_dead_url_bench_it_once():
+    with LoopbackServer(echo, refuse=True) as dead, LoopbackServer(echo) as good:
+        client = OpenAIClient([dead.url, good.url], "m", concurrency=8, backoff_s=0.001, bench_s=30.0)
+        outs = ask(client, [f"q{i}" for i in range(40)])
+        reached = dead.counts["connections"]
+    assert [o.texts[0] for o in outs] == [echo([{"content": f"q{i}"}], 0) for i in range(40)]
+    assert 1 <= reached <= 8  # only the first wave, already in flight when the URL was benched
+    assert client.usage.benched == {dead.url: 1} and client._failures[0] == 1  # one outage, one failure counted
