@@ -301,8 +301,11 @@ class SkyworkPipeline:
         }
         if len(responses) == 1:
             return [make_row(draft.prompt, responses[0], meta)]
+        # the item's requests are counted once, on its first row (a sum over rows stays the true cost)
         return [
-            make_row(draft.prompt, text, {**meta, "id": item["id"] if j == 0 else f"{item['id']}-s{j}", "solution": j})
+            make_row(draft.prompt, text, {**meta, "solution": j, "id": f"{item['id']}-s{j}", "usage": {}})
+            if j
+            else make_row(draft.prompt, text, {**meta, "solution": 0})
             for j, text in enumerate(responses)
         ]
 

@@ -99,6 +99,8 @@ def test_distinct_correct_solutions_and_self_consistency_over_all_drafts(tmp_pat
         by_method[meta["method"]] += len(rows)
         assert [r["meta"]["id"] for r in rows] == [item_id] + [f"{item_id}-s{j}" for j in range(1, len(rows))]
         assert len({r["prompt"] for r in rows}) == 1 and len({r["response"] for r in rows}) == len(rows)
+        assert [r["meta"]["solution"] for r in rows] == list(range(len(rows)))
+        assert meta["usage"]["calls"] >= 1 and all(r["meta"]["usage"] == {} for r in rows[1:])  # counted once
         if meta["method"] == "answer_aug":  # 4 samples, 3 correct, 2 distinct: both kept, never the wrong one
             gold = GOLD[rows[0]["prompt"]]
             assert [r["response"] for r in rows] == [
