@@ -197,7 +197,7 @@ def _check(cfg: SynthConfig, where: str) -> None:
         (len(cfg.backend.base_urls) >= 1, "backend.base_urls", "needs at least one URL"),
         (q.self_consistency >= 0, "quality.self_consistency", "must be >= 0 (0 = off)"),
         (sk.solutions >= 1, "skywork.solutions", "must be >= 1"),
-        (all(v >= 0 for v in sk.select_mix.values()), "skywork.select_mix", "weights must be >= 0"),
+        (_good_weights(sk.select_mix), "skywork.select_mix", "must map seed sources to numbers >= 0"),
         (0 < q.near_dedup_threshold <= 1, "quality.near_dedup_threshold", "must be in (0, 1]"),
         (_good_mix(sy.mix), "symbolic.mix", "must map normal/hard to non-negative weights"),
         (_good_mix(sk.mix), "skywork.mix", "must map normal/hard to non-negative weights"),
@@ -222,6 +222,10 @@ def _check(cfg: SynthConfig, where: str) -> None:
             f"{where}: backend.kind = {backend!r} does not fit pipeline.kind = {kind!r} "
             "(symbolic needs symbolic; skywork/jiuzhang need openai or local)"
         )
+
+
+def _good_weights(weights: dict[str, Any]) -> bool:
+    return all(isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 for v in weights.values())
 
 
 def _good_mix(mix: dict[str, Any]) -> bool:
