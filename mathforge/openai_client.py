@@ -334,12 +334,16 @@ def _unreachable(error: BaseException) -> bool:
 
 
 def retry_after_s(error: BaseException, now: float | None = None) -> float | None:
-    """The wait a 429/503 reply asks for in its Retry-After header (delay-seconds or an HTTP date), in seconds
-    (>= 0); None for other errors or without a readable header. `now`: the wall-clock time for HTTP dates."""
-    if getattr(error, "status_code", None) not in (429, 503):
-        return None
+    """The wait a 429/503 reply asks for, in seconds (>= 0): its `retry-after-ms` header (OpenAI's), else its
+    Retry-After (delay-seconds or an HTTP date); None for other errors or without a readable header. `now`: the
+    wall-clock time for HTTP dates."""
     response = getattr(error, "response", None)
-    value = response.headers.get("retry-after") if response is not None else None
+    if getattr(error, "status_code", None) not in (429, 503) or response is None:
+        return None
+    millis = parse_retry_after(response.headers.get("retry-after-ms") or "", now)
+    if millis is not None:
+        return millis / 1000.0
+    value = response.headers.get("retry-after")
     return parse_retry_after(value, now) if value else None
 
 
@@ -348,6 +352,8 @@ def parse_retry_after(value: str, now: float | None = None) -> float | None:
     from email.utils import parsedate_to_datetime
 
     value = value.strip()
+    if not value:
+        return None
     try:
         return max(0.0, float(value))
     except ValueError:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 
+import httpx
 from fake_openai import LoopbackServer
 
-from mathforge.openai_client import OpenAIClient, parse_retry_after
+from mathforge.openai_client import OpenAIClient, parse_retry_after, retry_after_s
 
 
 def echo(messages, index):
@@ -62,6 +63,14 @@ def test_retry_after_is_capped_and_read_as_http_date():
     # RFC 9110's example date, 10 s after "now"
     assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now=1445412470.0) == 10.0
     assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now=1445412490.0) == 0.0
+
+    class Status(Exception):
+        def __init__(self, status_code, headers):
+            self.status_code, self.response = status_code, httpx.Response(status_code, headers=headers)
+
+    assert retry_after_s(Status(429, {"retry-after-ms": "250", "retry-after": "5"})) == 0.25  # OpenAI's, finer
+    assert retry_after_s(Status(503, {"retry-after": "5"})) == 5.0
+    assert retry_after_s(Status(500, {"retry-after": "5"})) is None and retry_after_s(Status(429, {})) is None
     waits = []
 
     async def record(seconds):
