@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+from types import SimpleNamespace
 
-import httpx
 from fake_openai import LoopbackServer
 
 from mathforge.openai_client import OpenAIClient, parse_retry_after, retry_after_s
@@ -66,7 +66,7 @@ def test_retry_after_is_capped_and_read_as_http_date():
 
     class Status(Exception):
         def __init__(self, status_code, headers):
-            self.status_code, self.response = status_code, httpx.Response(status_code, headers=headers)
+            self.status_code, self.response = status_code, SimpleNamespace(headers=headers)  # lower-case keys
 
     assert retry_after_s(Status(429, {"retry-after-ms": "250", "retry-after": "5"})) == 0.25  # OpenAI's, finer
     assert retry_after_s(Status(503, {"retry-after": "5"})) == 5.0
