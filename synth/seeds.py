@@ -93,10 +93,10 @@ def embed(texts: Sequence[str], dim: int = 256) -> np.ndarray:
     idf = np.log((1 + n) / (1 + np.bincount(feat, minlength=size))) + 1.0
     hashes = np.fromiter((zlib.crc32(g.encode()) for g in vocab), np.int64, len(vocab))
     bucket, sign = hashes % dim, np.where((hashes >> 16) & 1, 1.0, -1.0)
-    out = np.zeros((n, dim), np.float64)
-    np.add.at(out, (doc, bucket[feat]), sign[feat] * (1.0 + np.log(tf)) * idf[feat])
+    out = np.zeros((n, dim), np.float32)
+    np.add.at(out, (doc, bucket[feat]), (sign[feat] * (1.0 + np.log(tf)) * idf[feat]).astype(np.float32))
     out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
-    return out.astype(np.float32)
+    return out
 
 
 def coverage(vectors: np.ndarray, picks: Sequence[int], block: int = 4096) -> float:
@@ -117,7 +117,7 @@ def kmeans_medoids(vectors: np.ndarray, k: int, *, seed: int = 0, iters: int = 5
     rng = np.random.default_rng(seed)
     centroids = vectors[rng.choice(n, k, replace=False)].astype(np.float32)
     for _ in range(iters):
-        owner = (vectors @ centroids.T).argmax(axis=1)
+        owner, _ = _nearest(vectors, centroids)
         order = np.argsort(owner, kind="stable")
         used, starts = np.unique(owner[order], return_index=True)
         sums = np.zeros_like(centroids)
@@ -127,9 +127,7 @@ def kmeans_medoids(vectors: np.ndarray, k: int, *, seed: int = 0, iters: int = 5
         centroids = sums / np.maximum(norms, 1e-9)
         if empty.any():
             centroids[empty] = vectors[rng.choice(n, int(empty.sum()), replace=False)]
-    sims = vectors @ centroids.T
-    owner = sims.argmax(axis=1)
-    closeness = sims[np.arange(n), owner]
+    owner, closeness = _nearest(vectors, centroids)
     order = np.lexsort((-closeness, owner))  # by cluster, the closest member first
     first = np.ones(n, bool)
     first[1:] = owner[order][1:] != owner[order][:-1]
@@ -138,6 +136,19 @@ def kmeans_medoids(vectors: np.ndarray, k: int, *, seed: int = 0, iters: int = 5
         rest = np.setdiff1d(np.arange(n), picks)
         picks = np.concatenate([picks, rng.choice(rest, k - len(picks), replace=False)])
     return sorted(int(i) for i in picks)
+
+
+def _nearest(vectors: np.ndarray, centroids: np.ndarray, cells: int = 1 << 24) -> tuple[np.ndarray, np.ndarray]:
+    """For each row, the index of its most similar centroid and that similarity, in row blocks of at most
+    `cells` similarities (memory stays bounded for large seed sets)."""
+    block = max(1, cells // max(1, len(centroids)))
+    owner = np.empty(len(vectors), np.int64)
+    best = np.empty(len(vectors), np.float32)
+    for i in range(0, len(vectors), block):
+        sims = vectors[i : i + block] @ centroids.T
+        owner[i : i + block] = sims.argmax(axis=1)
+        best[i : i + block] = sims[np.arange(len(sims)), owner[i : i + block]]
+    return owner, best
 
 
 def apportion(total: int, weights: Sequence[float], caps: Sequence[int]) -> list[int]:
