@@ -97,7 +97,8 @@ class SkyworkSettings:
     seeds: list[str] = field(default_factory=lambda: ["gsm8k", "math"])
     seed_fields: dict[str, str] = field(default_factory=lambda: {"question": "question", "answer": "answer"})
     select: int = 0  # core-set size per stage pool (0 = all seeds); see synth/seeds.py
-    select_mix: dict[str, float] = field(default_factory=dict)  # source -> weight ({} = as in the seeds)
+    # source (gsm8k, math, a seed file's name without suffix) -> weight in the core-set ({} = as in the seeds)
+    select_mix: dict[str, float] = field(default_factory=dict)
     select_by_level: bool = True  # stratify by MATH level within a source too
     solutions: int = 4  # distinct solutions kept per item: answer_aug's samples; cap of self-consistent drafts
     methods: list[str] = field(default_factory=SKYWORK_METHODS.names, metadata={"registry": SKYWORK_METHODS})

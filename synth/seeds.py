@@ -181,8 +181,9 @@ def select(
     dim: int = 256,
     vectors: np.ndarray | None = None,
 ) -> list[Seed]:
-    """k seeds covering `seeds` (see the module docstring), stratified by source (`mix`: source -> weight, the
-    sources absent from `seeds` ignored; empty = in proportion to each source's count) and, with `by_level`,
+    """k seeds covering `seeds` (see the module docstring), stratified by source (`mix`: source -> weight, a
+    source it does not name gets none, one absent from `seeds` is ignored; empty = in proportion to each
+    source's count; a seed file's source is its name without suffix) and, with `by_level`,
     by level within a source; in a seeded random order. All seeds (in their order) when k <= 0 or k >= len(seeds).
     `vectors`: `embed` of the seeds' questions when already at hand."""
     if k <= 0 or k >= len(seeds):
@@ -193,10 +194,9 @@ def select(
     sources = sorted({src for src, _ in strata})
     counts = {src: sum(len(v) for (s, _), v in strata.items() if s == src) for src in sources}
     mix = dict(mix or {})
-    unknown = sorted(set(mix) - set(counts)) if mix and not set(mix) & set(counts) else []
-    if unknown:
-        raise ConfigError(f"skywork.select_mix names {unknown}, none of the seed sources {sources}")
     weights = [float(mix.get(src, 0.0)) if mix else float(counts[src]) for src in sources]
+    if sum(weights) <= 0:
+        raise ConfigError(f"skywork.select_mix = {mix} gives no weight to any of this pool's seed sources {sources}")
     per_source = dict(zip(sources, apportion(k, weights, [counts[src] for src in sources])))
     vectors = embed([s.question for s in seeds], dim) if vectors is None else vectors
     rng = np.random.default_rng(seed)

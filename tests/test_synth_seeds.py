@@ -66,8 +66,10 @@ def test_source_mix_and_levels_as_configured_and_ties_broken_by_seed():
     assert len({s.id for s in other} ^ {s.id for s in picked}) > 100  # another seed, another draw
     # a prefix of the pool keeps about the mix (items take seeds in pool order)
     assert 0.55 <= Counter(s.source for s in picked[:100])["math"] / 100 <= 0.85
-    with pytest.raises(ConfigError, match="select_mix names \\['aops'\\], none of the seed sources"):
+    with pytest.raises(ConfigError, match="select_mix = {'aops': 1.0} gives no weight to any of this pool's seed"):
         select(seeds, 10, mix={"aops": 1.0}, vectors=vectors)
+    only_math = select(seeds, 10, mix={"math": 1.0, "aops": 5.0}, vectors=vectors)  # absent sources ignored
+    assert {s.source for s in only_math} == {"math"} and len(only_math) == 10
 
 
 def test_exact_duplicates_do_not_take_two_picks_and_small_cases():
