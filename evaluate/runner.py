@@ -449,9 +449,19 @@ def _run_eval(
             key = Path(name).stem if Path(name).suffix else name
             results["benchmarks"][key] = scores
             all_samples[key] = samples
+    results["client"] = client_report(backend)
     if config.out is not None:
         write_results(Path(config.out), results, all_samples)
     return results
+
+
+def client_report(backend: Backend) -> dict[str, Any] | None:
+    """What the backend's client counted over the run (requests, retries by cause, failures, replies cut at
+    max_tokens, benched URLs, Retry-After waits, replies per URL); None for a backend that counts nothing."""
+    usage = getattr(backend, "usage", None)
+    if usage is None:
+        return None
+    return {**usage.as_dict(), "per_url": dict(getattr(backend, "per_url", None) or {})}
 
 
 def write_results(folder: Path, results: dict[str, Any], all_samples: dict[str, list[dict[str, Any]]]) -> None:

@@ -11,7 +11,8 @@ Kinds (``BACKENDS``, what ``backend.kind`` may name in a config):
 
 - ``openai``: any OpenAI-compatible endpoint (vLLM, SGLang, OpenAI) through `mathforge.openai_client`
   (bounded concurrency, several base URLs load-balanced, retries with backoff on 429/5xx/timeouts/
-  connection errors/malformed replies, usage counted). Chat prompts use /chat/completions, raw texts
+  connection errors/malformed replies, Retry-After honoured, an unreachable URL benched with backoff,
+  replies cut at max_tokens marked by their finish reason; usage counted). Chat prompts use /chat/completions, raw texts
   /completions.
 - ``local``: a Hugging Face checkpoint folder (or an in-memory model + tokenizer) generating in-process.
   Architectures our model covers (Llama/Qwen2/Mistral) run on `mathforge.model` with its
@@ -333,6 +334,9 @@ class OpenAIBackend:
         timeout_s: float = 120.0,
         backoff_s: float = 0.5,
         max_backoff_s: float = 30.0,
+        max_retry_after_s: float = 60.0,
+        bench_s: float = 1.0,
+        max_bench_s: float = 60.0,
         seed: int = 0,
         sleep: Callable[[float], Any] = asyncio.sleep,
     ) -> None:
@@ -349,6 +353,9 @@ class OpenAIBackend:
             "timeout_s": timeout_s,
             "backoff_s": backoff_s,
             "max_backoff_s": max_backoff_s,
+            "max_retry_after_s": max_retry_after_s,
+            "bench_s": bench_s,
+            "max_bench_s": max_bench_s,
             "seed": seed,
             "sleep": sleep,
         }
@@ -454,7 +461,8 @@ class OpenAIBackend:
 
 def _openai_from(options: Mapping[str, Any], seed: int) -> OpenAIBackend:
     api_key = options.get("api_key") or os.environ.get(options.get("api_key_env") or "", None)
-    keys = ("concurrency", "max_retries", "timeout_s", "backoff_s", "max_backoff_s")
+    keys = ("concurrency", "max_retries", "timeout_s", "backoff_s", "max_backoff_s", "max_retry_after_s", "bench_s")
+    keys += ("max_bench_s",)
     return OpenAIBackend(
         options["base_urls"],
         options["model"],
@@ -477,6 +485,6 @@ BACKENDS.add("local", _local_from)
 def make_backend(options: Mapping[str, Any], *, seed: int = 0) -> Backend:
     """The backend a config section asks for: ``options["kind"]`` names a `BACKENDS` entry, the other keys
     are its options (openai: base_urls, model, api_key or api_key_env, concurrency, max_retries, timeout_s,
-    backoff_s, max_backoff_s; local: model, engine, device, dtype, batch_size). Unknown keys are ignored
+    backoff_s, max_backoff_s, max_retry_after_s, bench_s, max_bench_s; local: model, engine, device, dtype, batch_size). Unknown keys are ignored
     (a config section may hold both kinds' options); an unknown kind is a ConfigError listing the kinds."""
     return BACKENDS.get(options.get("kind"), "backend.kind")(options, seed)

@@ -4,7 +4,15 @@
   requests in flight, then round robin), and a retry goes to another URL;
 - 429, 5xx, timeouts, connection errors and malformed responses are retried with exponential backoff
   and jitter; other 4xx fail at once with `BackendError`;
-- token usage, retries by cause and failures are counted in `usage`;
+- with several base URLs, one is *benched* (not picked while another URL is free to take the request)
+  when it cannot be connected to — for `bench_s`, doubling with each further failure up to `max_bench_s`, reset by a
+  success — and when a 429/503 says `Retry-After` (seconds or an HTTP date; at most
+  `max_retry_after_s`); a request whose every URL is benched waits until the first comes back;
+- every choice keeps its `finish_reason` (`Completion.finish_reasons`); replies cut at `max_tokens`
+  (`"length"`) are counted in `usage.truncated` — the caller decides (synthesis drops them, evaluation
+  grades them as the model's answer);
+- token usage, retries by cause, failures, truncations, benchings and Retry-After waits are counted in
+  `usage`;
 - the `openai` async client does the HTTP (auth, timeouts, error mapping), over aiohttp when it is
   installed (about 2.5x less CPU per request than the default transport); requests go through its
   generic `post` with a plain JSON body and the reply stays plain JSON, skipping the typed-parameter
@@ -16,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -36,6 +45,12 @@ class Completion:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     model: str = ""
+    finish_reasons: list[str] = field(default_factory=list)  # per text where the server said ("stop", "length")
+
+    def kept(self) -> tuple[list[str], int]:
+        """(the texts not cut at max_tokens, how many were cut): a `"length"` finish means a partial reply."""
+        cut = {i for i, why in enumerate(self.finish_reasons) if why == "length"}
+        return [t for i, t in enumerate(self.texts) if i not in cut], len(cut)
 
 
 @dataclass
@@ -46,6 +61,10 @@ class Usage:
     completion_tokens: int = 0
     retries: Counter = field(default_factory=Counter)
     failures: int = 0
+    truncated: int = 0  # choices whose finish_reason was "length"
+    benched: Counter = field(default_factory=Counter)  # base URL -> times set aside (connection failures)
+    retry_after: int = 0  # 429/503 replies carrying a Retry-After that was honoured
+    retry_after_s: float = 0.0  # the seconds those asked for (after the max_retry_after_s cap)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -55,6 +74,10 @@ class Usage:
             "completion_tokens": self.completion_tokens,
             "retries": dict(self.retries),
             "failures": self.failures,
+            "truncated": self.truncated,
+            "benched": dict(self.benched),
+            "retry_after": self.retry_after,
+            "retry_after_s": round(self.retry_after_s, 3),
         }
 
 
@@ -85,12 +108,17 @@ class OpenAIClient:
         timeout_s: float = 120.0,
         backoff_s: float = 0.5,
         max_backoff_s: float = 30.0,
+        max_retry_after_s: float = 60.0,
+        bench_s: float = 1.0,
+        max_bench_s: float = 60.0,
         seed: int = 0,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        clock: Callable[[], float] = time.monotonic,
         usage: Usage | None = None,
         per_url: Counter | None = None,
     ) -> None:
-        """`usage` and `per_url`, when given, are counted into (a backend shares them across its clients)."""
+        """`usage` and `per_url`, when given, are counted into (a backend shares them across its clients).
+        `sleep` and `clock` are what waits and tells the time (tests pass a fake pair)."""
         from openai import AsyncOpenAI
 
         base_urls = [base_urls] if isinstance(base_urls, str) else list(base_urls)
@@ -99,7 +127,8 @@ class OpenAIClient:
         if concurrency < 1:
             raise ConfigError(f"concurrency must be >= 1, got {concurrency}")
         self.model, self.max_retries = model, max_retries
-        self.backoff_s, self.max_backoff_s, self._sleep = backoff_s, max_backoff_s, sleep
+        self.backoff_s, self.max_backoff_s, self._sleep, self._clock = backoff_s, max_backoff_s, sleep, clock
+        self.max_retry_after_s, self.bench_s, self.max_bench_s = max_retry_after_s, bench_s, max_bench_s
         self.base_urls = base_urls
         self.clients = [
             AsyncOpenAI(
@@ -108,6 +137,9 @@ class OpenAIClient:
             for u in base_urls
         ]
         self.in_flight = [0] * len(base_urls)
+        self.benched_until = [0.0] * len(base_urls)  # clock time before which a URL is set aside
+        self._failures = [0] * len(base_urls)  # consecutive connection failures per URL
+        self._benched_at = [float("-inf")] * len(base_urls)  # when each URL was last benched for a failure
         self.per_url: Counter = per_url if per_url is not None else Counter()
         self._next = 0
         self._limit = asyncio.Semaphore(concurrency)
@@ -115,10 +147,40 @@ class OpenAIClient:
         self.usage = usage if usage is not None else Usage()
 
     def _pick(self, avoid: int | None) -> int:
-        count = len(self.clients)
-        order = sorted(range(count), key=lambda i: (i == avoid, self.in_flight[i], (i - self._next) % count))
+        """A URL not benched (else the one back first), then not the one just failed, then the least busy, then
+        round robin."""
+        count, now = len(self.clients), self._clock()
+        order = sorted(
+            range(count),
+            key=lambda i: (
+                max(0.0, self.benched_until[i] - now),
+                i == avoid,
+                self.in_flight[i],
+                (i - self._next) % count,
+            ),
+        )
         self._next = (order[0] + 1) % count
         return order[0]
+
+    def _bench(self, url: int, error: BaseException, started: float) -> None:
+        """Sets `url` aside after a failure that says so: Retry-After on a 429/503 for the time it asks (capped);
+        a connection that could not be made for bench_s * 2^(failures - 1) (capped), where attempts that began
+        before the URL's last benching (concurrent requests meeting the same outage) count as one failure."""
+        now = self._clock()
+        wait = retry_after_s(error)
+        if wait is not None:
+            wait = min(wait, self.max_retry_after_s)
+            self.usage.retry_after += 1
+            self.usage.retry_after_s += wait
+            self.benched_until[url] = max(self.benched_until[url], now + wait)
+        elif len(self.clients) > 1 and _unreachable(error):  # one URL alone: the backoff spaces its retries
+            if started < self._benched_at[url]:
+                return
+            self._failures[url] += 1
+            self._benched_at[url] = now
+            span = min(self.max_bench_s, self.bench_s * 2 ** (self._failures[url] - 1))
+            self.benched_until[url] = max(self.benched_until[url], now + span)
+            self.usage.benched[self.base_urls[url]] += 1
 
     async def chat(
         self,
@@ -158,8 +220,9 @@ class OpenAIClient:
                 out.prompt_tokens + more.prompt_tokens,
                 out.completion_tokens + more.completion_tokens,
                 out.model,
+                out.finish_reasons + more.finish_reasons,
             )
-        out.texts = out.texts[:n]
+        out.texts, out.finish_reasons = out.texts[:n], out.finish_reasons[:n]
         return out
 
     async def _request(
@@ -197,11 +260,16 @@ class OpenAIClient:
             params["stop"] = list(stop)[:4]  # the API takes at most four stop strings
         last: Exception | None = None
         url = None
+        delay = 0.0
         async with self._limit:
             for attempt in range(self.max_retries + 1):
                 url = self._pick(avoid=url if len(self.clients) > 1 else None)
+                wait = max(delay, self.benched_until[url] - self._clock())
+                if wait > 0:
+                    await self._sleep(wait)
                 self.in_flight[url] += 1
                 self.usage.requests += 1
+                started = self._clock()
                 try:
                     path = "/chat/completions" if kind == "chat" else "/completions"
                     reply = await self.clients[url].post(path, body=params, cast_to=object)
@@ -211,16 +279,17 @@ class OpenAIClient:
                     cause = "malformed" if isinstance(error, ValueError) else type(error).__name__  # incl. bad JSON
                     self.usage.retries[str(status) if status else cause] += 1
                     last = error
-                    if attempt < self.max_retries:
-                        delay = min(self.max_backoff_s, self.backoff_s * 2**attempt) * (0.5 + self._rng.random())
-                        await self._sleep(delay)
+                    self._bench(url, error, started)
+                    delay = min(self.max_backoff_s, self.backoff_s * 2**attempt) * (0.5 + self._rng.random())
                     continue
                 except openai.APIStatusError as error:  # 4xx other than 429: the request itself is wrong
                     self.usage.failures += 1
                     raise BackendError(f"{self.base_urls[url]}: HTTP {error.status_code}: {error.message}") from None
                 finally:
                     self.in_flight[url] -= 1
+                self._failures[url] = 0
                 self.per_url[self.base_urls[url]] += 1
+                self.usage.truncated += completion.finish_reasons.count("length")
                 self.usage.completions += len(completion.texts)
                 self.usage.prompt_tokens += completion.prompt_tokens
                 self.usage.completion_tokens += completion.completion_tokens
@@ -252,6 +321,48 @@ def connection_problem(error: BaseException | None) -> str | None:
             return f"cannot connect ({error})"
         error, seen = error.__cause__ or error.__context__, seen + 1
     return None
+
+
+def _unreachable(error: BaseException) -> bool:
+    """Whether a failed attempt says the server is not there (no connection, or one dropped before a reply),
+    rather than slow (a timeout) or failing this request (a status, a malformed reply)."""
+    import openai
+
+    if isinstance(error, openai.APITimeoutError):  # aiohttp reports a refused connection as a timeout
+        return connection_problem(error) is not None
+    return isinstance(error, openai.APIConnectionError)
+
+
+def retry_after_s(error: BaseException, now: float | None = None) -> float | None:
+    """The wait a 429/503 reply asks for, in seconds (>= 0): its `retry-after-ms` header (OpenAI's), else its
+    Retry-After (delay-seconds or an HTTP date); None for other errors or without a readable header. `now`: the
+    wall-clock time for HTTP dates."""
+    response = getattr(error, "response", None)
+    if getattr(error, "status_code", None) not in (429, 503) or response is None:
+        return None
+    millis = parse_retry_after(response.headers.get("retry-after-ms") or "", now)
+    if millis is not None:
+        return millis / 1000.0
+    value = response.headers.get("retry-after")
+    return parse_retry_after(value, now) if value else None
+
+
+def parse_retry_after(value: str, now: float | None = None) -> float | None:
+    """Seconds to wait from a Retry-After value: "120" or "Wed, 21 Oct 2015 07:28:00 GMT"; None if unreadable."""
+    from email.utils import parsedate_to_datetime
+
+    value = value.strip()
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError, IndexError):
+        return None
+    return max(0.0, when - (time.time() if now is None else now))
 
 
 def _reason(error: BaseException | None) -> str:
@@ -290,6 +401,7 @@ def _parse(data: Any, kind: str, model: str) -> Completion:
     try:
         choices = sorted(data["choices"], key=lambda c: c.get("index", 0))
         texts = [c["message"]["content"] if kind == "chat" else c["text"] for c in choices]
+        reasons = [str(c.get("finish_reason") or "") for c in choices]
     except (ValueError, KeyError, TypeError, AttributeError) as error:
         raise _Malformed(f"malformed reply ({type(error).__name__}: {error})") from None
     if not texts or any(not isinstance(t, str) for t in texts):
@@ -300,4 +412,5 @@ def _parse(data: Any, kind: str, model: str) -> Completion:
         int(usage.get("prompt_tokens") or 0),
         int(usage.get("completion_tokens") or 0),
         str(data.get("model") or model),
+        reasons,
     )

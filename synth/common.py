@@ -77,11 +77,24 @@ class Context:
             usage["prompt_tokens"] = usage.get("prompt_tokens", 0) + out.prompt_tokens
             usage["completion_tokens"] = usage.get("completion_tokens", 0) + out.completion_tokens
             usage["calls"] = usage.get("calls", 0) + 1
-        return out
+        return _uncut(out, usage, s.max_tokens)
 
     def sampling_meta(self, n: int) -> dict[str, Any]:
         """The sampling settings as recorded in a row's meta, with the number of samples drawn."""
         return {**dataclasses.asdict(self.sampling), "n": n}
+
+
+def _uncut(out: Completion, usage: dict[str, int] | None, max_tokens: int) -> Completion:
+    """`out` without the texts cut at max_tokens (finish_reason "length": a partial reply is never kept), their
+    number added to usage["truncated"]; Reject ("truncated") when every text was cut."""
+    texts, cut = out.kept()
+    if not cut:
+        return out
+    if usage is not None:
+        usage["truncated"] = usage.get("truncated", 0) + cut
+    if not texts:
+        raise Reject(f"the reply was cut at max_tokens = {max_tokens} (finish_reason 'length')", "truncated")
+    return dataclasses.replace(out, texts=texts, finish_reasons=[r for r in out.finish_reasons if r != "length"])
 
 
 def split_reply(text: str) -> tuple[str | None, str]:
@@ -121,13 +134,21 @@ def consistent(texts: list[str], ctx: Context) -> tuple[str, dict[str, Any]]:
     """With k > 1 samples: the first sample agreeing with the majority answer (Reject if none reaches min_agree)."""
     if len(texts) == 1:
         return texts[0], {}
+    agree, info = agreeing(texts, ctx)
+    return agree[0], info
+
+
+def agreeing(texts: list[str], ctx: Context) -> tuple[list[str], dict[str, Any]]:
+    """Self-consistency over all `texts`: those whose answer agrees with the majority answer, in order, and
+    {"votes", "samples", "agreement"}; Reject when the majority's share is below `ctx.min_agree`."""
     keep, top, info = quality.self_consistency(texts, min_agree=ctx.min_agree, marker=ctx.marker)
     if not keep:
         raise Reject(
             f"self-consistency: {info['votes']}/{info['samples']} samples agree (need {ctx.min_agree:.0%})",
             "self-consistency",
         )
-    return texts[keep[0]], {"votes": info["votes"], "samples": info["samples"]}
+    votes, samples = info["votes"], info["samples"]
+    return [texts[i] for i in keep], {"votes": votes, "samples": samples, "agreement": round(votes / samples, 4)}
 
 
 def make_row(prompt: str, response: str, meta: dict[str, Any]) -> dict[str, Any]:

@@ -70,6 +70,9 @@ class BackendSettings:
     timeout_s: float = 120.0
     backoff_s: float = 0.5
     max_backoff_s: float = 30.0
+    max_retry_after_s: float = 60.0  # longest Retry-After (429/503) honoured
+    bench_s: float = 1.0  # an unreachable URL is set aside this long, doubling per failure ...
+    max_bench_s: float = 60.0  # ... up to this
     device: str = "auto"
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     batch_size: int = 8
@@ -94,14 +97,17 @@ class SkyworkSettings:
     seeds: list[str] = field(default_factory=lambda: ["gsm8k"])  # built-in names, files, folders, hf:<name>
     allow_test_split: bool = False  # seeds from an evaluation split (e.g. "math"): refused unless true
     seed_fields: dict[str, str] = field(default_factory=lambda: {"question": "question", "answer": "answer"})
-    select: int = 0  # k-center greedy core-set size (0 = all seeds)
-    select_ngram: int = 3
+    select: int = 0  # core-set size per stage pool (0 = all seeds); see synth/seeds.py
+    # source (gsm8k, math, a seed file's name without suffix) -> weight in the core-set ({} = as in the seeds)
+    select_mix: dict[str, float] = field(default_factory=dict)
+    select_by_level: bool = True  # stratify by MATH level within a source too
+    solutions: int = 4  # distinct solutions kept per item: answer_aug's samples; cap of self-consistent drafts
     methods: list[str] = field(default_factory=SKYWORK_METHODS.names, metadata={"registry": SKYWORK_METHODS})
     evol_rounds: int = 2
     evol_ops: list[str] = field(default_factory=EVOL_OPS.names, metadata={"registry": EVOL_OPS})
     self_check: bool = True
     hard_levels: list[int] = field(default_factory=lambda: [4, 5])
-    hard_by_prompt: bool = False
+    hard_by_prompt: bool = False  # no seeds of hard_levels: the hard stage draws any seed (the hard prompt does it)
     mix: dict[str, float] = field(default_factory=lambda: {"normal": 0.85, "hard": 0.15})
 
 
@@ -194,6 +200,8 @@ def _check(cfg: SynthConfig, where: str) -> None:
         (cfg.backend.concurrency >= 1, "backend.concurrency", "must be >= 1"),
         (len(cfg.backend.base_urls) >= 1, "backend.base_urls", "needs at least one URL"),
         (q.self_consistency >= 0, "quality.self_consistency", "must be >= 0 (0 = off)"),
+        (sk.solutions >= 1, "skywork.solutions", "must be >= 1"),
+        (_good_weights(sk.select_mix), "skywork.select_mix", "must map seed sources to numbers >= 0"),
         (0 < q.near_dedup_threshold <= 1, "quality.near_dedup_threshold", "must be in (0, 1]"),
         (0 < q.decontamination_threshold <= 1, "quality.decontamination_threshold", "must be in (0, 1]"),
         (q.decontamination_n >= 1, "quality.decontamination_n", "must be >= 1"),
@@ -220,6 +228,10 @@ def _check(cfg: SynthConfig, where: str) -> None:
             f"{where}: backend.kind = {backend!r} does not fit pipeline.kind = {kind!r} "
             "(symbolic needs symbolic; skywork/jiuzhang need openai or local)"
         )
+
+
+def _good_weights(weights: dict[str, Any]) -> bool:
+    return all(isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 for v in weights.values())
 
 
 def _good_mix(mix: dict[str, Any]) -> bool:

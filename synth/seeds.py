@@ -13,13 +13,23 @@ seeds of an otherwise clean source that match an evaluation item (train/test nea
 counted. When the recipe allows test splits, `check_seeds` returns the evaluation sets that seeded the
 pool; the run's manifest records them, and `mathforge eval` on those sets refuses a model trained on it.
 
-The selection is a k-center greedy core-set over MinHash sketches of word n-grams: each pick is the seed
-farthest (1 - estimated Jaccard) from all picks so far, so a small budget
-covers the seed set's variety instead of its most common templates.
+Selection (`[skywork] select = k`) is a core-set that covers the seed space: each seed becomes a TF-IDF
+vector of its word unigrams and bigrams (numbers folded to one token, LaTeX commands kept as words),
+feature-hashed with random signs into `dim` dimensions (a sparse random projection: inner products kept
+in expectation) and L2-normalised; the distance is the cosine distance. The k seeds are the medoids of a
+spherical k-means (the member nearest each centroid), which minimises the mean distance from a seed to
+its nearest pick — what "covers" means here (`coverage`). The k-center greedy rule (each pick the seed
+farthest from all picks) was measured worse than random picks on that mean (it spends the budget on
+outliers), hence not used. The selection is stratified: the budget is split over sources by
+`select_mix` (default: in proportion to the seeds each has) and, within a source, over MATH levels in
+proportion to their counts. Everything random (order, k-means start) follows `seed`.
 """
 
 from __future__ import annotations
 
+import re
+import zlib
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -27,7 +37,6 @@ from typing import Any
 
 import numpy as np
 
-from mathforge import _native
 from mathforge.datasources import CONVENTIONS, parse_level, pick, read_rows, text_field
 from mathforge.errors import ConfigError, DataError
 from mathforge.registry import Registry
@@ -185,18 +194,145 @@ def _decontaminator(n: int, threshold: float, min_words: int, sets: tuple[str, .
     return Decontaminator(n, sets, threshold=threshold, min_words=min_words)
 
 
-def k_center_greedy(texts: list[str], k: int, *, ngram: int = 3, num_perm: int = 64, seed: int = 0) -> list[int]:
-    """Indices of a k-center greedy core-set of `texts` under MinHash (1 - Jaccard) distance, in pick order."""
-    n = len(texts)
-    if k <= 0 or k >= n:
+_TOKEN = re.compile(r"\\[a-zA-Z]+|[a-zA-Z]+|\d+(?:\.\d+)?|[^\sa-zA-Z\d]")
+
+
+def _grams(text: str) -> list[str]:
+    """Word unigrams and bigrams of `text`, lower-cased, each number folded to "<n>"."""
+    words = ["<n>" if w[0].isdigit() else w for w in _TOKEN.findall(text.lower())]
+    return words + [f"{a} {b}" for a, b in zip(words, words[1:])]
+
+
+def embed(texts: Sequence[str], dim: int = 256) -> np.ndarray:
+    """[len(texts), dim] float32 rows of unit length: sublinear-TF x IDF weights of each text's unigrams and
+    bigrams, feature-hashed (crc32) with a random sign into `dim` buckets. Cosine distance = 1 - dot product."""
+    vocab: dict[str, int] = {}
+    docs, feats = [], []
+    for i, text in enumerate(texts):
+        grams = _grams(text)
+        feats.extend(vocab.setdefault(g, len(vocab)) for g in grams)
+        docs.extend([i] * len(grams))
+    n, size = len(texts), max(1, len(vocab))
+    pairs, tf = np.unique(np.asarray(docs, np.int64) * size + np.asarray(feats, np.int64), return_counts=True)
+    doc, feat = pairs // size, pairs % size
+    idf = np.log((1 + n) / (1 + np.bincount(feat, minlength=size))) + 1.0
+    hashes = np.fromiter((zlib.crc32(g.encode()) for g in vocab), np.int64, len(vocab))
+    bucket, sign = hashes % dim, np.where((hashes >> 16) & 1, 1.0, -1.0)
+    out = np.zeros((n, dim), np.float32)
+    np.add.at(out, (doc, bucket[feat]), (sign[feat] * (1.0 + np.log(tf)) * idf[feat]).astype(np.float32))
+    out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+    return out
+
+
+def coverage(vectors: np.ndarray, picks: Sequence[int], block: int = 4096) -> float:
+    """Mean cosine distance from each row of `vectors` to its nearest picked row (0 = every row picked)."""
+    chosen = vectors[np.asarray(picks, np.int64)]
+    nearest = [(vectors[i : i + block] @ chosen.T).max(axis=1) for i in range(0, len(vectors), block)]
+    return float(np.mean(1.0 - np.concatenate(nearest)))
+
+
+def kmeans_medoids(vectors: np.ndarray, k: int, *, seed: int = 0, iters: int = 5) -> list[int]:
+    """Indices of k rows of `vectors` (unit rows) covering them: the medoids (member nearest the centroid) of a
+    spherical k-means started from k random rows; clusters that end empty are refilled with random rows."""
+    n = len(vectors)
+    if k >= n:
         return list(range(n))
-    sig = _native.minhash_signatures(list(texts), ngram, num_perm, seed)
-    picks = [0]
-    dist = 1.0 - (sig == sig[0]).mean(axis=1)
-    dist[0] = -1.0  # picked items get -1 (their true distance 0 could tie with exact duplicates)
-    for _ in range(k - 1):
-        nxt = int(np.argmax(dist))
-        picks.append(nxt)
-        dist = np.minimum(dist, 1.0 - (sig == sig[nxt]).mean(axis=1))
-        dist[nxt] = -1.0
-    return picks
+    if k <= 0:
+        return []
+    rng = np.random.default_rng(seed)
+    centroids = vectors[rng.choice(n, k, replace=False)].astype(np.float32)
+    for _ in range(iters):
+        owner, _ = _nearest(vectors, centroids)
+        order = np.argsort(owner, kind="stable")
+        used, starts = np.unique(owner[order], return_index=True)
+        sums = np.zeros_like(centroids)
+        sums[used] = np.add.reduceat(vectors[order], starts, axis=0)
+        norms = np.linalg.norm(sums, axis=1, keepdims=True)
+        empty = norms[:, 0] < 1e-9
+        centroids = sums / np.maximum(norms, 1e-9)
+        if empty.any():
+            centroids[empty] = vectors[rng.choice(n, int(empty.sum()), replace=False)]
+    owner, closeness = _nearest(vectors, centroids)
+    order = np.lexsort((-closeness, owner))  # by cluster, the closest member first
+    first = np.ones(n, bool)
+    first[1:] = owner[order][1:] != owner[order][:-1]
+    picks = order[first]
+    if len(picks) < k:  # clusters left empty at the end: top up with random other rows
+        rest = np.setdiff1d(np.arange(n), picks)
+        picks = np.concatenate([picks, rng.choice(rest, k - len(picks), replace=False)])
+    return sorted(int(i) for i in picks)
+
+
+def _nearest(vectors: np.ndarray, centroids: np.ndarray, cells: int = 1 << 24) -> tuple[np.ndarray, np.ndarray]:
+    """For each row, the index of its most similar centroid and that similarity, in row blocks of at most
+    `cells` similarities (memory stays bounded for large seed sets)."""
+    block = max(1, cells // max(1, len(centroids)))
+    owner = np.empty(len(vectors), np.int64)
+    best = np.empty(len(vectors), np.float32)
+    for i in range(0, len(vectors), block):
+        sims = vectors[i : i + block] @ centroids.T
+        owner[i : i + block] = sims.argmax(axis=1)
+        best[i : i + block] = sims[np.arange(len(sims)), owner[i : i + block]]
+    return owner, best
+
+
+def apportion(total: int, weights: Sequence[float], caps: Sequence[int]) -> list[int]:
+    """`total` split over parts in proportion to `weights` (largest remainders), no part above its cap; what a
+    capped part cannot take goes to the others in the same proportions."""
+    quota = [0] * len(weights)
+    open_ = [i for i, w in enumerate(weights) if w > 0 and caps[i] > 0]
+    left = min(total, sum(caps[i] for i in open_))
+    while left > 0 and open_:
+        weight = sum(weights[i] for i in open_)
+        share = {i: left * weights[i] / weight for i in open_}
+        add = {i: int(share[i]) for i in open_}
+        for i in sorted(open_, key=lambda i: (-(share[i] - add[i]), i))[: left - sum(add.values())]:
+            add[i] += 1
+        for i in open_:
+            take = min(add[i], caps[i] - quota[i])
+            quota[i] += take
+            left -= take
+        open_ = [i for i in open_ if quota[i] < caps[i]]
+    return quota
+
+
+def select(
+    seeds: Sequence[Seed],
+    k: int,
+    *,
+    mix: Mapping[str, float] | None = None,
+    by_level: bool = True,
+    seed: int = 0,
+    dim: int = 256,
+    vectors: np.ndarray | None = None,
+) -> list[Seed]:
+    """k seeds covering `seeds` (see the module docstring), stratified by source (`mix`: source -> weight, a
+    source it does not name gets none, one absent from `seeds` is ignored; empty = in proportion to each
+    source's count; a seed file's source is its name without suffix) and, with `by_level`,
+    by level within a source; in a seeded random order. All seeds (in their order) when k <= 0 or k >= len(seeds).
+    `vectors`: `embed` of the seeds' questions when already at hand."""
+    if k <= 0 or k >= len(seeds):
+        return list(seeds)
+    strata: dict[tuple[str, int | None], list[int]] = {}
+    for i, s in enumerate(seeds):
+        strata.setdefault((s.source, s.level if by_level else None), []).append(i)
+    sources = sorted({src for src, _ in strata})
+    counts = {src: sum(len(v) for (s, _), v in strata.items() if s == src) for src in sources}
+    mix = dict(mix or {})
+    weights = [float(mix.get(src, 0.0)) if mix else float(counts[src]) for src in sources]
+    if sum(weights) <= 0:
+        raise ConfigError(f"skywork.select_mix = {mix} gives no weight to any of this pool's seed sources {sources}")
+    per_source = dict(zip(sources, apportion(k, weights, [counts[src] for src in sources])))
+    vectors = embed([s.question for s in seeds], dim) if vectors is None else vectors
+    rng = np.random.default_rng(seed)
+    picks: list[int] = []
+    for src in sources:
+        keys = sorted((key for key in strata if key[0] == src), key=lambda key: (key[1] is None, key[1] or 0))
+        sizes = [len(strata[key]) for key in keys]
+        for key, quota in zip(keys, apportion(per_source[src], sizes, sizes)):
+            members = np.asarray(strata[key])
+            members = members[rng.permutation(len(members))]  # ties (duplicates, equal distances) broken at random
+            chosen = kmeans_medoids(vectors[members], quota, seed=int(rng.integers(1 << 31)))
+            picks.extend(int(members[j]) for j in chosen)
+    order = rng.permutation(len(picks))  # a seeded shuffle: any prefix of the pool keeps about the mix
+    return [seeds[picks[i]] for i in order]

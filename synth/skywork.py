@@ -13,9 +13,14 @@ pass. Methods:
 - teacher-style ``teacher`` — write a new problem and its solution from the seed, then (``self_check``)
   check and correct the solution.
 
-Stage "hard" draws seeds of MATH levels `hard_levels` (or, with `hard_by_prompt`, any seed with the
-harder teacher prompt); the two stages get `items * mix` items. Answers unknown in advance (evol,
-teacher) are kept by self-consistency when `[quality] self_consistency = k` > 1.
+Stage "hard" draws seeds of MATH levels `hard_levels` (or, with `hard_by_prompt` and no such seeds, any
+seed) and its teacher items use the harder teacher prompt; the two stages get `items * mix` items.
+
+One item may give several rows, each a distinct solution (different normalised text) of its problem, at
+most `[skywork] solutions`: ``answer_aug`` asks for that many samples and keeps the distinct correct ones
+(MetaMath's answer augmentation); answers unknown in advance (evol, teacher) are voted on by
+self-consistency when `[quality] self_consistency = k` > 1 — k drafts, the majority answer, the drafts
+agreeing with it kept (meta: votes, samples, agreement). Replies cut at max_tokens are never used.
 
 Each method is one handler registered in `SKYWORK_METHODS` below (its name is what `[skywork] methods`
 lists); each Evol operation is one prompt template registered in `EVOL_OPS`. Adding a method is adding
@@ -32,8 +37,9 @@ from typing import TYPE_CHECKING, Any
 
 from mathforge.errors import ConfigError
 from mathforge.registry import Registry
-from mathforge.synth.common import PIPELINES, Context, Reject, check_answer, consistent, finish, make_row, split_reply
-from mathforge.synth.seeds import Seed, k_center_greedy, load_checked_seeds
+from mathforge.synth import quality
+from mathforge.synth.common import PIPELINES, Context, Reject, agreeing, check_answer, finish, make_row, split_reply
+from mathforge.synth.seeds import Seed, load_checked_seeds, select
 
 if TYPE_CHECKING:
     from mathforge.synth.config import SkyworkSettings, SynthConfig
@@ -56,13 +62,15 @@ class Job:
 
 @dataclass
 class Draft:
-    """What a method made of its seed: the new problem, its solution and answer, and meta to record."""
+    """What a method made of its seed: the new problem, its solution and answer, meta to record, and other
+    solutions of the same problem (same answer) worth a row of their own."""
 
     prompt: str
     solution: str
     answer: str
     model: str
     extra: dict[str, Any] = field(default_factory=dict)
+    more: list[str] = field(default_factory=list)
 
 
 Method = Callable[[Job, Context], Awaitable[Draft]]
@@ -83,14 +91,30 @@ def mask_number(question: str, rng: random.Random) -> tuple[str, str] | None:
     return question[: m.start()] + "X" + question[m.end() :], m.group()
 
 
+def _voted(texts: list[str], ctx: Context) -> tuple[list[str], dict[str, Any]]:
+    """All drafts when there is one; else the drafts agreeing with the majority answer (self-consistency)."""
+    return (texts, {}) if len(texts) == 1 else agreeing(texts, ctx)
+
+
 @SKYWORK_METHODS.register("answer_aug")
 async def answer_aug(job: Job, ctx: Context) -> Draft:
-    """Solve the seed again; kept when the answer matches the seed's."""
+    """Solve the seed again `solutions` times; the samples whose answer matches the seed's are kept."""
+    n = max(1, job.settings.solutions)
     out = await ctx.ask(
-        "skywork/answer_aug.txt", n=job.k, usage=job.usage, seed_offset=job.offset, question=job.seed.question
+        "skywork/answer_aug.txt", n=n, usage=job.usage, seed_offset=job.offset, question=job.seed.question
     )
-    solution, extra = consistent(out.texts, ctx)
-    return Draft(job.seed.question, solution, check_answer(solution, ctx, job.seed.answer), out.model, extra)
+    correct, first_miss = [], None
+    for text in out.texts:
+        try:
+            answer = check_answer(text, ctx, job.seed.answer)
+        except Reject as why:
+            first_miss = first_miss or why
+            continue
+        correct.append((text, answer))
+    if not correct:
+        raise first_miss or Reject("answer_aug: no sample", "no sample")
+    extra = {"samples": len(out.texts), "correct": len(correct)}
+    return Draft(job.seed.question, correct[0][0], correct[0][1], out.model, extra, [t for t, _ in correct[1:]])
 
 
 @SKYWORK_METHODS.register("rephrase")
@@ -158,23 +182,23 @@ async def evol(job: Job, ctx: Context) -> Draft:
     out = await ctx.ask(
         "skywork/answer_aug.txt", n=job.k, usage=job.usage, seed_offset=job.offset + 99, question=prompt
     )
-    solution, extra = consistent(out.texts, ctx)
-    answer = check_answer(solution, ctx, None)
-    return Draft(prompt, solution, answer, out.model, {**extra, "evol_ops": ops})
+    solutions, extra = _voted(out.texts, ctx)
+    answer = check_answer(solutions[0], ctx, None)
+    return Draft(prompt, solutions[0], answer, out.model, {**extra, "evol_ops": ops}, solutions[1:])
 
 
 @SKYWORK_METHODS.register("teacher")
 async def teacher(job: Job, ctx: Context) -> Draft:
-    """Write a new problem and solution from the seed, then (`self_check`) check and correct the solution."""
-    sk = job.settings
-    template = "skywork/teacher_hard.txt" if job.stage == "hard" and sk.hard_by_prompt else "skywork/teacher.txt"
-    out = await ctx.ask(template, n=job.k, usage=job.usage, seed_offset=job.offset, question=job.seed.question)
-    drafts = [split_reply(t) for t in out.texts]
-    prompt = drafts[0][0] or ""
+    """Write a new problem and solution from the seed (the hard-stage prompt for hard items), then with
+    `self_check` have k drafts check and correct the solution, else solve it k - 1 more times; with k > 1 the
+    drafts agreeing with the majority answer are kept."""
+    template = "skywork/teacher_hard.txt" if job.stage == "hard" else "skywork/teacher.txt"
+    out = await ctx.ask(template, usage=job.usage, seed_offset=job.offset, question=job.seed.question)
+    prompt, solution = split_reply(out.texts[0])
     if not prompt:
         raise Reject("teacher: the reply has no 'Problem:' part", "no problem in reply")
-    solution, extra = drafts[0][1], {}
-    if sk.self_check:
+    extra: dict[str, Any] = {"prompt_template": template.rsplit("/", 1)[1]}
+    if job.settings.self_check:
         checked = await ctx.ask(
             "skywork/self_check.txt",
             n=job.k,
@@ -183,9 +207,18 @@ async def teacher(job: Job, ctx: Context) -> Draft:
             question=prompt,
             solution=solution,
         )
-        solution, extra = consistent([split_reply(t)[1] for t in checked.texts], ctx)
+        drafts = [split_reply(t)[1] for t in checked.texts]
         extra["self_checked"] = True
-    return Draft(prompt, solution, check_answer(solution, ctx, None), out.model, extra)
+    else:
+        drafts = [solution]
+        if job.k > 1:
+            again = await ctx.ask(
+                "skywork/answer_aug.txt", n=job.k - 1, usage=job.usage, seed_offset=job.offset + 1, question=prompt
+            )
+            drafts += again.texts
+    solutions, voted = _voted(drafts, ctx)
+    answer = check_answer(solutions[0], ctx, None)
+    return Draft(prompt, solutions[0], answer, out.model, {**extra, **voted}, solutions[1:])
 
 
 @PIPELINES.register("skywork")
@@ -229,11 +262,8 @@ class SkyworkPipeline:
         }
 
     def _select(self, seeds: list[Seed]) -> list[Seed]:
-        k = self.sk.select
-        if k <= 0 or k >= len(seeds):
-            return seeds
-        picks = k_center_greedy([s.question for s in seeds], k, ngram=self.sk.select_ngram, seed=self.seed)
-        return [seeds[i] for i in picks]
+        sk = self.sk
+        return select(seeds, sk.select, mix=sk.select_mix, by_level=sk.select_by_level, seed=self.seed)
 
     def items(self) -> list[dict[str, Any]]:
         out = []
@@ -262,9 +292,7 @@ class SkyworkPipeline:
         k = max(1, ctx.consistency)
         job = Job(seed, stage, rng, offset=rng.randrange(1 << 20), k=k, settings=self.sk)
         draft = await self.handlers[method](job, ctx)
-        solution = draft.solution
-        if solution.lstrip().lower().startswith("solution:"):
-            solution = solution.lstrip()[len("solution:") :]
+        responses = _distinct([draft.solution, *draft.more], ctx.marker, max(1, self.sk.solutions))
         meta = {
             "id": item["id"],
             "pipeline": "skywork",
@@ -274,9 +302,32 @@ class SkyworkPipeline:
             "seed_source": seed.source,
             "difficulty": seed.level,
             "model": draft.model,
-            "sampling": ctx.sampling_meta(k),
+            "sampling": ctx.sampling_meta(draft.extra.get("samples", k)),
             "answer": draft.answer,
             "usage": job.usage,
             **draft.extra,
         }
-        return [make_row(draft.prompt, finish(solution, ctx.marker), meta)]
+        if len(responses) == 1:
+            return [make_row(draft.prompt, responses[0], meta)]
+        # the item's requests are counted once, on its first row (a sum over rows stays the true cost)
+        return [
+            make_row(draft.prompt, text, {**meta, "solution": j, "id": f"{item['id']}-s{j}", "usage": {}})
+            if j
+            else make_row(draft.prompt, text, {**meta, "solution": 0})
+            for j, text in enumerate(responses)
+        ]
+
+
+def _distinct(solutions: list[str], marker: str, cap: int) -> list[str]:
+    """The responses made of `solutions` (a leading "Solution:" dropped, cut after the answer line), those whose
+    normalised text differs from every earlier one, at most `cap`."""
+    out, seen = [], set()
+    for solution in solutions:
+        if solution.lstrip().lower().startswith("solution:"):
+            solution = solution.lstrip()[len("solution:") :]
+        text = finish(solution, marker)
+        key = quality.normalize(text)
+        if key not in seen and len(out) < cap:
+            seen.add(key)
+            out.append(text)
+    return out

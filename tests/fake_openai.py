@@ -7,10 +7,17 @@
         backend = OpenAIBackend([srv.url], "teacher")   # srv.url = "http://127.0.0.1:PORT/v1"
 
 It speaks HTTP/1.1 with keep-alive on its own event-loop thread. Faults are drawn per request from a
-seeded generator: "429" and "500" answer with that status, "timeout" holds the request for `hang_s`
-before answering, "malformed" answers 200 with a body that is not JSON. The reply text comes from
-`responder(messages, index)` (index = which of the `n` choices), which every test passes explicitly:
-the server knows nothing about our prompts.
+seeded generator: "429", "500" and "503" answer with that status (429 and 503 with a `Retry-After:
+<retry_after>` header when `retry_after` is set), "timeout" holds the request for `hang_s` before
+answering, "malformed" answers 200 with a body that is not JSON, "length" answers 200 with every choice
+cut to its first half and `finish_reason: "length"` (a reply that ran out of max_tokens). `script` lists
+the faults of the first requests in order ("" = none) before the random draws begin. The reply text
+comes from `responder(messages, index)` (index = which of the `n` choices), which every test passes
+explicitly: the server knows nothing about our prompts.
+
+`log` holds (time.monotonic(), status, fault) per completion request; `counts` the requests, faults and
+"cut" choices. `refuse=True` makes a dead server: every connection is counted in `counts["connections"]`
+and closed at once, before any reply.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ import asyncio
 import json
 import random
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -38,13 +46,19 @@ class LoopbackServer:
         hang_s: float = 2.0,
         seed: int = 0,
         model: str = "loopback-teacher",
+        script: list[str] | None = None,
+        retry_after: str | None = None,
+        refuse: bool = False,
     ) -> None:
         self.latency_s, self.hang_s, self.model, self.responder = latency_s, hang_s, model, responder
         self.faults = dict(faults or {})
-        unknown = set(self.faults) - {"429", "500", "timeout", "malformed"}
+        self.script, self.retry_after, self.refuse = list(script or []), retry_after, refuse
+        allowed = {"429", "500", "503", "timeout", "malformed", "length"}
+        unknown = (set(self.faults) | set(self.script)) - allowed - {""}
         if unknown:
-            raise ValueError(f"unknown faults {sorted(unknown)}; allowed: 429, 500, timeout, malformed")
+            raise ValueError(f"unknown faults {sorted(unknown)}; allowed: {', '.join(sorted(allowed))}")
         self._rng = random.Random(seed)
+        self.log: list[tuple[float, int, str]] = []
         self.counts: Counter = Counter()
         self.prompts: Counter = Counter()  # user prompt -> successful replies
         self.port = 0
@@ -86,6 +100,8 @@ class LoopbackServer:
             self._loop.close()
 
     def _fault(self) -> str | None:
+        if self.script:
+            return self.script.pop(0) or None
         x = self._rng.random()
         for name, p in self.faults.items():
             if x < p:
@@ -94,6 +110,10 @@ class LoopbackServer:
         return None
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.refuse:
+            self.counts["connections"] += 1
+            writer.transport.abort()  # a reset, no reply
+            return
         try:
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")
@@ -105,9 +125,10 @@ class LoopbackServer:
                 else:
                     status, payload = await self._reply(body)
                 data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+                extra = f"Retry-After: {self.retry_after}\r\n" if status in (429, 503) and self.retry_after else ""
                 writer.write(
                     f"HTTP/1.1 {status} {'OK' if status == 200 else 'Error'}\r\nContent-Type: application/json\r\n"
-                    f"Content-Length: {len(data)}\r\nConnection: keep-alive\r\n\r\n".encode()
+                    f"{extra}Content-Length: {len(data)}\r\nConnection: keep-alive\r\n\r\n".encode()
                     + data
                 )
                 await writer.drain()
@@ -123,10 +144,12 @@ class LoopbackServer:
             await asyncio.sleep(self.latency_s)
         if fault:
             self.counts[fault] += 1
+        status = int(fault) if fault in ("429", "500", "503") else 200
+        self.log.append((time.monotonic(), status, fault or ""))
         if fault == "429":
             return 429, {"error": {"message": "rate limited", "type": "rate_limit_error"}}
-        if fault == "500":
-            return 500, {"error": {"message": "internal error", "type": "server_error"}}
+        if fault in ("500", "503"):
+            return status, {"error": {"message": "internal error", "type": "server_error"}}
         if fault == "timeout":
             await asyncio.sleep(self.hang_s)
         if fault == "malformed":
@@ -135,7 +158,12 @@ class LoopbackServer:
         messages = request["messages"]
         n = int(request.get("n") or 1)
         texts = [self.responder(messages, i) for i in range(n)]
-        self.prompts[messages[-1]["content"]] += 1
+        finish = "stop"
+        if fault == "length":
+            texts, finish = [t[: len(t) // 2] for t in texts], "length"
+            self.counts["cut"] += n
+        else:
+            self.prompts[messages[-1]["content"]] += 1
         self.counts["ok"] += 1
         prompt_tokens = sum(len(m["content"].split()) for m in messages)
         completion_tokens = sum(len(t.split()) for t in texts)
@@ -145,7 +173,7 @@ class LoopbackServer:
             "created": 0,
             "model": self.model,
             "choices": [
-                {"index": i, "message": {"role": "assistant", "content": t}, "finish_reason": "stop"}
+                {"index": i, "message": {"role": "assistant", "content": t}, "finish_reason": finish}
                 for i, t in enumerate(texts)
             ],
             "usage": {

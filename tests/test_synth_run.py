@@ -105,6 +105,8 @@ def test_journal_ignores_duplicate_appends(tmp_path):
         (["quality.self_consistency=-1"], r"quality.self_consistency must be >= 0"),
         (["quality.near_dedup_threshold=1.5"], r"quality.near_dedup_threshold must be in \(0, 1\]"),
         (["skywork.mix={normal = 1, easy = 1}"], r"skywork.mix must map normal/hard"),
+        (['skywork.select_mix={gsm8k = "a"}'], r"skywork.select_mix must map seed sources to numbers >= 0"),
+        (["skywork.solutions=0"], r"skywork.solutions must be >= 1"),
         (["jiuzhang.variants=[]"], r"jiuzhang.variants must be a non-empty subset of cot, tool"),
         (['backend.kind="openai"'], r"backend.kind = 'openai' does not fit pipeline.kind = 'symbolic'"),
         (["nosuch.key=1"], r"unknown section \[nosuch\]; allowed: run, pipeline, symbolic, backend"),
@@ -195,7 +197,7 @@ def test_settings_hash_depends_on_content_settings_only():
         CONFIGS / "symbolic-demo.toml",
         ['run.output="elsewhere"', "quality.near_dedup=true", "run.progress=false", "backend.concurrency=3"],
     )
-    assert run.settings_hash(base) == run.settings_hash(same) == "1bf199d4870ff996"
+    assert run.settings_hash(base) == run.settings_hash(same) == "9ae516cd2a3409fd"
     assert run.settings_hash(config.load(None, ["sampling.temperature=1"])) == run.settings_hash(
         config.load(None, ["sampling.temperature=1.0"])
     )
