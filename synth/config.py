@@ -25,6 +25,7 @@ from typing import Any, Literal
 
 from mathforge.config import apply_overrides, build, read_toml
 from mathforge.errors import ConfigError
+from mathforge.prompts import check_layout
 from mathforge.synth import jiuzhang, skywork, symbolic  # noqa: F401  (they register their pipelines)
 from mathforge.synth.common import PIPELINES
 from mathforge.synth.jiuzhang import EDUCATION_STAGES, VARIANTS
@@ -87,6 +88,10 @@ class SamplingSettings:
 class PromptSettings:
     dir: str = ""  # a folder whose templates override the built-in ones of the same relative name
     system: str = ""
+    # how the instruction is sent: "chat", or a raw layout of mathforge.prompts ("jiuzhang", …) sent as a raw
+    # completion exactly as the trainer renders it; "" = the local model's training layout (mathforge.json),
+    # else "chat". See synth/prompts.py resolve_layout.
+    layout: str = ""
 
 
 @dataclass
@@ -209,6 +214,11 @@ def _check(cfg: SynthConfig, where: str) -> None:
                 f"{where}: jiuzhang.stages[{i}]: unknown {EDUCATION_STAGES.what} {stage!r}; "
                 f"known: uniform (all of them), {', '.join(EDUCATION_STAGES)}"
             )
+    if cfg.prompts.layout:
+        try:
+            check_layout(cfg.prompts.layout)
+        except ConfigError as error:
+            raise ConfigError(f"{where}: prompts.layout: {error}") from None
     kind, backend = cfg.pipeline.kind, cfg.backend.kind
     if (kind == "symbolic") != (backend == "symbolic"):
         raise ConfigError(

@@ -33,7 +33,7 @@ from mathforge.errors import ConfigError
 from mathforge.synth import quality
 from mathforge.synth.common import PIPELINES, Context, Pipeline, Reject
 from mathforge.synth.config import QualitySettings, SynthConfig, from_dict
-from mathforge.synth.prompts import Prompts
+from mathforge.synth.prompts import Prompts, resolve_layout
 from mathforge.synth.store import Journal, shard_name, writable_folder, write_json, write_rows
 
 
@@ -61,6 +61,7 @@ def synthesize(
     out = writable_folder(cfg.run.output, "run.output")
     if backend is None and cfg.backend.kind == "openai":
         check_reachable(cfg.backend.base_urls)  # seconds, not the retries' minutes, before anything is written
+    resolve_layout(cfg.prompts.layout, _trained_layout(cfg, backend), cfg.backend.model)  # before anything is written
     name = shard_name(index, count)
     journal_path = out / "work" / f"journal-{name}.jsonl"
     _claim_output(cfg, journal_path, resume)
@@ -99,6 +100,19 @@ def synthesize(
     )
     write_json(out / f"manifest-{name}.json", manifest)
     return manifest
+
+
+def _trained_layout(cfg: SynthConfig, backend: Any) -> str | None:
+    """The layout the synthesizing model was trained with, when known: a given backend's `template`, or the
+    mathforge.json of a `backend.kind = "local"` model folder."""
+    if backend is not None:
+        return getattr(backend, "template", None)
+    if cfg.backend.kind != "local" or not Path(cfg.backend.model).is_dir():
+        return None
+    from mathforge.prompts import training_template
+
+    trained = training_template(cfg.backend.model)
+    return trained[0] if trained else None
 
 
 def _claim_output(cfg: SynthConfig, journal_path: Path, resume: bool) -> None:
@@ -217,6 +231,7 @@ def _run_sync(pipeline, todo, journal: Journal, progress: Progress) -> None:
 def _context(cfg: SynthConfig, backend: Any, sandbox: Any) -> Context:
     q = cfg.quality
     prompts = Prompts(cfg.prompts.dir or None, cfg.prompts.system)
+    layout = resolve_layout(cfg.prompts.layout, getattr(backend, "template", None), cfg.backend.model)
     return Context(
         backend,
         prompts,
@@ -227,6 +242,7 @@ def _context(cfg: SynthConfig, backend: Any, sandbox: Any) -> Context:
         min_agree=q.min_agree,
         sandbox=sandbox,
         tool_timeout=q.tool_timeout,
+        layout=layout,
     )
 
 
