@@ -48,6 +48,8 @@ def settings_hash(cfg: SynthConfig) -> str:
     keep = {k: v for k, v in settings.items() if k not in ("quality",)}
     keep["run"] = {k: v for k, v in settings["run"].items() if k in ("seed", "items")}
     keep["backend"] = {k: v for k, v in settings["backend"].items() if k in ("kind", "model")}
+    if not keep["prompts"].get("layout"):  # the default layout hashes as before [prompts] layout existed
+        keep["prompts"].pop("layout", None)
     return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -357,13 +359,14 @@ def _filters(q: QualitySettings) -> tuple[list[tuple[str, Filter]], quality.Deco
         )
     ]
     if q.exact_dedup:
-        steps.append(("exact_dedup", quality.exact_dedup))
+        steps.append(("exact_dedup", lambda r: quality.exact_dedup(r, tuple(q.dedup_on))))
     if q.near_dedup:
         steps.append(
             (
                 "near_dedup",
                 lambda r: quality.near_dedup(
                     r,
+                    fields=tuple(q.near_dedup_on),
                     ngram=q.near_dedup_ngram,
                     num_perm=q.near_dedup_perm,
                     bands=q.near_dedup_bands,
@@ -406,6 +409,7 @@ def finalize(cfg: SynthConfig, journals: list[Path], name: str, folder: str = "d
         "filters": report.counts,
         "generation_rejections": reasons,
         "decontamination": deco.summary() if deco else None,
+        "dedup": {"exact_on": cfg.quality.dedup_on, "near_on": cfg.quality.near_dedup_on},
         "settings": cfg.to_dict(),
     }
 
