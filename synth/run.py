@@ -60,10 +60,10 @@ def synthesize(
     index, count = shard
     if not (count >= 1 and 0 <= index < count):
         raise ConfigError(f"--shard {index}/{count}: need 0 <= i < n")
+    resolve_layout(cfg.prompts.layout, _trained_layout(cfg, backend), cfg.backend.model)  # before anything is written
     out = writable_folder(cfg.run.output, "run.output")
     if backend is None and cfg.backend.kind == "openai":
         check_reachable(cfg.backend.base_urls)  # seconds, not the retries' minutes, before anything is written
-    resolve_layout(cfg.prompts.layout, _trained_layout(cfg, backend), cfg.backend.model)  # before anything is written
     name = shard_name(index, count)
     journal_path = out / "work" / f"journal-{name}.jsonl"
     _claim_output(cfg, journal_path, resume)
