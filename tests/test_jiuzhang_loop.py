@@ -138,3 +138,20 @@ def test_a_served_synthesizer_gets_the_trainers_prompt_text_on_the_completions_e
     # exactly the text the trainer renders (and masks) for the distillation rows of the same items
     assert sorted(seen) == sorted(render_row(r, "distill", "jiuzhang", None)[0] for r in rows)
     assert manifest["rows"] == 6 and all(p.startswith("## Question\nRead the math text") for p in seen)
+
+
+def test_layout_resolution_and_checks():
+    from mathforge.synth.prompts import resolve_layout
+
+    assert resolve_layout("", None) == "chat"  # a teacher server: chat unless the recipe names a layout
+    assert resolve_layout("", "jiuzhang") == "jiuzhang"  # a local model: the layout it was trained with
+    assert resolve_layout("jiuzhang", None) == "jiuzhang" and resolve_layout("chat", "chat") == "chat"
+    with pytest.raises(
+        ConfigError, match=r"prompts.layout = 'jiuzhang', but the model 'm' was trained with template 'plain'"
+    ):
+        resolve_layout("jiuzhang", "plain", "m")
+    with pytest.raises(ConfigError, match="prompts.layout: template 'minerva' is a few-shot or chat prompt"):
+        config.load(None, ['prompts.layout="minerva"'])
+    with pytest.raises(ConfigError, match="prompts.layout: unknown prompt 'jiuzang'"):
+        config.load(None, ['prompts.layout="jiuzang"'])
+    assert config.load(Path(__file__).parents[1] / "synth/configs/jiuzhang.toml").prompts.layout == "jiuzhang"
