@@ -66,6 +66,8 @@ class Context:
     async def ask(
         self, template: str, *, n: int = 1, usage: dict[str, int] | None = None, seed_offset: int = 0, **values: str
     ) -> Completion:
+        """n replies to the prompt template `template` rendered with `values` (the instruction), sent in
+        `layout`; token usage is added to `usage`."""
         s = self.sampling
         sampling = {
             "n": n,
@@ -74,15 +76,12 @@ class Context:
             "max_tokens": s.max_tokens,
             "seed": s.seed + seed_offset if s.seed >= 0 else None,
         }
-        instruction = self.prompts.instruction(template, **values)
         if self.layout == CHAT:
-            user = [{"role": "user", "content": instruction}]
-            system = [{"role": "system", "content": self.prompts.system}] if self.prompts.system else []
-            out = await self.backend.chat(system + user, **sampling)
-        else:
+            out = await self.backend.chat(self.prompts.messages(template, **values), **sampling)
+        else:  # the trainer's prompt text for a row whose prompt is the instruction, as a raw completion
             layout = raw_layout(self.layout)
             stop = [*layout.stop, *([layout.response_suffix] if layout.response_suffix.strip() else [])]
-            text = layout_text(self.layout, instruction, self.prompts.system or None)
+            text = layout_text(self.layout, self.prompts.instruction(template, **values), self.prompts.system or None)
             out = await self.backend.complete(text, stop=stop, **sampling)
         if usage is not None:
             usage["prompt_tokens"] = usage.get("prompt_tokens", 0) + out.prompt_tokens

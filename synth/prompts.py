@@ -60,7 +60,8 @@ class Prompts:
             raise ConfigError(f"prompt template {self.path(name)}: bad or unknown placeholder ({error})") from None
 
     def messages(self, name: str, **values: str) -> list[dict[str, str]]:
-        user = {"role": "user", "content": self.render(name, **values)}
+        """The chat request of the layout "chat": the instruction as the user message, after `system` if set."""
+        user = {"role": "user", "content": self.instruction(name, **values)}
         return [{"role": "system", "content": self.system}, user] if self.system else [user]
 
     def stages(self) -> dict[str, str]:
