@@ -16,6 +16,7 @@ import pytest
 import torch
 from fake_openai import LoopbackServer
 
+from mathforge.cli import main
 from mathforge.errors import ConfigError
 from mathforge.model import from_config
 from mathforge.prompts import layout_text
@@ -49,12 +50,14 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-def synth_cfg(tmp_path: Path, out: str, *sets: str) -> config.SynthConfig:
+def synth_sets(tmp_path: Path, out: str) -> list[str]:
+    """--set overrides: six lessons, one education stage, the CoT variant, six items (one per lesson)."""
     texts = tmp_path / "texts.jsonl"
     texts.write_text("".join(json.dumps({"text": f"Lesson {k}: counting {TOPICS[k]}."}) + "\n" for k in range(6)))
-    common = [
+    return [
         f'run.output="{tmp_path / out}"',
         "run.items=6",
+        'run.format="jsonl"',
         "run.progress=false",
         'pipeline.kind="jiuzhang"',
         f'jiuzhang.texts=["{texts}"]',
@@ -62,7 +65,10 @@ def synth_cfg(tmp_path: Path, out: str, *sets: str) -> config.SynthConfig:
         'jiuzhang.variants=["cot"]',
         "quality.decontamination_n=13",
     ]
-    return config.load(None, common + list(sets))
+
+
+def synth_cfg(tmp_path: Path, out: str, *sets: str) -> config.SynthConfig:
+    return config.load(None, synth_sets(tmp_path, out) + list(sets))
 
 
 def distill(tmp_path: Path) -> list[dict]:
@@ -104,11 +110,17 @@ def test_trained_synthesizer_writes_rows_that_pass_the_checks(tmp_path):
     final = train_synthesizer(tmp_path, rows, steps=200)
     assert json.loads((final / "mathforge.json").read_text())["template"] == "jiuzhang"
 
-    # asked in the layout it was trained with (taken from its mathforge.json), greedy
+    # `mathforge synth synth/configs/jiuzhang.toml --set backend.kind=local …`: the shipped recipe's layout
+    # ("jiuzhang") is the one the model was trained with (its mathforge.json); greedy decoding
     local = ['backend.kind="local"', f'backend.model="{final}"', 'backend.device="cpu"', 'backend.dtype="float32"']
     greedy = ["sampling.temperature=0", "sampling.max_tokens=64"]
-    manifest = run.synthesize(synth_cfg(tmp_path, "synth", *local, *greedy))
-    assert manifest["generation"]["failed"] == 0
+    sets = [x for s in synth_sets(tmp_path, "synth") + local + greedy for x in ("--set", s)]
+    with pytest.raises(SystemExit) as exit_info:
+        main(["synth", str(Path(__file__).parents[1] / "synth" / "configs" / "jiuzhang.toml"), *sets])
+    assert exit_info.value.code == 0
+    [manifest_path] = (tmp_path / "synth").glob("manifest-*.json")
+    manifest = json.loads(manifest_path.read_text())
+    assert manifest["settings"]["prompts"]["layout"] == "jiuzhang" and manifest["generation"]["failed"] == 0
     assert manifest["rows"] >= 3, manifest["generation_rejections"]  # >= 50% of the 6 items accepted
     kept = [json.loads(line) for line in Path(manifest["files"]["grade_school"]["path"]).read_text().splitlines()]
     for row in kept:  # a problem, a solution ending in its marked answer
