@@ -359,14 +359,14 @@ def _filters(q: QualitySettings) -> tuple[list[tuple[str, Filter]], quality.Deco
         )
     ]
     if q.exact_dedup:
-        steps.append(("exact_dedup", lambda r: quality.exact_dedup(r, tuple(q.dedup_on))))
+        steps.append(("exact_dedup", lambda r: quality.exact_dedup(r, tuple(q.dedup_on or ["prompt"]))))
     if q.near_dedup:
         steps.append(
             (
                 "near_dedup",
                 lambda r: quality.near_dedup(
                     r,
-                    fields=tuple(q.near_dedup_on),
+                    fields=tuple(q.near_dedup_on or ["prompt"]),  # filled per pipeline by config.load
                     ngram=q.near_dedup_ngram,
                     num_perm=q.near_dedup_perm,
                     bands=q.near_dedup_bands,
