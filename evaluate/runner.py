@@ -29,7 +29,7 @@ from typing import Any
 from mathforge.backends import Backend
 from mathforge.backends import make_backend as make_chat_backend
 from mathforge.config import to_dict
-from mathforge.errors import ConfigError, DataError
+from mathforge.errors import ConfigError
 from mathforge.evaluate.benchmarks import Benchmark, load_benchmark
 from mathforge.evaluate.config import EvalConfig, eval_config
 from mathforge.evaluate.extract import STYLES, extract_answer
@@ -38,7 +38,7 @@ from mathforge.evaluate.metrics import breakdown, majority, summarize
 from mathforge.evaluate.sandbox import Sandbox, require_safe
 from mathforge.evaluate.tool import TOOL_INSTRUCTION, generate_with_tools
 from mathforge.hardware import package_versions
-from mathforge.prompts import Prompt, default_prompt, load_prompt
+from mathforge.prompts import Prompt, default_prompt, load_prompt, training_info, training_template
 
 _PACKAGES = ("mathforge", "torch", "transformers", "tokenizers", "safetensors", "openai", "triton")
 
@@ -274,20 +274,6 @@ def prepare_out(folder: Path, force: bool = False) -> Path | None:
     return created
 
 
-def training_info(model: str | Path | None) -> tuple[dict[str, Any], Path] | None:
-    """(its contents, the file) of the mathforge.json `mathforge train` writes beside a model; None without one."""
-    meta = Path(model) / "mathforge.json" if model is not None else None
-    if meta is None or not meta.is_file():
-        return None
-    try:
-        raw = json.loads(meta.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise DataError(f"{meta}: line {error.lineno}: invalid JSON ({error.msg})") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise DataError(f"{meta}: cannot be read ({error})") from None
-    return (raw, meta) if isinstance(raw, dict) else ({}, meta)
-
-
 def contamination(config: EvalConfig) -> dict[str, list[str]]:
     """The benchmarks of `config` whose split seeded the model's training data -> the synth manifests that
     say so (mathforge.json beside a model of `mathforge train` records "seeded_from_test": {"<bench>_<split>":
@@ -306,24 +292,6 @@ def contamination(config: EvalConfig) -> dict[str, list[str]]:
             "pass --allow-contaminated to evaluate it anyway (results.json records it)"
         )
     return hits
-
-
-def training_template(model: str | Path | None) -> tuple[str, Path] | None:
-    """(template, the mathforge.json naming it) when `model` is a folder written by `mathforge train`, whose
-    mathforge.json records {"template": "<prompt name or .toml path>"}; a relative .toml path is looked up in
-    the model folder first. None when there is no such file or it names no template."""
-    found = training_info(model)
-    if found is None:
-        return None
-    raw, meta = found
-    template = raw.get("template")
-    if template is None:
-        return None
-    if not isinstance(template, str) or not template.strip():
-        raise DataError(f'{meta}: "template" must be a prompt name or a .toml path, got {template!r}')
-    if template.endswith(".toml") and not Path(template).is_absolute() and (meta.parent / template).is_file():
-        template = str(meta.parent / template)
-    return template, meta
 
 
 def run_facts() -> dict[str, Any]:

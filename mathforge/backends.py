@@ -1,9 +1,11 @@
 """Chat/generation backends shared by synthesis and evaluation: one local, one OpenAI-compatible.
 
-Both backends offer the same two calls:
+Both backends offer the same three calls:
 
 - ``await backend.chat(messages, n=…, temperature=…, top_p=…, max_tokens=…, seed=…, stop=…) -> Completion``
-  (what synthesis uses: many concurrent requests, token usage counted in ``backend.usage``);
+  and ``await backend.complete(text, …) -> Completion`` (a raw prompt text, sent as is: the completions
+  endpoint, or the local model's tokens of exactly that text). What synthesis uses: many concurrent requests,
+  token usage counted in ``backend.usage``; it chooses between them by its layout (`mathforge.prompts`);
 - ``backend.generate(prompts, n=…, temperature=…, top_p=…, max_new_tokens=…, stop=…, seed=…)``
   ``-> [[text] * n per prompt]`` (what evaluation uses: a batch of raw texts or chat message lists).
 
@@ -19,6 +21,8 @@ Kinds (``BACKENDS``, what ``backend.kind`` may name in a config):
   KV-cache generation; anything else, or ``engine="transformers"``, runs transformers' ``generate``.
   Chat messages are rendered with the tokenizer's chat template; a tokenizer without one gets the
   fallback layout of `render_chat` ("User: …\\n\\nAssistant: "), the same for synthesis and evaluation.
+  A folder written by `mathforge train` records its training layout in mathforge.json: ``backend.template``
+  (None otherwise), which synthesis checks its layout against.
 """
 
 from __future__ import annotations
@@ -82,6 +86,18 @@ class Backend(Protocol):
         seed: int = 0,
     ) -> list[list[str]]: ...
 
+    async def complete(
+        self,
+        prompt: str,
+        *,
+        n: int = 1,
+        temperature: float = 0.7,
+        top_p: float = 1.0,
+        max_tokens: int = 1024,
+        seed: int | None = None,
+        stop: Sequence[str] | None = None,
+    ) -> Completion: ...
+
     async def aclose(self) -> None: ...
 
 
@@ -141,7 +157,8 @@ class LocalBackend:
     """Generation on this machine from a Hugging Face folder or an in-memory (model, tokenizer).
 
     ``device`` None/"auto" picks CUDA when available; ``dtype`` None/"auto" keeps the checkpoint's.
-    ``seed`` is used by ``chat`` when a request brings none. Requests run one at a time (a lock)."""
+    ``seed`` is used by ``chat``/``complete`` when a request brings none. Requests run one at a time (a lock).
+    ``template``: the layout the folder's model was trained with (its mathforge.json), else None."""
 
     def __init__(
         self,
@@ -162,8 +179,13 @@ class LocalBackend:
         self.device = ("cuda" if torch.cuda.is_available() else "cpu") if device in (None, "auto") else device
         dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
         torch_dtype = dtypes.get(dtype or "auto")
+        self.template: str | None = None
         if isinstance(model, (str, Path)):
+            from mathforge.prompts import training_template
+
             self.model_name = os.path.basename(os.path.normpath(str(model)))
+            trained = training_template(model) if Path(model).is_dir() else None
+            self.template = trained[0] if trained else None
             self.tokenizer, self.model, self.engine = self._load(Path(model), tokenizer, engine, torch_dtype)
         else:
             from mathforge.model import Transformer
@@ -243,12 +265,30 @@ class LocalBackend:
         seed: int | None = None,
         stop: Sequence[str] | None = None,
     ) -> Completion:
-        """n replies to `messages`, generated on a worker thread; `seed` None or < 0 uses the backend's."""
+        """n replies to `messages` (rendered by `render_chat`), generated on a worker thread; `seed` None or < 0
+        uses the backend's."""
+        return await self._ask(messages, n, temperature, top_p, max_tokens, seed, stop)
+
+    async def complete(
+        self,
+        prompt: str,
+        *,
+        n: int = 1,
+        temperature: float = 0.7,
+        top_p: float = 1.0,
+        max_tokens: int = 1024,
+        seed: int | None = None,
+        stop: Sequence[str] | None = None,
+    ) -> Completion:
+        """n continuations of the raw text `prompt` (no chat rendering), generated on a worker thread."""
+        return await self._ask(prompt, n, temperature, top_p, max_tokens, seed, stop)
+
+    async def _ask(self, prompt: PromptInput, n, temperature, top_p, max_tokens, seed, stop) -> Completion:
         before = (self.usage.prompt_tokens, self.usage.completion_tokens)
         seed = self.seed if seed is None or seed < 0 else seed
         texts = await asyncio.to_thread(
             self.generate,
-            [messages],
+            [prompt],
             n=n,
             temperature=temperature,
             top_p=top_p,

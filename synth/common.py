@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from mathforge.backends import Completion
+from mathforge.prompts import CHAT, layout_text, raw_layout
 from mathforge.registry import Registry
 from mathforge.synth import quality
 from mathforge.synth.prompts import Prompts
@@ -48,7 +49,8 @@ class Reject(Exception):
 
 @dataclass
 class Context:
-    """What a pipeline needs to process one item: backend, prompts, sampling, the answer checks."""
+    """What a pipeline needs to process one item: backend, prompts, sampling, the answer checks. `layout`: how
+    an instruction is sent (see synth/prompts.py `resolve_layout`): "chat", or a raw layout of mathforge.prompts."""
 
     backend: Any
     prompts: Prompts
@@ -59,20 +61,28 @@ class Context:
     min_agree: float = 0.5
     sandbox: Any = None  # a mathforge.evaluate.sandbox.Sandbox: tool solutions are executed when set
     tool_timeout: float = 10.0
+    layout: str = CHAT
 
     async def ask(
         self, template: str, *, n: int = 1, usage: dict[str, int] | None = None, seed_offset: int = 0, **values: str
     ) -> Completion:
+        """n replies to the prompt template `template` rendered with `values` (the instruction), sent in
+        `layout`; token usage is added to `usage`."""
         s = self.sampling
-        seed = s.seed + seed_offset if s.seed >= 0 else None
-        out = await self.backend.chat(
-            self.prompts.messages(template, **values),
-            n=n,
-            temperature=s.temperature,
-            top_p=s.top_p,
-            max_tokens=s.max_tokens,
-            seed=seed,
-        )
+        sampling = {
+            "n": n,
+            "temperature": s.temperature,
+            "top_p": s.top_p,
+            "max_tokens": s.max_tokens,
+            "seed": s.seed + seed_offset if s.seed >= 0 else None,
+        }
+        if self.layout == CHAT:
+            out = await self.backend.chat(self.prompts.messages(template, **values), **sampling)
+        else:  # the trainer's prompt text for a row whose prompt is the instruction, as a raw completion
+            layout = raw_layout(self.layout)
+            stop = [*layout.stop, *([layout.response_suffix] if layout.response_suffix.strip() else [])]
+            text = layout_text(self.layout, self.prompts.instruction(template, **values), self.prompts.system or None)
+            out = await self.backend.complete(text, stop=stop, **sampling)
         if usage is not None:
             usage["prompt_tokens"] = usage.get("prompt_tokens", 0) + out.prompt_tokens
             usage["completion_tokens"] = usage.get("completion_tokens", 0) + out.completion_tokens

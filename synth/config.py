@@ -25,6 +25,7 @@ from typing import Any, Literal
 
 from mathforge.config import apply_overrides, build, read_toml
 from mathforge.errors import ConfigError
+from mathforge.prompts import check_layout
 from mathforge.synth import jiuzhang, quality, skywork, symbolic  # noqa: F401  (they register their pipelines)
 from mathforge.synth.common import PIPELINES
 from mathforge.synth.jiuzhang import EDUCATION_STAGES, VARIANTS
@@ -90,6 +91,10 @@ class SamplingSettings:
 class PromptSettings:
     dir: str = ""  # a folder whose templates override the built-in ones of the same relative name
     system: str = ""
+    # how the instruction is sent: "chat", or a raw layout of mathforge.prompts ("jiuzhang", …) sent as a raw
+    # completion exactly as the trainer renders it; "" = the local model's training layout (mathforge.json),
+    # else "chat". See synth/prompts.py resolve_layout.
+    layout: str = ""
 
 
 @dataclass
@@ -120,10 +125,26 @@ class JiuZhangSettings:
     step: Literal["distill", "synthesize"] = "synthesize"
 
 
+# [quality] dedup_on / near_dedup_on when a recipe leaves them empty: pipeline kind ("jiuzhang-distill" for
+# the JiuZhang distillation step) -> (exact-dedup keys, near-dedup keys). The distillation set keys on the
+# seed text's id + education stage + variant, so one text under 8 stages x {cot, tool} stays 16 rows; Skywork
+# keeps several distinct solutions per question (answer augmentation) by keying on prompt + response.
+DEDUP_DEFAULTS: dict[str, tuple[list[str], list[str]]] = {
+    "symbolic": (["prompt"], ["prompt"]),
+    "skywork": (["prompt", "response"], ["response"]),
+    "jiuzhang": (["prompt"], ["prompt"]),
+    "jiuzhang-distill": (["seed_id", "stage", "method"], ["response"]),
+}
+# what a dedup key may name: a row field, or a meta key every pipeline's rows carry
+DEDUP_KEYS = ("prompt", "response", "id", "pipeline", "method", "stage", "seed_id", "difficulty", "answer", "model")
+
+
 @dataclass
 class QualitySettings:
     exact_dedup: bool = True
     near_dedup: bool = True
+    dedup_on: list[str] = field(default_factory=list)  # row fields / meta keys of exact dedup; [] = DEDUP_DEFAULTS
+    near_dedup_on: list[str] = field(default_factory=list)  # the texts MinHash compares (joined); [] = the default
     near_dedup_ngram: int = 5
     near_dedup_threshold: float = 0.8
     near_dedup_perm: int = 128
@@ -188,7 +209,22 @@ def from_dict(raw: dict[str, Any], where: str = "<config>") -> SynthConfig:
     sections = {name: build(hints[name], raw.get(name, {}), f"{where}: {name}") for name in SECTIONS}
     cfg = SynthConfig(**sections)
     _check(cfg, where)
+    _dedup_keys(cfg, where)
     return cfg
+
+
+def _dedup_keys(cfg: SynthConfig, where: str) -> None:
+    """Fills empty [quality] dedup_on / near_dedup_on with the pipeline's default; ConfigError on an unknown key."""
+    q, kind = cfg.quality, cfg.pipeline.kind
+    exact, near = DEDUP_DEFAULTS.get(f"{kind}-{cfg.jiuzhang.step}", DEDUP_DEFAULTS.get(kind, (["prompt"], ["prompt"])))
+    q.dedup_on, q.near_dedup_on = list(q.dedup_on or exact), list(q.near_dedup_on or near)
+    for key in ("dedup_on", "near_dedup_on"):
+        for i, name in enumerate(getattr(q, key)):
+            if name not in DEDUP_KEYS:
+                raise ConfigError(
+                    f"{where}: quality.{key}[{i}]: unknown field {name!r}; allowed: {', '.join(DEDUP_KEYS)} "
+                    "(prompt and response are row fields, the others keys of the row's meta)"
+                )
 
 
 def _check(cfg: SynthConfig, where: str) -> None:
@@ -222,6 +258,11 @@ def _check(cfg: SynthConfig, where: str) -> None:
                 f"{where}: jiuzhang.stages[{i}]: unknown {EDUCATION_STAGES.what} {stage!r}; "
                 f"known: uniform (all of them), {', '.join(EDUCATION_STAGES)}"
             )
+    if cfg.prompts.layout:
+        try:
+            check_layout(cfg.prompts.layout)
+        except ConfigError as error:
+            raise ConfigError(f"{where}: prompts.layout: {error}") from None
     kind, backend = cfg.pipeline.kind, cfg.backend.kind
     if (kind == "symbolic") != (backend == "symbolic"):
         raise ConfigError(

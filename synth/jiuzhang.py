@@ -146,6 +146,6 @@ class JiuZhangPipeline:
             **extra,
         }
         if self.jz.step == "distill":
-            instruction = ctx.prompts.render(template, **values)
+            instruction = ctx.prompts.instruction(template, **values)  # what ctx.ask sent: one text
             return [make_row(instruction, f"Problem: {problem}\nSolution: {solution}", meta)]
         return [make_row(problem, solution, meta)]

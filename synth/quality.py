@@ -73,12 +73,21 @@ def normalize(text: str) -> str:
     return " ".join(words(text))
 
 
+ROW_FIELDS = ("prompt", "response")  # a dedup key names one of these, or a key of the row's meta
+
+
+def key_text(row: Row, name: str) -> str:
+    """The text of a dedup key: the row field `name` (prompt, response) or else its meta value ("" if absent)."""
+    value = row.get(name) if name in ROW_FIELDS else row.get("meta", {}).get(name)
+    return "" if value is None else str(value)
+
+
 def exact_dedup(rows: list[Row], fields: tuple[str, ...] = ("prompt",)) -> tuple[list[Row], list[dict]]:
-    """Keeps the first row of each group whose `fields` are equal after `normalize`."""
+    """Keeps the first row of each group whose `fields` (row fields or meta keys) are equal after `normalize`."""
     first: dict[tuple[str, ...], str] = {}
     kept, removed = [], []
     for i, row in enumerate(rows):
-        key = tuple(normalize(str(row.get(f, ""))) for f in fields)
+        key = tuple(normalize(key_text(row, f)) for f in fields)
         if key in first:
             removed.append({"id": _id(row, i), "reason": "exact duplicate", "duplicate_of": first[key]})
         else:
@@ -129,9 +138,12 @@ def near_duplicate_groups(
     return np.array([find(i) for i in range(n)])
 
 
-def near_dedup(rows: list[Row], *, field_name: str = "prompt", **kwargs: Any) -> tuple[list[Row], list[dict]]:
-    """Removes rows whose `field_name` is a MinHash near-duplicate of an earlier row's (see near_duplicate_groups)."""
-    roots = near_duplicate_groups([str(r.get(field_name, "")) for r in rows], **kwargs)
+def near_dedup(
+    rows: list[Row], *, fields: tuple[str, ...] = ("prompt",), **kwargs: Any
+) -> tuple[list[Row], list[dict]]:
+    """Removes rows whose `fields` (joined by newlines) are a MinHash near-duplicate of an earlier row's (see
+    near_duplicate_groups)."""
+    roots = near_duplicate_groups(["\n".join(key_text(r, f) for f in fields) for r in rows], **kwargs)
     kept, removed = [], []
     for i, (row, root) in enumerate(zip(rows, roots)):
         if root == i:

@@ -33,7 +33,7 @@ from mathforge.errors import ConfigError
 from mathforge.synth import quality
 from mathforge.synth.common import PIPELINES, Context, Pipeline, Reject
 from mathforge.synth.config import QualitySettings, SynthConfig, from_dict
-from mathforge.synth.prompts import Prompts
+from mathforge.synth.prompts import Prompts, resolve_layout
 from mathforge.synth.seeds import SEED_SOURCES
 from mathforge.synth.store import Journal, shard_name, writable_folder, write_json, write_rows
 
@@ -49,6 +49,8 @@ def settings_hash(cfg: SynthConfig) -> str:
     keep = {k: v for k, v in settings.items() if k not in ("quality",)}
     keep["run"] = {k: v for k, v in settings["run"].items() if k in ("seed", "items")}
     keep["backend"] = {k: v for k, v in settings["backend"].items() if k in ("kind", "model")}
+    if not keep["prompts"].get("layout"):  # the default layout hashes as before [prompts] layout existed
+        keep["prompts"].pop("layout", None)
     return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -59,6 +61,7 @@ def synthesize(
     index, count = shard
     if not (count >= 1 and 0 <= index < count):
         raise ConfigError(f"--shard {index}/{count}: need 0 <= i < n")
+    resolve_layout(cfg.prompts.layout, _trained_layout(cfg, backend), cfg.backend.model)  # before anything is written
     out = writable_folder(cfg.run.output, "run.output")
     if backend is None and cfg.backend.kind == "openai":
         check_reachable(cfg.backend.base_urls)  # seconds, not the retries' minutes, before anything is written
@@ -102,6 +105,19 @@ def synthesize(
     )
     write_json(out / f"manifest-{name}.json", manifest)
     return manifest
+
+
+def _trained_layout(cfg: SynthConfig, backend: Any) -> str | None:
+    """The layout the synthesizing model was trained with, when known: a given backend's `template`, or the
+    mathforge.json of a `backend.kind = "local"` model folder."""
+    if backend is not None:
+        return getattr(backend, "template", None)
+    if cfg.backend.kind != "local" or not Path(cfg.backend.model).is_dir():
+        return None
+    from mathforge.prompts import training_template
+
+    trained = training_template(cfg.backend.model)
+    return trained[0] if trained else None
 
 
 def _claim_output(cfg: SynthConfig, journal_path: Path, resume: bool) -> None:
@@ -220,6 +236,7 @@ def _run_sync(pipeline, todo, journal: Journal, progress: Progress) -> None:
 def _context(cfg: SynthConfig, backend: Any, sandbox: Any) -> Context:
     q = cfg.quality
     prompts = Prompts(cfg.prompts.dir or None, cfg.prompts.system)
+    layout = resolve_layout(cfg.prompts.layout, getattr(backend, "template", None), cfg.backend.model)
     return Context(
         backend,
         prompts,
@@ -230,6 +247,7 @@ def _context(cfg: SynthConfig, backend: Any, sandbox: Any) -> Context:
         min_agree=q.min_agree,
         sandbox=sandbox,
         tool_timeout=q.tool_timeout,
+        layout=layout,
     )
 
 
@@ -344,13 +362,14 @@ def _filters(q: QualitySettings) -> tuple[list[tuple[str, Filter]], quality.Deco
         )
     ]
     if q.exact_dedup:
-        steps.append(("exact_dedup", quality.exact_dedup))
+        steps.append(("exact_dedup", lambda r: quality.exact_dedup(r, tuple(q.dedup_on or ["prompt"]))))
     if q.near_dedup:
         steps.append(
             (
                 "near_dedup",
                 lambda r: quality.near_dedup(
                     r,
+                    fields=tuple(q.near_dedup_on or ["prompt"]),  # filled per pipeline by config.load
                     ngram=q.near_dedup_ngram,
                     num_perm=q.near_dedup_perm,
                     bands=q.near_dedup_bands,
@@ -398,6 +417,7 @@ def finalize(cfg: SynthConfig, journals: list[Path], name: str, folder: str = "d
         "filters": report.counts,
         "generation_rejections": reasons,
         "decontamination": deco.summary() if deco else None,
+        "dedup": {"exact_on": cfg.quality.dedup_on, "near_on": cfg.quality.near_dedup_on},
         "settings": cfg.to_dict(),
     }
 

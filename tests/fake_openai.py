@@ -1,4 +1,4 @@
-"""A fake OpenAI-compatible chat-completions server on 127.0.0.1 for tests.
+"""A fake OpenAI-compatible chat-completions and completions server on 127.0.0.1 for tests.
 
     def echo(messages, index):
         return f"echo[{index}]: {messages[-1]['content']}"
@@ -18,6 +18,9 @@ explicitly: the server knows nothing about our prompts.
 `log` holds (time.monotonic(), status, fault) per completion request; `counts` the requests, faults and
 "cut" choices. `refuse=True` makes a dead server: every connection is counted in `counts["connections"]`
 and closed at once, before any reply.
+A POST to /completions (a raw `prompt` string) is answered by `responder(prompt, index)` with the string
+itself; `requests` lists (path, request body) of every answered request, so a test sees exactly what was
+sent where.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-Responder = Callable[[list[dict[str, str]], int], str]
+Responder = Callable[[Any, int], str]  # (chat messages or a raw completion prompt, choice index) -> text
 
 
 class LoopbackServer:
@@ -60,7 +63,8 @@ class LoopbackServer:
         self._rng = random.Random(seed)
         self.log: list[tuple[float, int, str]] = []
         self.counts: Counter = Counter()
-        self.prompts: Counter = Counter()  # user prompt -> successful replies
+        self.prompts: Counter = Counter()  # user prompt (or raw completion prompt) -> successful replies
+        self.requests: list[tuple[str, dict[str, Any]]] = []  # (path, request body) of the answered requests
         self.port = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ready = threading.Event()
@@ -123,7 +127,8 @@ class LoopbackServer:
                 if head.startswith(b"GET "):  # a reachability check (GET /models): no fault, not counted
                     status, payload = 200, {"object": "list", "data": [{"id": "fake", "object": "model"}]}
                 else:
-                    status, payload = await self._reply(body)
+                    path = head.split(b" ", 2)[1].decode("latin-1")
+                    status, payload = await self._reply(body, path)
                 data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
                 extra = f"Retry-After: {self.retry_after}\r\n" if status in (429, 503) and self.retry_after else ""
                 writer.write(
@@ -137,7 +142,7 @@ class LoopbackServer:
         finally:
             writer.close()
 
-    async def _reply(self, body: bytes) -> tuple[int, Any]:
+    async def _reply(self, body: bytes, path: str = "/v1/chat/completions") -> tuple[int, Any]:
         self.counts["requests"] += 1
         fault = self._fault()
         if self.latency_s:
@@ -155,27 +160,33 @@ class LoopbackServer:
         if fault == "malformed":
             return 200, b'{"id": "x", "choices": [ {"message": '
         request = json.loads(body)
-        messages = request["messages"]
+        chat = not path.rstrip("/").endswith("/v1/completions")
+        asked = request["messages"] if chat else request["prompt"]
         n = int(request.get("n") or 1)
-        texts = [self.responder(messages, i) for i in range(n)]
+        texts = [self.responder(asked, i) for i in range(n)]
         finish = "stop"
         if fault == "length":
             texts, finish = [t[: len(t) // 2] for t in texts], "length"
             self.counts["cut"] += n
         else:
-            self.prompts[messages[-1]["content"]] += 1
+            self.prompts[asked[-1]["content"] if chat else asked] += 1
+        self.requests.append((path, request))
         self.counts["ok"] += 1
-        prompt_tokens = sum(len(m["content"].split()) for m in messages)
+        prompt_tokens = sum(len(m["content"].split()) for m in asked) if chat else len(asked.split())
         completion_tokens = sum(len(t.split()) for t in texts)
-        return 200, {
-            "id": f"chatcmpl-{self.counts['requests']}",
-            "object": "chat.completion",
-            "created": 0,
-            "model": self.model,
-            "choices": [
+        if chat:
+            choices = [
                 {"index": i, "message": {"role": "assistant", "content": t}, "finish_reason": finish}
                 for i, t in enumerate(texts)
-            ],
+            ]
+        else:
+            choices = [{"index": i, "text": t, "finish_reason": finish} for i, t in enumerate(texts)]
+        return 200, {
+            "id": f"{'chatcmpl' if chat else 'cmpl'}-{self.counts['requests']}",
+            "object": "chat.completion" if chat else "text_completion",
+            "created": 0,
+            "model": self.model,
+            "choices": choices,
             "usage": {
                 "prompt_tokens": prompt_tokens,
                 "completion_tokens": completion_tokens,

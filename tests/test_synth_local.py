@@ -25,3 +25,19 @@ def test_local_backend_greedy_matches_our_generation(tmp_path):
     assert reply.texts == [expected, expected]  # greedy: both samples are the same continuation
     assert reply.prompt_tokens == 2 * len(tokenizer(prompt)["input_ids"])
     assert backend.usage.requests == 1 and backend.usage.completions == 2
+
+
+def test_local_complete_sends_the_raw_text_and_the_folder_names_its_layout(tmp_path):
+    texts = [f"## Question\nWhat is {a} + {b}?\n\n## Solution\n{a + b}" for a in range(20) for b in range(10)]
+    tokenizer = train_bpe_tokenizer(texts, 300, tmp_path)
+    torch.manual_seed(0)
+    model = from_config({"preset": "tiny", "vocab_size": len(tokenizer), "eos_token_id": tokenizer.eos_token_id})
+    model.save_pretrained(tmp_path)
+    assert LocalBackend(str(tmp_path), device="cpu").template is None  # not written by `mathforge train`
+    (tmp_path / "mathforge.json").write_text('{"template": "jiuzhang"}')
+    backend = LocalBackend(str(tmp_path), device="cpu", dtype="float32")
+    assert backend.template == "jiuzhang"
+    prompt = "## Question\nWhat is 3 + 4?\n\n## Solution\n"
+    reply = asyncio.run(backend.complete(prompt, n=1, temperature=0.0, max_tokens=12))
+    assert reply.texts == generate(model.eval(), tokenizer, [prompt], max_new_tokens=12)  # the text as is, no chat
+    assert reply.prompt_tokens == len(tokenizer(prompt)["input_ids"])

@@ -106,11 +106,23 @@ def test_loss_section():
 def test_shipped_recipes_load():
     from pathlib import Path
 
-    recipes = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.toml"))
-    assert [p.name for p in recipes] == ["jiuzhang.toml", "skywork-stage1.toml", "skywork-stage2.toml"]
-    stage1 = load_config(recipes[1])
+    folder = Path(__file__).resolve().parents[1] / "configs"
+    recipes = {p.name: load_config(p) for p in sorted(folder.glob("*.toml"))}
+    assert list(recipes) == ["jiuzhang-synthesizer.toml", "jiuzhang.toml", "skywork-stage1.toml", "skywork-stage2.toml"]
+    stage1 = recipes["skywork-stage1.toml"]
     assert (stage1.optim.weight_decay, stage1.optim.warmup_ratio, stage1.data.max_seq_len) == (0.0, 0.03, 2048)
-    assert stage1.stages[0].epochs == 3 and load_config(recipes[0]).optim.schedule == "wsd"
+    assert stage1.stages[0].epochs == 3 and recipes["jiuzhang.toml"].optim.schedule == "wsd"
+    # JiuZhang: pre-training on synthetic data puts the loss on every token, SFT and the synthesizer on the response
+    assert [s.loss_on for s in recipes["jiuzhang.toml"].stages] == ["all", "response"]
+    assert [s.loss_on for s in recipes["jiuzhang-synthesizer.toml"].stages] == ["response"]
+    assert recipes["jiuzhang-synthesizer.toml"].data.template == "jiuzhang"
+
+
+def test_loss_on_is_checked_per_stage():
+    config = config_from_dict({**BASE, "stages": [{**BASE["stages"][0], "loss_on": "all"}]})
+    assert config.stages[0].loss_on == "all" and config_from_dict(BASE).stages[0].loss_on == "response"
+    with pytest.raises(ConfigError, match="loss_on"):
+        config_from_dict({**BASE, "stages": [{**BASE["stages"][0], "loss_on": "prompt"}]})
 
 
 def test_adamw_bf16_matches_torch_adamw_on_fp32_weights():

@@ -16,6 +16,7 @@ from mathforge.trainer.data import (
     render_row,
     target_counts,
     tokenize,
+    with_loss_on,
 )
 from mathforge.trainer.tokenizer import train_bpe_tokenizer
 
@@ -50,6 +51,34 @@ def test_labels_mask_prompts_and_boundaries():
     bare = TokenizedData(np.array([5, 6, 7, 8], np.int32), np.array([0, 3, 4]), np.array([0, 0]))
     assert build_micro_batch(bare, np.array([0, 1])).labels.tolist() == [6, 7, -100, -100]
     assert target_counts(bare.lengths, bare.prompt_lengths).tolist() == [2, 0]
+
+
+def test_loss_on_all_puts_the_loss_on_prompt_tokens_too():
+    # doc A: prompt [10, 11], response [12, 13, 1]; doc B: prompt [20], response [21, 1]
+    data = TokenizedData(np.array([10, 11, 12, 13, 1, 20, 21, 1], np.int32), np.array([0, 5, 8]), np.array([2, 1]))
+    assert with_loss_on(data, "response") is data
+    every = build_micro_batch(with_loss_on(data, "all"), np.array([0, 1]))
+    assert every.labels.tolist() == [11, 12, 13, 1, -100, 21, 1, -100] and every.num_targets == 6
+    assert build_micro_batch(data, np.array([0, 1])).num_targets == 5
+    assert data.prompt_lengths.tolist() == [2, 1]  # the stage's copy, not the cached data, changes
+
+
+def test_loss_on_label_counts_of_a_packed_batch(tmp_path, tokenizer):
+    rows = [{"prompt": f"What is {a} + {b}?", "response": f"{a} + {b} = {a + b}. The answer is: {a + b}"} for a, b in
+            [(3, 4), (12, 30), (7, 105)]]  # fmt: skip
+    path = tmp_path / "rows.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    data = tokenize([str(path)], tokenizer, template="jiuzhang", max_seq_len=256)
+    prompts = [len(tokenizer(f"## Question\n{r['prompt']}\n\n## Solution\n")["input_ids"]) for r in rows]
+    responses = [len(tokenizer(r["response"])["input_ids"]) + 1 for r in rows]  # + the end-of-sequence token
+    assert data.lengths.tolist() == [p + r for p, r in zip(prompts, responses)]
+    [docs] = plan_micro_batches(data, 1024)  # all three documents in one packed micro-batch
+    response_only = build_micro_batch(data, docs)
+    everything = build_micro_batch(with_loss_on(data, "all"), docs)
+    # "response": the response tokens and the end-of-sequence; "all": every token of each document but its first
+    assert int((response_only.labels != -100).sum()) == response_only.num_targets == sum(responses)
+    assert int((everything.labels != -100).sum()) == everything.num_targets == sum(prompts) + sum(responses) - 3
+    assert sum(prompts) > 20 and everything.num_targets - response_only.num_targets == sum(prompts) - 3
 
 
 def test_templates_render_rows(tokenizer):

@@ -111,6 +111,9 @@ class StageConfig:
     warmup_ratio: float | None = None
     template: str | None = None
     max_seq_len: int | None = None
+    # which tokens carry the loss: "response" (the prompt is masked: SFT) or "all" (every token after the
+    # first: JiuZhang3.0's pre-training on synthetic data); see trainer.data.with_loss_on
+    loss_on: Literal["all", "response"] = "response"
 
 
 @dataclass

@@ -5,11 +5,13 @@ JSONL, JSON, Parquet files or a Hugging Face dataset name. Tokenization runs thr
 (with `num_proc`) and is cached on disk, keyed by the data, the tokenizer and the template. A
 micro-batch is one flat token stream with `position_ids` restarting per document, `cu_seqlens`, and
 shifted labels: `labels[t]` is the token at t+1 when that token is part of the same document's
-response, else -100 — so nothing is predicted across a document boundary or inside a prompt.
+response, else -100 — so nothing is predicted across a document boundary or inside a prompt. A stage with
+`loss_on = "all"` (`with_loss_on`) predicts the prompt's tokens too: every token of a document but its first.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -239,6 +241,17 @@ def tokenize(
 def plan_micro_batches(data: TokenizedData, micro_batch_tokens: int) -> list[np.ndarray]:
     """Packs documents into micro-batches of at most `micro_batch_tokens` tokens (deterministic BFD)."""
     return pack_detailed(data.lengths, micro_batch_tokens, policy="error").bins()
+
+
+def with_loss_on(data: TokenizedData, loss_on: str) -> TokenizedData:
+    """`data` as a stage with `loss_on` trains on it: "response" masks each prompt (as tokenized); "all" masks
+    nothing but each document's first token (prompt lengths 0), so labels, `target_counts` and the loss
+    normalisation all follow from the one field."""
+    if loss_on == "response":
+        return data
+    if loss_on != "all":
+        raise ValueError(f"loss_on must be 'all' or 'response', got {loss_on!r}")
+    return dataclasses.replace(data, prompt_lengths=np.zeros_like(data.prompt_lengths))
 
 
 def target_counts(lengths: np.ndarray, prompt_lengths: np.ndarray) -> np.ndarray:

@@ -1,4 +1,5 @@
-"""Training templates = the evaluation prompt files, so a model is asked exactly as it was trained.
+"""Training templates = the evaluation prompt files (the layouts of `mathforge.prompts`), so a model is asked
+exactly as it was trained — by evaluation and by synthesis alike.
 
 A template is either `chat` (the tokenizer's chat template) or a zero-shot raw prompt of the core
 `mathforge.prompts` (shipped: `alpaca-cot` as MetaMath/Skywork-Math trained, `jiuzhang` with
@@ -9,48 +10,35 @@ question; the response is the solution with the prompt file's optional `response
 
 from __future__ import annotations
 
-from functools import cache
 from typing import Any
 
-from mathforge.errors import ConfigError, DataError
-from mathforge.prompts import Prompt, available, load_prompt
+from mathforge.errors import DataError
+from mathforge.prompts import CHAT, check_layout, layout_names, layout_text, raw_layout
 
 
 def template_names() -> list[str]:
-    return ["chat", *available()]
-
-
-@cache
-def _raw_prompt(name: str) -> Prompt:
-    prompt = load_prompt(name)
-    if prompt.shots or prompt.chat:
-        raise ConfigError(
-            f"template {name!r} is a few-shot or chat prompt; training needs a zero-shot raw one "
-            f'(or "chat"); available: {", ".join(template_names())}'
-        )
-    return prompt
+    return layout_names()
 
 
 def check_template(name: str) -> None:
     """Raises ConfigError naming the allowed templates if `name` cannot be used for training."""
-    if name != "chat":
-        _raw_prompt(name)
+    check_layout(name)
 
 
 def render_prompt(question: str, template: str, tokenizer: Any = None, system: str | None = None) -> str:
-    """The text a model sees before its answer."""
-    if template == "chat":
+    """The text a model sees before its answer (`mathforge.prompts.layout_text` for raw templates: the same
+    text synthesis sends to a model trained with that template)."""
+    if template == CHAT:
         messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": question}]
         return render_chat(messages, tokenizer, add_generation_prompt=True)
-    text = _raw_prompt(template).render(question, chat=False)
-    return f"{system}\n\n{text}" if system else text
+    return layout_text(template, question, system)
 
 
 def render_response(answer: str, template: str) -> str:
     """The trained-on text after the prompt (the end-of-sequence token is added by the tokenizing code)."""
-    if template == "chat":
+    if template == CHAT:
         return answer
-    prompt = _raw_prompt(template)
+    prompt = raw_layout(template)
     return f"{prompt.response_prefix}{answer}{prompt.response_suffix}"
 
 

@@ -47,6 +47,7 @@ from mathforge.trainer.data import (
     plan_micro_batches,
     target_counts,
     tokenize,
+    with_loss_on,
 )
 from mathforge.trainer.metrics import MetricsLog, Throughput, mfu, peak_tflops, trim_metrics
 from mathforge.trainer.optim import build_optimizer, lr_at
@@ -389,6 +390,7 @@ def stage_data(run: Run, index: int, stage: StageConfig) -> StagePlan:
         dist.barrier()  # rank 0 tokenized and cached; the others read the cache
         if not run.is_main:
             data = tokenize(stage.data, run.tokenizer, num_proc=1, **options)
+    data = with_loss_on(data, stage.loss_on)
     train_cfg = run.config.train
     plan = StagePlan(
         data,

@@ -13,20 +13,43 @@ refused, so a misspelt `respons_prefix` cannot silently change the training text
     prompt = load_prompt("minerva")           # a shipped prompt by name, or load_prompt("my.toml")
     prompt.render("What is 1+1?")             # raw text with the four examples
     prompt.render("What is 1+1?", chat=True)  # messages: system, (user, assistant) per shot, user
+
+A *layout* is how a model is asked, the same object for training and asking: `"chat"` (the tokenizer's
+chat template; a server's chat endpoint) or a zero-shot raw prompt (`raw_layout`). `layout_text` is the
+text before the answer under a raw layout: what the trainer renders (and masks) as a row's prompt, and
+what synthesis sends to the model it trained (the completions endpoint, or the local model as raw text).
+A model folder written by `mathforge train` records its layout in mathforge.json (`training_template`).
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
+from typing import Any
 
 from mathforge.config import build, read_toml
-from mathforge.errors import ConfigError
+from mathforge.errors import ConfigError, DataError
 from mathforge.registry import Registry
 
-__all__ = ["PROMPTS", "PROMPT_DIR", "Prompt", "Shot", "available", "default_prompt", "load_prompt"]
+__all__ = [
+    "CHAT",
+    "PROMPTS",
+    "PROMPT_DIR",
+    "Prompt",
+    "Shot",
+    "available",
+    "default_prompt",
+    "layout_names",
+    "layout_text",
+    "load_prompt",
+    "raw_layout",
+    "training_template",
+]
 
 PROMPT_DIR = Path(__file__).resolve().parent
+CHAT = "chat"  # the layout "the tokenizer's chat template" (chat messages), beside the raw prompt files
 Messages = list[dict[str, str]]
 
 PROMPTS: Registry[Path] = Registry("prompt")  # shipped prompt name → its TOML file
@@ -107,3 +130,66 @@ def load_prompt(name: str) -> Prompt:
 def default_prompt(bench: str) -> str:
     """The prompt a benchmark uses when none is named: GSM8K 8-shot, MATH Minerva 4-shot."""
     return "gsm8k-8shot" if bench == "gsm8k" else "minerva"
+
+
+def layout_names() -> list[str]:
+    """What a training template or a synthesis layout may name: "chat" and the shipped prompts (or a .toml path)."""
+    return [CHAT, *available()]
+
+
+@cache
+def raw_layout(name: str) -> Prompt:
+    """The zero-shot raw prompt `name` (a shipped prompt or a .toml path) as a layout; ConfigError for a
+    few-shot or chat prompt, which no model is trained on."""
+    prompt = load_prompt(name)
+    if prompt.shots or prompt.chat:
+        raise ConfigError(
+            f"template {name!r} is a few-shot or chat prompt; training needs a zero-shot raw one "
+            f'(or "chat"); available: {", ".join(layout_names())}'
+        )
+    return prompt
+
+
+def check_layout(name: str) -> None:
+    """Raises ConfigError naming the allowed layouts if `name` is neither "chat" nor a zero-shot raw prompt."""
+    if name != CHAT:
+        raw_layout(name)
+
+
+def layout_text(layout: str, question: str, system: str | None = None) -> str:
+    """The text before the answer under the raw layout `layout`: one implementation for the trainer (a row's
+    prompt, masked) and for synthesis (what is sent to a model trained with that layout)."""
+    text = raw_layout(layout).render(question, chat=False)
+    return f"{system}\n\n{text}" if system else text
+
+
+def training_info(model: str | Path | None) -> tuple[dict[str, Any], Path] | None:
+    """(its contents, the file) of the mathforge.json `mathforge train` writes beside a model; None without one."""
+    meta = Path(model) / "mathforge.json" if model is not None else None
+    if meta is None or not meta.is_file():
+        return None
+    try:
+        raw = json.loads(meta.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise DataError(f"{meta}: line {error.lineno}: invalid JSON ({error.msg})") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise DataError(f"{meta}: cannot be read ({error})") from None
+    return (raw, meta) if isinstance(raw, dict) else ({}, meta)
+
+
+def training_template(model: str | Path | None) -> tuple[str, Path] | None:
+    """(template, the mathforge.json naming it) when `model` is a folder written by `mathforge train`, whose
+    mathforge.json records {"template": "<prompt name or .toml path>"}; a relative .toml path is looked up in
+    the model folder first. None when there is no such file or it names no template."""
+    found = training_info(model)
+    if found is None:
+        return None
+    raw, meta = found
+    template = raw.get("template")
+    if template is None:
+        return None
+    if not isinstance(template, str) or not template.strip():
+        raise DataError(f'{meta}: "template" must be a prompt name or a .toml path, got {template!r}')
+    if template.endswith(".toml") and not Path(template).is_absolute() and (meta.parent / template).is_file():
+        template = str(meta.parent / template)
+    return template, meta
