@@ -30,6 +30,12 @@ _UNIT_POWER_RE = re.compile(rf"\\(?:text|mbox|mathrm)\s*\{{\s*(?:{UNITS})\s*\}}\
 _WRAPPER_RE = re.compile(r"\\(?:textbf|textit|textrm|textnormal|text|mathrm|mathbf|mbox|operatorname)\s*\{")
 _BOXED_RE = re.compile(r"\\(?:boxed|fbox)\s*\{")
 _SIMPLE_SUBS = [
+    (re.compile(r"(?<=\d)(?:,\\!|\{,\}|\\,)(?=\d{3}(?!\d))"), ""),  # 10,\!080 and 10{,}080: thousands
+    (re.compile(r">="), r"\\geq "),
+    (re.compile(r"<="), r"\\leq "),
+    (re.compile(r"(?<=\s)!="), r"\\neq "),  # not 5!=120
+    (re.compile(r"\\lt(?![a-zA-Z])"), "<"),
+    (re.compile(r"\\gt(?![a-zA-Z])"), ">"),
     (re.compile(r"\\(?:left|right|bigl|bigr|Bigl|Bigr|big|Big)(?![a-zA-Z])\s*"), ""),
     (re.compile(r"\\[dt]frac"), r"\\frac"),
     (re.compile(r"\\(?:displaystyle|limits)"), ""),
@@ -46,7 +52,7 @@ _SIMPLE_SUBS = [
     (re.compile(r"\\\$|\$"), ""),
     (re.compile(r"~"), " "),
 ]
-_PERCENT_RE = re.compile(r"\\%|%|\\text\{\s*percent\s*\}|\bpercent\b")
+_PERCENT_RE = re.compile(r"\\%|%|\\text\{\s*(?:percent|percentage|pct)\s*\}|\b(?:percent|percentage|pct)\b")
 _THOUSANDS_RE = re.compile(r"-?\d{1,3}(?:(?:,|\{,\}|\\,| )\d{3})+(?:\.\d+)?")
 
 
@@ -70,8 +76,38 @@ def unwrap(text: str, pattern: re.Pattern[str], keep=lambda inner: inner) -> str
     return text
 
 
+_WORDS_RE = re.compile(r"\s*[a-zA-Z]{2,}[a-zA-Z .\-/]*(?:\^\{?[23]\}?)?\s*")
+_CONNECTIVES = {"and", "or", ",and", ",or", "for", "to"}
+_TRAILING_WORDS_RE = re.compile(r"^([^a-zA-Z\\]*\d[^a-zA-Z\\]*?)\s+([a-zA-Z]{2,}(?:[\s\-][a-zA-Z]+)*)\.?$")
+_PLAIN_SQRT_RE = re.compile(r"(?<![\\a-zA-Z])sqrt\s*\(")
+_PLAIN_PI_RE = re.compile(r"(?<![\\a-zA-Z])pi(?![a-zA-Z])")
+
+
 def _keep_text(inner: str) -> str:
-    return " " if _UNIT_TEXT_RE.match(inner) else inner
+    """A \\text{…} next to a value: units ("cm", " inches per second") go, connectives ("or") stay."""
+    if _UNIT_TEXT_RE.match(inner):
+        return " "
+    if _WORDS_RE.fullmatch(inner) and inner.strip().lower() not in _CONNECTIVES:
+        return " "
+    return inner
+
+
+def _plain_sqrt(s: str) -> str:
+    """sqrt(3) -> \\sqrt{3} (balanced parentheses)."""
+    for _ in range(20):
+        match = _PLAIN_SQRT_RE.search(s)
+        if not match:
+            return s
+        depth, end = 0, None
+        for j in range(match.end() - 1, len(s)):
+            depth += {"(": 1, ")": -1}.get(s[j], 0)
+            if depth == 0:
+                end = j
+                break
+        if end is None:
+            return s
+        s = s[: match.start()] + "\\sqrt{" + s[match.end() : end] + "}" + s[end + 1 :]
+    return s
 
 
 def clean(text: str) -> Cleaned:
@@ -90,7 +126,8 @@ def clean(text: str) -> Cleaned:
         s.strip()
     )
     s = _UNIT_POWER_RE.sub(" ", s)
-    s = unwrap(s, _WRAPPER_RE, (lambda inner: inner) if text_only else _keep_text)
+    has_digit = re.search(r"\d", s) is not None
+    s = unwrap(s, _WRAPPER_RE, (lambda inner: inner) if text_only or not has_digit else _keep_text)
     s = re.sub(r"\s+", " ", s).strip()
     s = re.sub(r"^(?:the answer is|answer:|answer is)\s*", "", s, flags=re.IGNORECASE)
     s = s.rstrip(".").strip() if not re.search(r"\d\.$", s) or s.endswith("..") else s.rstrip(".")
@@ -98,6 +135,13 @@ def clean(text: str) -> Cleaned:
         previous = None
         while previous != s:
             previous, s = s, _TRAILING_UNIT_RE.sub("", s).strip()
+        trailing = _TRAILING_WORDS_RE.match(s)  # "5 inches per second": words after a number are units
+        if trailing and not set(trailing.group(2).lower().split()) & _CONNECTIVES:
+            s = trailing.group(1).strip()
+    if "sqrt" in s:
+        s = _plain_sqrt(s)
+    s = _PLAIN_PI_RE.sub(r"\\pi ", s)
+    s = re.sub(r",\s*(?:and|or)\s+", ", ", s)  # the Oxford comma: "a, b, and c"
     if _THOUSANDS_RE.fullmatch(s):
         s = re.sub(r"\{,\}|\\,|,| ", "", s)
     s = re.sub(r"(?<=\d)\{,\}(?=\d{3})", "", s)
