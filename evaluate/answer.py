@@ -55,7 +55,9 @@ _ONE_NAME = (
     r"|[A-Z]{2,4}|(?:m\s*)?\\angle\s*\{?[A-Z]{1,3}\}?|\\overline\{[A-Z]{1,3}\}|\|[A-Z]{2}\||\\(?:arc|widehat)\{?[A-Z]{2,3}\}?)"
 )
 _NAME_RE = re.compile(rf"\s*(?:{_ONE_NAME}(?:\s*:\s*{_ONE_NAME})*|\(\s*{_ONE_NAME}(?:\s*,\s*{_ONE_NAME})*\s*\))\s*")
-_MATRIX_RE = re.compile(r"^(.*?)\\begin\{([pbvBV]?matrix|array)\}(?:\{[^}]*\})?(.*)\\end\{\2\}$", re.DOTALL)
+_MATRIX_RE = re.compile(
+    r"^(.*?)[(\[]?\s*\\begin\{([pbvBV]?matrix|array)\}(?:\{[^}]*\})?(.*)\\end\{\2\}\s*[)\]]?$", re.DOTALL
+)
 _REL_RE = re.compile(r"\\leq|\\geq|\\neq|<|>|=")
 _WORD_RE = re.compile(r"(?<![\\a-zA-Z])[a-zA-Z]{3,}")  # English words, not \macros
 _MATH_SPAN_RE = re.compile(r"\$\$(.+?)\$\$|\$(.+?)\$|\\\[(.+?)\\\]|\\\((.+?)\\\)", re.DOTALL)
@@ -127,7 +129,7 @@ def unmarked_answer(text: str) -> str | None:
         return trailing.group(1).strip().strip("$").strip()
     words = len(_WORD_RE.findall(_MATH_SPAN_RE.sub(" ", text)))
     span = _last_math_span(text)
-    if len(text) <= 120 and "\n" not in text and words <= 3:
+    if len(text) <= 120 and "\n" not in text and words <= 3 and (span is None or words == 0):
         return text
     if span is not None and (len(text) <= 200 or re.fullmatch(r"[\s.!,;)]*", text[span[1] :])):
         if len(text) <= 200 or re.search(r"\\begin\{|[(\[]|\\\{", span[2]) or "=" not in span[2]:
@@ -318,7 +320,7 @@ def build(text: str, depth: int = 0) -> Answer:
     words = split_top(text, (" or ", " and ", ";"))
     items = [p for part in words for p in split_top(part, (",",))]
     if len(items) > 1 and all(items):
-        return Answer("list", items=_items(items))
+        return Answer("list", text=text, items=_items(items))
     if _REL_RE.search(text):
         found = _relation(text)
         if found is not None:

@@ -33,9 +33,9 @@ _BOX_GAP_RE = re.compile(r"[\s$,;]*(?:(?:\\text\{\s*)?(?:and|or)(?:\s*\})?)?[\s$
 _MINERVA_RE = re.compile(r"final answer is\s*(.+?)\s*(?:\.\s*)?I hope", re.IGNORECASE | re.DOTALL)
 _MINERVA_LOOSE_RE = re.compile(r"final answer(?: is)?\s*[:：]?\s*(.+)", re.IGNORECASE)
 _ANSWER_IS_RE = re.compile(
-    r"(?:the\s+(?:final\s+)?answer\s+(?:is|=)|\banswer\s*[:：]|\banswer(?=\s*\$)|答案(?:是|为|[:：])"
+    r"(?:the\s+(?:final\s+)?answer\s+(?:is|=)|\banswer\s*[:：]|\banswer(?=\s*(?:\$|\\\[|\\\())|答案(?:是|为|[:：])"
     r"|\bla\s+respuesta\s+(?:es|[:：])|\bla\s+réponse\s+(?:est|[:：])|\bdie\s+antwort\s+(?:ist|[:：])|ответ\s*[:：])"
-    r"\s*[:：]?\s*(.+)",
+    r"\s*[:：]?\s*",
     re.IGNORECASE,
 )
 _NUMBER_RE = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:/\d+)?|-?\.\d+")
@@ -45,9 +45,10 @@ MAX_MARKED_LENGTH = 200  # a non-box marked "answer" longer than this is prose, 
 def _clean_tail(answer: str) -> str | None:
     answer = answer.strip()
     # an answer written inline ends at the sentence end: "42. So ..." or a line break
+    for left, right in (("$$", "$$"), ("\\[", "\\]"), ("\\(", "\\)"), ("$", "$")):
+        if answer.startswith(left) and right in answer[len(left) :]:
+            return answer[len(left) : answer.index(right, len(left))].strip() or None
     answer = answer.split("\n", 1)[0].strip()
-    if answer.startswith("$") and answer.count("$") >= 2:
-        answer = answer[1 : answer.index("$", 1)]
     answer = answer.strip().strip("$").strip()
     answer = re.sub(r"(?<=\S)\.(\s.*)?$", "", answer) if not re.search(r"\d\.\d*$", answer) else answer
     answer = answer.rstrip(".").strip()
@@ -119,7 +120,7 @@ def _answer_is(text: str) -> tuple[int, str] | None:
     matches = list(_ANSWER_IS_RE.finditer(text))
     if not matches:
         return None
-    tail = matches[-1].group(1)
+    tail = text[matches[-1].end() : matches[-1].end() + 2 * MAX_MARKED_LENGTH]
     boxed = last_boxed(tail)
     found = boxed if boxed is not None else _clean_tail(tail)
     return (matches[-1].start(), found) if found else None

@@ -37,7 +37,8 @@ _SIMPLE_SUBS = [
     (re.compile(r"\\lt(?![a-zA-Z])"), "<"),
     (re.compile(r"\\gt(?![a-zA-Z])"), ">"),
     (re.compile(r"\\(?:left|right|bigl|bigr|Bigl|Bigr|big|Big)(?![a-zA-Z])\s*"), ""),
-    (re.compile(r"\\[dt]frac"), r"\\frac"),
+    (re.compile(r"\\[dtc]frac"), r"\\frac"),
+    (re.compile(r"^(-?0),(?=\d{3}$)"), r"\1."),  # 0,111 has no thousands: a decimal comma
     (re.compile(r"\\(?:displaystyle|limits)"), ""),
     (re.compile(r"(?<!\\)\\(?:[!,;: ]|quad|qquad)"), " "),
     (re.compile(r"\\(?:le|leqslant|leqq)(?![a-zA-Z])|≤"), r"\\leq "),

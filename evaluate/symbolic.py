@@ -51,10 +51,18 @@ def screen(text: str) -> bool:
     return len(text) <= MAX_LENGTH and not _TOWER_RE.search(text)
 
 
+_LOADED: list[bool] = []
+
+
 def load() -> None:
-    """Imports sympy and the LaTeX parser once, in the caller's thread (their import is not a grading cost)."""
-    import latex2sympy2_extended  # noqa: F401
-    import sympy  # noqa: F401
+    """Imports sympy and the LaTeX parser and builds the parser once, in the caller's thread (a one-off cost,
+    not a grading cost)."""
+    if _LOADED:
+        return
+    from latex2sympy2_extended import latex2sympy
+
+    latex2sympy("\\sqrt[3]{8} + \\sin(x)")
+    _LOADED.append(True)
 
 
 def to_sympy(text: str):
