@@ -139,10 +139,21 @@ def unmarked_answer(text: str) -> str | None:
     return extract_answer(text, "last_number")
 
 
+_SPECIAL_TOKEN_RE = re.compile(r"<\|[a-z_]+\|>(?:user|assistant|system)?|</?think>")
+
+
 def answer_of(pred: str, boxes: str = "join") -> str | None:
-    """The answer in a model response, or the response itself when it already is a short answer."""
+    """The answer in a model response, or the response itself when it already is a short answer.
+
+    A marked answer written as a sentence ("Final Answer: The largest $n$ is 34.") is read like an unmarked
+    one (its trailing value, its math, or its last number)."""
+    pred = _SPECIAL_TOKEN_RE.sub(" ", pred)
     marked = marked_answer(pred, boxes)
-    return marked if marked is not None else unmarked_answer(pred)
+    if marked is None:
+        return unmarked_answer(pred)
+    if len(_WORD_RE.findall(_MATH_SPAN_RE.sub(" ", marked))) > 3 or "$" in marked:
+        return unmarked_answer(marked)
+    return marked
 
 
 def gold_of(gold: str, boxes: str = "join") -> str | None:
@@ -257,9 +268,29 @@ def _sets(text: str) -> Answer | None:
     return None
 
 
+def _split_relations(text: str) -> tuple[list[str], list[str]]:
+    """Terms and relation operators at the top level (not inside braces: \\sum_{k=0} is no equation)."""
+    terms, ops, depth, start, i = [], [], 0, 0, 0
+    while i < len(text):
+        ch = text[i]
+        if ch in "([{":
+            depth += 1
+        elif ch in ")]}":
+            depth -= 1
+        elif depth == 0:
+            match = _REL_RE.match(text, i)
+            if match and not (ch == "\\" and text[i + 1 : i + 2] in "{}"):
+                terms.append(text[start:i].strip())
+                ops.append(match.group())
+                start = i = match.end()
+                continue
+        i += 2 if ch == "\\" and text[i + 1 : i + 2] in "{}()[]" else 1
+    terms.append(text[start:].strip())
+    return terms, ops
+
+
 def _relation(text: str) -> Answer | None:
-    parts = re.split(r"(\\leq|\\geq|\\neq|<|>|=)", text)
-    terms, ops = [p.strip() for p in parts[0::2]], parts[1::2]
+    terms, ops = _split_relations(text)
     if not ops or not all(terms):
         return None
     if set(ops) == {"="}:

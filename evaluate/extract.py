@@ -29,7 +29,9 @@ BOX_RULES = ("join", "last")
 MARKED = ("boxed", "minerva", "gsm8k", "answer_is")
 
 _BOX_RE = re.compile(r"\\(?:boxed|fbox)\b")
-_BOX_GAP_RE = re.compile(r"[\s$,;]*(?:(?:\\text\{\s*)?(?:and|or)(?:\s*\})?)?[\s$,;]*", re.IGNORECASE)
+_BOX_GAP_RE = re.compile(
+    r"(?:[\s$,;.]|\\(?:quad|qquad|[,;: !\[\]()])|\\text\{\s*(?:and|or|,)\s*\}|\band\b|\bor\b)*", re.IGNORECASE
+)
 _MINERVA_RE = re.compile(r"final answer is\s*(.+?)\s*(?:\.\s*)?I hope", re.IGNORECASE | re.DOTALL)
 _MINERVA_LOOSE_RE = re.compile(r"final answer(?: is)?\s*[:：]?\s*(.+)", re.IGNORECASE)
 _ANSWER_IS_RE = re.compile(

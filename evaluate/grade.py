@@ -19,7 +19,8 @@ Both sides are parsed once into an `answer.Answer` (extracted by position, clean
 - scalars by value: a fast exact path (`quick`, mpmath at 40 digits; variables at fixed test points),
   then latex2sympy2_extended + sympy (`symbolic`, time-bounded, sums and products at small integer
   points), then as text. Numbers agree within a relative 1e-4 when either side was written with a
-  decimal point, exactly otherwise; a percent sign allows x and x/100.
+  decimal point, exactly otherwise; x% is x/100, and also x when the
+  other side is a plain number ("50" answering "what percent?").
 
 Never raises on strings and never hangs: the sympy step runs under a per-grade deadline (`timeout`), and an
 unexpected failure is counted (`grader_errors()`, shown in the eval report) and graded "not equal" —
@@ -44,6 +45,7 @@ MODES = ("lenient", "strict")
 REL_TOL = 1e-4
 DEFAULT_TIMEOUT = 0.5  # seconds for the sympy step of one grade: a cap, not the usual cost (see bench)
 _WORD_RE = re.compile(r"(?<![\\a-zA-Z])[a-zA-Z]{3,}")
+_PLAIN_NUMBER_RE = re.compile(r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)")
 _DECIMAL_COMMA_RE = re.compile(r"-?\d+,\d+")
 _SCALARS = ("number", "expression", "text")
 _ORDERED = ("tuple", "interval")
@@ -406,17 +408,25 @@ def _quick_equal(p: str, g: str, ctx: Ctx) -> bool | None:
         except (quick.Unsupported, ZeroDivisionError, ValueError, OverflowError, RecursionError):
             pass
         else:
-            preds_exact = [ea, ea / 100] if ctx.percent_pred else [ea]
-            golds_exact = [eb, eb / 100] if ctx.percent_gold else [eb]
+            preds_exact = _with_percent(ea, ctx.percent_pred, g)
+            golds_exact = _with_percent(eb, ctx.percent_gold, p)
             verdict = any(x == y for x in preds_exact for y in golds_exact)
             ctx.note(f"fast path: exact rationals {ea} vs {eb}: {'equal' if verdict else 'differ'}")
             return verdict
     rel = REL_TOL if (qp.decimal or qg.decimal) else 1e-30
-    preds = [a, a / 100] if ctx.percent_pred else [a]
-    golds = [b, b / 100] if ctx.percent_gold else [b]
+    preds = _with_percent(a, ctx.percent_pred, g)
+    golds = _with_percent(b, ctx.percent_gold, p)
     verdict = any(quick.close(x, y, rel) for x in preds for y in golds)
     ctx.note(f"fast path: values {_short(a)} vs {_short(b)} within {rel:g}: {'equal' if verdict else 'differ'}")
     return verdict
+
+
+def _with_percent(value, percent: bool, other: str) -> list:
+    """The values a side may mean: x% is x/100, and also x when the other side is a plain number ("50" for
+    "what percent?"), not when it is an expression (4 4/9% is not 40/9)."""
+    if not percent:
+        return [value]
+    return [value / 100, value] if _PLAIN_NUMBER_RE.fullmatch(other.strip()) else [value / 100]
 
 
 def _quick_points(qp, qg, variables, ctx: Ctx) -> bool | None:

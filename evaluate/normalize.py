@@ -29,8 +29,24 @@ _TRAILING_UNIT_RE = re.compile(rf"(?<=[\d}}a-zA-Z)])\s*(?:{UNITS})(?:\^\{{?[23]\
 _UNIT_POWER_RE = re.compile(rf"\\(?:text|mbox|mathrm)\s*\{{\s*(?:{UNITS})\s*\}}\s*\^\s*\{{?[23]\}}?", re.IGNORECASE)
 _WRAPPER_RE = re.compile(r"\\(?:textbf|textit|textrm|textnormal|text|mathrm|mathbf|mbox|operatorname)\s*\{")
 _BOXED_RE = re.compile(r"\\(?:boxed|fbox)\s*\{")
+_MIXED_RE = re.compile(r"^([+-]?\d+)\s+(\d+)/(\d+)$")  # 4 4/9: a mixed number
+
+
+def _mixed(match: re.Match[str]) -> str:
+    """`4 4/9` -> `(4+4/9)`; an improper part (`11 6/6`) is no mixed number and stays as written."""
+    whole, num, den = match.groups()
+    if int(num) >= int(den) or int(den) == 0:
+        return match.group()
+    sign = "-" if whole.startswith("-") else "+"
+    return f"({whole.lstrip('+')}{sign}{num}/{den})"
+
+
 _SIMPLE_SUBS = [
-    (re.compile(r"(?<=\d)(?:,\\!|\{,\}|\\,)(?=\d{3}(?!\d))"), ""),  # 10,\!080 and 10{,}080: thousands
+    (
+        re.compile(r"\\\\(?=(?:le|ge|leq|geq|neq|frac|dfrac|left|right|sqrt|pi|in|cdot|times|infty|text)(?![a-zA-Z]))"),
+        "\\\\",
+    ),
+    (re.compile(r"(?<=\d)(?:,\\!\s*|\{,\}|\\,)(?=\d{3}(?!\d))"), ""),  # 10,\!080 and 10{,}080: thousands
     (re.compile(r">="), r"\\geq "),
     (re.compile(r"<="), r"\\leq "),
     (re.compile(r"(?<=\s)!="), r"\\neq "),  # not 5!=120
@@ -53,7 +69,9 @@ _SIMPLE_SUBS = [
     (re.compile(r"\\\$|\$"), ""),
     (re.compile(r"~"), " "),
 ]
-_PERCENT_RE = re.compile(r"\\%|%|\\text\{\s*(?:percent|percentage|pct)\s*\}|\b(?:percent|percentage|pct)\b")
+_PERCENT_RE = re.compile(
+    r"\\%|%|\\text\{\s*(?:percent|percentage|pct)\s*\}|(?<![a-zA-Z])(?:percentage|percent|pct)(?![a-zA-Z])"
+)
 _THOUSANDS_RE = re.compile(r"-?\d{1,3}(?:(?:,|\{,\}|\\,| )\d{3})+(?:\.\d+)?")
 
 
@@ -143,6 +161,7 @@ def clean(text: str) -> Cleaned:
         s = _plain_sqrt(s)
     s = _PLAIN_PI_RE.sub(r"\\pi ", s)
     s = re.sub(r",\s*(?:and|or)\s+", ", ", s)  # the Oxford comma: "a, b, and c"
+    s = _MIXED_RE.sub(_mixed, s)
     if _THOUSANDS_RE.fullmatch(s):
         s = re.sub(r"\{,\}|\\,|,| ", "", s)
     s = re.sub(r"(?<=\d)\{,\}(?=\d{3})", "", s)

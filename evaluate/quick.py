@@ -254,10 +254,15 @@ def _factorial(out: list[tuple[str, str]]) -> None:
     out.extend([("func", "fact"), ("(", "(")] + operand + [(")", ")")])
 
 
+SIDE_BY_SIDE = re.compile(r"(?<![\d_^.])\d+\s+\.?\d")  # "11 6/6", "4 4/9 2": not a product a reader would write
+
+
 def parse(text: str) -> Parsed:
     """Translates a simple LaTeX expression (raises Unsupported otherwise)."""
     if len(text) > MAX_LENGTH:
         raise Unsupported("too long")
+    if SIDE_BY_SIDE.search(text):
+        raise Unsupported("numbers side by side")
     tokens = _lex(text)
     if not tokens:
         raise Unsupported("empty")

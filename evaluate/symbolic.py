@@ -48,7 +48,7 @@ def run_bounded(fn: Callable[..., Any], *args: Any, timeout: float) -> Any:
 
 def screen(text: str) -> bool:
     """True when `text` is safe to hand to sympy (short, no exponent towers or huge factorials)."""
-    return len(text) <= MAX_LENGTH and not _TOWER_RE.search(text)
+    return len(text) <= MAX_LENGTH and not _TOWER_RE.search(text) and not quick.SIDE_BY_SIDE.search(text)
 
 
 _LOADED: list[bool] = []
