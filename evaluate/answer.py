@@ -49,15 +49,20 @@ _GREEK = (
     "alpha|beta|gamma|delta|epsilon|varepsilon|zeta|eta|theta|vartheta|iota|kappa|lambda|mu|nu|xi|rho|sigma|tau"
     "|upsilon|phi|varphi|chi|psi|omega|Gamma|Delta|Theta|Lambda|Xi|Sigma|Phi|Psi|Omega"
 )
+_FUNCTION_MACROS = (
+    "sin|cos|tan|cot|sec|csc|arcsin|arccos|arctan|sinh|cosh|tanh|ln|log|exp|sqrt|frac|dfrac|tfrac|binom|sum|prod"
+    "|int|lim|max|min|det|gcd|lcm|pi|infty|cdot|times|div|pm|mp|angle|overline|text|mathrm|begin|end|left|right"
+)
 # a name: x, x_1, a_{n+1}, \theta, f(x), g'(2), AB, \angle APC, \overline{AB}, m\angle A
 _ONE_NAME = (
-    rf"(?:(?:[a-zA-Z]|\\(?:{_GREEK}))'*(?:_\{{?[\w,+\- ]+\}}?)?(?:\^\{{?\*\}}?)?(?:\s*\([\w ,]+\))?"
+    rf"(?:(?:[a-zA-Z]|\\(?:{_GREEK})(?![a-zA-Z])|\\(?!(?:{_FUNCTION_MACROS})(?![a-zA-Z]))[a-zA-Z]+)'*(?:_\{{?[\w,+\- ]+\}}?)?(?:\^\{{?\*\}}?)?(?:\s*\([\w ,]+\))?"
     r"|[A-Z]{2,4}|(?:m\s*)?\\angle\s*\{?[A-Z]{1,3}\}?|\\overline\{[A-Z]{1,3}\}|\|[A-Z]{2}\||\\(?:arc|widehat)\{?[A-Z]{2,3}\}?)"
 )
 _NAME_RE = re.compile(rf"\s*(?:{_ONE_NAME}(?:\s*:\s*{_ONE_NAME})*|\(\s*{_ONE_NAME}(?:\s*,\s*{_ONE_NAME})*\s*\))\s*")
 _MATRIX_RE = re.compile(
     r"^(.*?)[(\[]?\s*\\begin\{([pbvBV]?matrix|array)\}(?:\{[^}]*\})?(.*)\\end\{\2\}\s*[)\]]?$", re.DOTALL
 )
+_CASES_RE = re.compile(r"\\begin\{cases\}(.*)\\end\{cases\}", re.DOTALL)
 _REL_RE = re.compile(r"\\leq|\\geq|\\neq|<|>|=")
 _WORD_RE = re.compile(r"(?<![\\a-zA-Z])[a-zA-Z]{3,}")  # English words, not \macros
 _MATH_SPAN_RE = re.compile(r"\$\$(.+?)\$\$|\$(.+?)\$|\\\[(.+?)\\\]|\\\((.+?)\\\)", re.DOTALL)
@@ -121,15 +126,41 @@ def _last_math_span(text: str) -> tuple[int, int, str] | None:
     return found
 
 
+_CJK_RE = re.compile(r"[\u3000-\u303f\u3400-\u9fff\uff00-\uffef]")
+_NON_CJK_RUN_RE = re.compile(r"[^\u3000-\u303f\u3400-\u9fff\uff00-\uffef]+")
+_SENTENCE_RE = re.compile(r"[.!?]\s+[A-Z]")
+
+
+def _is_prose(text: str) -> bool:
+    """Words around the answer: more than three words, a sentence break, or CJK text."""
+    outside = _MATH_SPAN_RE.sub(" ", text)
+    return len(_WORD_RE.findall(outside)) > 3 or bool(_SENTENCE_RE.search(outside) or _CJK_RE.search(text))
+
+
+def _cjk_answer(text: str) -> str | None:
+    """In CJK prose, the last run of other characters holding a digit: "每份应该是 (\\frac{2}{5}) 吨。" -> (\\frac{2}{5})."""
+    runs = [r.strip(" .,;:") for r in _NON_CJK_RUN_RE.findall(text) if re.search(r"\d", r)]
+    if not runs:
+        return None
+    last = runs[-1]
+    if "=" in last:
+        last = last.rsplit("=", 1)[1].strip()
+    return last or None
+
+
 def unmarked_answer(text: str) -> str | None:
     """A response without a marked answer: a short answer itself, else what its end says."""
     text = text.strip()
+    if _CJK_RE.search(text) and "$" not in text:
+        found = _cjk_answer(text)
+        if found is not None:
+            return found
     trailing = _TRAILING_IS_RE.search(text)
     if trailing and (len(text) <= 200 or "\n" not in text[trailing.start() - 1 :]):
         return trailing.group(1).strip().strip("$").strip()
     words = len(_WORD_RE.findall(_MATH_SPAN_RE.sub(" ", text)))
     span = _last_math_span(text)
-    if len(text) <= 120 and "\n" not in text and words <= 3 and (span is None or words == 0):
+    if len(text) <= 120 and "\n" not in text and not _is_prose(text) and (span is None or words == 0):
         return text
     if span is not None and (len(text) <= 200 or re.fullmatch(r"[\s.!,;)]*", text[span[1] :])):
         if len(text) <= 200 or re.search(r"\\begin\{|[(\[]|\\\{", span[2]) or "=" not in span[2]:
@@ -151,7 +182,7 @@ def answer_of(pred: str, boxes: str = "join") -> str | None:
     marked = marked_answer(pred, boxes)
     if marked is None:
         return unmarked_answer(pred)
-    if len(_WORD_RE.findall(_MATH_SPAN_RE.sub(" ", marked))) > 3 or "$" in marked:
+    if _is_prose(marked) or "$" in marked:
         return unmarked_answer(marked)
     return marked
 
@@ -336,6 +367,12 @@ def build(text: str, depth: int = 0) -> Answer:
     into = re.match(r"^(.{1,40}?)\\in\s*", text)
     if into and is_name(into.group(1)):
         text = text[into.end() :]
+    cases = _CASES_RE.fullmatch(text)
+    if cases:  # a system: its equations, in any order
+        rows = [r.strip() for r in re.split(r"\\\\", cases.group(1)) if r.strip()]
+        return Answer("list", items=tuple(build(r, depth + 1) for r in rows)) if len(rows) > 1 else build(rows[0])
+    if _enclosed(text, "(", ")") and len(split_top(text[1:-1])) == 1 and _REL_RE.search(text):
+        return build(text[1:-1], depth + 1)  # (35 + 70 = 105)
     matrix = _MATRIX_RE.match(text)
     if matrix and "\\begin" not in matrix.group(1):
         return _matrix(matrix)

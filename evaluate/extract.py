@@ -36,7 +36,7 @@ _MINERVA_RE = re.compile(r"final answer is\s*(.+?)\s*(?:\.\s*)?I hope", re.IGNOR
 _MINERVA_LOOSE_RE = re.compile(r"final answer(?: is)?\s*[:：]?\s*(.+)", re.IGNORECASE)
 _ANSWER_IS_RE = re.compile(
     r"(?:the\s+(?:final\s+)?answer\s+(?:is|=)|\banswer\s*[:：]|\banswer(?=\s*(?:\$|\\\[|\\\())|答案(?:是|为|[:：])"
-    r"|\bla\s+respuesta\s+(?:es|[:：])|\bla\s+réponse\s+(?:est|[:：])|\bdie\s+antwort\s+(?:ist|[:：])|ответ\s*[:：])"
+    r"|\bla\s+respuesta\s+(?:es|[:：])|\b(?:la\s+)?réponse\s+(?:est|[:：])|\bréponse\s*[:：]|\bdie\s+antwort\s+(?:ist|[:：])|ответ\s*[:：])"
     r"\s*[:：]?\s*",
     re.IGNORECASE,
 )

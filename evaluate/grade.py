@@ -117,6 +117,10 @@ def grade_parsed(
         if pred == gold:
             ctx.note("same structure and text")
             return True
+        choices = [_choice(a.raw or "") for a in (pred, gold)]
+        if all(choices) and (len((pred.raw or "").strip()) == 1 or len((gold.raw or "").strip()) == 1):
+            ctx.note(f"multiple choice: {choices[0]} vs {choices[1]}")
+            return choices[0] == choices[1]
         return _equal(pred, gold, ctx)
     except Exception:
         if raise_on_error:
@@ -125,6 +129,15 @@ def grade_parsed(
         if trace is not None:
             trace.append("grader error (counted): not equal")
         return False
+
+
+_CHOICE_RE = re.compile(r"\s*\(?([A-E])(?:\)|\.\s|\.?$)")
+
+
+def _choice(raw: str) -> str | None:
+    """The option letter of a multiple-choice answer: "C", "(C)", "C. x = 42"."""
+    match = _CHOICE_RE.match(raw)
+    return match.group(1) if match else None
 
 
 def explain(pred: str, gold: str, mode: str = "lenient", boxes: str = "join") -> tuple[bool, list[str]]:
@@ -257,8 +270,11 @@ def _equation_equal(p: Answer, g: Answer, ctx: Ctx) -> bool:
     (pl, pr), (gl, gr) = p.items, g.items
     p_side, g_side = _value_side(p, response=False), _value_side(g, response=False)
     if p_side is not None and g_side is not None:
-        names = _text(pl if p_side is pr else pr) + " " + _text(gl if g_side is gr else gr)
-        if not _mentions(_text(p_side) + " " + _text(g_side), names):
+        p_name, g_name = _text(pl if p_side is pr else pr), _text(gl if g_side is gr else gr)
+        if _function_of(p_name, g_name):
+            ctx.note(f"equations: {p_name} and {g_name} name the same function, right sides compared")
+            return _equal(p_side, g_side, ctx)
+        if not _mentions(_text(p_side) + " " + _text(g_side), p_name + " " + g_name):
             ctx.note("equations: both name a quantity, values compared")
             return _equal(p_side, g_side, ctx)
     if all(x.kind in _SCALARS for x in (pl, pr, gl, gr)):
@@ -279,7 +295,7 @@ def _proportional(a: str, b: str, ctx: Ctx, sign: int = 0) -> bool | None:
         if not variables:
             return None
         ratios = []
-        for point in quick.points(variables):
+        for point in quick.points(variables, integers=da.sums or db.sums):
             x, y = quick.evaluate(da, point), quick.evaluate(db, point)
             if x == 0 or y == 0:
                 if x != y:
@@ -290,7 +306,8 @@ def _proportional(a: str, b: str, ctx: Ctx, sign: int = 0) -> bool | None:
         return None
     if len(ratios) < 2 or not all(quick.is_real(r) for r in ratios):
         return None
-    same = all(quick.close(r, ratios[0], 1e-9) for r in ratios)
+    tolerance = REL_TOL if (da.decimal or db.decimal) else 1e-9
+    same = all(quick.close(r, ratios[0], tolerance) for r in ratios)
     return same and (sign == 0 or (ratios[0] > 0) == (sign > 0))
 
 
@@ -335,6 +352,15 @@ def _relation_equal(p: Answer, g: Answer, ctx: Ctx) -> bool:
             return False
     ctx.note("relations: the same (lhs - rhs positively proportional, same operators)")
     return True
+
+
+def _function_of(a: str, b: str) -> bool:
+    """`y` and `f(x)` (or `f(x)` and `g(x)`): both name a function of one variable."""
+    forms = [re.fullmatch(r"\s*(?:y|[a-zA-Z]\s*\(\s*([a-z])\s*\))\s*", t) for t in (a, b)]
+    if not all(forms) or _squash(a) == _squash(b):
+        return False
+    args = {f.group(1) for f in forms if f.group(1)}
+    return len(args) == 1
 
 
 def _mentions(text: str, names: str) -> bool:
@@ -431,12 +457,16 @@ def _with_percent(value, percent: bool, other: str) -> list:
 
 def _quick_points(qp, qg, variables, ctx: Ctx) -> bool | None:
     agree = 0
-    for point in quick.points(variables):
+    for point in quick.points(variables, integers=qp.sums or qg.sums):
         try:
             a, b = quick.evaluate(qp, point), quick.evaluate(qg, point)
+        except quick.Unsupported:
+            return None
         except (ZeroDivisionError, ValueError):
             continue
-        if not quick.close(a, b, 1e-12):
+        if not quick.close(a, b, REL_TOL if (qp.decimal or qg.decimal) else 1e-12):
+            if not (quick.is_real(a) and quick.is_real(b)):
+                continue  # a negative base under a fractional power: branches, not a difference
             ctx.note(f"fast path: differ at {_point(point)}")
             return False
         agree += 1

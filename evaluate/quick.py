@@ -23,6 +23,7 @@ _CTX = mpmath.mp.__class__()  # our own context: its precision is set once here 
 _CTX.dps = 40
 MAX_EXPONENT = 10**12
 MAX_FACTORIAL = 10**6
+MIN_EXPONENT = 1e-30
 MAX_LENGTH = 400
 
 
@@ -53,7 +54,7 @@ _FUNCS1 = {
 _MACRO_FUNCS = {f"\\{name}": name for name in _FUNCS1 if name not in ("sqrt", "abs")}
 _TOKEN_RE = re.compile(
     r"\s+|(?P<num>\d+(?:\.\d*)?(?:[eE][+-]?\d+(?![a-zA-Z]))?|\.\d+)|(?P<macro>\\[a-zA-Z]+)|(?P<letter>[a-zA-Z])"
-    r"|(?P<op>[-+*/^!(){}|])|(?P<bad>.)"
+    r"|(?P<op>[-+*/^!(){}|_=])|(?P<bad>.)"
 )
 _GREEK = {
     "alpha",
@@ -82,6 +83,8 @@ class Parsed:
     numbers: tuple[str, ...]
     variables: frozenset[str]
     decimal: bool
+    sums: bool = False  # holds a \\sum or \\prod: evaluate at integer points
+    indexed: bool = False  # holds a subscripted term (x_1, a_{n}): an unknown sequence
 
 
 def _group(tokens: list[tuple[str, str]], i: int, parens: bool = False) -> tuple[list[tuple[str, str]], int]:
@@ -140,6 +143,14 @@ def _translate(tokens: list[tuple[str, str]], out: list[tuple[str, str]], number
                 and tokens[i + 2][0] == "letter"
             ):
                 raise Unsupported("a word")
+            if i + 1 < len(tokens) and tokens[i + 1][1] == "_":  # x_1, a_{n-k-1}: a term of a sequence
+                sub, i = _group(tokens, i + 2)
+                if not sub:
+                    raise Unsupported("empty subscript")
+                out.extend([("func", "_idx"), ("(", "("), ("op", f"'{text}',")])
+                _translate(sub, out, numbers)
+                out.append((")", ")"))
+                continue
             out.append(("name", {"e": "E", "i": "I"}.get(text, f"v_{text}")))
             i += 1
         elif kind == "macro":
@@ -172,8 +183,38 @@ def _translate(tokens: list[tuple[str, str]], out: list[tuple[str, str]], number
         raise Unsupported("unbalanced |")
 
 
+def _big_operator(tokens: list[tuple[str, str]], i: int, out: list[tuple[str, str]], numbers: list[str]) -> int:
+    """`\\sum_{k=lo}^{hi} body` / `\\prod…`: the body runs to the next + or - outside brackets."""
+    name = "_sum" if tokens[i][1] == "\\sum" else "_prod"
+    if i + 2 >= len(tokens) or tokens[i + 1][1] != "_":
+        raise Unsupported("sum without bounds")
+    below, j = _group(tokens, i + 2)
+    if j >= len(tokens) or tokens[j][1] != "^" or len(below) < 3 or below[0][0] != "letter" or below[1][1] != "=":
+        raise Unsupported("sum bounds")
+    above, j = _group(tokens, j + 1)
+    depth, end = 0, j
+    while end < len(tokens):
+        text = tokens[end][1]
+        depth += 1 if text in "({" else -1 if text in ")}" else 0
+        if depth == 0 and text in "+-=" and end > j:
+            break
+        end += 1
+    if end == j:
+        raise Unsupported("sum without a body")
+    out.extend([("func", name), ("(", "("), ("op", f"'{below[0][1]}',")])
+    _translate(below[2:], out, numbers)
+    out.append(("op", ","))
+    _translate(above, out, numbers)
+    out.append(("op", ","))
+    _translate(tokens[j:end], out, numbers)
+    out.append((")", ")"))
+    return end
+
+
 def _macro(tokens: list[tuple[str, str]], i: int, out: list[tuple[str, str]], numbers: list[str]) -> int:
     text = tokens[i][1]
+    if text in ("\\sum", "\\prod"):
+        return _big_operator(tokens, i, out, numbers)
     if text == "\\frac":
         num, i = _group(tokens, i + 1)
         den, i = _group(tokens, i)
@@ -281,14 +322,22 @@ def parse(text: str) -> Parsed:
         tree = ast.parse(source, mode="eval")
     except SyntaxError:
         raise Unsupported("not an expression") from None
-    variables = frozenset(node.id for node in ast.walk(tree) if isinstance(node, ast.Name) and node.id.startswith("v_"))
+    names = {node.id for node in ast.walk(tree) if isinstance(node, ast.Name) and node.id.startswith("v_")}
+    bound = {
+        f"v_{node.args[0].value}"
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call) and getattr(node.func, "id", "") in ("_sum", "_prod") and node.args
+        if isinstance(node.args[0], ast.Constant)
+    }
     decimal = any("." in n or "e" in n.lower() for n in numbers)
-    return Parsed(tree, tuple(numbers), variables, decimal)
+    return Parsed(tree, tuple(numbers), frozenset(names - bound), decimal, bool(bound), "_idx" in source)
 
 
 def _power(base, exponent):
     if abs(exponent) > MAX_EXPONENT and abs(base) not in (0, 1):
         raise TooLarge("exponent")
+    if 0 < abs(exponent) < MIN_EXPONENT and abs(base) not in (0, 1):
+        raise TooLarge("exponent too small to tell the power from 1 at this precision")
     if _CTX.isinf(base) or _CTX.isinf(exponent):
         return base**exponent
     magnitude = abs(exponent) * (_CTX.log(abs(base), 2) if base != 0 else 0)
@@ -320,10 +369,38 @@ _FUNCS = {**_FUNCS1, "fact": _fact}
 _CONSTANTS = {"pi": _CTX.pi, "E": _CTX.e, "I": _CTX.mpc(0, 1), "oo": _CTX.inf}
 
 
+MAX_TERMS = 10_000
+
+
+def _term(node, walk, point):
+    """x_1, a_{n-k-1}: an unknown sequence, modelled as a fixed pseudo-random function of (name, index)."""
+    name, index = node.args[0].value, walk(node.args[1])
+    key = _CTX.nstr(index, 15) if not isinstance(index, mpmath.mpc) else str(index)
+    return _CTX.mpf(random.Random(f"seq:{name}:{key}").uniform(0.6, 2.4))
+
+
+def _big(node, walk, point):
+    var, lo, hi = node.args[0].value, walk(node.args[1]), walk(node.args[2])
+    if not (_CTX.isint(lo) and _CTX.isint(hi)):
+        raise Unsupported("sum bounds are not integers")
+    if hi - lo > MAX_TERMS:
+        raise Unsupported("too many terms")
+    total = _CTX.mpf(0 if node.func.id == "_sum" else 1)
+    for k in range(int(lo), int(hi) + 1):
+        point[f"v_{var}"] = _CTX.mpf(k)
+        value = walk(node.args[3])
+        total = total + value if node.func.id == "_sum" else total * value
+    point.pop(f"v_{var}", None)
+    return total
+
+
+_SPECIAL = {"_idx": _term, "_sum": _big, "_prod": _big}
+
+
 def evaluate(parsed: Parsed, point: dict[str, object] | None = None):
     """The value of `parsed` (an mpf or mpc) with variables taken from `point`."""
     numbers = [_CTX.mpf(n) for n in parsed.numbers]
-    point = point or {}
+    point = dict(point or {})
 
     def walk(node):
         if isinstance(node, ast.Expression):
@@ -341,6 +418,8 @@ def evaluate(parsed: Parsed, point: dict[str, object] | None = None):
             if node.id in point:
                 return point[node.id]
             raise Unsupported(f"unbound {node.id}")
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in _SPECIAL:
+            return _SPECIAL[node.func.id](node, walk, point)
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and not node.keywords:
             args = [walk(arg) for arg in node.args]
             if node.func.id == "binom" and len(args) == 2:
@@ -417,11 +496,15 @@ def exact(parsed: Parsed) -> Fraction:
     return walk(parsed.tree)
 
 
-def points(variables: frozenset[str] | set[str], count: int = 4) -> list[dict[str, object]]:
-    """Deterministic test points: variable values from a per-name seed (the last point negative)."""
+def points(variables: frozenset[str] | set[str], count: int = 4, integers: bool = False) -> list[dict[str, object]]:
+    """Deterministic test points: variable values from a per-name seed (the last point negative); with
+    `integers` (sums and products), small positive integers instead."""
     out = []
     for k in range(count):
         point = {}
+        if integers:
+            out.append({name: _CTX.mpf(2 + k * 2 + j) for j, name in enumerate(sorted(variables))})
+            continue
         for name in sorted(variables):
             value = random.Random(f"{name}:{k}").uniform(0.6, 2.4)
             point[name] = _CTX.mpf(-value if k == count - 1 else value)

@@ -81,7 +81,7 @@ def _safe_tree(expr) -> bool:
     for node in sympy.preorder_traversal(expr):
         if isinstance(node, sympy.Pow) and node.exp.is_number:
             try:
-                if abs(float(node.exp)) > 10**6:
+                if abs(float(node.exp)) > 10**6 or 0 < abs(float(node.exp)) < quick.MIN_EXPONENT:
                     return False
             except (TypeError, ValueError, OverflowError):
                 return False
