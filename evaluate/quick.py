@@ -123,6 +123,23 @@ def _lex(text: str) -> list[tuple[str, str]]:
     return tokens
 
 
+def _letter(tokens: list[tuple[str, str]], i: int, out: list[tuple[str, str]], numbers: list[str]) -> int:
+    """A variable (x), a constant (e, i) or a term of a sequence (x_1, a_{n-k-1}); three letters are a word."""
+    text = tokens[i][1]
+    if i + 2 < len(tokens) and tokens[i + 1][0] == "letter" and tokens[i + 2][0] == "letter":
+        raise Unsupported("a word")
+    if i + 1 < len(tokens) and tokens[i + 1][1] == "_":
+        sub, i = _group(tokens, i + 2)
+        if not sub:
+            raise Unsupported("empty subscript")
+        out.extend([("func", "_idx"), ("(", "("), ("op", f"'{text}',")])
+        _translate(sub, out, numbers)
+        out.append((")", ")"))
+        return i
+    out.append(("name", {"e": "E", "i": "I"}.get(text, f"v_{text}")))
+    return i + 1
+
+
 def _translate(tokens: list[tuple[str, str]], out: list[tuple[str, str]], numbers: list[str]) -> None:
     """Appends (kind, python_text) pieces for `tokens` to `out`."""
     i = 0
@@ -136,23 +153,7 @@ def _translate(tokens: list[tuple[str, str]], out: list[tuple[str, str]], number
             out.append(("num", f"_n{len(numbers) - 1}"))
             i += 1
         elif kind == "letter":
-            if (
-                i + 1 < len(tokens)
-                and tokens[i + 1][0] == "letter"
-                and i + 2 < len(tokens)
-                and tokens[i + 2][0] == "letter"
-            ):
-                raise Unsupported("a word")
-            if i + 1 < len(tokens) and tokens[i + 1][1] == "_":  # x_1, a_{n-k-1}: a term of a sequence
-                sub, i = _group(tokens, i + 2)
-                if not sub:
-                    raise Unsupported("empty subscript")
-                out.extend([("func", "_idx"), ("(", "("), ("op", f"'{text}',")])
-                _translate(sub, out, numbers)
-                out.append((")", ")"))
-                continue
-            out.append(("name", {"e": "E", "i": "I"}.get(text, f"v_{text}")))
-            i += 1
+            i = _letter(tokens, i, out, numbers)
         elif kind == "macro":
             i = _macro(tokens, i, out, numbers)
         elif text in "({":
@@ -526,4 +527,4 @@ def mpf(value) -> object:
 
 
 def is_real(value) -> bool:
-    return not isinstance(value, mpmath.mpc) or value.imag == 0
+    return _CTX.im(value) == 0
