@@ -45,6 +45,7 @@ KINDS = (
 )
 SOURCES = ("answer", "response", "gold")
 MAX_INPUT = 5000
+MAX_WHOLE = 300  # texts up to this long are kept whole: identical texts are equal whatever they hold
 _GREEK = (
     "alpha|beta|gamma|delta|epsilon|varepsilon|zeta|eta|theta|vartheta|iota|kappa|lambda|mu|nu|xi|rho|sigma|tau"
     "|upsilon|phi|varphi|chi|psi|omega|Gamma|Delta|Theta|Lambda|Xi|Sigma|Phi|Psi|Omega"
@@ -80,6 +81,7 @@ class Answer:
     op: str = ""
     percent: bool = False
     raw: str | None = field(default=None, compare=False)
+    whole: str | None = field(default=None, compare=False)  # the text it came from, when short
 
     def show(self) -> str:
         """A compact one-line rendering: kind(content)."""
@@ -148,9 +150,15 @@ def _cjk_answer(text: str) -> str | None:
     return last or None
 
 
-def unmarked_answer(text: str) -> str | None:
-    """A response without a marked answer: a short answer itself, else what its end says."""
+_CODE_RE = re.compile(r"__\w+__|\w\(\)|\(\s*'|\['|\blambda\b|\bimport\b")
+
+
+def unmarked_answer(text: str, number: str = "last") -> str | None:
+    """A response without a marked answer: a short answer itself, else what its end says (never code: a
+    number inside `__import__('os')… or 0` is not an answer)."""
     text = text.strip()
+    if _CODE_RE.search(text):
+        return None
     if _CJK_RE.search(text) and "$" not in text:
         found = _cjk_answer(text)
         if found is not None:
@@ -167,9 +175,13 @@ def unmarked_answer(text: str) -> str | None:
             return span[2]
     if len(text) <= 120 and "\n" not in text and not re.search(r"\d", text):
         return text  # a short text answer of a few words: "Tuesday afternoon"
+    if number == "first":  # a marked sentence: "Réponse: Janeth aura encore 220 $ à payer d'ici 12 mois."
+        first = _NUMBER_RE.search(text)
+        return first.group().rstrip(",.") if first else None
     return extract_answer(text, "last_number")
 
 
+_NUMBER_RE = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:/\d+)?|-?\.\d+")
 _SPECIAL_TOKEN_RE = re.compile(r"<\|[a-z_]+\|>(?:user|assistant|system)?|</?think>")
 
 
@@ -183,7 +195,7 @@ def answer_of(pred: str, boxes: str = "join") -> str | None:
     if marked is None:
         return unmarked_answer(pred)
     if _is_prose(marked) or "$" in marked:
-        return unmarked_answer(marked)
+        return unmarked_answer(marked, number="first")
     return marked
 
 
@@ -410,7 +422,8 @@ def _parse_cached(text: str, source: str, boxes: str) -> Answer:
     if not cleaned.text:
         return Answer("none", raw=extracted)
     answer = build(cleaned.text)
-    return Answer(answer.kind, answer.text, answer.items, answer.op, cleaned.percent, raw=extracted)
+    whole = re.sub(r"\s+", "", text) if len(text) <= MAX_WHOLE else None
+    return Answer(answer.kind, answer.text, answer.items, answer.op, cleaned.percent, raw=extracted, whole=whole)
 
 
 def parse_answer(text: str | None, source: str = "answer", boxes: str = "join", raise_on_error: bool = False) -> Answer:

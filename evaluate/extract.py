@@ -30,7 +30,7 @@ MARKED = ("boxed", "minerva", "gsm8k", "answer_is")
 
 _BOX_RE = re.compile(r"\\(?:boxed|fbox)\b")
 _BOX_GAP_RE = re.compile(
-    r"(?:[\s$,;.]|\\(?:quad|qquad|[,;: !\[\]()])|\\text\{\s*(?:and|or|,)\s*\}|\band\b|\bor\b)*", re.IGNORECASE
+    r"(?:[\s$,;.]|\\(?:quad|qquad|[,;: !\[\]()])|\\text\{\s*(?:and|or|,)\s*\}|\band\b|\bor\b|\bthen\b)*", re.IGNORECASE
 )
 _MINERVA_RE = re.compile(r"final answer is\s*(.+?)\s*(?:\.\s*)?I hope", re.IGNORECASE | re.DOTALL)
 _MINERVA_LOOSE_RE = re.compile(r"final answer(?: is)?\s*[:：]?\s*(.+)", re.IGNORECASE)
@@ -48,8 +48,10 @@ def _clean_tail(answer: str) -> str | None:
     answer = answer.strip()
     # an answer written inline ends at the sentence end: "42. So ..." or a line break
     for left, right in (("$$", "$$"), ("\\[", "\\]"), ("\\(", "\\)"), ("$", "$")):
-        if answer.startswith(left) and right in answer[len(left) :]:
-            return answer[len(left) : answer.index(right, len(left))].strip() or None
+        close = re.compile(r"(?<!\\)" + re.escape(right)) if right == "$" else re.compile(re.escape(right))
+        found = close.search(answer, len(left)) if answer.startswith(left) else None
+        if found:
+            return answer[len(left) : found.start()].strip() or None
     answer = answer.split("\n", 1)[0].strip()
     answer = answer.strip().strip("$").strip()
     answer = re.sub(r"(?<=\S)\.(\s.*)?$", "", answer) if not re.search(r"\d\.\d*$", answer) else answer

@@ -103,6 +103,10 @@ def grade_parsed(
 ) -> bool:
     """`grade` on answers parsed with `parse_answer` (parse the gold once, grade every sample against it)."""
     _check_mode(mode)
+    if pred.whole is not None and pred.whole == gold.whole:
+        if trace is not None:
+            trace.append("identical texts: equal")
+        return True
     if pred.kind == "none" or gold.kind == "none":
         if trace is not None:
             trace.append("nothing to grade on one side: not equal")

@@ -29,6 +29,26 @@ _TRAILING_UNIT_RE = re.compile(rf"(?<=[\d}}a-zA-Z)])\s*(?:{UNITS})(?:\^\{{?[23]\
 _UNIT_POWER_RE = re.compile(rf"\\(?:text|mbox|mathrm)\s*\{{\s*(?:{UNITS})\s*\}}\s*\^\s*\{{?[23]\}}?", re.IGNORECASE)
 _WRAPPER_RE = re.compile(r"\\(?:textbf|textit|textrm|textnormal|text|mathrm|mathbf|mbox|operatorname)\s*\{")
 _BOXED_RE = re.compile(r"\\(?:boxed|fbox)\s*\{")
+_UNITS_WORDS = "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen".split()
+_UNITS_WORDS += "sixteen seventeen eighteen nineteen".split()
+_TENS_WORDS = "twenty thirty forty fifty sixty seventy eighty ninety".split()
+_NUMBER_WORD_RE = re.compile(
+    rf"(?:({'|'.join(_TENS_WORDS)})(?:[- ]({'|'.join(_UNITS_WORDS[1:10])}))?|({'|'.join(_UNITS_WORDS)}))",
+    re.IGNORECASE,
+)
+
+
+def _number_words(s: str) -> str:
+    """A whole answer written in words below 100 ("forty-two", "seven") as digits."""
+    match = _NUMBER_WORD_RE.fullmatch(s.strip())
+    if not match:
+        return s
+    tens, unit, small = (g.lower() if g else None for g in match.groups())
+    if small is not None:
+        return str(_UNITS_WORDS.index(small))
+    return str(20 + 10 * _TENS_WORDS.index(tens) + (_UNITS_WORDS.index(unit) if unit else 0))
+
+
 _MIXED_RE = re.compile(r"^([+-]?\d+)\s+(\d+)/(\d+)$")  # 4 4/9: a mixed number
 
 
@@ -42,6 +62,8 @@ def _mixed(match: re.Match[str]) -> str:
 
 
 _SIMPLE_SUBS = [
+    (re.compile(r"\*\*([^*]+)\*\*"), r"\1"),  # markdown bold
+    (re.compile(r"\*\*"), "^"),  # Python's power: 2**(1/4)
     (
         re.compile(r"\\\\(?=(?:le|ge|leq|geq|neq|frac|dfrac|left|right|sqrt|pi|in|cdot|times|infty|text)(?![a-zA-Z]))"),
         "\\\\",
@@ -68,6 +90,7 @@ _SIMPLE_SUBS = [
     (re.compile(r"(?:\^\s*\{\s*\\circ\s*\}|\^\s*\\circ|°|\\degree)(?:\s*\\?[CF](?![a-zA-Z]))?"), ""),
     (re.compile(r"\\\$|\$"), ""),
     (re.compile(r"~"), " "),
+    (re.compile(r"(?<=[\d}])\s*\\text(?:bf)?\{\s*[a-zA-Z]\s*\}\s*$"), ""),  # a one-letter unit at the end
 ]
 _PERCENT_RE = re.compile(
     r"\\%|%|\\text\{\s*(?:percent|percentage|pct)\s*\}|(?<![a-zA-Z])(?:percentage|percent|pct)(?![a-zA-Z])"
@@ -162,6 +185,7 @@ def clean(text: str) -> Cleaned:
     s = _PLAIN_PI_RE.sub(r"\\pi ", s)
     s = re.sub(r",\s*(?:and|or)\s+", ", ", s)  # the Oxford comma: "a, b, and c"
     s = _MIXED_RE.sub(_mixed, s)
+    s = _number_words(s)
     if _THOUSANDS_RE.fullmatch(s):
         s = re.sub(r"\{,\}|\\,|,| ", "", s)
     s = re.sub(r"(?<=\d)\{,\}(?=\d{3})", "", s)
