@@ -30,6 +30,7 @@ structures and the rules that decided (`mathforge grade --explain`).
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import time
 from dataclasses import dataclass, field
@@ -219,6 +220,13 @@ def _equal(p: Answer, g: Answer, ctx: Ctx) -> bool:
         return _scalar_equal(p.text, g.text, ctx)
     if p.kind == "equation":
         return _equation_equal(p, g, ctx)
+    return _structures_equal(p, g, ctx)
+
+
+def _structures_equal(p: Answer, g: Answer, ctx: Ctx) -> bool:
+    """Relations, intervals, tuples, sets, lists, matrices (neither side an equation; not both scalars)."""
+    if "relation" in (p.kind, g.kind):  # (a, b) next to a relation is an open interval
+        p, g = (dataclasses.replace(a, kind="interval") if _pair(a) else a for a in (p, g))
     if {p.kind, g.kind} == {"relation", "interval"} or p.kind == g.kind == "relation":
         return _relation_equal(p, g, ctx)
     if p.kind == "matrix" and g.kind == "matrix":
@@ -242,6 +250,10 @@ def _equal(p: Answer, g: Answer, ctx: Ctx) -> bool:
         return _equal(p, g.items[0], ctx)
     ctx.note(f"different kinds: {p.kind} vs {g.kind}")
     return False
+
+
+def _pair(a: Answer) -> bool:
+    return a.kind == "tuple" and a.op == "()" and len(a.items) == 2
 
 
 def _ordered(ps: tuple[Answer, ...], gs: tuple[Answer, ...], ctx: Ctx, what: str) -> bool:
@@ -338,7 +350,29 @@ def _flip(op: str) -> str:
     return {">": "<", "\\geq": "\\leq"}[op]
 
 
+def _variable_of(relation: Answer) -> str | None:
+    """The one variable a relation is about (x in 2x < 4), or None."""
+    try:
+        names = quick.parse("+".join(f"({item.text})" for item in relation.items)).variables
+    except (quick.Unsupported, RecursionError):
+        return None
+    return next(iter(names))[2:] if len(names) == 1 else None
+
+
+def _named(a: Answer, other: Answer) -> Answer | None:
+    """An interval without a variable (`(-\\infty, 2)`) compared with a relation: over the relation's variable."""
+    if a.kind == "interval" and not a.text and other.kind == "relation":
+        name = _variable_of(other)
+        return dataclasses.replace(a, text=name) if name else None
+    return a
+
+
 def _relation_equal(p: Answer, g: Answer, ctx: Ctx) -> bool:
+    named_p, named_g = _named(p, g), _named(g, p)
+    if named_p is None or named_g is None:
+        ctx.note("relation vs interval: the relation is not about one variable")
+        return False
+    p, g = named_p, named_g
     rp, rg = _relations(p), _relations(g)
     if not rp or not rg or len(rp) != len(rg):
         ctx.note("relations: different shapes")

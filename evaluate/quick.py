@@ -54,7 +54,7 @@ _FUNCS1 = {
 _MACRO_FUNCS = {f"\\{name}": name for name in _FUNCS1 if name not in ("sqrt", "abs")}
 _TOKEN_RE = re.compile(
     r"\s+|(?P<num>\d+(?:\.\d*)?(?:[eE][+-]?\d+(?![a-zA-Z]))?|\.\d+)|(?P<macro>\\[a-zA-Z]+)|(?P<letter>[a-zA-Z])"
-    r"|(?P<op>[-+*/^!(){}|_=])|(?P<bad>.)"
+    r"|(?P<op>[-+*/^!(){}|_=\[\]])|(?P<bad>.)"
 )
 _GREEK = {
     "alpha",
@@ -233,8 +233,18 @@ def _macro(tokens: list[tuple[str, str]], i: int, out: list[tuple[str, str]], nu
             out.append((")", ")"))
         return i
     if text == "\\sqrt":
-        if i + 1 < len(tokens) and tokens[i + 1][1] == "[":
-            raise Unsupported("nth root")
+        if i + 1 < len(tokens) and tokens[i + 1][1] == "[":  # \\sqrt[n]{x} = x^(1/n)
+            close = next((j for j in range(i + 2, len(tokens)) if tokens[j][1] == "]"), None)
+            if close is None or close == i + 2:
+                raise Unsupported("nth root")
+            degree = tokens[i + 2 : close]
+            arg, i = _group(tokens, close + 1)
+            out.extend([("func", "root"), ("(", "(")])
+            _translate(arg, out, numbers)
+            out.append(("op", ","))
+            _translate(degree, out, numbers)
+            out.append((")", ")"))
+            return i
         arg, i = _group(tokens, i + 1)
         out.append(("func", "sqrt"))
         out.append(("(", "("))
@@ -353,6 +363,13 @@ def _fact(x):
     return _CTX.factorial(x)
 
 
+def _root(x, n):
+    """The n-th root; the real one for a negative number and an odd integer n (\\sqrt[3]{-8} = -2)."""
+    if _CTX.im(x) == 0 and x < 0 and _CTX.isint(n) and int(n) % 2 == 1:
+        return -_power(-x, 1 / n)
+    return _power(x, 1 / n)
+
+
 def _binom(n, k):
     if abs(n) > MAX_FACTORIAL:
         raise TooLarge("binomial")
@@ -425,6 +442,8 @@ def evaluate(parsed: Parsed, point: dict[str, object] | None = None):
             args = [walk(arg) for arg in node.args]
             if node.func.id == "binom" and len(args) == 2:
                 return _binom(*args)
+            if node.func.id == "root" and len(args) == 2:
+                return _root(*args)
             if node.func.id in _FUNCS and len(args) == 1:
                 return _FUNCS[node.func.id](args[0])
         raise Unsupported(f"node {type(node).__name__}")
