@@ -166,10 +166,11 @@ def unmarked_answer(text: str, number: str = "last") -> str | None:
     trailing = _TRAILING_IS_RE.search(text)
     if trailing and (len(text) <= 200 or "\n" not in text[trailing.start() - 1 :]):
         return trailing.group(1).strip().strip("$").strip()
-    words = len(_WORD_RE.findall(_MATH_SPAN_RE.sub(" ", text)))
     span = _last_math_span(text)
-    if len(text) <= 120 and "\n" not in text and not _is_prose(text) and (span is None or words == 0):
-        return text
+    outside = _MATH_SPAN_RE.sub(" ", text)
+    if len(text) <= 120 and "\n" not in text and not _is_prose(text):
+        if span is None or not re.search(r"[a-zA-Z]{2,}", outside):
+            return text
     if span is not None and (len(text) <= 200 or re.fullmatch(r"[\s.!,;)]*", text[span[1] :])):
         if len(text) <= 200 or re.search(r"\\begin\{|[(\[]|\\\{", span[2]) or "=" not in span[2]:
             return span[2]
