@@ -389,6 +389,9 @@ def build(text: str, depth: int = 0) -> Answer:
     matrix = _MATRIX_RE.match(text)
     if matrix and "\\begin" not in matrix.group(1):
         return _matrix(matrix)
+    approx = split_top(text, ("\\approx",))
+    if len(approx) == 2 and all(approx):  # x \approx 11 gives 11; \frac{\sqrt{3}}{3} \approx 0.577 its exact value
+        return build(approx[1] if is_name(approx[0]) else approx[0], depth + 1)
     union = split_top(text, ("\\cup",))
     if len(union) > 1:
         return Answer("union", items=tuple(build(p, depth + 1) for p in union))

@@ -68,7 +68,8 @@ _SIMPLE_SUBS = [
         re.compile(r"\\\\(?=(?:le|ge|leq|geq|neq|frac|dfrac|left|right|sqrt|pi|in|cdot|times|infty|text)(?![a-zA-Z]))"),
         "\\\\",
     ),
-    (re.compile(r"(?<=\d)(?:,\\!\s*|\{,\}|\\,)(?=\d{3}(?!\d))"), ""),  # 10,\!080 and 10{,}080: thousands
+    (re.compile(r"(?<=\d)(?:,\\!\s*|\{\s*,\s*\}|\\,)(?=\d{3}(?!\d))"), ""),
+    (re.compile(r"_\{(\w)\}"), r"_\1"),  # 4210_{7} is 4210_7  # 10,\!080 and 10{,}080: thousands
     (re.compile(r">="), r"\\geq "),
     (re.compile(r"<="), r"\\leq "),
     (re.compile(r"(?<=\s)!="), r"\\neq "),  # not 5!=120

@@ -11,6 +11,7 @@ exponent and factorial sizes so `10^{10^{10^{10}}}` raises `TooLarge` instead of
 from __future__ import annotations
 
 import ast
+import functools
 import math
 import random
 import re
@@ -169,7 +170,7 @@ def _translate(tokens: list[tuple[str, str]], out: list[tuple[str, str]], number
             abs_open = not abs_open
             i += 1
         elif text == "^":
-            arg, i = _group(tokens, i + 1)
+            arg, i = _group(tokens, i + 1, parens=True)
             out.append(("op", "**"))
             out.append(("(", "("))
             _translate(arg, out, numbers)
@@ -182,6 +183,41 @@ def _translate(tokens: list[tuple[str, str]], out: list[tuple[str, str]], number
             i += 1
     if abs_open:
         raise Unsupported("unbalanced |")
+
+
+def _function(tokens: list[tuple[str, str]], i: int, out: list[tuple[str, str]], numbers: list[str]) -> int:
+    """\\sin x, \\cos(2x), \\tan\\frac{\\pi}{4}, \\sin^2 x (a power of the value), \\log_2 8 (a base)."""
+    name, power, base = _MACRO_FUNCS[tokens[i][1]], None, None
+    i += 1
+    if i < len(tokens) and tokens[i][1] == "^":
+        power, i = _group(tokens, i + 1)
+        if [t for _, t in power] in (["-", "1"], ["-1"]):
+            raise Unsupported("an inverse function written as a power")
+    elif i < len(tokens) and tokens[i][1] == "_" and name == "log":
+        base, i = _group(tokens, i + 1)
+    if i < len(tokens) and tokens[i][0] == "macro" and tokens[i][1] not in _MACRO_FUNCS:
+        arg: list[tuple[str, str]] = []
+        inner: list[tuple[str, str]] = []
+        i = _macro(tokens, i, inner, numbers)
+    else:
+        arg, i = _group(tokens, i, parens=True)
+        inner = []
+    out.extend([("(", "("), ("func", "ln" if base else name), ("(", "(")])
+    if inner:
+        out.extend(inner)
+    else:
+        _translate(arg, out, numbers)
+    out.append((")", ")"))
+    if base is not None:
+        out.extend([("op", "/"), ("func", "ln"), ("(", "(")])
+        _translate(base, out, numbers)
+        out.append((")", ")"))
+    out.append((")", ")"))
+    if power is not None:
+        out.extend([("op", "**"), ("(", "(")])
+        _translate(power, out, numbers)
+        out.append((")", ")"))
+    return i
 
 
 def _big_operator(tokens: list[tuple[str, str]], i: int, out: list[tuple[str, str]], numbers: list[str]) -> int:
@@ -262,14 +298,7 @@ def _macro(tokens: list[tuple[str, str]], i: int, out: list[tuple[str, str]], nu
         out.append((")", ")"))
         return i
     if text in _MACRO_FUNCS:
-        if i + 1 < len(tokens) and tokens[i + 1][1] in ("^", "_"):
-            raise Unsupported("function power or base")
-        arg, i = _group(tokens, i + 1, parens=True)
-        out.append(("func", _MACRO_FUNCS[text]))
-        out.append(("(", "("))
-        _translate(arg, out, numbers)
-        out.append((")", ")"))
-        return i
+        return _function(tokens, i, out, numbers)
     simple = {
         "\\pi": ("name", "pi"),
         "\\cdot": ("op", "*"),
@@ -310,7 +339,24 @@ SIDE_BY_SIDE = re.compile(r"(?<![\d_^.])\d+\s+\.?\d")  # "11 6/6", "4 4/9 2": no
 
 
 def parse(text: str) -> Parsed:
-    """Translates a simple LaTeX expression (raises Unsupported otherwise)."""
+    """Translates a simple LaTeX expression (raises Unsupported otherwise); cached (a Parsed is never changed)."""
+    found = _parse_cached(text)
+    if isinstance(found, Unsupported):
+        raise Unsupported(str(found))
+    return found
+
+
+@functools.lru_cache(maxsize=16384)
+def _parse_cached(text: str) -> Parsed | Unsupported:
+    try:
+        return _parse(text)
+    except Unsupported as error:
+        return error
+    except RecursionError:
+        return Unsupported("nested too deeply")
+
+
+def _parse(text: str) -> Parsed:
     if len(text) > MAX_LENGTH:
         raise Unsupported("too long")
     if SIDE_BY_SIDE.search(text):

@@ -18,6 +18,9 @@ MAX_LENGTH = 300
 _TOWER_RE = re.compile(r"\^\s*\{[^}]*\^|\^\s*\{?\s*\d{7,}|\d{6,}\s*!|!\s*!")
 
 
+_NOT_MATH_RE = re.compile(r"(?<!\\sqrt)\[|:|\d_")  # lists in brackets, ratios, times, bases: not for sympy
+
+
 class GradeTimeout(RuntimeError):
     """A comparison ran past its time budget."""
 
@@ -48,7 +51,13 @@ def run_bounded(fn: Callable[..., Any], *args: Any, timeout: float) -> Any:
 
 def screen(text: str) -> bool:
     """True when `text` is safe to hand to sympy (short, no exponent towers or huge factorials)."""
-    return len(text) <= MAX_LENGTH and not _TOWER_RE.search(text) and not quick.SIDE_BY_SIDE.search(text)
+    return (
+        len(text) <= MAX_LENGTH
+        and re.search(r"[0-9a-zA-Z]", text) is not None
+        and not _TOWER_RE.search(text)
+        and not quick.SIDE_BY_SIDE.search(text)
+        and not _NOT_MATH_RE.search(text)
+    )
 
 
 _LOADED: list[bool] = []
