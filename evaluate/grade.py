@@ -475,13 +475,15 @@ def _quick_equal(p: str, g: str, ctx: Ctx) -> bool | None:
             preds_exact = _with_percent(ea, ctx.percent_pred, g)
             golds_exact = _with_percent(eb, ctx.percent_gold, p)
             verdict = any(x == y for x in preds_exact for y in golds_exact)
-            ctx.note(f"fast path: exact rationals {ea} vs {eb}: {'equal' if verdict else 'differ'}")
+            if ctx.trace is not None:
+                ctx.note(f"fast path: exact rationals {_fraction(ea)} vs {_fraction(eb)}: {_word(verdict)}")
             return verdict
     rel = REL_TOL if (qp.decimal or qg.decimal) else 1e-30
     preds = _with_percent(a, ctx.percent_pred, g)
     golds = _with_percent(b, ctx.percent_gold, p)
     verdict = any(quick.close(x, y, rel) for x in preds for y in golds)
-    ctx.note(f"fast path: values {_short(a)} vs {_short(b)} within {rel:g}: {'equal' if verdict else 'differ'}")
+    if ctx.trace is not None:
+        ctx.note(f"fast path: values {_short(a)} vs {_short(b)} within {rel:g}: {_word(verdict)}")
     return verdict
 
 
@@ -512,6 +514,17 @@ def _quick_points(qp, qg, variables, ctx: Ctx) -> bool | None:
         ctx.note(f"fast path: equal at {agree} test points")
         return True
     return None
+
+
+def _word(verdict: bool) -> str:
+    return "equal" if verdict else "differ"
+
+
+def _fraction(value) -> str:
+    """A rational for the trace: exact when short, else its first digits."""
+    if max(value.numerator.bit_length(), value.denominator.bit_length()) < 200:
+        return str(value)
+    return "~" + _short(quick.mpf(value.numerator) / quick.mpf(value.denominator))
 
 
 def _short(value) -> str:

@@ -184,14 +184,17 @@ def test_case_table_agreement_at_least_98_percent():
 
 
 def test_never_a_false_equal_on_any_case_file():
-    """False positives inflate accuracy: no "equal" where the true verdict (not a marked conflict) is "not equal"."""
+    """False positives inflate accuracy: no "equal" where the true verdict (not a marked conflict) is "not equal";
+    and no case makes the grader fail (a failure would be counted in grader_errors)."""
+    before = grader_errors()
     false_equal = [
         (name, c.get("id", c["pred"]))
         for name, cases in case_sets().items()
         for c in cases
-        if not c["equal"] and not c.get("conflict") and grade(c["pred"], c["gold"])
+        if not c["equal"] and not c.get("conflict") and grade(c["pred"], c["gold"], raise_on_error=True)
     ]
     assert false_equal == []
+    assert grader_errors() == before
 
 
 def _peer_cases() -> dict[str, list[dict]]:
