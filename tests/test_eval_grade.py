@@ -350,3 +350,14 @@ def test_grading_works_from_threads_and_is_deterministic():
     with cf.ThreadPoolExecutor(4) as pool:
         threaded = list(pool.map(lambda c: grade(c["pred"], c["gold"]), cases))
     assert threaded == serial
+
+
+def test_report_shows_grader_errors_and_both_modes():
+    from mathforge.evaluate.runner import markdown_table
+
+    bench = {"count": 2, "prompt": "p", "accuracy_lenient": 1.0, "accuracy_strict": 0.5, "grader_errors": 0}
+    table = markdown_table({"benchmarks": {"gsm8k": bench}})
+    assert "| accuracy (lenient) | accuracy (strict) |" in table and "| 100.0 | 50.0 |" in table
+    assert table.rstrip().endswith("grader errors: 0")
+    bench["grader_errors"] = 3
+    assert "grader errors: 3 (graded not equal; please report them)" in markdown_table({"benchmarks": {"x": bench}})
