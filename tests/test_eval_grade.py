@@ -60,6 +60,11 @@ def test_extract_rejects_unknown_style():
 
 
 def test_box_rule_is_configurable():
+    from mathforge.evaluate.config import eval_config
+
+    assert eval_config({"boxes": "last"}).boxes == "last" and eval_config({}).boxes == "join"
+    with pytest.raises(ConfigError, match="boxes: 'first' is not allowed; allowed values: join, last"):
+        eval_config({"boxes": "first"})
     text = r"The roots are \boxed{-2} and \boxed{1}."
     assert extract_answer(text, boxes="last") == "1"
     assert grade(text, r"\{1, -2\}") is True
@@ -208,6 +213,7 @@ def test_peer_suites_at_least_math_verify_on_every_source():
     sources = _peer_cases()
     assert len(sources) >= 8 and sum(len(c) for c in sources.values()) >= 500, PEERS
     total = agree_all = 0
+    assert set(sources) <= set(recorded), f"no Math-Verify figure recorded for {set(sources) - set(recorded)}"
     for source, cases in sources.items():
         agree = sum(grade(c["pred"], c["gold"]) == c["equal"] for c in cases)
         assert agree / len(cases) >= recorded[source]["agreement"], (source, agree, len(cases))
