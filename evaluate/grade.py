@@ -43,7 +43,7 @@ from mathforge.evaluate.values import Ctx, proportional, scalar_equal, squash
 __all__ = ["MODES", "explain", "grade", "grade_parsed", "grader_errors", "parse_answer"]
 
 MODES = ("lenient", "strict")
-DEFAULT_TIMEOUT = 0.5  # seconds for the sympy step of one grade: a cap, not the usual cost (see bench)
+DEFAULT_TIMEOUT = 0.1  # seconds for the sympy step of one grade (its one-off import and parser set-up excluded)
 _DECIMAL_COMMA_RE = re.compile(r"-?\d+,\d+")
 _SCALARS = ("number", "expression", "text")
 _ORDERED = ("tuple", "interval")
