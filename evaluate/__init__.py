@@ -1,6 +1,7 @@
 """mathforge.evaluate: benchmarks (vendored GSM8K / MATH), generation, answer extraction, grading.
 
 from mathforge.evaluate import grade, extract_answer, run_eval
+from mathforge.evaluate import parse_answer, grade_parsed   # parse the gold once, grade many samples
 
 Importing the package is cheap: `grade` and `extract_answer` are imported here (they need neither torch
 nor the OpenAI client), `run_eval` and `EvalConfig` on first use, so `synth` and scripts that only grade
@@ -14,14 +15,15 @@ from __future__ import annotations
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
+from mathforge.evaluate.answer import parse_answer
 from mathforge.evaluate.extract import extract_answer
-from mathforge.evaluate.grade import grade
+from mathforge.evaluate.grade import grade, grade_parsed
 
 if TYPE_CHECKING:
     from mathforge.evaluate.config import EvalConfig
     from mathforge.evaluate.runner import run_eval
 
-__all__ = ["EvalConfig", "extract_answer", "grade", "run_eval"]
+__all__ = ["EvalConfig", "extract_answer", "grade", "grade_parsed", "parse_answer", "run_eval"]
 
 _LAZY = {"EvalConfig": "mathforge.evaluate.config", "run_eval": "mathforge.evaluate.runner"}
 

@@ -72,11 +72,32 @@ def _print_results(results: dict[str, Any], out: str | None) -> None:
         console.print(f"results in {out}/ (results.json, results.md, samples-*.jsonl)")
 
 
+def grade_command(
+    pred: str = typer.Argument(..., help="The prediction: an answer or a whole response."),
+    gold: str = typer.Argument(..., help="The gold answer (or a solution with \\boxed{} / ####)."),
+    explain: bool = typer.Option(False, "--explain", help="Print what was extracted, parsed, and the rules."),
+    mode: str = typer.Option("lenient", "--mode", help="lenient (values) or strict (the MATH string check)."),
+    boxes: str = typer.Option("join", "--boxes", help="Several boxes: join (one answer set) or last."),
+) -> None:
+    """Grade one prediction against a gold answer. Exit code 0: equal, 1: not equal (2: bad usage)."""
+    from mathforge.evaluate.extract import check_box_rule
+    from mathforge.evaluate.grade import MODES
+    from mathforge.evaluate.grade import explain as explain_grade
+
+    if mode not in MODES:
+        raise ConfigError(f"--mode {mode!r} is not allowed; allowed: {', '.join(MODES)}")
+    check_box_rule(boxes)
+    verdict, lines = explain_grade(pred, gold, mode, boxes)
+    typer.echo("\n".join(lines) if explain else ("equal" if verdict else "not equal"))
+    raise typer.Exit(0 if verdict else 1)
+
+
 def register(app: typer.Typer) -> None:
-    """Adds the `eval` command to the mathforge CLI (its help shows EvalConfig's defaults)."""
+    """Adds the `eval` and `grade` commands to the mathforge CLI (eval's help shows EvalConfig's defaults)."""
     from mathforge.evaluate.config import EvalConfig
     from mathforge.prompts import available
 
+    app.command("grade")(grade_command)
     d = EvalConfig()
 
     @app.command("eval")

@@ -54,6 +54,7 @@ class EvalConfig:
     unsafe_sandbox: bool = False  # with tool: run the model's code even where the sandbox is not safe
     batch_size: int = 32  # prompts per batch (local generation)
     concurrency: int = 16  # parallel requests (with api)
+    boxes: Literal["join", "last"] = "join"  # several \\boxed{} in one answer: one answer set, or the last box
     out: str | None = None  # folder for results.json, results.md and samples-*.jsonl (`mathforge eval`: a new
     # runs/eval/<model>-<UTC time> when not given; run_eval: nothing is written)
     force: bool = False  # overwrite an earlier run's results.json in `out`

@@ -4,81 +4,147 @@
     grade("50\\%", "0.5"), grade("(1,2]", "1 < x \\leq 2")           # True, True
     grade(pred, gold, mode="strict")   # MATH / MetaMath / Skywork-Math string check
 
-Lenient mode, in order: clean both strings (`normalize.clean`); equal strings win; split into
-structures (matrices, unions, intervals, tuples, sets, bare lists, equations, inequalities) and
-compare part by part (order matters for tuples, intervals and matrices, not for sets and lists);
-scalars are compared by value: a fast exact path (`quick`, mpmath at 40 digits; variables at
-fixed test points) and latex2sympy2_extended + sympy for the rest (`symbolic`, time-bounded);
-what neither can read is compared as text. Numbers agree within a relative 1e-4 when either side
-was written with a decimal point, exactly otherwise;
-a percent sign allows x and x/100. Rational values are compared exactly (`3^{1000}+1` is not
-`3^{1000}`).
+    gold = parse_answer(item.gold, source="gold")                    # once per problem
+    grade_parsed(parse_answer(response, source="response"), gold)    # per sample
+
+Both sides are parsed once into an `answer.Answer` (extracted by position, cleaned by
+`normalize.clean`, split into a typed structure), then compared structure against structure:
+- sets and bare lists ignore order, tuples, intervals and matrices do not (a bare list may answer a
+  tuple in order); a union matches a union; ± inside a set gives both values;
+- an equation answers a value when one side names the quantity (`x = 5`, `(p, q) = (3, 2)`,
+  `\\angle APC = 74^\\circ`, `2 = x`) or, in a response, when its left side is a computation (`2+3 = 5`);
+  two equations agree when their named sides give the same value, else when lhs - rhs are proportional;
+- inequalities and intervals are the same relation when (lhs - rhs) are positively proportional with the
+  same operators or negatively with flipped ones (`-x > -1` is `x < 1` is `(-\\infty, 1)`; `relations`);
+- scalars by value (`values`): a fast exact path (`quick`, mpmath at 40 digits; variables at fixed test points),
+  then latex2sympy2_extended + sympy (`symbolic`, time-bounded), then as text; sums, products and
+  subscripted terms are evaluated at small integer points on the fast path. Numbers agree within a relative 1e-4 when either side was written with a
+  decimal point, exactly otherwise; x% is x/100, and also x when the
+  other side is a plain number ("50" answering "what percent?").
+
+Never raises on strings and never hangs: the sympy step runs under a per-grade deadline (`timeout`), and an
+unexpected failure is counted (`grader_errors()`, shown in the eval report) and graded "not equal" —
+or raised with `raise_on_error=True`. `explain(pred, gold)` returns the extracted strings, the parsed
+structures and the rules that decided (`mathforge grade --explain`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
-from dataclasses import dataclass
+import time
 
 from mathforge.errors import ConfigError
-from mathforge.evaluate import quick, symbolic
-from mathforge.evaluate.extract import explicit_answer, extract_answer
-from mathforge.evaluate.normalize import clean, strict_normalize
+from mathforge.evaluate.answer import Answer, count_error, grader_errors, is_name, parse_answer
+from mathforge.evaluate.normalize import strict_normalize
+from mathforge.evaluate.relations import relation_equal
+from mathforge.evaluate.values import Ctx, proportional, scalar_equal, squash
+
+__all__ = ["MODES", "explain", "grade", "grade_parsed", "grader_errors", "parse_answer"]
 
 MODES = ("lenient", "strict")
-REL_TOL = 1e-4
-MAX_INPUT = 5000
-_VAR = r"(?:[a-zA-Z]|\\[a-zA-Z]+)(?:_\{?\w+\}?)?(?:\s*\([a-zA-Z]\))?"
-_ASSIGN_RE = re.compile(rf"^\s*{_VAR}\s*=(?!=)")
-_IN_RE = re.compile(rf"^\s*{_VAR}\s*\\in\s*")
-_MATRIX_RE = re.compile(r"^\\begin\{([pbvBV]?matrix|array)\}(?:\{[^}]*\})?(.*)\\end\{\1\}$", re.DOTALL)
-_REL_RE = re.compile(r"\\leq|\\geq|\\neq|<|>|=")
-_WORD_RE = re.compile(r"(?<![\\a-zA-Z])[a-zA-Z]{3,}")  # English words, not \macros
+DEFAULT_TIMEOUT = 0.1  # seconds for the sympy step of one grade (its one-off import and parser set-up excluded)
+_DECIMAL_COMMA_RE = re.compile(r"-?\d+,\d+")
+_SCALARS = ("number", "expression", "text")
+_ORDERED = ("tuple", "interval")
+_UNORDERED = ("set", "list", "union")
 
 
-@dataclass(frozen=True)
-class Ctx:
-    percent_pred: bool
-    percent_gold: bool
-    timeout: float
+def _check_mode(mode: str) -> None:
+    if mode not in MODES:
+        raise ConfigError(f"unknown grading mode {mode!r}; allowed: {', '.join(MODES)}")
 
 
-def answer_of(pred: str) -> str | None:
-    """The answer in a model response, or the response itself when it already is a short answer."""
-    marked = explicit_answer(pred)
-    if marked is not None:
-        return marked
-    if len(pred) <= 120 and "\n" not in pred and len(_WORD_RE.findall(pred)) <= 3:
-        return pred.strip()
-    return extract_answer(pred, "last_number")
-
-
-def gold_of(gold: str) -> str | None:
-    """The gold answer: GSM8K's `#### x`, a boxed solution's last box, or the string itself."""
-    if "####" in gold or "\\boxed" in gold or "\\fbox" in gold:
-        return explicit_answer(gold)
-    return gold.strip() or None
-
-
-def grade(pred: str | None, gold: str | None, mode: str = "lenient", timeout: float = 3.0) -> bool:
+def grade(
+    pred: str | None,
+    gold: str | None,
+    mode: str = "lenient",
+    timeout: float = DEFAULT_TIMEOUT,
+    *,
+    boxes: str = "join",
+    raise_on_error: bool = False,
+) -> bool:
     """True when `pred` (a response or an answer) equals `gold`; never raises on garbage input.
 
     `mode="lenient"` (default) compares values; `mode="strict"` is the MATH/MetaMath/Skywork-Math
-    normalised string check. `timeout` bounds the sympy fallback of one comparison (seconds).
+    normalised string check. `timeout` bounds the sympy fallback of one grade (seconds). `boxes`: "join"
+    (boxes joined by "and"/","/"or" form one answer set) or "last" (see `extract`).
     """
-    if mode not in MODES:
-        raise ConfigError(f"unknown grading mode {mode!r}; allowed: {', '.join(MODES)}")
-    try:
-        if not isinstance(pred, str) or not isinstance(gold, str):
-            return False
-        pred_answer, gold_answer = answer_of(pred[-MAX_INPUT:]), gold_of(gold[:MAX_INPUT])
-        if pred_answer is None or gold_answer is None:
-            return False
-        if mode == "strict":
-            return strict_equal(pred_answer, gold_answer)
-        return lenient_equal(pred_answer, gold_answer, timeout)
-    except Exception:  # noqa: BLE001 - garbage in, "not equal" out
+    _check_mode(mode)
+    if not isinstance(pred, str) or not isinstance(gold, str):
         return False
+    p = parse_answer(pred, "response", boxes, raise_on_error)
+    g = parse_answer(gold, "gold", boxes, raise_on_error)
+    return grade_parsed(p, g, mode, timeout, raise_on_error=raise_on_error)
+
+
+def grade_parsed(
+    pred: Answer,
+    gold: Answer,
+    mode: str = "lenient",
+    timeout: float = DEFAULT_TIMEOUT,
+    *,
+    raise_on_error: bool = False,
+    trace: list[str] | None = None,
+) -> bool:
+    """`grade` on answers parsed with `parse_answer` (parse the gold once, grade every sample against it)."""
+    _check_mode(mode)
+    if pred.whole is not None and pred.whole == gold.whole:
+        if trace is not None:
+            trace.append("identical texts: equal")
+        return True
+    if pred.kind == "none" or gold.kind == "none":
+        if trace is not None:
+            trace.append("nothing to grade on one side: not equal")
+        return False
+    try:
+        if mode == "strict":
+            verdict = strict_equal(pred.raw or "", gold.raw or "")
+            if trace is not None:
+                trace.append(f"strict: normalised strings {'equal' if verdict else 'differ'}")
+            return verdict
+        ctx = Ctx(pred.percent, gold.percent, time.monotonic() + timeout, trace)
+        if pred == gold:
+            ctx.note("same structure and text")
+            return True
+        choices = [_choice(a.raw or "") for a in (pred, gold)]
+        if all(choices) and (len((pred.raw or "").strip()) == 1 or len((gold.raw or "").strip()) == 1):
+            ctx.note(f"multiple choice: {choices[0]} vs {choices[1]}")
+            return choices[0] == choices[1]
+        return _equal(pred, gold, ctx)
+    except Exception:
+        if raise_on_error:
+            raise
+        count_error()
+        if trace is not None:
+            trace.append("grader error (counted): not equal")
+        return False
+
+
+_CHOICE_RE = re.compile(r"\s*\(?([A-E])(?:\)|\.\s|\.?$)")
+
+
+def _choice(raw: str) -> str | None:
+    """The option letter of a multiple-choice answer: "C", "(C)", "C. x = 42"."""
+    match = _CHOICE_RE.match(raw)
+    return match.group(1) if match else None
+
+
+def explain(pred: str, gold: str, mode: str = "lenient", boxes: str = "join") -> tuple[bool, list[str]]:
+    """The verdict and the lines behind it: extracted strings, parsed structures, the rules that decided."""
+    p = parse_answer(pred, "response", boxes)
+    g = parse_answer(gold, "gold", boxes)
+    lines = [
+        f"pred extracted: {p.raw!r}",
+        f"gold extracted: {g.raw!r}",
+        f"pred parsed:    {p.show()}",
+        f"gold parsed:    {g.show()}",
+    ]
+    trace: list[str] = []
+    verdict = grade_parsed(p, g, mode, trace=trace)
+    lines += [f"rule: {t}" for t in trace]
+    lines.append(f"verdict: {'EQUAL' if verdict else 'NOT EQUAL'} ({mode})")
+    return verdict, lines
 
 
 def strict_equal(pred: str, gold: str) -> bool:
@@ -88,183 +154,101 @@ def strict_equal(pred: str, gold: str) -> bool:
         return float(p) == float(g)
     except ValueError:
         pass
-    try:
-        return strict_normalize(pred) == strict_normalize(gold)
-    except Exception:  # noqa: BLE001
-        return pred == gold
+    return strict_normalize(pred) == strict_normalize(gold)
 
 
-def lenient_equal(pred: str, gold: str, timeout: float = 3.0) -> bool:
-    """Lenient comparison of two extracted answers (see module docstring)."""
-    cp, cg = clean(pred), clean(gold)
-    if _squash(cp.text) == _squash(cg.text) and cp.text:
-        return True
-    ctx = Ctx(cp.percent, cg.percent, timeout)
-    return _equal(_structure(cp.text), _structure(cg.text), ctx)
-
-
-# --- structures ---------------------------------------------------------------------------------
-
-
-def _squash(text: str) -> str:
-    return re.sub(r"\s+", "", text)
-
-
-def split_top(text: str, separators: tuple[str, ...] = (",",)) -> list[str]:
-    """Splits at separators outside (), [], {} and \\{ \\}."""
-    parts, depth, start, i = [], 0, 0, 0
-    while i < len(text):
-        ch = text[i]
-        if ch == "\\" and i + 1 < len(text) and text[i + 1] in "{}":
-            depth += 1 if text[i + 1] == "{" else -1
-            i += 2
-            continue
-        if ch in "([{":
-            depth += 1
-        elif ch in ")]}":
-            depth -= 1
-        elif depth == 0:
-            for sep in separators:
-                if text.startswith(sep, i):
-                    parts.append(text[start:i])
-                    start = i + len(sep)
-                    i = start - 1
-                    break
-        i += 1
-    parts.append(text[start:])
-    return [p.strip() for p in parts]
-
-
-def _structure(text: str):
-    """A nested tuple describing the answer's shape; scalars stay strings."""
-    text = text.strip()
-    text = _IN_RE.sub("", text)
-    matrix = _MATRIX_RE.match(text)
-    if matrix:
-        rows = [r for r in re.split(r"\\\\", matrix.group(2)) if r.strip()]
-        return ("matrix", tuple(tuple(c.strip() for c in row.split("&")) for row in rows))
-    union = split_top(text, ("\\cup",))
-    if len(union) > 1:
-        return ("union", tuple(_structure(p) for p in union))
-    if text.startswith("\\{") and text.endswith("\\}") and _whole_latex_set(text):
-        inner = text[2:-2].strip()
-        return ("set", tuple(_structure(p) for p in split_top(inner) if p)) if inner else ("set", ())
-    if len(text) >= 2 and text[0] in "([" and text[-1] in ")]" and _bracketed(text):
-        items = split_top(text[1:-1])
-        if len(items) > 1:
-            return ("bracket", text[0] + text[-1], tuple(_structure(p) for p in items))
-    plus_minus = split_top(text, ("\\pm",))
-    if len(plus_minus) == 2:
-        a, b = plus_minus
-        return ("list", (_structure(f"{a}+{b}" if a else b), _structure(f"{a}-{b}" if a else f"-{b}")))
-    words = split_top(text, (" or ", " and ", "\\text{or}", "\\text{and}"))
-    items = [p for part in words for p in split_top(part, (",", ";"))]
-    if len(items) > 1 and all(items):
-        return ("list", tuple(_structure(p) for p in items))
-    relations = _REL_RE.findall(text)
-    if relations and all(r in ("<", ">", "\\leq", "\\geq") for r in relations):
-        interval = _inequality(text)
-        if interval is not None:
-            return interval
-        return ("ineq", text)
-    if relations == ["="]:
-        lhs, rhs = (s.strip() for s in text.split("=", 1))
-        if lhs and rhs:
-            return ("eq", lhs, rhs)
-    return text
-
-
-def _whole_latex_set(text: str) -> bool:
-    depth = 0
-    i = 0
-    while i < len(text):
-        if text.startswith("\\{", i):
-            depth += 1
-            i += 2
-            continue
-        if text.startswith("\\}", i):
-            depth -= 1
-            if depth == 0 and i + 2 < len(text):
-                return False
-            i += 2
-            continue
-        i += 1
-    return depth == 0
-
-
-def _bracketed(text: str) -> bool:
-    depth = 0
-    for i, ch in enumerate(text):
-        if ch in "([{":
-            depth += 1
-        elif ch in ")]}":
-            depth -= 1
-            if depth == 0 and i < len(text) - 1:
-                return False
-    return depth == 0
-
-
-def _inequality(text: str):
-    """`x < 3`, `3 \\geq x`, `-1 < x \\leq 2` → ("bracket", brackets, (lo, hi)); None otherwise."""
-    parts = re.split(r"(\\leq|\\geq|<|>)", text)
-    terms, ops = [p.strip() for p in parts[0::2]], parts[1::2]
-    if len(terms) == 2:
-        var_first = re.fullmatch(_VAR, terms[0]) is not None
-        var_last = re.fullmatch(_VAR, terms[1]) is not None
-        if var_first == var_last:
-            return None
-        op = ops[0]
-        if var_last:  # 3 > x  ->  x < 3
-            op = {"<": ">", ">": "<", "\\leq": "\\geq", "\\geq": "\\leq"}[op]
-        bound = terms[1] if var_first else terms[0]
-        if op in ("<", "\\leq"):
-            return ("bracket", "(" + (")" if op == "<" else "]"), ("-\\infty", bound))
-        return ("bracket", ("(" if op == ">" else "[") + ")", (bound, "\\infty"))
-    if len(terms) == 3 and re.fullmatch(_VAR, terms[1]):
-        if all(o in ("<", "\\leq") for o in ops):
-            lo, hi = terms[0], terms[2]
-            return ("bracket", ("(" if ops[0] == "<" else "[") + (")" if ops[1] == "<" else "]"), (lo, hi))
-        if all(o in (">", "\\geq") for o in ops):
-            hi, lo = terms[0], terms[2]
-            return ("bracket", ("(" if ops[1] == ">" else "[") + (")" if ops[0] == ">" else "]"), (lo, hi))
-    return None
+def lenient_equal(pred: str, gold: str, timeout: float = DEFAULT_TIMEOUT) -> bool:
+    """Lenient comparison of two extracted answers."""
+    return grade_parsed(parse_answer(pred), parse_answer(gold), "lenient", timeout)
 
 
 # --- comparison ---------------------------------------------------------------------------------
 
 
-def _equal(p, g, ctx: Ctx) -> bool:
-    if isinstance(g, tuple) and g[0] == "eq" and not (isinstance(p, tuple) and p[0] == "eq"):
-        if re.fullmatch(_VAR, g[1]):
-            return _equal(p, _structure(g[2]), ctx)
-        return False
-    if isinstance(p, tuple) and p[0] == "eq" and not (isinstance(g, tuple) and g[0] == "eq"):
-        if re.fullmatch(_VAR, p[1]):
-            return _equal(_structure(p[2]), g, ctx)
-        return False
-    if isinstance(p, str) and isinstance(g, str):
-        return _scalar_equal(p, g, ctx)
-    if isinstance(p, str) or isinstance(g, str):
-        return False
-    kind_p, kind_g = p[0], g[0]
-    if kind_g == "eq" and kind_p == "eq":
+def _value_side(eq: Answer, response: bool) -> Answer | None:
+    """The value an equation gives: the side opposite a name; in a response also the result of a computation."""
+    lhs, rhs = eq.items
+    if is_name(_text(lhs)) and not is_name(_text(rhs)):
+        return rhs
+    if is_name(_text(rhs)) and not is_name(_text(lhs)):
+        return lhs
+    if is_name(_text(lhs)):
+        return rhs
+    if response and lhs.kind == "number":
+        return rhs
+    return None
+
+
+def _text(a: Answer) -> str:
+    """The source text of an answer (scalars) or a rendering good enough for the name test."""
+    if a.kind in _SCALARS:
+        return a.text
+    if a.kind == "tuple" and a.op == "()" and all(i.kind in _SCALARS for i in a.items):
+        return "(" + ", ".join(i.text for i in a.items) + ")"
+    return "\0"  # never a name
+
+
+def _equal(p: Answer, g: Answer, ctx: Ctx) -> bool:
+    if g.kind == "equation" and p.kind != "equation":
+        side = _value_side(g, response=False)
+        ctx.note(f"gold equation {'gives the value ' + side.show() if side else 'names no quantity: not a value'}")
+        return side is not None and _equal(p, side, ctx)
+    if p.kind == "equation" and g.kind != "equation":
+        side = _value_side(p, response=True)
+        ctx.note(f"pred equation {'gives the value ' + side.show() if side else 'names no quantity: not a value'}")
+        return side is not None and _equal(side, g, ctx)
+    if p.kind in _SCALARS and g.kind in _SCALARS:
+        return scalar_equal(p.text, g.text, ctx)
+    if p.kind == "equation":
         return _equation_equal(p, g, ctx)
-    if kind_g == "matrix" and kind_p == "matrix":
-        return len(p[1]) == len(g[1]) and all(
-            len(rp) == len(rg) and all(_scalar_equal(a, b, ctx) for a, b in zip(rp, rg)) for rp, rg in zip(p[1], g[1])
-        )
-    if kind_g == "bracket" and kind_p == "bracket":
-        return p[1] == g[1] and len(p[2]) == len(g[2]) and all(_equal(a, b, ctx) for a, b in zip(p[2], g[2]))
-    unordered = {"set", "list", "union"}
-    if kind_g in unordered and kind_p in unordered and (kind_g == kind_p or "list" in (kind_g, kind_p)):
-        return _same_multiset(p[1], g[1], ctx)
-    if kind_g == "ineq" and kind_p == "ineq":
-        return _squash(p[1]) == _squash(g[1])
+    return _structures_equal(p, g, ctx)
+
+
+def _structures_equal(p: Answer, g: Answer, ctx: Ctx) -> bool:
+    """Relations, intervals, tuples, sets, lists, matrices (neither side an equation; not both scalars)."""
+    if "relation" in (p.kind, g.kind):  # (a, b) next to a relation is an open interval
+        p, g = (dataclasses.replace(a, kind="interval") if _pair(a) else a for a in (p, g))
+    if {p.kind, g.kind} == {"relation", "interval"} or p.kind == g.kind == "relation":
+        return relation_equal(p, g, ctx)
+    if p.kind == "matrix" and g.kind == "matrix":
+        return _ordered(p.items, g.items, ctx, "matrix rows")
+    if p.kind in _ORDERED and g.kind in _ORDERED:
+        if p.op != g.op:
+            ctx.note(f"brackets differ: {p.op} vs {g.op}")
+            return False
+        return _ordered(p.items, g.items, ctx, "tuple items")
+    if p.kind == "list" and g.kind == "tuple" and g.op == "()":
+        return _ordered(p.items, g.items, ctx, "a bare list answering a tuple, in order")
+    if p.kind in _UNORDERED and g.kind in _UNORDERED and (p.kind == g.kind or "list" in (p.kind, g.kind)):
+        return _same_multiset(p.items, g.items, ctx)
+    for a, b in ((p, g), (g, p)):
+        if a.kind == "list" and b.kind == "number" and _DECIMAL_COMMA_RE.fullmatch(a.text):
+            ctx.note(f"{a.text!r} read with a decimal comma (the other side is one number)")
+            return scalar_equal(a.text.replace(",", "."), b.text, ctx)
+    if p.kind in _UNORDERED and g.kind in _SCALARS and len(p.items) == 1:
+        return _equal(p.items[0], g, ctx)
+    if g.kind in _UNORDERED and p.kind in _SCALARS and len(g.items) == 1:
+        return _equal(p, g.items[0], ctx)
+    ctx.note(f"different kinds: {p.kind} vs {g.kind}")
     return False
 
 
-def _same_multiset(ps, gs, ctx: Ctx) -> bool:
+def _pair(a: Answer) -> bool:
+    return a.kind == "tuple" and a.op == "()" and len(a.items) == 2
+
+
+def _ordered(ps: tuple[Answer, ...], gs: tuple[Answer, ...], ctx: Ctx, what: str) -> bool:
     if len(ps) != len(gs):
+        ctx.note(f"{what}: {len(ps)} vs {len(gs)}")
+        return False
+    verdict = all(_equal(a, b, ctx) for a, b in zip(ps, gs))
+    ctx.note(f"{what}: {'all equal in order' if verdict else 'a pair differs'}")
+    return verdict
+
+
+def _same_multiset(ps: tuple[Answer, ...], gs: tuple[Answer, ...], ctx: Ctx) -> bool:
+    if len(ps) != len(gs):
+        ctx.note(f"unordered: {len(ps)} items vs {len(gs)}")
         return False
     unused = list(range(len(gs)))
     for item in ps:
@@ -273,101 +257,43 @@ def _same_multiset(ps, gs, ctx: Ctx) -> bool:
                 unused.remove(k)
                 break
         else:
+            ctx.note(f"unordered: {item.show()} matches nothing left")
             return False
+    ctx.note("unordered: every item matched")
     return True
 
 
-def _equation_equal(p, g, ctx: Ctx) -> bool:
-    if (
-        re.fullmatch(_VAR, p[1].strip())
-        and re.fullmatch(_VAR, g[1].strip())
-        and not _mentions(p[2] + g[2], p[1] + g[1])
-    ):
-        return _scalar_equal(p[2], g[2], ctx)  # "z = 7" answers "x = 7": the value is what was asked
-    try:  # same equation up to a non-zero factor: (lhs - rhs) proportional
-        dp = quick.parse(f"({p[1]})-({p[2]})")
-        dg = quick.parse(f"({g[1]})-({g[2]})")
-        ratios = []
-        for point in quick.points(dp.variables | dg.variables):
-            a, b = quick.evaluate(dp, point), quick.evaluate(dg, point)
-            if b == 0 or a == 0:
-                if a != b:
-                    return False
-                continue
-            ratios.append(a / b)
-        return len(ratios) >= 2 and all(quick.close(r, ratios[0], 1e-9) for r in ratios)
-    except (quick.Unsupported, quick.TooLarge, ZeroDivisionError, ValueError, OverflowError):
-        return _squash(p[1]) == _squash(g[1]) and _scalar_equal(p[2], g[2], ctx)
+def _equation_equal(p: Answer, g: Answer, ctx: Ctx) -> bool:
+    (pl, pr), (gl, gr) = p.items, g.items
+    p_side, g_side = _value_side(p, response=False), _value_side(g, response=False)
+    if p_side is not None and g_side is not None:
+        p_name, g_name = _text(pl if p_side is pr else pr), _text(gl if g_side is gr else gr)
+        if _function_of(p_name, g_name):
+            ctx.note(f"equations: {p_name} and {g_name} name the same function, right sides compared")
+            return _equal(p_side, g_side, ctx)
+        if not _mentions(_text(p_side) + " " + _text(g_side), p_name + " " + g_name):
+            ctx.note("equations: both name a quantity, values compared")
+            return _equal(p_side, g_side, ctx)
+    if all(x.kind in _SCALARS for x in (pl, pr, gl, gr)):
+        verdict = proportional(f"({pl.text})-({pr.text})", f"({gl.text})-({gr.text})")
+        if verdict is not None:
+            ctx.note(f"equations: lhs - rhs {'proportional' if verdict else 'not proportional'}")
+            return verdict
+    verdict = _equal(pl, gl, ctx) and _equal(pr, gr, ctx)
+    ctx.note(f"equations: sides compared one by one: {'equal' if verdict else 'differ'}")
+    return verdict
+
+
+def _function_of(a: str, b: str) -> bool:
+    """`y` and `f(x)` (or `f(x)` and `g(x)`): both name a function of one variable."""
+    forms = [re.fullmatch(r"\s*(?:y|[a-zA-Z]\s*\(\s*([a-z])\s*\))\s*", t) for t in (a, b)]
+    if not all(forms) or squash(a) == squash(b):
+        return False
+    args = {f.group(1) for f in forms if f.group(1)}
+    return len(args) == 1
 
 
 def _mentions(text: str, names: str) -> bool:
     """True when a single-letter name in `names` occurs as a letter in `text` (y = 2x+3 vs x = ...)."""
     letters = set(re.findall(r"(?<!\\)\b[a-zA-Z]\b", names))
     return any(re.search(rf"(?<![a-zA-Z\\]){re.escape(c)}(?![a-zA-Z])", text) for c in letters)
-
-
-def _strip_assign(text: str) -> str:
-    return _ASSIGN_RE.sub("", text, count=1).strip() if _ASSIGN_RE.match(text) and text.count("=") == 1 else text
-
-
-def _scalar_equal(p: str, g: str, ctx: Ctx) -> bool:
-    p, g = _strip_assign(p), _strip_assign(g)
-    if _squash(p) == _squash(g):
-        return bool(p)
-    verdict = _quick_equal(p, g, ctx)
-    if verdict is not None:
-        return verdict
-    if symbolic.screen(p) and symbolic.screen(g) and not (_WORD_RE.search(p) or _WORD_RE.search(g)):
-        rel = REL_TOL if re.search(r"\d\.\d|\d\.(?!\d)|\.\d", p + " " + g) else 1e-12
-        try:
-            verdict = symbolic.run_bounded(symbolic.compare, p, g, rel, timeout=ctx.timeout)
-        except Exception:  # noqa: BLE001 - a parser or sympy failure means "cannot tell"
-            verdict = None
-        if verdict is not None:
-            return verdict
-    return _text_key(p) == _text_key(g) and bool(_text_key(p))
-
-
-def _text_key(text: str) -> str:
-    text = re.sub(r"\\text\{([^}]*)\}", r"\1", text)
-    text = re.sub(r"^\(?([A-Ea-e])\)?$", r"\1", text.strip())
-    return re.sub(r"[^a-z0-9.\-+/]", "", text.lower())
-
-
-def _quick_equal(p: str, g: str, ctx: Ctx) -> bool | None:
-    """Verdict from the fast path, or None when it cannot read both sides."""
-    try:
-        qp, qg = quick.parse(p), quick.parse(g)
-    except quick.Unsupported:
-        return None
-    try:
-        variables = qp.variables | qg.variables
-        if variables:
-            agree = 0
-            for point in quick.points(variables):
-                try:
-                    a, b = quick.evaluate(qp, point), quick.evaluate(qg, point)
-                except (ZeroDivisionError, ValueError):
-                    continue
-                if not quick.close(a, b, 1e-12):
-                    return False
-                agree += 1
-            return True if agree >= 2 else None
-        a, b = quick.evaluate(qp), quick.evaluate(qg)
-    except quick.TooLarge:
-        return False
-    except (ZeroDivisionError, ValueError, OverflowError, quick.Unsupported):
-        return None
-    if not (qp.decimal or qg.decimal):
-        try:
-            ea, eb = quick.exact(qp), quick.exact(qg)
-        except (quick.Unsupported, ZeroDivisionError, ValueError, OverflowError):
-            pass
-        else:
-            preds_exact = [ea, ea / 100] if ctx.percent_pred else [ea]
-            golds_exact = [eb, eb / 100] if ctx.percent_gold else [eb]
-            return any(x == y for x in preds_exact for y in golds_exact)
-    rel = REL_TOL if (qp.decimal or qg.decimal) else 1e-30
-    preds = [a, a / 100] if ctx.percent_pred else [a]
-    golds = [b, b / 100] if ctx.percent_gold else [b]
-    return any(quick.close(x, y, rel) for x in preds for y in golds)

@@ -29,9 +29,55 @@ _TRAILING_UNIT_RE = re.compile(rf"(?<=[\d}}a-zA-Z)])\s*(?:{UNITS})(?:\^\{{?[23]\
 _UNIT_POWER_RE = re.compile(rf"\\(?:text|mbox|mathrm)\s*\{{\s*(?:{UNITS})\s*\}}\s*\^\s*\{{?[23]\}}?", re.IGNORECASE)
 _WRAPPER_RE = re.compile(r"\\(?:textbf|textit|textrm|textnormal|text|mathrm|mathbf|mbox|operatorname)\s*\{")
 _BOXED_RE = re.compile(r"\\(?:boxed|fbox)\s*\{")
+_UNITS_WORDS = "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen".split()
+_UNITS_WORDS += "sixteen seventeen eighteen nineteen".split()
+_TENS_WORDS = "twenty thirty forty fifty sixty seventy eighty ninety".split()
+_NUMBER_WORD_RE = re.compile(
+    rf"(?:({'|'.join(_TENS_WORDS)})(?:[- ]({'|'.join(_UNITS_WORDS[1:10])}))?|({'|'.join(_UNITS_WORDS)}))",
+    re.IGNORECASE,
+)
+
+
+def _number_words(s: str) -> str:
+    """A whole answer written in words below 100 ("forty-two", "seven") as digits."""
+    match = _NUMBER_WORD_RE.fullmatch(s.strip())
+    if not match:
+        return s
+    tens, unit, small = (g.lower() if g else None for g in match.groups())
+    if small is not None:
+        return str(_UNITS_WORDS.index(small))
+    return str(20 + 10 * _TENS_WORDS.index(tens) + (_UNITS_WORDS.index(unit) if unit else 0))
+
+
+_MIXED_RE = re.compile(r"^([+-]?\d+)\s+(\d+)/(\d+)$")  # 4 4/9: a mixed number
+
+
+def _mixed(match: re.Match[str]) -> str:
+    """`4 4/9` -> `(4+4/9)`; an improper part (`11 6/6`) is no mixed number and stays as written."""
+    whole, num, den = match.groups()
+    if int(num) >= int(den) or int(den) == 0:
+        return match.group()
+    sign = "-" if whole.startswith("-") else "+"
+    return f"({whole.lstrip('+')}{sign}{num}/{den})"
+
+
 _SIMPLE_SUBS = [
+    (re.compile(r"\*\*([^*]+)\*\*"), r"\1"),  # markdown bold
+    (re.compile(r"\*\*"), "^"),  # Python's power: 2**(1/4)
+    (
+        re.compile(r"\\\\(?=(?:le|ge|leq|geq|neq|frac|dfrac|left|right|sqrt|pi|in|cdot|times|infty|text)(?![a-zA-Z]))"),
+        "\\\\",
+    ),
+    (re.compile(r"(?<=\d)(?:,\\!\s*|\{\s*,\s*\}|\\,)(?=\d{3}(?!\d))"), ""),
+    (re.compile(r"_\{(\w)\}"), r"_\1"),  # 4210_{7} is 4210_7  # 10,\!080 and 10{,}080: thousands
+    (re.compile(r">="), r"\\geq "),
+    (re.compile(r"<="), r"\\leq "),
+    (re.compile(r"(?<=\s)!="), r"\\neq "),  # not 5!=120
+    (re.compile(r"\\lt(?![a-zA-Z])"), "<"),
+    (re.compile(r"\\gt(?![a-zA-Z])"), ">"),
     (re.compile(r"\\(?:left|right|bigl|bigr|Bigl|Bigr|big|Big)(?![a-zA-Z])\s*"), ""),
-    (re.compile(r"\\[dt]frac"), r"\\frac"),
+    (re.compile(r"\\[dtc]frac"), r"\\frac"),
+    (re.compile(r"^(-?0),(?=\d{3}$)"), r"\1."),  # 0,111 has no thousands: a decimal comma
     (re.compile(r"\\(?:displaystyle|limits)"), ""),
     (re.compile(r"(?<!\\)\\(?:[!,;: ]|quad|qquad)"), " "),
     (re.compile(r"\\(?:le|leqslant|leqq)(?![a-zA-Z])|≤"), r"\\leq "),
@@ -45,8 +91,11 @@ _SIMPLE_SUBS = [
     (re.compile(r"(?:\^\s*\{\s*\\circ\s*\}|\^\s*\\circ|°|\\degree)(?:\s*\\?[CF](?![a-zA-Z]))?"), ""),
     (re.compile(r"\\\$|\$"), ""),
     (re.compile(r"~"), " "),
+    (re.compile(r"(?<=[\d}])\s*\\text(?:bf)?\{\s*[a-zA-Z]\s*\}\s*$"), ""),  # a one-letter unit at the end
 ]
-_PERCENT_RE = re.compile(r"\\%|%|\\text\{\s*percent\s*\}|\bpercent\b")
+_PERCENT_RE = re.compile(
+    r"\\%|%|\\text\{\s*(?:percent|percentage|pct)\s*\}|(?<![a-zA-Z])(?:percentage|percent|pct)(?![a-zA-Z])"
+)
 _THOUSANDS_RE = re.compile(r"-?\d{1,3}(?:(?:,|\{,\}|\\,| )\d{3})+(?:\.\d+)?")
 
 
@@ -70,8 +119,38 @@ def unwrap(text: str, pattern: re.Pattern[str], keep=lambda inner: inner) -> str
     return text
 
 
+_WORDS_RE = re.compile(r"\s*[a-zA-Z]{2,}[a-zA-Z .\-/]*(?:\^\{?[23]\}?)?\s*")
+_CONNECTIVES = {"and", "or", ",and", ",or", "for", "to"}
+_TRAILING_WORDS_RE = re.compile(r"^([^a-zA-Z\\]*\d[^a-zA-Z\\]*?)\s+([a-zA-Z]{2,}(?:[\s\-][a-zA-Z]+)*)\.?$")
+_PLAIN_SQRT_RE = re.compile(r"(?<![\\a-zA-Z])sqrt\s*\(")
+_PLAIN_PI_RE = re.compile(r"(?<![\\a-zA-Z])pi(?![a-zA-Z])")
+
+
 def _keep_text(inner: str) -> str:
-    return " " if _UNIT_TEXT_RE.match(inner) else inner
+    """A \\text{…} next to a value: units ("cm", " inches per second") go, connectives ("or") stay."""
+    if _UNIT_TEXT_RE.match(inner):
+        return " "
+    if _WORDS_RE.fullmatch(inner) and inner.strip().lower() not in _CONNECTIVES:
+        return " "
+    return inner
+
+
+def _plain_sqrt(s: str) -> str:
+    """sqrt(3) -> \\sqrt{3} (balanced parentheses)."""
+    for _ in range(20):
+        match = _PLAIN_SQRT_RE.search(s)
+        if not match:
+            return s
+        depth, end = 0, None
+        for j in range(match.end() - 1, len(s)):
+            depth += {"(": 1, ")": -1}.get(s[j], 0)
+            if depth == 0:
+                end = j
+                break
+        if end is None:
+            return s
+        s = s[: match.start()] + "\\sqrt{" + s[match.end() : end] + "}" + s[end + 1 :]
+    return s
 
 
 def clean(text: str) -> Cleaned:
@@ -90,7 +169,8 @@ def clean(text: str) -> Cleaned:
         s.strip()
     )
     s = _UNIT_POWER_RE.sub(" ", s)
-    s = unwrap(s, _WRAPPER_RE, (lambda inner: inner) if text_only else _keep_text)
+    has_digit = re.search(r"\d", s) is not None
+    s = unwrap(s, _WRAPPER_RE, (lambda inner: inner) if text_only or not has_digit else _keep_text)
     s = re.sub(r"\s+", " ", s).strip()
     s = re.sub(r"^(?:the answer is|answer:|answer is)\s*", "", s, flags=re.IGNORECASE)
     s = s.rstrip(".").strip() if not re.search(r"\d\.$", s) or s.endswith("..") else s.rstrip(".")
@@ -98,6 +178,15 @@ def clean(text: str) -> Cleaned:
         previous = None
         while previous != s:
             previous, s = s, _TRAILING_UNIT_RE.sub("", s).strip()
+        trailing = _TRAILING_WORDS_RE.match(s)  # "5 inches per second": words after a number are units
+        if trailing and not set(trailing.group(2).lower().split()) & _CONNECTIVES:
+            s = trailing.group(1).strip()
+    if "sqrt" in s:
+        s = _plain_sqrt(s)
+    s = _PLAIN_PI_RE.sub(r"\\pi ", s)
+    s = re.sub(r",\s*(?:and|or)\s+", ", ", s)  # the Oxford comma: "a, b, and c"
+    s = _MIXED_RE.sub(_mixed, s)
+    s = _number_words(s)
     if _THOUSANDS_RE.fullmatch(s):
         s = re.sub(r"\{,\}|\\,|,| ", "", s)
     s = re.sub(r"(?<=\d)\{,\}(?=\d{3})", "", s)

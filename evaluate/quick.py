@@ -11,6 +11,7 @@ exponent and factorial sizes so `10^{10^{10^{10}}}` raises `TooLarge` instead of
 from __future__ import annotations
 
 import ast
+import functools
 import math
 import random
 import re
@@ -23,6 +24,7 @@ _CTX = mpmath.mp.__class__()  # our own context: its precision is set once here 
 _CTX.dps = 40
 MAX_EXPONENT = 10**12
 MAX_FACTORIAL = 10**6
+MIN_EXPONENT = 1e-30
 MAX_LENGTH = 400
 
 
@@ -53,7 +55,7 @@ _FUNCS1 = {
 _MACRO_FUNCS = {f"\\{name}": name for name in _FUNCS1 if name not in ("sqrt", "abs")}
 _TOKEN_RE = re.compile(
     r"\s+|(?P<num>\d+(?:\.\d*)?(?:[eE][+-]?\d+(?![a-zA-Z]))?|\.\d+)|(?P<macro>\\[a-zA-Z]+)|(?P<letter>[a-zA-Z])"
-    r"|(?P<op>[-+*/^!(){}|])|(?P<bad>.)"
+    r"|(?P<op>[-+*/^!(){}|_=\[\]])|(?P<bad>.)"
 )
 _GREEK = {
     "alpha",
@@ -82,6 +84,8 @@ class Parsed:
     numbers: tuple[str, ...]
     variables: frozenset[str]
     decimal: bool
+    sums: bool = False  # holds a \\sum or \\prod: evaluate at integer points
+    indexed: bool = False  # holds a subscripted term (x_1, a_{n}): an unknown sequence
 
 
 def _group(tokens: list[tuple[str, str]], i: int, parens: bool = False) -> tuple[list[tuple[str, str]], int]:
@@ -120,6 +124,23 @@ def _lex(text: str) -> list[tuple[str, str]]:
     return tokens
 
 
+def _letter(tokens: list[tuple[str, str]], i: int, out: list[tuple[str, str]], numbers: list[str]) -> int:
+    """A variable (x), a constant (e, i) or a term of a sequence (x_1, a_{n-k-1}); three letters are a word."""
+    text = tokens[i][1]
+    if i + 2 < len(tokens) and tokens[i + 1][0] == "letter" and tokens[i + 2][0] == "letter":
+        raise Unsupported("a word")
+    if i + 1 < len(tokens) and tokens[i + 1][1] == "_":
+        sub, i = _group(tokens, i + 2)
+        if not sub:
+            raise Unsupported("empty subscript")
+        out.extend([("func", "_idx"), ("(", "("), ("op", f"'{text}',")])
+        _translate(sub, out, numbers)
+        out.append((")", ")"))
+        return i
+    out.append(("name", {"e": "E", "i": "I"}.get(text, f"v_{text}")))
+    return i + 1
+
+
 def _translate(tokens: list[tuple[str, str]], out: list[tuple[str, str]], numbers: list[str]) -> None:
     """Appends (kind, python_text) pieces for `tokens` to `out`."""
     i = 0
@@ -133,15 +154,7 @@ def _translate(tokens: list[tuple[str, str]], out: list[tuple[str, str]], number
             out.append(("num", f"_n{len(numbers) - 1}"))
             i += 1
         elif kind == "letter":
-            if (
-                i + 1 < len(tokens)
-                and tokens[i + 1][0] == "letter"
-                and i + 2 < len(tokens)
-                and tokens[i + 2][0] == "letter"
-            ):
-                raise Unsupported("a word")
-            out.append(("name", {"e": "E", "i": "I"}.get(text, f"v_{text}")))
-            i += 1
+            i = _letter(tokens, i, out, numbers)
         elif kind == "macro":
             i = _macro(tokens, i, out, numbers)
         elif text in "({":
@@ -157,7 +170,7 @@ def _translate(tokens: list[tuple[str, str]], out: list[tuple[str, str]], number
             abs_open = not abs_open
             i += 1
         elif text == "^":
-            arg, i = _group(tokens, i + 1)
+            arg, i = _group(tokens, i + 1, parens=True)
             out.append(("op", "**"))
             out.append(("(", "("))
             _translate(arg, out, numbers)
@@ -172,8 +185,73 @@ def _translate(tokens: list[tuple[str, str]], out: list[tuple[str, str]], number
         raise Unsupported("unbalanced |")
 
 
+def _function(tokens: list[tuple[str, str]], i: int, out: list[tuple[str, str]], numbers: list[str]) -> int:
+    """\\sin x, \\cos(2x), \\tan\\frac{\\pi}{4}, \\sin^2 x (a power of the value), \\log_2 8 (a base)."""
+    name, power, base = _MACRO_FUNCS[tokens[i][1]], None, None
+    i += 1
+    if i < len(tokens) and tokens[i][1] == "^":
+        power, i = _group(tokens, i + 1)
+        if [t for _, t in power] in (["-", "1"], ["-1"]):
+            raise Unsupported("an inverse function written as a power")
+    elif i < len(tokens) and tokens[i][1] == "_" and name == "log":
+        base, i = _group(tokens, i + 1)
+    if i < len(tokens) and tokens[i][0] == "macro" and tokens[i][1] not in _MACRO_FUNCS:
+        arg: list[tuple[str, str]] = []
+        inner: list[tuple[str, str]] = []
+        i = _macro(tokens, i, inner, numbers)
+    else:
+        arg, i = _group(tokens, i, parens=True)
+        inner = []
+    out.extend([("(", "("), ("func", "ln" if base else name), ("(", "(")])
+    if inner:
+        out.extend(inner)
+    else:
+        _translate(arg, out, numbers)
+    out.append((")", ")"))
+    if base is not None:
+        out.extend([("op", "/"), ("func", "ln"), ("(", "(")])
+        _translate(base, out, numbers)
+        out.append((")", ")"))
+    out.append((")", ")"))
+    if power is not None:
+        out.extend([("op", "**"), ("(", "(")])
+        _translate(power, out, numbers)
+        out.append((")", ")"))
+    return i
+
+
+def _big_operator(tokens: list[tuple[str, str]], i: int, out: list[tuple[str, str]], numbers: list[str]) -> int:
+    """`\\sum_{k=lo}^{hi} body` / `\\prod…`: the body runs to the next + or - outside brackets."""
+    name = "_sum" if tokens[i][1] == "\\sum" else "_prod"
+    if i + 2 >= len(tokens) or tokens[i + 1][1] != "_":
+        raise Unsupported("sum without bounds")
+    below, j = _group(tokens, i + 2)
+    if j >= len(tokens) or tokens[j][1] != "^" or len(below) < 3 or below[0][0] != "letter" or below[1][1] != "=":
+        raise Unsupported("sum bounds")
+    above, j = _group(tokens, j + 1)
+    depth, end = 0, j
+    while end < len(tokens):
+        text = tokens[end][1]
+        depth += 1 if text in "({" else -1 if text in ")}" else 0
+        if depth == 0 and text in "+-=" and end > j:
+            break
+        end += 1
+    if end == j:
+        raise Unsupported("sum without a body")
+    out.extend([("func", name), ("(", "("), ("op", f"'{below[0][1]}',")])
+    _translate(below[2:], out, numbers)
+    out.append(("op", ","))
+    _translate(above, out, numbers)
+    out.append(("op", ","))
+    _translate(tokens[j:end], out, numbers)
+    out.append((")", ")"))
+    return end
+
+
 def _macro(tokens: list[tuple[str, str]], i: int, out: list[tuple[str, str]], numbers: list[str]) -> int:
     text = tokens[i][1]
+    if text in ("\\sum", "\\prod"):
+        return _big_operator(tokens, i, out, numbers)
     if text == "\\frac":
         num, i = _group(tokens, i + 1)
         den, i = _group(tokens, i)
@@ -191,8 +269,18 @@ def _macro(tokens: list[tuple[str, str]], i: int, out: list[tuple[str, str]], nu
             out.append((")", ")"))
         return i
     if text == "\\sqrt":
-        if i + 1 < len(tokens) and tokens[i + 1][1] == "[":
-            raise Unsupported("nth root")
+        if i + 1 < len(tokens) and tokens[i + 1][1] == "[":  # \\sqrt[n]{x} = x^(1/n)
+            close = next((j for j in range(i + 2, len(tokens)) if tokens[j][1] == "]"), None)
+            if close is None or close == i + 2:
+                raise Unsupported("nth root")
+            degree = tokens[i + 2 : close]
+            arg, i = _group(tokens, close + 1)
+            out.extend([("func", "root"), ("(", "(")])
+            _translate(arg, out, numbers)
+            out.append(("op", ","))
+            _translate(degree, out, numbers)
+            out.append((")", ")"))
+            return i
         arg, i = _group(tokens, i + 1)
         out.append(("func", "sqrt"))
         out.append(("(", "("))
@@ -210,14 +298,7 @@ def _macro(tokens: list[tuple[str, str]], i: int, out: list[tuple[str, str]], nu
         out.append((")", ")"))
         return i
     if text in _MACRO_FUNCS:
-        if i + 1 < len(tokens) and tokens[i + 1][1] in ("^", "_"):
-            raise Unsupported("function power or base")
-        arg, i = _group(tokens, i + 1, parens=True)
-        out.append(("func", _MACRO_FUNCS[text]))
-        out.append(("(", "("))
-        _translate(arg, out, numbers)
-        out.append((")", ")"))
-        return i
+        return _function(tokens, i, out, numbers)
     simple = {
         "\\pi": ("name", "pi"),
         "\\cdot": ("op", "*"),
@@ -254,10 +335,32 @@ def _factorial(out: list[tuple[str, str]]) -> None:
     out.extend([("func", "fact"), ("(", "(")] + operand + [(")", ")")])
 
 
+SIDE_BY_SIDE = re.compile(r"(?<![\d_^.])\d+\s+\.?\d")  # "11 6/6", "4 4/9 2": not a product a reader would write
+
+
 def parse(text: str) -> Parsed:
-    """Translates a simple LaTeX expression (raises Unsupported otherwise)."""
+    """Translates a simple LaTeX expression (raises Unsupported otherwise); cached (a Parsed is never changed)."""
+    found = _parse_cached(text)
+    if isinstance(found, Unsupported):
+        raise Unsupported(str(found))
+    return found
+
+
+@functools.lru_cache(maxsize=16384)
+def _parse_cached(text: str) -> Parsed | Unsupported:
+    try:
+        return _parse(text)
+    except Unsupported as error:
+        return error
+    except RecursionError:
+        return Unsupported("nested too deeply")
+
+
+def _parse(text: str) -> Parsed:
     if len(text) > MAX_LENGTH:
         raise Unsupported("too long")
+    if SIDE_BY_SIDE.search(text):
+        raise Unsupported("numbers side by side")
     tokens = _lex(text)
     if not tokens:
         raise Unsupported("empty")
@@ -276,14 +379,22 @@ def parse(text: str) -> Parsed:
         tree = ast.parse(source, mode="eval")
     except SyntaxError:
         raise Unsupported("not an expression") from None
-    variables = frozenset(node.id for node in ast.walk(tree) if isinstance(node, ast.Name) and node.id.startswith("v_"))
+    names = {node.id for node in ast.walk(tree) if isinstance(node, ast.Name) and node.id.startswith("v_")}
+    bound = {
+        f"v_{node.args[0].value}"
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call) and getattr(node.func, "id", "") in ("_sum", "_prod") and node.args
+        if isinstance(node.args[0], ast.Constant)
+    }
     decimal = any("." in n or "e" in n.lower() for n in numbers)
-    return Parsed(tree, tuple(numbers), variables, decimal)
+    return Parsed(tree, tuple(numbers), frozenset(names - bound), decimal, bool(bound), "_idx" in source)
 
 
 def _power(base, exponent):
     if abs(exponent) > MAX_EXPONENT and abs(base) not in (0, 1):
         raise TooLarge("exponent")
+    if 0 < abs(exponent) < MIN_EXPONENT and abs(base) not in (0, 1):
+        raise TooLarge("exponent too small to tell the power from 1 at this precision")
     if _CTX.isinf(base) or _CTX.isinf(exponent):
         return base**exponent
     magnitude = abs(exponent) * (_CTX.log(abs(base), 2) if base != 0 else 0)
@@ -296,6 +407,13 @@ def _fact(x):
     if abs(x) > MAX_FACTORIAL:
         raise TooLarge("factorial")
     return _CTX.factorial(x)
+
+
+def _root(x, n):
+    """The n-th root; the real one for a negative number and an odd integer n (\\sqrt[3]{-8} = -2)."""
+    if _CTX.im(x) == 0 and x < 0 and _CTX.isint(n) and int(n) % 2 == 1:
+        return -_power(-x, 1 / n)
+    return _power(x, 1 / n)
 
 
 def _binom(n, k):
@@ -315,10 +433,38 @@ _FUNCS = {**_FUNCS1, "fact": _fact}
 _CONSTANTS = {"pi": _CTX.pi, "E": _CTX.e, "I": _CTX.mpc(0, 1), "oo": _CTX.inf}
 
 
+MAX_TERMS = 10_000
+
+
+def _term(node, walk, point):
+    """x_1, a_{n-k-1}: an unknown sequence, modelled as a fixed pseudo-random function of (name, index)."""
+    name, index = node.args[0].value, walk(node.args[1])
+    key = _CTX.nstr(index, 15) if not isinstance(index, mpmath.mpc) else str(index)
+    return _CTX.mpf(random.Random(f"seq:{name}:{key}").uniform(0.6, 2.4))
+
+
+def _big(node, walk, point):
+    var, lo, hi = node.args[0].value, walk(node.args[1]), walk(node.args[2])
+    if not (_CTX.isint(lo) and _CTX.isint(hi)):
+        raise Unsupported("sum bounds are not integers")
+    if hi - lo > MAX_TERMS:
+        raise Unsupported("too many terms")
+    total = _CTX.mpf(0 if node.func.id == "_sum" else 1)
+    for k in range(int(lo), int(hi) + 1):
+        point[f"v_{var}"] = _CTX.mpf(k)
+        value = walk(node.args[3])
+        total = total + value if node.func.id == "_sum" else total * value
+    point.pop(f"v_{var}", None)
+    return total
+
+
+_SPECIAL = {"_idx": _term, "_sum": _big, "_prod": _big}
+
+
 def evaluate(parsed: Parsed, point: dict[str, object] | None = None):
     """The value of `parsed` (an mpf or mpc) with variables taken from `point`."""
     numbers = [_CTX.mpf(n) for n in parsed.numbers]
-    point = point or {}
+    point = dict(point or {})
 
     def walk(node):
         if isinstance(node, ast.Expression):
@@ -336,10 +482,14 @@ def evaluate(parsed: Parsed, point: dict[str, object] | None = None):
             if node.id in point:
                 return point[node.id]
             raise Unsupported(f"unbound {node.id}")
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in _SPECIAL:
+            return _SPECIAL[node.func.id](node, walk, point)
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and not node.keywords:
             args = [walk(arg) for arg in node.args]
             if node.func.id == "binom" and len(args) == 2:
                 return _binom(*args)
+            if node.func.id == "root" and len(args) == 2:
+                return _root(*args)
             if node.func.id in _FUNCS and len(args) == 1:
                 return _FUNCS[node.func.id](args[0])
         raise Unsupported(f"node {type(node).__name__}")
@@ -412,11 +562,15 @@ def exact(parsed: Parsed) -> Fraction:
     return walk(parsed.tree)
 
 
-def points(variables: frozenset[str] | set[str], count: int = 4) -> list[dict[str, object]]:
-    """Deterministic test points: variable values from a per-name seed (the last point negative)."""
+def points(variables: frozenset[str] | set[str], count: int = 4, integers: bool = False) -> list[dict[str, object]]:
+    """Deterministic test points: variable values from a per-name seed (the last point negative); with
+    `integers` (sums and products), small positive integers instead."""
     out = []
     for k in range(count):
         point = {}
+        if integers:
+            out.append({name: _CTX.mpf(2 + k * 2 + j) for j, name in enumerate(sorted(variables))})
+            continue
         for name in sorted(variables):
             value = random.Random(f"{name}:{k}").uniform(0.6, 2.4)
             point[name] = _CTX.mpf(-value if k == count - 1 else value)
@@ -438,4 +592,4 @@ def mpf(value) -> object:
 
 
 def is_real(value) -> bool:
-    return not isinstance(value, mpmath.mpc) or value.imag == 0
+    return _CTX.im(value) == 0

@@ -30,10 +30,11 @@ from mathforge.backends import Backend
 from mathforge.backends import make_backend as make_chat_backend
 from mathforge.config import to_dict
 from mathforge.errors import ConfigError
+from mathforge.evaluate.answer import NONE, answer_of, grader_errors, parse_answer
 from mathforge.evaluate.benchmarks import Benchmark, load_benchmark
 from mathforge.evaluate.config import EvalConfig, eval_config
 from mathforge.evaluate.extract import STYLES, extract_answer
-from mathforge.evaluate.grade import grade
+from mathforge.evaluate.grade import grade_parsed
 from mathforge.evaluate.metrics import breakdown, majority, summarize
 from mathforge.evaluate.sandbox import Sandbox, require_safe
 from mathforge.evaluate.tool import TOOL_INSTRUCTION, generate_with_tools
@@ -79,10 +80,23 @@ def _chunks(items: Sequence[Any], size: int):
         yield items[start : start + size]
 
 
-def _extract(output: str, style: str) -> str | None:
-    """The prompt's preferred answer style first, then the automatic order."""
-    found = extract_answer(output, style) if style != "auto" else None
-    return found if found is not None else extract_answer(output)
+def _extract(output: str, style: str, boxes: str = "join") -> str | None:
+    """The prompt's preferred answer style first, then what `grade` reads from a response (`answer_of`)."""
+    found = extract_answer(output, style, boxes) if style != "auto" else None
+    return found if found is not None else answer_of(output, boxes)
+
+
+def grade_item(gold: str, extracted: Sequence[str | None], boxes: str = "join") -> dict[str, Any]:
+    """Verdicts of one problem's samples: the gold parsed once, each extracted answer parsed once; the majority
+    vote groups answers with the lenient grader. Returns lenient, strict (lists) and voted (an index or None)."""
+    gold_answer = parse_answer(gold, "gold", boxes)
+    parsed = [parse_answer(e, "response", boxes) if e is not None else NONE for e in extracted]
+    by_text = dict(zip(extracted, parsed))
+    return {
+        "lenient": [grade_parsed(p, gold_answer) for p in parsed],
+        "strict": [grade_parsed(p, gold_answer, "strict") for p in parsed],
+        "voted": majority(extracted, lambda a, b: grade_parsed(by_text[a], by_text[b])),
+    }
 
 
 def evaluate_benchmark(
@@ -100,8 +114,11 @@ def evaluate_benchmark(
     chunk: int = 64,
     progress: Any = None,
     sandbox: Sandbox | None = None,
+    boxes: str = "join",
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Scores for one benchmark and its per-sample records (`sandbox` runs the model's code when `tool`)."""
+    """Scores for one benchmark and its per-sample records (`sandbox` runs the model's code when `tool`;
+    `boxes`: how several boxes in one answer are read, see `mathforge.evaluate.extract`). The scores count
+    `grader_errors`: unexpected failures inside the grader (graded "not equal"; 0 unless there is a bug)."""
     questions = [f"{item.question}\n\n{TOOL_INSTRUCTION}" if tool else item.question for item in bench.items]
     rendered = [prompt.render(q, chat=chat) for q in questions]
     task = progress.add_task(bench.name, total=len(rendered)) if progress is not None else None
@@ -133,11 +150,11 @@ def evaluate_benchmark(
         if progress is not None:
             progress.advance(task, len(part))
     records, samples = [], []
+    errors_before = grader_errors()
     for item, outs in zip(bench.items, outputs):
-        extracted = [_extract(o, prompt.style) for o in outs]
-        lenient = [e is not None and grade(e, item.gold) for e in extracted]
-        strict = [e is not None and grade(e, item.gold, mode="strict") for e in extracted]
-        voted = majority(extracted, lambda a, b: grade(a, b))
+        extracted = [_extract(o, prompt.style, boxes) for o in outs]
+        verdicts = grade_item(item.gold, extracted, boxes)
+        lenient, strict, voted = verdicts["lenient"], verdicts["strict"], verdicts["voted"]
         maj_correct = voted is not None and lenient[voted]
         records.append(
             {"correct": {"lenient": lenient, "strict": strict}, "maj_correct": maj_correct, "meta": item.meta}
@@ -162,6 +179,7 @@ def evaluate_benchmark(
     if any("level" in r["meta"] for r in records):
         scores["by_level"] = breakdown(records, "level", n)
     scores["skipped"] = bench.skipped
+    scores["grader_errors"] = grader_errors() - errors_before
     return scores, samples
 
 
@@ -204,6 +222,8 @@ def markdown_table(results: dict[str, Any]) -> str:
                     f"| {v} | {g['count']} | {100 * g['accuracy_lenient']:.1f} | {100 * g['accuracy_strict']:.1f} |"
                     for v, g in s[key].items()
                 ]
+    errors = sum(s.get("grader_errors", 0) for s in benches.values())
+    lines += ["", f"grader errors: {errors}" + (" (graded not equal; please report them)" if errors else "")]
     return "\n".join(lines) + "\n"
 
 
@@ -411,6 +431,7 @@ def _run_eval(
                 seed=config.seed,
                 progress=progress,
                 sandbox=sandbox,
+                boxes=config.boxes,
             )
             scores["prompt"] = chosen.name
             scores["seconds"] = round(time.perf_counter() - start, 3)

@@ -18,8 +18,15 @@ MAX_LENGTH = 300
 _TOWER_RE = re.compile(r"\^\s*\{[^}]*\^|\^\s*\{?\s*\d{7,}|\d{6,}\s*!|!\s*!")
 
 
+_NOT_MATH_RE = re.compile(r"(?<!\\sqrt)\[|:|\d_")  # lists in brackets, ratios, times, bases: not for sympy
+
+
 class GradeTimeout(RuntimeError):
     """A comparison ran past its time budget."""
+
+
+class Unreadable(ValueError):
+    """latex2sympy2_extended could not parse the text (garbage or LaTeX it does not know)."""
 
 
 def run_bounded(fn: Callable[..., Any], *args: Any, timeout: float) -> Any:
@@ -44,14 +51,37 @@ def run_bounded(fn: Callable[..., Any], *args: Any, timeout: float) -> Any:
 
 def screen(text: str) -> bool:
     """True when `text` is safe to hand to sympy (short, no exponent towers or huge factorials)."""
-    return len(text) <= MAX_LENGTH and not _TOWER_RE.search(text)
+    return (
+        len(text) <= MAX_LENGTH
+        and re.search(r"[0-9a-zA-Z]", text) is not None
+        and not _TOWER_RE.search(text)
+        and not quick.SIDE_BY_SIDE.search(text)
+        and not _NOT_MATH_RE.search(text)
+    )
+
+
+_LOADED: list[bool] = []
+
+
+def load() -> None:
+    """Imports sympy and the LaTeX parser and builds the parser once, in the caller's thread (a one-off cost,
+    not a grading cost)."""
+    if _LOADED:
+        return
+    from latex2sympy2_extended import latex2sympy
+
+    latex2sympy("\\sqrt[3]{8} + \\sin(x)")
+    _LOADED.append(True)
 
 
 def to_sympy(text: str):
-    """latex2sympy2_extended's parse of `text` (may raise anything on garbage)."""
+    """latex2sympy2_extended's parse of `text` (Unreadable when it cannot)."""
     from latex2sympy2_extended import latex2sympy
 
-    return latex2sympy(text)
+    try:
+        return latex2sympy(text)
+    except Exception as error:  # noqa: BLE001 - the parser raises many kinds on garbage: one kind here
+        raise Unreadable(f"{type(error).__name__}: {str(error)[:80]}") from None
 
 
 def _safe_tree(expr) -> bool:
@@ -60,7 +90,7 @@ def _safe_tree(expr) -> bool:
     for node in sympy.preorder_traversal(expr):
         if isinstance(node, sympy.Pow) and node.exp.is_number:
             try:
-                if abs(float(node.exp)) > 10**6:
+                if abs(float(node.exp)) > 10**6 or 0 < abs(float(node.exp)) < quick.MIN_EXPONENT:
                     return False
             except (TypeError, ValueError, OverflowError):
                 return False
@@ -100,6 +130,8 @@ def compare(a_text: str, b_text: str, rel: float) -> bool | None:
     if not (_safe_tree(a) and _safe_tree(b)):
         return sympy.srepr(a) == sympy.srepr(b)
     symbols = sorted(a.free_symbols | b.free_symbols, key=str)
+    if a.has(sympy.Sum, sympy.Product) or b.has(sympy.Sum, sympy.Product):
+        return _compare_sums(a, b, symbols, rel)
     if not symbols:
         return quick.close(_numeric(a), _numeric(b), rel)
     names = {str(s): s for s in symbols}
@@ -114,3 +146,47 @@ def compare(a_text: str, b_text: str, rel: float) -> bool | None:
             return False
         agree += 1
     return agree >= 2 or None
+
+
+SUM_POINTS = (2, 3, 5, 7)
+
+
+def _compare_sums(a, b, symbols, rel: float) -> bool | None:
+    """Sums and products: compared at small positive integers for every free symbol (no general simplify).
+
+    A symbolic sum such as `\\sum_{k=0}^{n-1} F_{n-k-1} F_k` is unrolled at n = 2, 3, 5, 7, which costs a few
+    terms instead of sympy's summation algorithms; bounds past 10^4 terms are refused (None)."""
+    import sympy
+
+    agree = 0
+    for k in SUM_POINTS:
+        subs = {s: sympy.Integer(k + i) for i, s in enumerate(symbols)}
+        try:
+            va, vb = (_unrolled(x.subs(subs)) for x in (a, b))
+            va, vb = _numeric(va), _numeric(vb)
+        except (ValueError, TypeError, ZeroDivisionError, AttributeError):
+            return None
+        if not quick.close(va, vb, rel if not symbols else 1e-12):
+            return False
+        agree += 1
+    return agree >= 2 or None
+
+
+def _unrolled(expr):
+    """expr with every Sum / Product of at most 10^4 terms replaced by its value."""
+    import sympy
+
+    def visit(node):
+        if isinstance(node, (sympy.Sum, sympy.Product)):
+            body = visit(node.function)
+            for var, lo, hi in node.limits:
+                if not (lo.is_Integer and hi.is_Integer) or hi - lo > 10**4:
+                    raise ValueError("a sum with symbolic or huge bounds")
+                terms = [body.subs(var, v) for v in range(int(lo), int(hi) + 1)]
+                body = sympy.Add(*terms) if isinstance(node, sympy.Sum) else sympy.Mul(*terms)
+            return body
+        if node.args:
+            return node.func(*[visit(arg) for arg in node.args])
+        return node
+
+    return visit(expr)

@@ -1,0 +1,188 @@
+"""Scalar comparison: the fast exact path (`quick`), then latex2sympy2_extended + sympy (`symbolic`, bounded by the
+grade's deadline), then text; and the proportionality test equations and relations share.
+
+Every step notes what decided in `Ctx.trace` when explaining (`grade.explain`); the notes are only built then.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass, field
+
+from mathforge.evaluate import quick, symbolic
+
+REL_TOL = 1e-4
+_WORD_RE = re.compile(r"(?<![\\a-zA-Z])[a-zA-Z]{3,}")
+_PLAIN_NUMBER_RE = re.compile(r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)")
+
+
+@dataclass
+class Ctx:
+    """One comparison's settings: percent signs on each side, the sympy deadline, the explain trace."""
+
+    percent_pred: bool
+    percent_gold: bool
+    deadline: float
+    trace: list[str] | None = field(default=None)
+
+    def note(self, message: str) -> None:
+        if self.trace is not None:
+            self.trace.append(message)
+
+
+def proportional(a: str, b: str, sign: int = 0) -> bool | None:
+    """Whether two expressions are proportional at the test points (ratio > 0 when sign=1, < 0 when -1)."""
+    try:
+        da, db = quick.parse(a), quick.parse(b)
+        variables = da.variables | db.variables
+        if not variables:
+            return None
+        ratios = []
+        for point in quick.points(variables, integers=da.sums or db.sums):
+            x, y = quick.evaluate(da, point), quick.evaluate(db, point)
+            if x == 0 or y == 0:
+                if x != y:
+                    return False
+                continue
+            ratios.append(x / y)
+    except (quick.Unsupported, quick.TooLarge, ZeroDivisionError, ValueError, OverflowError, TypeError):
+        return None
+    if len(ratios) < 2 or not all(quick.is_real(r) for r in ratios):
+        return None
+    tolerance = REL_TOL if (da.decimal or db.decimal) else 1e-9
+    same = all(quick.close(r, ratios[0], tolerance) for r in ratios)
+    return same and (sign == 0 or (ratios[0] > 0) == (sign > 0))
+
+
+def scalar_equal(p: str, g: str, ctx: Ctx) -> bool:
+    if squash(p) == squash(g):
+        ctx.note(f"same text: {p!r}")
+        return bool(p)
+    verdict = _quick_equal(p, g, ctx)
+    if verdict is not None:
+        return verdict
+    if symbolic.screen(p) and symbolic.screen(g) and not (_WORD_RE.search(p) or _WORD_RE.search(g)):
+        verdict = _symbolic_equal(p, g, ctx)
+        if verdict is not None:
+            return verdict
+    verdict = _text_key(p) == _text_key(g) and bool(_text_key(p))
+    ctx.note(f"text: {_text_key(p)!r} vs {_text_key(g)!r}: {'equal' if verdict else 'differ'}")
+    return verdict
+
+
+def _symbolic_equal(p: str, g: str, ctx: Ctx) -> bool | None:
+    start = time.monotonic()
+    symbolic.load()
+    ctx.deadline += time.monotonic() - start  # a one-off import is not part of the budget
+    left = ctx.deadline - time.monotonic()
+    if left <= 0:
+        ctx.note("sympy: no time left, cannot tell")
+        return None
+    rel = REL_TOL if re.search(r"\d\.\d|\d\.(?!\d)|\.\d", p + " " + g) else 1e-12
+    try:
+        verdict = symbolic.run_bounded(symbolic.compare, p, g, rel, timeout=left)
+    except symbolic.GradeTimeout:
+        ctx.note("sympy: out of time, cannot tell")
+        return None
+    except symbolic.Unreadable as error:
+        ctx.note(f"sympy: cannot read ({error})")
+        return None
+    ctx.note(f"sympy: {'cannot tell' if verdict is None else 'equal' if verdict else 'differ'}")
+    return verdict
+
+
+def _text_key(text: str) -> str:
+    text = re.sub(r"\\text\{([^}]*)\}", r"\1", text)
+    text = re.sub(r"^\(?([A-Ea-e])\)?$", r"\1", text.strip())
+    return re.sub(r"[^a-z0-9.\-+/:]", "", text.lower())
+
+
+def _quick_equal(p: str, g: str, ctx: Ctx) -> bool | None:
+    """Verdict from the fast path, or None when it cannot read both sides."""
+    try:
+        qp, qg = quick.parse(p), quick.parse(g)
+    except (quick.Unsupported, RecursionError):
+        return None
+    try:
+        variables = qp.variables | qg.variables
+        if variables:
+            return _quick_points(qp, qg, variables, ctx)
+        a, b = quick.evaluate(qp), quick.evaluate(qg)
+    except quick.TooLarge:
+        ctx.note("fast path: a value too large to compute: not equal")
+        return False
+    except (ZeroDivisionError, ValueError, OverflowError, TypeError, RecursionError):
+        return None
+    if not (qp.decimal or qg.decimal):
+        try:
+            ea, eb = quick.exact(qp), quick.exact(qg)
+        except (quick.Unsupported, ZeroDivisionError, ValueError, OverflowError, RecursionError):
+            pass
+        else:
+            preds_exact = _with_percent(ea, ctx.percent_pred, g)
+            golds_exact = _with_percent(eb, ctx.percent_gold, p)
+            verdict = any(x == y for x in preds_exact for y in golds_exact)
+            if ctx.trace is not None:
+                ctx.note(f"fast path: exact rationals {_fraction(ea)} vs {_fraction(eb)}: {_word(verdict)}")
+            return verdict
+    rel = REL_TOL if (qp.decimal or qg.decimal) else 1e-30
+    preds = _with_percent(a, ctx.percent_pred, g)
+    golds = _with_percent(b, ctx.percent_gold, p)
+    verdict = any(quick.close(x, y, rel) for x in preds for y in golds)
+    if ctx.trace is not None:
+        ctx.note(f"fast path: values {_short(a)} vs {_short(b)} within {rel:g}: {_word(verdict)}")
+    return verdict
+
+
+def _with_percent(value, percent: bool, other: str) -> list:
+    """The values a side may mean: x% is x/100, and also x when the other side is a plain number ("50" for
+    "what percent?"), not when it is an expression (4 4/9% is not 40/9)."""
+    if not percent:
+        return [value]
+    return [value / 100, value] if _PLAIN_NUMBER_RE.fullmatch(other.strip()) else [value / 100]
+
+
+def _quick_points(qp, qg, variables, ctx: Ctx) -> bool | None:
+    agree = 0
+    for point in quick.points(variables, integers=qp.sums or qg.sums):
+        try:
+            a, b = quick.evaluate(qp, point), quick.evaluate(qg, point)
+        except quick.Unsupported:
+            return None
+        except (ZeroDivisionError, ValueError):
+            continue
+        if not quick.close(a, b, REL_TOL if (qp.decimal or qg.decimal) else 1e-12):
+            if not (quick.is_real(a) and quick.is_real(b)):
+                continue  # a negative base under a fractional power: branches, not a difference
+            ctx.note(f"fast path: differ at {_point(point)}")
+            return False
+        agree += 1
+    if agree >= 2:
+        ctx.note(f"fast path: equal at {agree} test points")
+        return True
+    return None
+
+
+def _word(verdict: bool) -> str:
+    return "equal" if verdict else "differ"
+
+
+def _fraction(value) -> str:
+    """A rational for the trace: exact when short, else its first digits."""
+    if max(value.numerator.bit_length(), value.denominator.bit_length()) < 200:
+        return str(value)
+    return "~" + _short(quick.mpf(value.numerator) / quick.mpf(value.denominator))
+
+
+def _short(value) -> str:
+    return quick._CTX.nstr(value, 12)
+
+
+def _point(point: dict) -> str:
+    return ", ".join(f"{k[2:]}={_short(v)}" for k, v in point.items())
+
+
+def squash(text: str) -> str:
+    """`text` without any whitespace."""
+    return re.sub(r"\s+", "", text)
