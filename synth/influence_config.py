@@ -69,16 +69,16 @@ class Gradients:
     last_blocks: int = 2  # for params = "last_blocks": every linear layer of the last k blocks
     dim: int = 8192  # projected dimension
     nonzeros: int = 4  # per input coordinate in the sparse random projection
-    normalize: Literal["none", "adam"] = "none"  # adam: candidates' features are Adam's update (needs a warm-up)
+    normalize: Literal["none", "adam"] = "adam"  # adam: candidates' features are Adam's update (needs a warm-up)
 
 
 @dataclass
 class Warmup:
-    steps: int = 0  # 0 = no warm-up: the model's weights (and zero-initialised LoRA B) as they are
+    steps: int = 100  # 0 = no warm-up: the model's weights (and zero-initialised LoRA B) as they are
     lr: float = 1e-3
     batch_size: int = 16
     source: Literal["candidates", "target"] = "candidates"
-    samples: int = 256  # the first N candidates (shard-independent), or a seeded sample of the target set
+    samples: int = 1024  # the first N candidates (shard-independent), or a seeded sample of the target set
 
 
 @dataclass

@@ -91,3 +91,25 @@ def tiny_model_folder(folder: Path, texts: list[str], seed: int = 0) -> Path:
     model.save_pretrained(folder)
     tokenizer.save_pretrained(str(folder))
     return folder
+
+
+def train_briefly(folder: Path, texts: list[str], steps: int, *, lr: float = 2e-3, batch: int = 16) -> None:
+    """`steps` AdamW steps (seeded) of plain language modelling on `texts` (all weights, 128 tokens each),
+    saved back into the model folder."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from mathforge.model import from_pretrained
+    from mathforge.synth.influence import Example, batch_loss, collate
+
+    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    model = from_pretrained(folder, dtype=torch.float32)
+    examples = [Example(tokenizer(t, add_special_tokens=False)["input_ids"][:128], 0) for t in texts]
+    optim = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(steps):
+        pick = torch.randint(len(examples), (batch,), generator=generator).tolist()
+        optim.zero_grad()
+        (batch_loss(model, collate([examples[i] for i in pick])) / batch).backward()
+        optim.step()
+    model.save_pretrained(folder)

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from _influence_utils import english_text, tiny_model_folder
+from _influence_utils import english_text, tiny_model_folder, train_briefly
 
 from mathforge.cli import main
 from mathforge.evaluate import datasets
@@ -34,7 +34,8 @@ def one_thread():
 @pytest.fixture(scope="module")
 def pool_and_model(tmp_path_factory):
     """A pool of 40 math texts (GSM8K / MATH train rows outside the target sample) and 160 English ones,
-    shuffled with a fixed seed, and a random-init `tiny` model folder with a tokenizer trained on both."""
+    shuffled with a fixed seed, and a `tiny` model folder (tokenizer trained on both) briefly trained on math
+    (30 steps on other GSM8K / MATH train rows)."""
     root = tmp_path_factory.mktemp("influence")
     rng = random.Random(0)
     gsm, mth = datasets.load("gsm8k", "train"), datasets.load("math", "train")
@@ -44,7 +45,14 @@ def pool_and_model(tmp_path_factory):
     rng.shuffle(pool)
     (root / "pool.jsonl").write_text("".join(json.dumps(r) + "\n" for r in pool))
     texts = [r["text"] for r in pool] + [r["question"] + "\n" + r["answer"] for r in gsm[:300]]
-    return root, tiny_model_folder(root / "model", texts)
+    model = tiny_model_folder(root / "model", texts)
+    train_briefly(
+        model,
+        [r["question"] + "\n" + r["answer"] for r in gsm[3000:3200]]
+        + [r["problem"] + "\n" + r["solution"] for r in mth[3000:3200]],
+        steps=30,
+    )
+    return root, model
 
 
 def config(root: Path, model: Path, output: str, **sections) -> influence_config.SelectConfig:
@@ -128,13 +136,18 @@ def test_projection_is_a_function_of_the_seed_and_the_coordinate_only():
 # ---------------------------------------------------------------- selection
 
 
-def test_top_tenth_of_a_mixed_pool_is_math_with_a_tiny_model_warmed_up_on_math(pool_and_model):
+@pytest.mark.parametrize("seed", [0, 1])
+def test_top_tenth_of_a_mixed_pool_is_math_with_a_tiny_model_briefly_trained_on_math(pool_and_model, seed):
+    """LESS's recipe: a LoRA warm-up on a sample of the pool, candidates' features normalised by its Adam
+    moments. Measured on this pool (seeds 0-3): without the warm-up (LoRA B = 0) the top tenth is 40-75% math;
+    with the warm-up alone 95-100%; with the Adam normalisation too, 95-100% (seeds 0-7)."""
     root, model = pool_and_model
-    cfg = config(root, model, "precision", warmup={"steps": 10, "source": "target", "samples": 128})
+    warmup = {"steps": 20, "source": "candidates", "samples": 128}
+    cfg = config(root, model, f"precision-{seed}", run={"seed": seed}, warmup=warmup, gradients={"normalize": "adam"})
     select.run_shard(cfg)
     manifest = select.merge(cfg, 1)
     pool = [json.loads(line) for line in (root / "pool.jsonl").read_text().splitlines()]
-    chosen = [json.loads(line) for line in (root / "precision" / "selection.jsonl").read_text().splitlines()]
+    chosen = [json.loads(line) for line in (Path(cfg.run.output) / "selection.jsonl").read_text().splitlines()]
     assert manifest["scored"] == 200 and manifest["selected"] == len(chosen) == 20
     assert sum(r["math"] for r in pool) / len(pool) == 0.2  # what a random pick would get
     precision = sum(r["math"] for r in chosen) / len(chosen)
@@ -143,7 +156,11 @@ def test_top_tenth_of_a_mixed_pool_is_math_with_a_tiny_model_warmed_up_on_math(p
 
 def test_features_are_identical_across_runs_and_shardings(pool_and_model):
     root, model = pool_and_model
-    small = {"candidates": {"sources": [str(root / "pool40.jsonl")]}, "target": {"max_examples": 16}}
+    small = {
+        "candidates": {"sources": [str(root / "pool40.jsonl")]},
+        "target": {"max_examples": 16},
+        "warmup": {"steps": 2, "samples": 16},
+    }
     (root / "pool40.jsonl").write_text("".join((root / "pool.jsonl").read_text().splitlines(True)[:40]))
     runs = {}
     for output, shards in (("once", 1), ("again", 1), ("sharded", 3)):
@@ -180,7 +197,8 @@ def test_synth_select_command_writes_outputs_resumes_and_names_a_bad_key(pool_an
         f'[run]\noutput = "{tmp_path / "out"}"\nprogress = false\nchunk_rows = 8\n'
         f'[model]\npath = "{model}"\nmax_tokens = 64\n'
         f'[candidates]\nsources = ["{pool}"]\n'
-        "[target]\nmax_examples = 8\n[gradients]\ndim = 256\n[select]\ntop_k = 5\nreport_examples = 3\n"
+        "[target]\nmax_examples = 8\n[gradients]\ndim = 256\n[warmup]\nsteps = 2\nsamples = 8\n"
+        "[select]\ntop_k = 5\nreport_examples = 3\n"
     )
     code, out, err = run_cli(["synth", "select", str(toml)], capsys)
     assert code in (0, None), err
