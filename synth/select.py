@@ -180,10 +180,12 @@ def load_model(cfg: SelectConfig, device: Any) -> tuple[Any, Any]:
     import torch
 
     from mathforge.backends import load_tokenizer
-    from mathforge.model import from_config, from_pretrained
+    from mathforge.model import PRESETS, from_config, from_pretrained
 
     dtype = getattr(torch, cfg.run.dtype)
     path = Path(cfg.model.path)
+    if not path.is_dir() and cfg.model.path not in PRESETS:
+        raise ConfigError(f"model.path = {cfg.model.path!r}: no such folder, and not a preset ({', '.join(PRESETS)})")
     if path.is_dir():
         model = from_pretrained(path, dtype=dtype, device=device)
     else:

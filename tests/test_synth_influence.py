@@ -16,6 +16,7 @@ import torch
 from _influence_utils import english_text, tiny_model_folder, train_briefly
 
 from mathforge.cli import main
+from mathforge.errors import ConfigError
 from mathforge.evaluate import datasets
 from mathforge.model import from_config
 from mathforge.synth import influence as inf
@@ -225,3 +226,19 @@ def test_synth_select_command_writes_outputs_resumes_and_names_a_bad_key(pool_an
     code, _, err = run_cli(["synth", "select", str(toml), "--set", "gradients.rank=4"], capsys)
     assert code == 2 and "gradients.rank" not in err.split("allowed")[1] and "'rank'" in err
     assert "allowed: params, lora_rank" in err
+
+
+def test_the_shipped_recipe_loads_and_feeds_the_distillation_step():
+    from mathforge.synth import config as synth_config
+
+    configs = Path(__file__).resolve().parents[1] / "synth" / "configs"
+    cfg = influence_config.load(configs / "select.toml")
+    assert (cfg.gradients.params, cfg.gradients.dim, cfg.gradients.normalize) == ("lora", 8192, "adam")
+    distill = synth_config.load(configs / "jiuzhang-distill.toml")
+    assert distill.jiuzhang.texts == [f"{cfg.run.output}/selection.jsonl"]
+
+
+def test_a_model_path_that_is_neither_a_folder_nor_a_preset_is_named(tmp_path):
+    cfg = influence_config.load(data={"model": {"path": str(tmp_path / "nope")}, "candidates": {"sources": ["x"]}})
+    with pytest.raises(ConfigError, match="model.path = .*nope.*no such folder, and not a preset"):
+        select.load_model(cfg, "cpu")
