@@ -43,9 +43,22 @@ SKIP_EXAMPLES = 5  # rows named per skip reason in select.json
 
 
 def _atomic_write(path: Path, write) -> None:
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # shards running at once never share a temporary
     write(tmp)
     os.replace(tmp, path)
+
+
+def _create_once(path: Path, write) -> None:
+    """Writes `path` unless another process made it first (then that one stands): shards that compute the
+    warm-up or the target features at the same time all end up using the same file."""
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    write(tmp)
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        pass
+    finally:
+        tmp.unlink()
 
 
 def _write_json(path: Path, value: Any) -> None:
@@ -77,7 +90,8 @@ def _check_output(cfg: SelectConfig) -> Path:
                 "choose another run.output or delete that folder"
             )
     else:
-        _write_json(settings, {"features_hash": digest, "settings": cfg.to_dict()})
+        text = json.dumps({"features_hash": digest, "settings": cfg.to_dict()}, indent=2) + "\n"
+        _create_once(settings, lambda p: p.write_text(text, encoding="utf-8"))
     return out
 
 
@@ -228,7 +242,7 @@ def build_scorer(cfg: SelectConfig, out: Path, stream: Any) -> Scorer:
                 "exp_avg": adam.exp_avg,
                 "exp_avg_sq": adam.exp_avg_sq,
             }
-            _atomic_write(warm, lambda p: torch.save(saved, p))
+            _create_once(warm, lambda p: torch.save(saved, p))
         saved = torch.load(warm, map_location=device)
         with torch.no_grad():
             for name, p in params:
@@ -241,7 +255,7 @@ def build_scorer(cfg: SelectConfig, out: Path, stream: Any) -> Scorer:
         _say(stream, f"select: target features of {len(examples)} examples from {', '.join(cfg.target.sets)}")
         feats = scorer.features(examples)
         centers = inf.centroids(feats, cfg.target.clusters, cfg.run.seed)
-        _atomic_write(
+        _create_once(
             target, lambda p: torch.save({"features": feats.half(), "centers": centers, "count": len(examples)}, p)
         )
     saved = torch.load(target, map_location="cpu")
@@ -315,6 +329,14 @@ def run_shard(cfg: SelectConfig, shard: tuple[int, int] = (0, 1), stream: Any = 
     i, n = shard
     scorer = None
     rate = Rate(cfg.run.progress, stream)
+
+    def ready() -> Scorer:  # the model is loaded (and warmed up) only when a chunk needs computing
+        nonlocal scorer
+        if scorer is None:
+            scorer = build_scorer(cfg, out, stream)
+            rate.start = rate.last = time.perf_counter()  # examples/s of the features, not of the set-up
+        return scorer
+
     stats = {"rows": 0, "scored": 0, "skipped": {}, "computed": 0, "reused": 0}
     buffer: list[tuple[int, Row]] = []
     chunk = -1
@@ -329,13 +351,11 @@ def run_shard(cfg: SelectConfig, shard: tuple[int, int] = (0, 1), stream: Any = 
             continue
         buffer.append((k, row))
         if len(buffer) == cfg.run.chunk_rows:
-            scorer = scorer or build_scorer(cfg, out, stream)
-            _compute_chunk(scorer, folder / f"chunk-{chunk:06d}", buffer, rate)
+            _compute_chunk(ready(), folder / f"chunk-{chunk:06d}", buffer, rate)
             stats["computed"] += len(buffer)
             buffer = []
     if buffer:
-        scorer = scorer or build_scorer(cfg, out, stream)
-        _compute_chunk(scorer, folder / f"chunk-{chunk:06d}", buffer, rate)
+        _compute_chunk(ready(), folder / f"chunk-{chunk:06d}", buffer, rate)
         stats["computed"] += len(buffer)
     rate.line()
     for meta in sorted(folder.glob("chunk-*.json")):
@@ -425,10 +445,11 @@ def merge(cfg: SelectConfig, n: int, stream: Any = None) -> dict[str, Any]:
     count = len(score_all)
     k = min(cfg.select.top_k, count) if cfg.select.top_k else math.ceil(cfg.select.top_fraction * count)
     order = np.lexsort((index_all, -score_all.astype(np.float64)))  # best first; ties: pool order
-    rank = {int(index_all[j]): r for r, j in enumerate(order)}
-    chosen = set(int(index_all[j]) for j in order[:k])
-    score_of = {int(i): float(s) for i, s in zip(index_all, score_all)}
-    picks = _write_outputs(cfg, out, score_of, rank, chosen)
+    rank = np.full(sum(s["rows"] for s in shards), -1, dtype=np.int64)  # by pool index; -1: not scored
+    rank[index_all[order]] = np.arange(count)
+    score_of = np.zeros(len(rank), dtype=np.float32)
+    score_of[index_all] = score_all
+    picks = _write_outputs(cfg, out, score_of, rank, k)
     manifest = _manifest(cfg, n, shards, count, k, score_all, order)
     _write_json(out / "select.json", manifest)
     _report(out, manifest, score_all, index_all, order, picks, cfg.select.report_examples)
@@ -436,32 +457,27 @@ def merge(cfg: SelectConfig, n: int, stream: Any = None) -> dict[str, Any]:
     return manifest
 
 
-def _write_outputs(cfg: SelectConfig, out: Path, score_of: dict, rank: dict, chosen: set) -> dict[int, str]:
-    """scores.jsonl and selection.jsonl in one pass over the pool; returns the texts of the report's picks."""
-    shown = cfg.select.report_examples
-    wanted = {i for i, r in rank.items() if r < shown or r >= len(rank) - shown}
+def _write_outputs(cfg: SelectConfig, out: Path, score_of: np.ndarray, rank: np.ndarray, k: int) -> dict[int, str]:
+    """scores.jsonl and selection.jsonl in one pass over the pool (`rank` and `score_of` indexed by pool index,
+    rank < k selected); returns the texts of the report's top and bottom picks."""
+    shown, scored = cfg.select.report_examples, int((rank >= 0).sum())
     picks: dict[int, str] = {}
 
     def write(paths: tuple[Path, Path]) -> None:
         with paths[0].open("w", encoding="utf-8") as scores, paths[1].open("w", encoding="utf-8") as selection:
-            for k, row in candidate_rows(cfg):
-                if k not in score_of:
+            for i, row in candidate_rows(cfg):
+                r = int(rank[i]) if i < len(rank) else -1
+                if r < 0:
                     continue
-                selected = k in chosen
-                record = {
-                    "index": k,
-                    "key": row.key,
-                    "where": row.where,
-                    "score": round(score_of[k], 6),
-                    "selected": selected,
-                }
+                score = round(float(score_of[i]), 6)
+                record = {"index": i, "key": row.key, "where": row.where, "score": score, "selected": r < k}
                 scores.write(json.dumps(record) + "\n")
-                if selected:
-                    value = {**row.value, "influence": {"score": round(score_of[k], 6), "rank": rank[k]}}
+                if r < k:
+                    value = {**row.value, "influence": {"score": score, "rank": r}}
                     selection.write(json.dumps(value, ensure_ascii=False) + "\n")
-                if k in wanted:
+                if r < shown or r >= scored - shown:
                     text = candidate_text(cfg, row)
-                    picks[k] = text[0] if text[1] is None else f"{text[0]}\n{text[1]}"
+                    picks[i] = text[0] if text[1] is None else f"{text[0]}\n{text[1]}"
 
     tmp = (out / "scores.jsonl.tmp", out / "selection.jsonl.tmp")
     write(tmp)
