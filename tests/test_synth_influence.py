@@ -176,6 +176,16 @@ def test_features_are_identical_across_runs_and_shardings(pool_and_model):
     # other batches (other shards) change float rounding in the model's matmuls, not the features beyond it
     np.testing.assert_allclose(runs["sharded"].astype(np.float32), runs["once"].astype(np.float32), atol=2e-3)
     assert runs["once"].dtype == np.float16
+    merged = {}
+    for output, shards in (("once", 1), ("sharded", 3)):
+        cfg = config(root, model, output, **small)
+        assert select.merge(cfg, shards)["scored"] == 40
+        merged[output] = [
+            json.loads(line)["score"] for line in (root / output / "scores.jsonl").read_text().splitlines()
+        ]
+    np.testing.assert_allclose(merged["sharded"], merged["once"], atol=2e-3)
+    with pytest.raises(ConfigError, match="shard 0/4 has not finished"):
+        select.merge(config(root, model, "sharded", **small), 4)
 
 
 # ---------------------------------------------------------------- the command
