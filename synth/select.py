@@ -258,6 +258,8 @@ def build_scorer(cfg: SelectConfig, out: Path, stream: Any) -> Scorer:
         _create_once(
             target, lambda p: torch.save({"features": feats.half(), "centers": centers, "count": len(examples)}, p)
         )
+        too_long = len(pairs) - len(examples)  # the prompt alone fills model.max_tokens: no solution token left
+        _write_json(state / "target.json", {"sampled": len(pairs), "examples": len(examples), "too_long": too_long})
     saved = torch.load(target, map_location="cpu")
     scorer.centers, scorer.targets = saved["centers"], saved["count"]
     if cfg.gradients.normalize == "none":
@@ -290,22 +292,50 @@ def _warmup_batches(cfg: SelectConfig, scorer: Scorer) -> Iterator[Any]:
 
 
 class Rate:
-    """`select: 1200 examples, 85.3 examples/s` on a plain line every `every_s` seconds and at the end."""
+    """Progress in examples/s. On a terminal a live line (rich); elsewhere (Slurm logs, pipes) a plain line
+    every `every_s` seconds and one at the end, as `mathforge synth` does:
+
+        select: 1200 examples, 85.3 examples/s
+    """
 
     def __init__(self, enabled: bool, stream: Any, every_s: float = 10.0) -> None:
-        self.enabled, self.stream, self.every_s = enabled, stream, every_s
+        self.enabled, self.stream, self.every_s = enabled and stream is not None, stream, every_s
         self.done, self.start = 0, time.perf_counter()
         self.last = self.start
+        self.bar = None
+        if self.enabled and getattr(stream, "isatty", lambda: False)():
+            from rich.console import Console
+            from rich.progress import Progress, SpinnerColumn, TextColumn
+
+            columns = (SpinnerColumn(), TextColumn("select: {task.completed} examples, {task.fields[rate]} examples/s"))
+            self.bar = Progress(*columns, console=Console(file=stream), transient=True)
+            self.task = self.bar.add_task("select", total=None, rate="-")
+
+    def __enter__(self) -> Rate:
+        return self
+
+    def begin(self) -> None:
+        """The set-up is done: count examples/s from now, and show the live line."""
+        self.start = self.last = time.perf_counter()
+        if self.bar is not None:
+            self.bar.start()
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+        self.line()
 
     def advance(self, count: int) -> None:
         self.done += count
         now = time.perf_counter()
-        if now - self.last >= self.every_s:
+        if self.bar is not None:
+            self.bar.update(self.task, completed=self.done, rate=f"{self.rate():.1f}")
+        elif now - self.last >= self.every_s:
             self.last = now
             self.line()
 
     def line(self) -> None:
-        if self.enabled:
+        if self.enabled and self.done:
             print(f"select: {self.done} examples, {self.rate():.1f} examples/s", file=self.stream, flush=True)
 
     def rate(self) -> float:
@@ -334,40 +364,42 @@ def run_shard(cfg: SelectConfig, shard: tuple[int, int] = (0, 1), stream: Any = 
         nonlocal scorer
         if scorer is None:
             scorer = build_scorer(cfg, out, stream)
-            rate.start = rate.last = time.perf_counter()  # examples/s of the features, not of the set-up
+            rate.begin()  # examples/s of the features, not of the set-up
         return scorer
 
     stats = {"rows": 0, "scored": 0, "skipped": {}, "computed": 0, "reused": 0}
     buffer: list[tuple[int, Row]] = []
     chunk = -1
-    for k, row in candidate_rows(cfg):
-        if k % n != i:
-            continue
-        local, stats["rows"] = stats["rows"], stats["rows"] + 1
-        if local // cfg.run.chunk_rows != chunk:
-            chunk = local // cfg.run.chunk_rows
-        if (folder / f"chunk-{chunk:06d}.json").is_file():
-            stats["reused"] += 1
-            continue
-        buffer.append((k, row))
-        if len(buffer) == cfg.run.chunk_rows:
+    with rate:
+        for k, row in candidate_rows(cfg):
+            if k % n != i:
+                continue
+            chunk, stats["rows"] = stats["rows"] // cfg.run.chunk_rows, stats["rows"] + 1
+            if (folder / f"chunk-{chunk:06d}.json").is_file():
+                stats["reused"] += 1
+                continue
+            buffer.append((k, row))
+            if len(buffer) == cfg.run.chunk_rows:
+                _compute_chunk(ready(), folder / f"chunk-{chunk:06d}", buffer, rate)
+                stats["computed"], buffer = stats["computed"] + len(buffer), []
+        if buffer:
             _compute_chunk(ready(), folder / f"chunk-{chunk:06d}", buffer, rate)
             stats["computed"] += len(buffer)
-            buffer = []
-    if buffer:
-        _compute_chunk(ready(), folder / f"chunk-{chunk:06d}", buffer, rate)
-        stats["computed"] += len(buffer)
-    rate.line()
     for meta in sorted(folder.glob("chunk-*.json")):
         info = json.loads(meta.read_text(encoding="utf-8"))
         stats["scored"] += info["scored"]
-        for reason, entry in info["skipped"].items():
-            total = stats["skipped"].setdefault(reason, {"count": 0, "rows": []})
-            total["count"] += entry["count"]
-            total["rows"] = (total["rows"] + entry["rows"])[:SKIP_EXAMPLES]
+        _add_skips(stats["skipped"], info["skipped"])
     stats["examples_per_s"] = round(rate.rate(), 2) if stats["computed"] else None
     _write_json(done, {k: v for k, v in stats.items() if k != "computed"})
     return stats
+
+
+def _add_skips(total: dict[str, dict[str, Any]], more: dict[str, dict[str, Any]]) -> None:
+    """Adds skip counts by reason (keeping the first SKIP_EXAMPLES rows named of each) into `total`."""
+    for reason, entry in more.items():
+        into = total.setdefault(reason, {"count": 0, "rows": []})
+        into["count"] += entry["count"]
+        into["rows"] = (into["rows"] + entry["rows"])[:SKIP_EXAMPLES]
 
 
 def _compute_chunk(scorer: Scorer, base: Path, rows: list[tuple[int, Row]], rate: Rate) -> None:
@@ -486,22 +518,24 @@ def _write_outputs(cfg: SelectConfig, out: Path, score_of: np.ndarray, rank: np.
     return picks
 
 
+def _target_counts(cfg: SelectConfig) -> dict[str, int] | None:
+    path = Path(cfg.run.output) / "state" / "target.json"
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
 def _manifest(cfg, n, shards, count, k, score_all, order) -> dict[str, Any]:
     import mathforge
 
     skipped: dict[str, dict[str, Any]] = {}
     for s in shards:
-        for reason, entry in s["skipped"].items():
-            total = skipped.setdefault(reason, {"count": 0, "rows": []})
-            total["count"] += entry["count"]
-            total["rows"] = (total["rows"] + entry["rows"])[:SKIP_EXAMPLES]
+        _add_skips(skipped, s["skipped"])
     rates = [s["examples_per_s"] for s in shards if s.get("examples_per_s")]
     return {
         "mathforge": mathforge.__version__,
         "model": cfg.model.path,
         "tokenizer": cfg.model.tokenizer or cfg.model.path,
         "target_sets": cfg.target.sets,
-        "target_examples": cfg.target.max_examples,
+        "target_examples": _target_counts(cfg),
         "seed": cfg.run.seed,
         "features_hash": cfg.features_hash(),
         "gradients": dataclasses.asdict(cfg.gradients),
@@ -539,6 +573,7 @@ def _report(
     _atomic_write(out / "scores.png", lambda p: fig.savefig(str(p), format="png", dpi=100))
     plt.close(fig)
     skipped = ", ".join(f"{r}: {e['count']}" for r, e in manifest["skipped"].items()) or "none"
+    t = manifest["target_examples"]
     lines = [
         "# Influence selection",
         "",
@@ -547,7 +582,12 @@ def _report(
         f"{manifest['gradients']['dim']} dimensions.",
         "",
         f"{manifest['rows']} rows, {manifest['scored']} scored, {manifest['selected']} selected "
-        f"(score ≥ {manifest['threshold']}); skipped: {skipped}.",
+        f"(score ≥ {manifest['threshold'] or 0:.4f}); skipped: {skipped}.",
+        "",
+        f"Target examples: {t['examples']} of {t['sampled']} sampled ({t['too_long']} had no solution token within "
+        "model.max_tokens)."
+        if t
+        else "Target examples: (no state/target.json)",
         "",
         "![score distribution](scores.png)",
         "",

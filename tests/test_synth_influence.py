@@ -252,3 +252,24 @@ def test_a_model_path_that_is_neither_a_folder_nor_a_preset_is_named(tmp_path):
     cfg = influence_config.load(data={"model": {"path": str(tmp_path / "nope")}, "candidates": {"sources": ["x"]}})
     with pytest.raises(ConfigError, match="model.path = .*nope.*no such folder, and not a preset"):
         select.load_model(cfg, "cpu")
+
+
+def test_pairs_take_the_loss_on_the_response_and_rows_without_text_are_reasons(pool_and_model):
+    from transformers import AutoTokenizer
+
+    _, model = pool_and_model
+    tokenizer = AutoTokenizer.from_pretrained(str(model))
+    pair = inf.encode(tokenizer, "What is 2 + 3?", "2 + 3 = 5.", 64)
+    prompt = tokenizer("What is 2 + 3?\n", add_special_tokens=False)["input_ids"]
+    assert pair.prompt == len(prompt) and pair.ids[: pair.prompt] == prompt
+    assert pair.ids[-1] == tokenizer.eos_token_id
+    batch = inf.collate([pair])
+    assert int((batch.labels != -100).sum()) == len(pair.ids) - len(prompt)  # the response and the end token
+    assert float(batch.weights.sum()) == pytest.approx(1.0)
+    cfg = influence_config.load(
+        data={"candidates": {"sources": ["x"], "prompt_field": "problem", "response_field": "solution"}}
+    )
+    row = select.Row("f.jsonl:3", "f-3", {"problem": "P", "solution": "S"})
+    assert select.candidate_text(cfg, row) == ("P", "S")
+    assert select.candidate_text(cfg, row._replace(value={"problem": "P"})) == "no text under 'problem' and 'solution'"
+    assert select.candidate_text(cfg, row._replace(value=[1])) == "not an object"
