@@ -184,7 +184,7 @@ def parameters(subset: list[tuple[str, nn.Linear]]) -> list[tuple[str, nn.Parame
 
 
 def per_example_grads(model: nn.Module, subset: list[tuple[str, nn.Linear]], batch: Batch) -> Iterator[torch.Tensor]:
-    """Each subset parameter's per-example gradients [B, numel] (fp32, the order of `parameters`), from one
+    """Each subset parameter's per-example gradients [B, numel] (fp32 or wider; the order of `parameters`), from one
     forward and one backward over the packed batch (see the module docstring)."""
     seen: list[tuple[torch.Tensor, torch.Tensor]] = []
 
