@@ -81,12 +81,12 @@ for register in (register_trainer, register_synth, register_evaluate):
     register(app)
 
 
-TORCH_COMMANDS = frozenset({"train", "demo", "eval"})  # the commands that compute with torch on this machine
+TORCH_COMMANDS = frozenset({"train", "demo", "eval"})  # the commands that compute with torch here (and synth select)
 
 
 def main(argv: list[str] | None = None) -> None:
-    command = (sys.argv[1:] if argv is None else argv)[:1]
-    if command and command[0] in TORCH_COMMANDS:  # not for --help, --version, synth, plot: no torch import there
+    args = sys.argv[1:] if argv is None else argv
+    if args[:1] and (args[0] in TORCH_COMMANDS or args[:2] == ["synth", "select"]):  # not --help, synth, plot
         configure_threads()  # torch's CPU threads for this machine and its load, unless the user chose them
     try:
         app(args=argv, prog_name="mathforge", standalone_mode=True)
