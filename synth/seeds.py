@@ -7,11 +7,13 @@ and a level) under the field names given by `[skywork] seed_fields`, or laid out
 (`seed_fields = {convention = "math"}`: MATH's problem / boxed solution / level).
 
 Seed pools never come from a test split unless the recipe says so (`skywork.allow_test_split = true`):
-`check_seeds` refuses a built-in test source, and any source most of whose seeds are evaluation items
+`load_checked_seeds` refuses a built-in test source, and any source most of whose seeds are evaluation items
 (checked with the run's decontamination settings against every set of `quality.EVAL_SETS`); the few
 seeds of an otherwise clean source that match an evaluation item (train/test near-twins) are dropped and
-counted. When the recipe allows test splits, `check_seeds` returns the evaluation sets that seeded the
+counted. When the recipe allows test splits, `load_checked_seeds` returns the evaluation sets that seeded the
 pool; the run's manifest records them, and `mathforge eval` on those sets refuses a model trained on it.
+The rule for one source is `check_source` (a `TestSplitRule` names the settings in its refusal): the target
+sets of `mathforge synth select` (synth/select.py) go through it too.
 
 Selection (`[skywork] select = k`) is a core-set that covers the seed space: each seed becomes a TF-IDF
 vector of its word unigrams and bigrams (numbers folded to one token, LaTeX commands kept as words),

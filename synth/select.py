@@ -2,18 +2,26 @@
 
     from mathforge.synth import influence_config, select
     cfg = influence_config.load("synth/configs/select.toml")
-    select.run_shard(cfg, (0, 1)); manifest = select.merge(cfg, 1)
+    select.run_shard(cfg, (0, 1)); manifest = select.merge(cfg, 1)   # run_shard(..., resume=True) to finish one
 
 Candidate k of the pool (its sources read in order) belongs to shard `k % n`. A shard streams its rows in
 chunks of `run.chunk_rows`; each finished chunk is one file under `<output>/features/shard-i-of-n/` holding
 the candidates' indices, unit features (float16), gradient norms and scores, so memory stays bounded and a
-rerun skips every finished chunk (a finished shard is not even read again). The warm-up and the target
-features are computed once and kept under `<output>/state/` for every shard to reuse. `merge(cfg, n)` reads
-the n shards' scores, selects the top `select.top_k` or `select.top_fraction`, and writes:
+rerun with `resume=True` (`--resume`) skips every finished chunk (a finished shard is not even read again);
+without it a shard that holds chunks is refused, as `mathforge synth` refuses a shard with a journal. The
+warm-up and the target features are computed once and kept under `<output>/state/` for every shard to reuse.
+
+Target sets follow the seed pools' test-split rule (`synth/seeds.py`, `check_source`): the built-in "math"
+(MATH test minus MATH-500) and any data-file set most of whose problems are evaluation items are refused
+naming the set and the split unless `target.allow_test_split`; the few target problems of a clean set that
+match an evaluation item are dropped and counted. `merge(cfg, n)` reads the n shards' scores, selects the top
+`select.top_k` or `select.top_fraction`, and writes:
 
     scores.jsonl      {"index", "key", "where", "score", "selected"} per scored candidate, in pool order
     selection.jsonl   the selected rows as read, plus {"influence": {"score", "rank"}}, in pool order
-    select.json       provenance (model, target sets, seed, settings hash) and counts (skipped rows by reason)
+    select.json       provenance (model, target sets, seed, settings hash, `seeded_from_test` in the synth
+                      manifests' shape: a synth run reading selection.jsonl copies it) and counts (skipped
+                      rows by reason, target problems dropped as evaluation items)
     report.md, scores.png   the score distribution and the top and bottom picks
 """
 
