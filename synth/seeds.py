@@ -138,7 +138,7 @@ class TestSplitRule:
     items: str  # what the source's rows are ("seeds", "target problems")
     consequence: str  # why a test split is a problem
     train_hint: str  # how to name MATH train instead
-    recorded: str  # where the allowed split is recorded
+    recorded: str  # where the allowed split is recorded, and what it then refuses
 
 
 SKYWORK_SEEDS = TestSplitRule(
@@ -147,7 +147,8 @@ SKYWORK_SEEDS = TestSplitRule(
     "seeds",
     "rows made from them are contaminated for that benchmark",
     'skywork.seed_fields = {convention = "math"}',
-    "the manifest then records the split",
+    "the manifest then records the split, and `mathforge eval` on it refuses a model trained on these rows without "
+    "--allow-contaminated",
 )
 
 
@@ -254,8 +255,7 @@ def _refusal(
         f"{rule.key}: {source!r} {found}: its {rule.items} come from the test split {splits}, and "
         f"{rule.consequence}. Use train splits (GSM8K: 'gsm8k'; MATH train: e.g. "
         f"hf:EleutherAI/hendrycks_math:<subject> with {rule.train_hint}), or set {rule.allow} = true to use it "
-        f"knowingly: {rule.recorded}, and `mathforge eval` on it refuses a model trained on these rows without "
-        "--allow-contaminated"
+        f"knowingly: {rule.recorded}"
     )
 
 

@@ -135,7 +135,8 @@ TARGET_RULE = TestSplitRule(
     "target problems",
     "a selection tuned to them leaks that benchmark into the synthesized corpus",
     'target.prompt_field = "problem" and target.response_field = "solution"',
-    "select.json then records the split, the synth run whose jiuzhang.texts is the selection inherits it",
+    "select.json then records the split, the synth run whose jiuzhang.texts is this selection inherits it, and "
+    "`mathforge eval` on it refuses a model trained on that run's data without --allow-contaminated",
 )
 
 
