@@ -1,5 +1,6 @@
 """`mathforge synth CONFIG.toml [--shard i/n] [--resume] [--merge N] [--set section.key=value ...]`, and
-`mathforge synth select CONFIG.toml [--shard i/n] [--merge N] [--set ...]` (influence-based data selection)."""
+`mathforge synth select CONFIG.toml [--shard i/n] [--resume] [--merge N] [--set ...]` (influence-based data
+selection; as for `synth`, a shard that already holds work is refused without --resume)."""
 
 from __future__ import annotations
 
@@ -78,7 +79,8 @@ def register(app: typer.Typer) -> None:
 
 
 def select_command(config_path: str, shard: str, resume: bool, merge: int | None, overrides: list[str]) -> None:
-    """`mathforge synth select`: shard 0/1 computes and selects; `--shard i/n` only computes; `--merge n` selects."""
+    """`mathforge synth select`: shard 0/1 computes and selects; `--shard i/n` only computes; `--merge n` selects.
+    `--resume` finishes a shard that computed chunks before (reusing them); without it such a shard is refused."""
     from rich.console import Console
     from rich.table import Table
 
@@ -87,9 +89,9 @@ def select_command(config_path: str, shard: str, resume: bool, merge: int | None
     if merge is not None and merge < 1:
         raise ConfigError(f"--merge {merge}: give the number of shards the run was split into (>= 1), e.g. --merge 4")
     where = parse_shard(shard)
-    cfg = influence_config.load(config_path, overrides)  # a finished chunk is never redone: --resume is implied
+    cfg = influence_config.load(config_path, overrides)
     if merge is None:
-        stats = select.run_shard(cfg, where)
+        stats = select.run_shard(cfg, where, resume=resume)
         print(
             f"shard {where[0]}/{where[1]}: {stats['rows']} rows, {stats['computed']} computed, {stats['scored']} scored"
         )

@@ -357,18 +357,17 @@ def scores(features: torch.Tensor, centers: torch.Tensor) -> torch.Tensor:
 # ---------------------------------------------------------------- target sets
 
 
-def _gsm8k() -> list[tuple[str, str]]:
-    from mathforge.evaluate import datasets
+@dataclass(frozen=True)
+class BuiltinTarget:
+    """A vendored target set: a built-in seed source of `synth/seeds.py` (`SEED_SOURCES`: the data set, its
+    split and the evaluation sets it is drawn from) and the fields of its prompt and worked solution."""
 
-    return [(r["question"], r["answer"]) for r in datasets.load("gsm8k", "train")]
-
-
-def _math() -> list[tuple[str, str]]:
-    from mathforge.evaluate import datasets
-
-    return [(r["problem"], r["solution"]) for r in datasets.load("math", "train")]
+    source: str
+    prompt: str
+    response: str
 
 
-TARGET_SETS: Registry[Callable[[], list[tuple[str, str]]]] = Registry("target set")
-TARGET_SETS.add("gsm8k", _gsm8k)  # GSM8K train (7,473): question → worked answer
-TARGET_SETS.add("math", _math)  # MATH test minus MATH-500 (4,500): problem → solution
+TARGET_SETS: Registry[BuiltinTarget] = Registry("target set")
+TARGET_SETS.add("gsm8k", BuiltinTarget("gsm8k", "question", "answer"))  # GSM8K train (7,473)
+# MATH test minus MATH-500 (4,500): a TEST split, refused unless target.allow_test_split = true
+TARGET_SETS.add("math", BuiltinTarget("math", "problem", "solution"))

@@ -5,7 +5,8 @@ loaded with `mathforge.config.build`: unknown sections and keys are refused nami
 Names a user writes are checked against their registries at load:
 
     PARAM_SUBSETS   synth/influence.py   (lora, last_blocks: which parameters the gradients are taken for)
-    TARGET_SETS     synth/influence.py   (gsm8k, math: vendored target sets; anything else is a data file)
+    TARGET_SETS     synth/influence.py   (gsm8k, math: vendored target sets; anything else is a data file;
+                                          a test split is refused unless target.allow_test_split)
 """
 
 from __future__ import annotations
@@ -53,9 +54,10 @@ class Candidates:
 
 @dataclass
 class Target:
-    sets: list[str] = field(default_factory=lambda: ["gsm8k", "math"])  # TARGET_SETS names or data files
-    prompt_field: str = "question"  # for data files
+    sets: list[str] = field(default_factory=lambda: ["gsm8k"])  # TARGET_SETS names or data files (hf:name[:config])
+    prompt_field: str = "question"  # for data files (MATH: "problem" and "solution")
     response_field: str = "answer"
+    allow_test_split: bool = False  # a test-split target set (e.g. "math"): refused unless true (synth/seeds.py)
     max_examples: int = 512  # a seeded sample of the union
     clusters: int = 1  # 1: mean cosine to the targets; k > 1: max over k-means clusters of the targets
 
@@ -103,10 +105,12 @@ class SelectConfig:
 
     def features_hash(self) -> str:
         """Hash of every setting the stored features depend on (not the output folder, progress, batch size,
-        device or what is selected from the scores): a resumed or merged run must match it."""
+        device, whether test splits are allowed, or what is selected from the scores): a resumed or merged run must
+        match it."""
         raw = self.to_dict()
         for key in ("output", "progress", "batch_size", "device"):
             raw["run"].pop(key)
+        raw["target"].pop("allow_test_split")
         raw.pop("select")
         return hashlib.sha256(json.dumps(raw, sort_keys=True).encode()).hexdigest()[:16]
 

@@ -14,10 +14,15 @@ pipeline (see synth/configs/jiuzhang-*.toml):
 
 The education stages are the registry `EDUCATION_STAGES`, read from prompts/jiuzhang/stages.toml (name →
 audience; a `[prompts] dir` may reword the audiences); the solution forms are the registry `VARIANTS`.
+
+A texts file that is the `selection.jsonl` of a `mathforge synth select` run (a `select.json` beside it)
+passes on that selection's `seeded_from_test`: texts chosen by their influence on a test split's problems
+(`target.allow_test_split`) make rows contaminated for that benchmark, so the run's manifest records it.
 """
 
 from __future__ import annotations
 
+import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,6 +76,25 @@ def load_texts(paths: list[str], field: str) -> list[tuple[str, str]]:
     return [(row.key, text_field(row, field)) for name in paths for row in read_rows(name)]
 
 
+def inherited_provenance(paths: list[str]) -> dict[str, dict[str, Any]]:
+    """The `seeded_from_test` of the `synth select` runs whose selection.jsonl is among `paths` (their
+    select.json's record, each source named with the select.json it came through), in the manifests' shape."""
+    seeded: dict[str, dict[str, Any]] = {}
+    for name in paths:
+        record = Path(name).with_name("select.json")
+        if Path(name).name != "selection.jsonl" or not record.is_file():
+            continue
+        try:
+            recorded = json.loads(record.read_text(encoding="utf-8")).get("seeded_from_test") or {}
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise DataError(f"{record}: unreadable select.json ({error})") from None
+        for eval_set, entry in recorded.items():
+            into = seeded.setdefault(eval_set, {"sources": [], "seeds": 0})
+            into["sources"] += [f"{source} (via {record})" for source in entry.get("sources", [])]
+            into["seeds"] += entry.get("seeds", 0)
+    return seeded
+
+
 @PIPELINES.register("jiuzhang")
 class JiuZhangPipeline:
     name = "jiuzhang"
@@ -90,7 +114,13 @@ class JiuZhangPipeline:
         if missing:
             raise ConfigError(f"jiuzhang.stages: no audience for {missing} in stages.toml; have {', '.join(stages)}")
         self.stages, self.audience = chosen, stages
-        self.info = {"texts": len(self.texts), "stages": chosen, "variants": jz.variants, "step": jz.step}
+        self.info = {
+            "texts": len(self.texts),
+            "stages": chosen,
+            "variants": jz.variants,
+            "step": jz.step,
+            "seeded_from_test": inherited_provenance(jz.texts),  # read by run.py into the manifest
+        }
 
     def items(self) -> list[dict[str, Any]]:
         out = []

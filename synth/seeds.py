@@ -7,11 +7,13 @@ and a level) under the field names given by `[skywork] seed_fields`, or laid out
 (`seed_fields = {convention = "math"}`: MATH's problem / boxed solution / level).
 
 Seed pools never come from a test split unless the recipe says so (`skywork.allow_test_split = true`):
-`check_seeds` refuses a built-in test source, and any source most of whose seeds are evaluation items
+`load_checked_seeds` refuses a built-in test source, and any source most of whose seeds are evaluation items
 (checked with the run's decontamination settings against every set of `quality.EVAL_SETS`); the few
 seeds of an otherwise clean source that match an evaluation item (train/test near-twins) are dropped and
-counted. When the recipe allows test splits, `check_seeds` returns the evaluation sets that seeded the
+counted. When the recipe allows test splits, `load_checked_seeds` returns the evaluation sets that seeded the
 pool; the run's manifest records them, and `mathforge eval` on those sets refuses a model trained on it.
+The rule for one source is `check_source` (a `TestSplitRule` names the settings in its refusal): the target
+sets of `mathforge synth select` (synth/select.py) go through it too.
 
 Selection (`[skywork] select = k`) is a core-set that covers the seed space: each seed becomes a TF-IDF
 vector of its word unigrams and bigrams (numbers folded to one token, LaTeX commands kept as words),
@@ -126,6 +128,86 @@ class SeedCheck:
         return {"seeds_dropped_as_eval_items": self.dropped, "seeded_from_test": self.seeded_from_test}
 
 
+@dataclass(frozen=True)
+class TestSplitRule:
+    """How a refusal names the setting it checks (the check itself is `check_source`, one for seed pools and
+    influence target sets alike)."""
+
+    key: str  # the setting that named the source
+    allow: str  # the setting that allows a test split
+    items: str  # what the source's rows are ("seeds", "target problems")
+    consequence: str  # why a test split is a problem
+    train_hint: str  # how to name MATH train instead
+    recorded: str  # where the allowed split is recorded, and what it then refuses
+
+
+SKYWORK_SEEDS = TestSplitRule(
+    "skywork.seeds",
+    "skywork.allow_test_split",
+    "seeds",
+    "rows made from them are contaminated for that benchmark",
+    'skywork.seed_fields = {convention = "math"}',
+    "the manifest then records the split, and `mathforge eval` on it refuses a model trained on these rows without "
+    "--allow-contaminated",
+)
+
+
+@dataclass
+class SourceCheck:
+    """One source against the evaluation sets: the indices of its rows kept, the rows dropped as evaluation
+    items (by eval set), and the evaluation sets it was knowingly drawn from (allow_test_split) with counts."""
+
+    keep: list[int]
+    dropped: dict[str, int]
+    seeded_from_test: dict[str, dict[str, Any]]
+
+
+def check_source(
+    source: str,
+    questions: Sequence[str],
+    *,
+    builtin: BuiltinSeeds | None = None,
+    allow_test_split: bool = False,
+    decontamination: tuple[int, float, int] | None = None,
+    rule: TestSplitRule = SKYWORK_SEEDS,
+) -> SourceCheck:
+    """The test-split rule for one source (see module docstring): a built-in source declares its evaluation sets
+    (`builtin`); any other is a test split when most of its `questions` match items of one evaluation set. A
+    test split is a ConfigError naming the source and the split unless `allow_test_split`; a clean source loses
+    its few rows that match an evaluation item. `decontamination` = (n, threshold, min_words), None = defaults."""
+    declared = builtin.eval_sets if builtin is not None else ()
+    hits = {} if declared else _eval_hits(tuple(questions), decontamination)
+    test_sets = set(declared) or {e for sets in hits.values() for e in sets if _mostly(hits, len(questions), e)}
+    if test_sets and not allow_test_split:
+        raise ConfigError(_refusal(source, builtin, sorted(test_sets), len(questions), hits, rule))
+    # a test split, allowed: every eval set any of its rows matched is recorded (a file of the whole MATH
+    # test set is mostly math_test, and also holds all of MATH-500)
+    recorded = test_sets | {e for sets in hits.values() for e in sets} if test_sets else set()
+    seeded = {
+        e: {"sources": [source], "seeds": len(questions) if declared else sum(e in sets for sets in hits.values())}
+        for e in sorted(recorded)
+    }
+    dropped: dict[str, int] = {}
+    keep = []
+    for i in range(len(questions)):
+        if i in hits and not test_sets:
+            for eval_set in hits[i]:
+                dropped[eval_set] = dropped.get(eval_set, 0) + 1
+        else:
+            keep.append(i)
+    return SourceCheck(keep, dropped, seeded)
+
+
+def add_check(seeded_from_test: dict[str, dict[str, Any]], dropped: dict[str, int], check: SourceCheck) -> None:
+    """Adds one source's `check` into the totals of several (the shape synth manifests and select.json record)."""
+    for eval_set, entry in check.seeded_from_test.items():
+        into = seeded_from_test.setdefault(eval_set, {"sources": [], "seeds": 0})
+        into["sources"] += entry["sources"]
+        into["seeds"] += entry["seeds"]
+    for eval_set, count in check.dropped.items():
+        dropped[eval_set] = dropped.get(eval_set, 0) + count
+
+
 def load_checked_seeds(
     sources: list[str],
     fields: dict[str, str] | None = None,
@@ -133,30 +215,21 @@ def load_checked_seeds(
     allow_test_split: bool = False,
     decontamination: tuple[int, float, int] | None = None,
 ) -> SeedCheck:
-    """`load_seeds`, source by source, refusing test splits unless `allow_test_split` (see module docstring):
-    a ConfigError names the source and the split. `decontamination` = (n, threshold, min_words) of the run's
+    """`load_seeds`, source by source, through `check_source`: a test split is a ConfigError naming the source
+    and the split unless `allow_test_split`. `decontamination` = (n, threshold, min_words) of the run's
     [quality] settings (the defaults when None) for the check against every evaluation set."""
     check = SeedCheck()
     for source in sources:
         group = load_seeds([source], fields)
-        declared = SEED_SOURCES.get(source).eval_sets if source in SEED_SOURCES else ()
-        hits = {} if declared else _eval_hits(tuple(s.question for s in group), decontamination)
-        test_sets = set(declared) or {e for sets in hits.values() for e in sets if _mostly(hits, len(group), e)}
-        if test_sets and not allow_test_split:
-            raise ConfigError(_refusal(source, sorted(test_sets), len(group), hits))
-        # a test split, allowed: every eval set any of its seeds matched is recorded (a file of the whole MATH
-        # test set is mostly math_test, and also holds all of MATH-500)
-        recorded = test_sets | {e for sets in hits.values() for e in sets} if test_sets else set()
-        for eval_set in sorted(recorded):
-            entry = check.seeded_from_test.setdefault(eval_set, {"sources": [], "seeds": 0})
-            entry["sources"].append(source)
-            entry["seeds"] += len(group) if declared else sum(eval_set in sets for sets in hits.values())
-        for i, seed in enumerate(group):
-            if i in hits and not test_sets:
-                for eval_set in hits[i]:
-                    check.dropped[eval_set] = check.dropped.get(eval_set, 0) + 1
-            else:
-                check.seeds.append(seed)
+        one = check_source(
+            source,
+            [s.question for s in group],
+            builtin=SEED_SOURCES.get(source) if source in SEED_SOURCES else None,
+            allow_test_split=allow_test_split,
+            decontamination=decontamination,
+        )
+        add_check(check.seeded_from_test, check.dropped, one)
+        check.seeds += [group[i] for i in one.keep]
     return check
 
 
@@ -164,19 +237,25 @@ def _mostly(hits: dict[int, tuple[str, ...]], total: int, eval_set: str) -> bool
     return sum(eval_set in sets for sets in hits.values()) * 2 > total
 
 
-def _refusal(source: str, test_sets: list[str], total: int, hits: dict[int, tuple[str, ...]]) -> str:
+def _refusal(
+    source: str,
+    builtin: BuiltinSeeds | None,
+    test_sets: list[str],
+    total: int,
+    hits: dict[int, tuple[str, ...]],
+    rule: TestSplitRule,
+) -> str:
     splits = ", ".join(f"{'/'.join(EVAL_SETS.get(e)[:2])} (decontamination set {e})" for e in test_sets)
     found = (
-        f"is {SEED_SOURCES.get(source).what}"
-        if source in SEED_SOURCES
-        else f"holds evaluation items ({len(hits)} of its {total} seeds match one)"
+        f"is {builtin.what}"
+        if builtin is not None
+        else f"holds evaluation items ({len(hits)} of its {total} {rule.items} match one)"
     )
     return (
-        f"skywork.seeds: {source!r} {found}: its seeds come from the test split {splits}, and rows made from "
-        "them are contaminated for that benchmark. Seed from train splits (GSM8K: 'gsm8k'; MATH train: e.g. "
-        'hf:EleutherAI/hendrycks_math:<subject> with skywork.seed_fields = {convention = "math"}), or set '
-        "skywork.allow_test_split = true to use it knowingly: the manifest then records the split, and "
-        "`mathforge eval` on it refuses a model trained on these rows without --allow-contaminated"
+        f"{rule.key}: {source!r} {found}: its {rule.items} come from the test split {splits}, and "
+        f"{rule.consequence}. Use train splits (GSM8K: 'gsm8k'; MATH train: e.g. "
+        f"hf:EleutherAI/hendrycks_math:<subject> with {rule.train_hint}), or set {rule.allow} = true to use it "
+        f"knowingly: {rule.recorded}"
     )
 
 

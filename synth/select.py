@@ -2,18 +2,26 @@
 
     from mathforge.synth import influence_config, select
     cfg = influence_config.load("synth/configs/select.toml")
-    select.run_shard(cfg, (0, 1)); manifest = select.merge(cfg, 1)
+    select.run_shard(cfg, (0, 1)); manifest = select.merge(cfg, 1)   # run_shard(..., resume=True) to finish one
 
 Candidate k of the pool (its sources read in order) belongs to shard `k % n`. A shard streams its rows in
 chunks of `run.chunk_rows`; each finished chunk is one file under `<output>/features/shard-i-of-n/` holding
 the candidates' indices, unit features (float16), gradient norms and scores, so memory stays bounded and a
-rerun skips every finished chunk (a finished shard is not even read again). The warm-up and the target
-features are computed once and kept under `<output>/state/` for every shard to reuse. `merge(cfg, n)` reads
-the n shards' scores, selects the top `select.top_k` or `select.top_fraction`, and writes:
+rerun with `resume=True` (`--resume`) skips every finished chunk (a finished shard is not even read again);
+without it a shard that holds chunks is refused, as `mathforge synth` refuses a shard with a journal. The
+warm-up and the target features are computed once and kept under `<output>/state/` for every shard to reuse.
+
+Target sets follow the seed pools' test-split rule (`synth/seeds.py`, `check_source`): the built-in "math"
+(MATH test minus MATH-500) and any data-file set most of whose problems are evaluation items are refused
+naming the set and the split unless `target.allow_test_split`; the few target problems of a clean set that
+match an evaluation item are dropped and counted. `merge(cfg, n)` reads the n shards' scores, selects the top
+`select.top_k` or `select.top_fraction`, and writes:
 
     scores.jsonl      {"index", "key", "where", "score", "selected"} per scored candidate, in pool order
     selection.jsonl   the selected rows as read, plus {"influence": {"score", "rank"}}, in pool order
-    select.json       provenance (model, target sets, seed, settings hash) and counts (skipped rows by reason)
+    select.json       provenance (model, target sets, seed, settings hash, `seeded_from_test` in the synth
+                      manifests' shape: a synth run reading selection.jsonl copies it) and counts (skipped
+                      rows by reason, target problems dropped as evaluation items)
     report.md, scores.png   the score distribution and the top and bottom picks
 """
 
@@ -35,6 +43,7 @@ import numpy as np
 from mathforge.datasources import Row, read_rows
 from mathforge.errors import ConfigError, DataError
 from mathforge.synth.influence_config import SelectConfig
+from mathforge.synth.seeds import SEED_SOURCES, TestSplitRule, add_check, check_source
 
 SKIP_EXAMPLES = 5  # rows named per skip reason in select.json
 
@@ -120,27 +129,73 @@ def candidate_text(cfg: SelectConfig, row: Row) -> tuple[str, str | None] | str:
     return text, None
 
 
-def target_pairs(cfg: SelectConfig) -> list[tuple[str, str]]:
-    """The seeded sample (at most target.max_examples) of the target sets' (prompt, solution) pairs."""
+TARGET_RULE = TestSplitRule(
+    "target.sets",
+    "target.allow_test_split",
+    "target problems",
+    "a selection tuned to them leaks that benchmark into the synthesized corpus",
+    'target.prompt_field = "problem" and target.response_field = "solution"',
+    "select.json then records the split, the synth run whose jiuzhang.texts is this selection inherits it, and "
+    "`mathforge eval` on it refuses a model trained on that run's data without --allow-contaminated",
+)
+
+
+@dataclasses.dataclass
+class Targets:
+    """Every (prompt, solution) pair of the target sets, checked against the evaluation sets (synth/seeds.py's
+    `check_source`): pairs matching an evaluation item dropped and counted, test splits refused or recorded."""
+
+    pairs: list[tuple[str, str]]
+    dropped: dict[str, int]  # eval set -> target pairs dropped as its items
+    seeded_from_test: dict[str, dict[str, Any]]  # eval set -> {"sources", "seeds"}: the synth manifests' shape
+
+    def sample(self, count: int, seed: int) -> list[tuple[str, str]]:
+        """A seeded sample of at most `count` pairs, in their order."""
+        keep = sorted(np.random.default_rng(seed).permutation(len(self.pairs))[:count].tolist())
+        return [self.pairs[i] for i in keep]
+
+
+def load_targets(cfg: SelectConfig) -> Targets:
+    """The target sets' pairs, source by source through the test-split rule (a ConfigError names the set and
+    the split unless target.allow_test_split)."""
     from mathforge.synth.influence import TARGET_SETS
 
     t = cfg.target
-    pairs: list[tuple[str, str]] = []
+    targets = Targets([], {}, {})
     for name in t.sets:
-        if name in TARGET_SETS:
-            pairs += TARGET_SETS.get(name)()
-            continue
-        if not Path(name).exists() and not name.startswith("hf:"):
-            raise ConfigError(f"target.sets: {name!r} is neither a target set ({', '.join(TARGET_SETS)}) nor a file")
-        for row in read_rows(name):
-            value = row.value if isinstance(row.value, dict) else {}
-            prompt, response = value.get(t.prompt_field), value.get(t.response_field)
-            if not (isinstance(prompt, str) and isinstance(response, str)):
-                raise DataError(f"{row.where}: target rows need {t.prompt_field!r} and {t.response_field!r}")
-            pairs.append((prompt, response))
-    rng = np.random.default_rng(cfg.run.seed)
-    keep = sorted(rng.permutation(len(pairs))[: t.max_examples].tolist())
-    return [pairs[i] for i in keep]
+        builtin = SEED_SOURCES.get(TARGET_SETS.get(name).source) if name in TARGET_SETS else None
+        group = _builtin_pairs(name) if name in TARGET_SETS else _file_pairs(cfg, name)
+        check = check_source(
+            name, [p for p, _ in group], builtin=builtin, allow_test_split=t.allow_test_split, rule=TARGET_RULE
+        )
+        add_check(targets.seeded_from_test, targets.dropped, check)
+        targets.pairs += [group[i] for i in check.keep]
+    return targets
+
+
+def _builtin_pairs(name: str) -> list[tuple[str, str]]:
+    from mathforge.evaluate import datasets
+    from mathforge.synth.influence import TARGET_SETS
+
+    target = TARGET_SETS.get(name)
+    source = SEED_SOURCES.get(target.source)
+    return [(r[target.prompt], r[target.response]) for r in datasets.load(source.dataset, source.split)]
+
+
+def _file_pairs(cfg: SelectConfig, name: str) -> list[tuple[str, str]]:
+    from mathforge.synth.influence import TARGET_SETS
+
+    t = cfg.target
+    if not Path(name).exists() and not name.startswith("hf:"):
+        raise ConfigError(f"target.sets: {name!r} is neither a target set ({', '.join(TARGET_SETS)}) nor a file")
+    pairs = []
+    for row in read_rows(name):
+        value = row.value if isinstance(row.value, dict) else {}
+        prompt, response = value.get(t.prompt_field), value.get(t.response_field)
+        if not (isinstance(prompt, str) and isinstance(response, str)):
+            raise DataError(f"{row.where}: target rows need {t.prompt_field!r} and {t.response_field!r}")
+        pairs.append((prompt, response))
+    return pairs
 
 
 # ---------------------------------------------------------------- the model side (torch imported here)
@@ -216,7 +271,7 @@ def load_model(cfg: SelectConfig, device: Any) -> tuple[Any, Any]:
     return model, tokenizer
 
 
-def build_scorer(cfg: SelectConfig, out: Path, stream: Any) -> Scorer:
+def build_scorer(cfg: SelectConfig, out: Path, stream: Any, targets: Targets) -> Scorer:
     """The model with its parameter subset, warmed up and target features made (or both loaded from state/)."""
     import torch
 
@@ -236,7 +291,8 @@ def build_scorer(cfg: SelectConfig, out: Path, stream: Any) -> Scorer:
         warm = state / "warmup.pt"
         if not warm.is_file():
             _say(stream, f"select: warm-up, {cfg.warmup.steps} steps on {cfg.warmup.source}")
-            adam = inf.warmup(model, subset, _warmup_batches(cfg, scorer), cfg.warmup.steps, cfg.warmup.lr)
+            batches = _warmup_batches(cfg, scorer, targets)
+            adam = inf.warmup(model, subset, batches, cfg.warmup.steps, cfg.warmup.lr)
             saved = {
                 "params": {n: p.detach().cpu() for n, p in params},
                 "exp_avg": adam.exp_avg,
@@ -250,7 +306,7 @@ def build_scorer(cfg: SelectConfig, out: Path, stream: Any) -> Scorer:
         scorer.adam = inf.AdamState(saved["exp_avg"], saved["exp_avg_sq"])
     target = state / "target.pt"
     if not target.is_file():
-        pairs = target_pairs(cfg)
+        pairs = targets.sample(cfg.target.max_examples, cfg.run.seed)
         examples = [e for e in scorer.examples(pairs) if inf.trainable(e)]
         _say(stream, f"select: target features of {len(examples)} examples from {', '.join(cfg.target.sets)}")
         feats = scorer.features(examples)
@@ -267,14 +323,12 @@ def build_scorer(cfg: SelectConfig, out: Path, stream: Any) -> Scorer:
     return scorer
 
 
-def _warmup_batches(cfg: SelectConfig, scorer: Scorer) -> Iterator[Any]:
+def _warmup_batches(cfg: SelectConfig, scorer: Scorer, targets: Targets) -> Iterator[Any]:
     from mathforge.synth.influence import collate, trainable
 
     w = cfg.warmup
     if w.source == "target":
-        texts = target_pairs(dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, seed=cfg.run.seed + 1)))[
-            : w.samples
-        ]
+        texts = targets.sample(cfg.target.max_examples, cfg.run.seed + 1)[: w.samples]
     else:
         found = (candidate_text(cfg, row) for _, row in candidate_rows(cfg))
         texts = list(itertools.islice((t for t in found if not isinstance(t, str)), w.samples))
@@ -347,12 +401,21 @@ def _say(stream: Any, text: str) -> None:
         print(text, file=stream, flush=True)
 
 
-def run_shard(cfg: SelectConfig, shard: tuple[int, int] = (0, 1), stream: Any = None) -> dict[str, Any]:
-    """Features and scores of this shard's candidates, chunk by chunk; finished chunks are not redone."""
+def run_shard(
+    cfg: SelectConfig, shard: tuple[int, int] = (0, 1), stream: Any = None, *, resume: bool = False
+) -> dict[str, Any]:
+    """Features and scores of this shard's candidates, chunk by chunk. A shard that already computed chunks (or
+    finished) is refused unless `resume`; then its finished chunks are not redone."""
     stream = stream if stream is not None else (sys.stdout if cfg.run.progress else None)
-    out = _check_output(cfg)
     folder = _shard_dir(cfg, shard)
     done = folder / "done.json"
+    if not resume and (done.is_file() or any(folder.glob("chunk-*.json"))):
+        raise ConfigError(
+            f"{folder} holds features of an earlier run: pass --resume to finish it (finished chunks are reused), "
+            "or set run.output elsewhere"
+        )
+    targets = load_targets(cfg)  # the test-split rule before anything is written
+    out = _check_output(cfg)
     if done.is_file():
         return {**json.loads(done.read_text(encoding="utf-8")), "computed": 0}
     folder.mkdir(parents=True, exist_ok=True)
@@ -363,7 +426,7 @@ def run_shard(cfg: SelectConfig, shard: tuple[int, int] = (0, 1), stream: Any = 
     def ready() -> Scorer:  # the model is loaded (and warmed up) only when a chunk needs computing
         nonlocal scorer
         if scorer is None:
-            scorer = build_scorer(cfg, out, stream)
+            scorer = build_scorer(cfg, out, stream, targets)
             rate.begin()  # examples/s of the features, not of the set-up
         return scorer
 
@@ -460,6 +523,7 @@ def load_features(cfg: SelectConfig, shard: tuple[int, int]) -> tuple[np.ndarray
 
 def merge(cfg: SelectConfig, n: int, stream: Any = None) -> dict[str, Any]:
     """Select over all n finished shards; write scores.jsonl, selection.jsonl, select.json, report.md, scores.png."""
+    targets = load_targets(cfg)  # what the selection was tuned to: its test splits are recorded
     out = _check_output(cfg)
     index, values, shards = [], [], []
     for i in range(n):
@@ -482,7 +546,7 @@ def merge(cfg: SelectConfig, n: int, stream: Any = None) -> dict[str, Any]:
     score_of = np.zeros(len(rank), dtype=np.float32)
     score_of[index_all] = score_all
     picks = _write_outputs(cfg, out, score_of, rank, k)
-    manifest = _manifest(cfg, n, shards, count, k, score_all, order)
+    manifest = _manifest(cfg, n, shards, count, k, score_all, order, targets)
     _write_json(out / "select.json", manifest)
     _report(out, manifest, score_all, index_all, order, picks, cfg.select.report_examples)
     _say(stream, f"select: {k} of {count} candidates → {out / 'selection.jsonl'}")
@@ -523,7 +587,7 @@ def _target_counts(cfg: SelectConfig) -> dict[str, int] | None:
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
-def _manifest(cfg, n, shards, count, k, score_all, order) -> dict[str, Any]:
+def _manifest(cfg, n, shards, count, k, score_all, order, targets: Targets) -> dict[str, Any]:
     import mathforge
 
     skipped: dict[str, dict[str, Any]] = {}
@@ -536,6 +600,10 @@ def _manifest(cfg, n, shards, count, k, score_all, order) -> dict[str, Any]:
         "tokenizer": cfg.model.tokenizer or cfg.model.path,
         "target_sets": cfg.target.sets,
         "target_examples": _target_counts(cfg),
+        "targets_dropped_as_eval_items": targets.dropped,
+        # evaluation sets the target sets were drawn from (target.allow_test_split), as synth manifests record
+        # them; a synth run whose jiuzhang.texts is this selection copies it into its manifest
+        "seeded_from_test": targets.seeded_from_test,
         "seed": cfg.run.seed,
         "features_hash": cfg.features_hash(),
         "gradients": dataclasses.asdict(cfg.gradients),
@@ -592,6 +660,12 @@ def _report(
         "![score distribution](scores.png)",
         "",
     ]
+    for eval_set, entry in manifest["seeded_from_test"].items():
+        lines[-2:-2] = [
+            f"**Contaminated for {eval_set}**: the target sets {', '.join(entry['sources'])} are drawn from its "
+            "test split (target.allow_test_split); data synthesized from this selection inherits it.",
+            "",
+        ]
     bottom = max(len(order) - shown, shown)
     for title, ranks in (("Top picks", range(min(shown, len(order)))), ("Bottom picks", range(bottom, len(order)))):
         lines += [f"## {title}", "", "| rank | index | score | text |", "| ---: | ---: | ---: | --- |"]

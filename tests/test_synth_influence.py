@@ -1,7 +1,8 @@
 """Influence-based selection (`mathforge.synth.influence`, `synth/select.py`, `mathforge synth select`):
 per-example gradients against one backward per example (float64), the sparse projection against the
 Johnson–Lindenstrauss bound, features identical across runs and shardings, math precision of the top 10%
-of a mixed pool, and the command end to end (outputs, resume, a bad key)."""
+of a mixed pool, the command end to end (outputs, --resume, a bad key), and the test-split rule for target
+sets (refused unless allowed; then recorded in select.json and passed on to the synth run reading the selection)."""
 
 from __future__ import annotations
 
@@ -141,12 +142,19 @@ def test_projection_is_a_function_of_the_seed_and_the_coordinate_only():
 def test_top_tenth_of_a_mixed_pool_is_math_with_a_tiny_model_briefly_trained_on_math(pool_and_model, seed):
     """LESS's recipe: a LoRA warm-up on a sample of the pool, candidates' features normalised by its Adam
     moments. Measured on this pool (seeds 0-3): without the warm-up (LoRA B = 0) the top tenth is 40-75% math;
-    with the warm-up alone 95-100%; with the Adam normalisation too, 95-100% (seeds 0-7)."""
+    with the warm-up alone 95-100%; with the Adam normalisation too, 95-100% (seeds 0-7). The targets are GSM8K
+    train and the built-in "math" (the only MATH rows vendored are test rows: allowed here explicitly, and then
+    recorded as the synth manifests record it); with GSM8K alone seed 1 gets 85%."""
     root, model = pool_and_model
     warmup = {"steps": 20, "source": "candidates", "samples": 128}
-    cfg = config(root, model, f"precision-{seed}", run={"seed": seed}, warmup=warmup, gradients={"normalize": "adam"})
+    target = {"sets": ["gsm8k", "math"], "allow_test_split": True}
+    sections = {"run": {"seed": seed}, "warmup": warmup, "gradients": {"normalize": "adam"}, "target": target}
+    cfg = config(root, model, f"precision-{seed}", **sections)
     select.run_shard(cfg)
     manifest = select.merge(cfg, 1)
+    assert manifest["seeded_from_test"] == {"math_test": {"sources": ["math"], "seeds": 4500}}
+    assert manifest["targets_dropped_as_eval_items"] == {"gsm8k_test": 3}  # GSM8K train's 3 test twins
+    assert "**Contaminated for math_test**" in (Path(cfg.run.output) / "report.md").read_text()
     pool = [json.loads(line) for line in (root / "pool.jsonl").read_text().splitlines()]
     chosen = [json.loads(line) for line in (Path(cfg.run.output) / "selection.jsonl").read_text().splitlines()]
     assert manifest["scored"] == 200 and manifest["selected"] == len(chosen) == 20
@@ -223,12 +231,16 @@ def test_synth_select_command_writes_outputs_resumes_and_names_a_bad_key(pool_an
     assert sorted(r["influence"]["rank"] for r in chosen) == [0, 1, 2, 3, 4]
     manifest = json.loads((folder / "select.json").read_text())
     assert manifest["skipped"]["no text under 'text'"]["count"] == 1
-    assert manifest["model"] == str(model) and manifest["seed"] == 0 and manifest["target_sets"] == ["gsm8k", "math"]
+    assert manifest["model"] == str(model) and manifest["seed"] == 0 and manifest["target_sets"] == ["gsm8k"]
+    assert manifest["seeded_from_test"] == {}
     report = (folder / "report.md").read_text()
     assert "## Top picks" in report and "## Bottom picks" in report and "scores.png" in report
     assert (folder / "scores.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
-    code, out, err = run_cli(["synth", "select", str(toml)], capsys)  # a second run does no work
+    code, out, err = run_cli(["synth", "select", str(toml)], capsys)  # as `synth`: not over a run without --resume
+    assert code == 2 and f"{folder / 'features' / 'shard-00000-of-00001'} holds features of an earlier run" in err
+    assert "pass --resume" in err
+    code, out, err = run_cli(["synth", "select", str(toml), "--resume"], capsys)  # resuming a finished run: no work
     assert code in (0, None), err
     assert "31 rows, 0 computed, 30 scored" in out
     assert [json.loads(line) for line in (folder / "scores.jsonl").read_text().splitlines()] == scores
@@ -244,6 +256,19 @@ def test_the_shipped_recipe_loads_and_feeds_the_distillation_step():
     configs = Path(__file__).resolve().parents[1] / "synth" / "configs"
     cfg = influence_config.load(configs / "select.toml")
     assert (cfg.gradients.params, cfg.gradients.dim, cfg.gradients.normalize) == ("lora", 8192, "adam")
+    # train splits only: GSM8K train and the seven MATH train subjects (problem -> solution)
+    assert not cfg.target.allow_test_split and "math" not in cfg.target.sets and cfg.target.sets[0] == "gsm8k"
+    assert [s.split(":")[-1] for s in cfg.target.sets[1:]] == [
+        "algebra",
+        "counting_and_probability",
+        "geometry",
+        "intermediate_algebra",
+        "number_theory",
+        "prealgebra",
+        "precalculus",
+    ]
+    assert all(s.startswith("hf:EleutherAI/hendrycks_math:") for s in cfg.target.sets[1:])
+    assert (cfg.target.prompt_field, cfg.target.response_field) == ("problem", "solution")
     distill = synth_config.load(configs / "jiuzhang-distill.toml")
     assert distill.jiuzhang.texts == [f"{cfg.run.output}/selection.jsonl"]
 
@@ -273,3 +298,82 @@ def test_pairs_take_the_loss_on_the_response_and_rows_without_text_are_reasons(p
     assert select.candidate_text(cfg, row) == ("P", "S")
     assert select.candidate_text(cfg, row._replace(value={"problem": "P"})) == "no text under 'problem' and 'solution'"
     assert select.candidate_text(cfg, row._replace(value=[1])) == "not an object"
+
+
+# ---------------------------------------------------------------- test splits as targets
+
+
+def test_a_builtin_test_split_target_is_refused_naming_the_set_and_split_before_anything_is_written(tmp_path):
+    cfg = influence_config.load(
+        data={
+            "run": {"output": str(tmp_path / "out"), "progress": False},
+            "candidates": {"sources": ["x"]},
+            "target": {"sets": ["gsm8k", "math"]},
+        }
+    )
+    with pytest.raises(ConfigError) as error:
+        select.run_shard(cfg)
+    message = str(error.value)
+    assert message.startswith("target.sets: 'math' is MATH test minus MATH-500")
+    assert "math/test (decontamination set math_test)" in message and "target.allow_test_split = true" in message
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(ConfigError, match="target.sets: 'math'"):
+        select.merge(cfg, 1)
+    # allowed: the pairs are the set's, and the split is recorded in the synth manifests' shape
+    allowed = select.load_targets(
+        influence_config.load(data={**cfg.to_dict(), "target": {"sets": ["math"], "allow_test_split": True}})
+    )
+    assert len(allowed.pairs) == 4500 and allowed.pairs[0] == (
+        datasets.load("math", "train")[0]["problem"],
+        datasets.load("math", "train")[0]["solution"],
+    )
+    assert allowed.seeded_from_test == {"math_test": {"sources": ["math"], "seeds": 4500}} and allowed.dropped == {}
+    assert (
+        influence_config.load(data=cfg.to_dict()).features_hash()
+        == influence_config.load(
+            data={**cfg.to_dict(), "target": {**cfg.to_dict()["target"], "allow_test_split": True}}
+        ).features_hash()
+    )  # allowing changes no feature: a run resumes with either
+
+
+def test_a_target_file_of_test_problems_is_refused_and_a_clean_one_loses_its_test_twins(tmp_path):
+    test_rows = [{"question": r["question"], "answer": r["answer"]} for r in datasets.load("gsm8k", "test")[:10]]
+    mine = tmp_path / "mine.jsonl"
+    mine.write_text("".join(json.dumps(r) + "\n" for r in test_rows))
+    data = {"candidates": {"sources": ["x"]}, "target": {"sets": [str(mine)]}}
+    with pytest.raises(ConfigError) as error:
+        select.load_targets(influence_config.load(data=data))
+    message = str(error.value)
+    assert f"target.sets: '{mine}' holds evaluation items (10 of its 10 target problems match one)" in message
+    assert "gsm8k/test (decontamination set gsm8k_test)" in message
+    clean = [
+        {"question": f"A box holds {i} red and {i + 4} blue marbles. How many marbles?", "answer": "x"}
+        for i in range(6)
+    ]
+    mixed = tmp_path / "mixed.jsonl"
+    mixed.write_text("".join(json.dumps(r) + "\n" for r in clean + test_rows[:2]))
+    targets = select.load_targets(influence_config.load(data={**data, "target": {"sets": [str(mixed)]}}))
+    assert targets.pairs == [(r["question"], r["answer"]) for r in clean]
+    assert targets.dropped == {"gsm8k_test": 2} and targets.seeded_from_test == {}
+    allowed = {"sets": [str(mine)], "allow_test_split": True}
+    targets = select.load_targets(influence_config.load(data={**data, "target": allowed}))
+    assert len(targets.pairs) == 10 and targets.seeded_from_test == {
+        "gsm8k_test": {"sources": [str(mine)], "seeds": 10}
+    }
+
+
+def test_the_synth_run_reading_a_selection_inherits_its_test_split(tmp_path):
+    from mathforge.synth import config as synth_config
+    from mathforge.synth.run import make_pipeline
+
+    folder = tmp_path / "select"
+    folder.mkdir()
+    texts = folder / "selection.jsonl"
+    texts.write_text(json.dumps({"text": "Prove that 2 + 2 = 4."}) + "\n")
+    overrides = ['pipeline.kind="jiuzhang"', f'jiuzhang.texts=["{texts}"]', 'backend.kind="openai"']
+    clean = make_pipeline(synth_config.load(None, overrides))
+    assert clean.info["seeded_from_test"] == {}  # no select.json beside it: nothing is claimed
+    record = {"math_test": {"sources": ["math"], "seeds": 4500}}  # as select.merge writes it (see above)
+    (folder / "select.json").write_text(json.dumps({"seeded_from_test": record}))
+    inherited = make_pipeline(synth_config.load(None, overrides)).info["seeded_from_test"]
+    assert inherited == {"math_test": {"sources": [f"math (via {folder / 'select.json'})"], "seeds": 4500}}

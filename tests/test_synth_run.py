@@ -184,6 +184,8 @@ def test_set_reaches_any_depth_and_values_are_typed():
 
 def test_shipped_configs_load():
     for path in CONFIGS.glob("*.toml"):
+        if path.name == "select.toml":  # `mathforge synth select`'s settings (test_synth_influence.py loads it)
+            continue
         cfg = config.load(path)
         assert cfg.pipeline.kind in ("symbolic", "skywork", "jiuzhang")
     sky = config.load(CONFIGS / "skywork.toml")
