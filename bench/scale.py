@@ -257,6 +257,37 @@ def _train_tokenizer(merged: Path, folder: Path, rows: int = 20000) -> None:
     train_bpe_tokenizer(texts, 1000, folder)
 
 
+def lsh_benchmark(n: int, num_perm: int = 128, bands: int = 16, threshold: float = 0.8, seed: int = 0) -> dict:
+    """Near-dedup verdicts (C++ LSH banding + union-find) over `n` random signatures, a tenth of them planted
+    copies of an earlier row with up to 10% of the values changed; counts the planted copies found."""
+    import numpy as np
+
+    from mathforge.synth import quality
+
+    rng = np.random.default_rng(seed)
+    sig = rng.integers(0, 1 << 32, size=(n, num_perm), dtype=np.uint32)
+    copies = rng.choice(np.arange(n // 2, n), size=n // 10, replace=False)  # copies in the second half
+    sources = rng.integers(0, n // 2, size=len(copies))  # of rows in the first half
+    sig[copies] = sig[sources]
+    edits = rng.integers(0, num_perm, size=(len(copies), num_perm // 10))
+    sig[copies[:, None], edits] ^= 1
+    start = time.perf_counter()
+    roots = quality.near_duplicate_roots(sig, bands=bands, threshold=threshold)
+    seconds = time.perf_counter() - start
+    found = int((roots[copies] != copies).sum())
+    return {
+        "rows": n,
+        "num_perm": num_perm,
+        "bands": bands,
+        "threshold": threshold,
+        "signature_gib": round(sig.nbytes / GIB, 3),
+        "seconds": round(seconds, 2),
+        "planted": len(copies),
+        "planted_found": found,
+        "removed": int((roots != np.arange(n)).sum()),
+    }
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--items", type=int, default=1_000_000)
@@ -267,7 +298,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--name", default="scale", help="result file name (bench/results/<device>/<name>.json)")
     parser.add_argument("--note", default="", help="a note stored with the result (e.g. the machine's load)")
     parser.add_argument("--no-write", action="store_true")
+    parser.add_argument("--lsh", type=int, default=0, metavar="N", help="only time near-dedup of N signatures")
     args = parser.parse_args(argv)
+    if args.lsh:
+        result = {"lsh": lsh_benchmark(args.lsh), "environment": environment(), "note": args.note}
+        result["machine_load"] = {"loadavg": os.getloadavg(), "cpus": os.cpu_count()}
+        Console().print(result["lsh"])
+        if not args.no_write:
+            Console().print(f"wrote {write_result(args.name + '_lsh', result)}")
+        return
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="mathforge-scale-"))
     load_before = os.getloadavg()
     try:
