@@ -4,7 +4,9 @@ Every filter takes rows and returns (kept rows, removed records); a removed reco
 (`meta.id`), which filter, and why (the duplicate it matched, the eval item and n-gram it shares, the
 length). `Report` collects the counts per filter for the run's manifest.
 
-Hashing of words, n-grams and MinHash signatures runs in `mathforge._native` (C++).
+Hashing of words, n-grams and MinHash signatures, and the LSH banding + union-find of near dedup, run in
+`mathforge._native` (C++). The key functions (`exact_key`, `first_occurrences`, `minhash`, `near_duplicate_roots`,
+`LengthBounds`) are shared with the streaming finalize (stream.py), which applies them without holding the rows.
 """
 
 from __future__ import annotations

@@ -7,8 +7,8 @@
 Item k of the config's deterministic item list belongs to shard `k % n`; each finished item goes to
 the shard's journal at once (see store.py), so `resume=True` after a crash redoes only the missing
 ones. When the shard's items are done, the dataset filters run over the shard's rows (exact and
-near-duplicate removal, decontamination, lengths) and the data files, removed-rows log and manifest
-are (re)written. `merge(cfg, n)` applies the same filters across all n shards' journals — the step
+near-duplicate removal, decontamination, lengths; streamed in two passes over the journals, see stream.py)
+and the data files, removed-rows log and manifest are (re)written. `merge(cfg, n)` applies the same filters across all n shards' journals — the step
 to run once all array jobs are done, so duplicates across shards go too.
 
 Before the first request of an OpenAI-compatible run, every `backend.base_urls` entry gets one GET of
