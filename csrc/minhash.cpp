@@ -65,4 +65,74 @@ void minhash_signature(std::string_view text, int n, int num_perm, uint64_t seed
   }
 }
 
+namespace {
+
+// Union-find over positions; the root of a set is always its smallest member.
+struct EarliestUnion {
+  std::vector<int64_t> parent;
+  explicit EarliestUnion(int64_t n) : parent(n) {
+    for (int64_t i = 0; i < n; ++i) parent[i] = i;
+  }
+  int64_t find(int64_t i) {
+    while (parent[i] != i) {
+      parent[i] = parent[parent[i]];  // path halving
+      i = parent[i];
+    }
+    return i;
+  }
+  void join(int64_t a, int64_t b) {
+    int64_t ra = find(a), rb = find(b);
+    if (ra != rb) parent[std::max(ra, rb)] = std::min(ra, rb);
+  }
+};
+
+struct Keyed {
+  uint64_t key;  // hash of the band's values (ties are resolved on the values themselves)
+  int64_t pos;
+};
+
+}  // namespace
+
+std::vector<int64_t> near_duplicate_roots(const uint32_t* sig, int num_perm, const int64_t* rows, int64_t m,
+                                          int bands, double threshold) {
+  EarliestUnion sets(m);
+  const int width = num_perm / bands;
+  auto band_of = [&](int64_t pos, int b) { return sig + rows[pos] * num_perm + static_cast<int64_t>(b) * width; };
+  std::vector<Keyed> keyed(m);
+  for (int b = 0; b < bands; ++b) {
+    for (int64_t i = 0; i < m; ++i) {
+      const uint32_t* v = band_of(i, b);
+      uint64_t h = 0x9E3779B97F4A7C15ULL * static_cast<uint64_t>(b + 1);
+      for (int j = 0; j < width; ++j) h = splitmix64(h ^ v[j]);
+      keyed[i] = {h, i};
+    }
+    // order: key, then the band values (so equal keys of different bands never mix), then position
+    std::sort(keyed.begin(), keyed.end(), [&](const Keyed& x, const Keyed& y) {
+      if (x.key != y.key) return x.key < y.key;
+      const uint32_t *a = band_of(x.pos, b), *c = band_of(y.pos, b);
+      for (int j = 0; j < width; ++j)
+        if (a[j] != c[j]) return a[j] < c[j];
+      return x.pos < y.pos;
+    });
+    for (int64_t s = 0; s < m;) {
+      const uint32_t* head_band = band_of(keyed[s].pos, b);
+      int64_t e = s + 1;
+      while (e < m && keyed[e].key == keyed[s].key && std::equal(head_band, head_band + width, band_of(keyed[e].pos, b)))
+        ++e;
+      const int64_t head = keyed[s].pos;  // the bucket's earliest member
+      const uint32_t* hs = sig + rows[head] * num_perm;
+      for (int64_t k = s + 1; k < e; ++k) {
+        const uint32_t* ms = sig + rows[keyed[k].pos] * num_perm;
+        int equal = 0;
+        for (int j = 0; j < num_perm; ++j) equal += hs[j] == ms[j];
+        if (static_cast<double>(equal) / num_perm >= threshold) sets.join(keyed[k].pos, head);
+      }
+      s = e;
+    }
+  }
+  std::vector<int64_t> roots(m);
+  for (int64_t i = 0; i < m; ++i) roots[i] = sets.find(i);
+  return roots;
+}
+
 }  // namespace mathforge

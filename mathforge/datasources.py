@@ -86,14 +86,28 @@ def _json_rows(path: Path) -> Iterator[Row]:
     yield from (Row(f"{path}: item {i}", f"{path.stem}-{i}", row) for i, row in enumerate(rows))
 
 
-def _parquet_rows(path: Path) -> Iterator[Row]:
+def _parquet_rows(path: Path, batch_rows: int = 8192) -> Iterator[Row]:
+    """The rows of a Parquet file, read a record batch at a time (memory holds one batch, not the file)."""
     import pyarrow.parquet as pq
 
+    def bad(error: Exception) -> DataError:  # pyarrow raises several types for a bad file
+        return DataError(f"{path}: cannot read as Parquet ({type(error).__name__}: {error})")
+
     try:
-        table = pq.read_table(path)
-    except Exception as error:  # pyarrow raises several types for a bad file
-        raise DataError(f"{path}: cannot read as Parquet ({type(error).__name__}: {error})") from None
-    yield from (Row(f"{path} row {i}", f"{path.stem}-{i}", row) for i, row in enumerate(table.to_pylist()))
+        batches = pq.ParquetFile(path).iter_batches(batch_size=batch_rows)
+    except Exception as error:
+        raise bad(error) from None
+    index = 0
+    while True:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        except Exception as error:
+            raise bad(error) from None
+        for row in batch.to_pylist():
+            yield Row(f"{path} row {index}", f"{path.stem}-{index}", row)
+            index += 1
 
 
 def _hf_rows(spec: str, split: str) -> Iterator[Row]:

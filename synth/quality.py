@@ -7,10 +7,14 @@ length). `Report` collects the counts per filter for the run's manifest.
 One text normalisation (`words` / `normalize`: NFKC, typographic punctuation folded, case folded) serves
 exact dedup and both sides of decontamination; hashing of the normalised words, n-grams and MinHash
 signatures runs in `mathforge._native` (C++).
+The LSH banding + union-find of near dedup runs there too. The key functions (`exact_key`,
+`first_occurrences`, `minhash`, `near_duplicate_roots`, `LengthBounds`) are shared with the streaming finalize
+(stream.py), which applies them without holding the rows.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 import unicodedata
 from collections import Counter
@@ -82,18 +86,55 @@ def key_text(row: Row, name: str) -> str:
     return "" if value is None else str(value)
 
 
+def exact_key(row: Row, fields: tuple[str, ...] = ("prompt",)) -> bytes:
+    """16-byte digest of the row's `fields` (row fields or meta keys, `key_text`) after `normalize`: equal digests
+    <=> equal normalized fields (the separator cannot occur in a normalized text). Exact dedup keeps these, not
+    the texts."""
+    joined = "\x1f".join(normalize(key_text(row, f)) for f in fields)
+    return hashlib.blake2b(joined.encode(), digest_size=16).digest()
+
+
+def first_occurrences(digests: np.ndarray) -> np.ndarray:
+    """For each row of `digests` ([n, 16] uint8), the index of the first row with the same digest."""
+    n = len(digests)
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    words = np.ascontiguousarray(digests).view(np.uint64).reshape(n, 2)
+    order = np.lexsort((words[:, 1], words[:, 0]))  # stable: equal digests stay in index order
+    ordered = words[order]
+    starts = np.flatnonzero(np.r_[True, (ordered[1:] != ordered[:-1]).any(axis=1)])
+    first = np.empty(n, dtype=np.int64)
+    first[order] = np.repeat(order[starts], np.diff(np.r_[starts, n]))
+    return first
+
+
 def exact_dedup(rows: list[Row], fields: tuple[str, ...] = ("prompt",)) -> tuple[list[Row], list[dict]]:
     """Keeps the first row of each group whose `fields` (row fields or meta keys) are equal after `normalize`."""
-    first: dict[tuple[str, ...], str] = {}
+    digests = np.frombuffer(b"".join(exact_key(r, fields) for r in rows), dtype=np.uint8).reshape(len(rows), 16)
+    first = first_occurrences(digests)
     kept, removed = [], []
-    for i, row in enumerate(rows):
-        key = tuple(normalize(key_text(row, f)) for f in fields)
-        if key in first:
-            removed.append({"id": _id(row, i), "reason": "exact duplicate", "duplicate_of": first[key]})
-        else:
-            first[key] = _id(row, i)
+    for i, (row, f) in enumerate(zip(rows, first.tolist())):
+        if f == i:
             kept.append(row)
+        else:
+            removed.append({"id": _id(row, i), "reason": "exact duplicate", "duplicate_of": _id(rows[f], f)})
     return kept, removed
+
+
+def minhash(texts: list[str], *, ngram: int = 5, num_perm: int = 128, seed: int = 0) -> np.ndarray:
+    """MinHash signatures [len(texts), num_perm] uint32 of the word `ngram` sets (4 bytes a value)."""
+    return _native.minhash_signatures32(list(texts), ngram, num_perm, seed)
+
+
+def near_duplicate_roots(
+    sig: np.ndarray, rows: np.ndarray | None = None, *, bands: int = 16, threshold: float = 0.7
+) -> np.ndarray:
+    """LSH banding + union-find (C++) over the signature rows `rows` (all when None), in priority order: per
+    position, the earliest position of its near-duplicate component. Memory: the signatures plus O(len(rows))."""
+    if sig.shape[1] % bands:
+        raise ConfigError(f"near_dedup: num_perm = {sig.shape[1]} must be a multiple of bands = {bands}")
+    rows = np.arange(len(sig), dtype=np.int64) if rows is None else np.ascontiguousarray(rows, dtype=np.int64)
+    return _native.near_duplicate_roots(np.ascontiguousarray(sig, dtype=np.uint32), rows, bands, threshold)
 
 
 def near_duplicate_groups(
@@ -101,41 +142,17 @@ def near_duplicate_groups(
 ) -> np.ndarray:
     """For each text the index of the earliest text it is a near-duplicate of (itself if none).
 
-    MinHash over word n-grams with LSH banding (`bands` bands of num_perm/bands rows); candidate pairs
-    that share a band are confirmed when their estimated Jaccard similarity is >= `threshold`.
+    MinHash over word n-grams with LSH banding (`bands` bands of num_perm/bands rows): within a bucket of texts
+    whose band values are equal, each member is joined to the bucket's earliest one when their estimated Jaccard
+    similarity is >= `threshold`; groups are the connected components (union-find), rooted at their earliest text.
     """
     if num_perm % bands:
         raise ConfigError(f"near_dedup: num_perm = {num_perm} must be a multiple of bands = {bands}")
-    n = len(texts)
-    parent = np.arange(n)
-    if n < 2:
-        return parent
-    sig = _native.minhash_signatures(list(texts), ngram, num_perm, seed)
-    rows = num_perm // bands
-    mult = (np.arange(1, rows + 1, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)) | np.uint64(1)
-
-    def find(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    with np.errstate(over="ignore"):
-        for b in range(bands):
-            keys = (sig[:, b * rows : (b + 1) * rows] * mult).sum(axis=1, dtype=np.uint64)
-            order = np.argsort(keys, kind="stable")
-            sorted_keys = keys[order]
-            starts = np.flatnonzero(np.r_[True, sorted_keys[1:] != sorted_keys[:-1]])
-            ends = np.r_[starts[1:], n]
-            for s, e in zip(starts[ends - starts > 1], ends[ends - starts > 1]):
-                members = order[s:e]
-                head = members.min()
-                sims = (sig[members] == sig[head]).mean(axis=1)
-                for m, sim in zip(members, sims):
-                    if m != head and sim >= threshold:
-                        ra, rb = find(int(m)), find(int(head))
-                        parent[max(ra, rb)] = min(ra, rb)
-    return np.array([find(i) for i in range(n)])
+    if len(texts) < 2:
+        return np.arange(len(texts))
+    return near_duplicate_roots(
+        minhash(texts, ngram=ngram, num_perm=num_perm, seed=seed), bands=bands, threshold=threshold
+    )
 
 
 def near_dedup(
@@ -309,6 +326,40 @@ def _eval_texts(sets: tuple[str, ...]) -> dict[str, list[str]]:
     return out
 
 
+@dataclass(frozen=True)
+class LengthBounds:
+    """Character bounds of prompt and response (`[quality] min_/max_prompt_chars`, …)."""
+
+    min_prompt_chars: int = 10
+    max_prompt_chars: int = 4000
+    min_response_chars: int = 10
+    max_response_chars: int = 16000
+
+    def reason(self, prompt_chars: int, response_chars: int) -> str | None:
+        """Why a row with these lengths is removed, or None when it is kept."""
+        p, r = prompt_chars, response_chars
+        if not self.min_prompt_chars <= p <= self.max_prompt_chars:
+            return f"prompt has {p} chars, outside [{self.min_prompt_chars}, {self.max_prompt_chars}]"
+        if not self.min_response_chars <= r <= self.max_response_chars:
+            return f"response has {r} chars, outside [{self.min_response_chars}, {self.max_response_chars}]"
+        return None
+
+    def keep(self, prompt_chars: np.ndarray, response_chars: np.ndarray) -> np.ndarray:
+        """`reason(...) is None`, vectorised over arrays of lengths."""
+        p, r = prompt_chars, response_chars
+        return (
+            (p >= self.min_prompt_chars)
+            & (p <= self.max_prompt_chars)
+            & (r >= self.min_response_chars)
+            & (r <= self.max_response_chars)
+        )
+
+
+def row_lengths(row: Row) -> tuple[int, int]:
+    """(prompt chars, response chars) as the length filter counts them."""
+    return len(str(row.get("prompt", ""))), len(str(row.get("response", "")))
+
+
 def length_filter(
     rows: list[Row],
     *,
@@ -318,16 +369,10 @@ def length_filter(
     max_response_chars: int = 16000,
 ) -> tuple[list[Row], list[dict]]:
     """Keeps rows whose prompt and response lengths (characters) are within the bounds."""
+    bounds = LengthBounds(min_prompt_chars, max_prompt_chars, min_response_chars, max_response_chars)
     kept, removed = [], []
     for i, row in enumerate(rows):
-        p, r = len(str(row.get("prompt", ""))), len(str(row.get("response", "")))
-        why = (
-            f"prompt has {p} chars, outside [{min_prompt_chars}, {max_prompt_chars}]"
-            if not min_prompt_chars <= p <= max_prompt_chars
-            else f"response has {r} chars, outside [{min_response_chars}, {max_response_chars}]"
-            if not min_response_chars <= r <= max_response_chars
-            else None
-        )
+        why = bounds.reason(*row_lengths(row))
         (removed.append({"id": _id(row, i), "reason": why}) if why else kept.append(row))
     return kept, removed
 

@@ -7,8 +7,8 @@
 Item k of the config's deterministic item list belongs to shard `k % n`; each finished item goes to
 the shard's journal at once (see store.py), so `resume=True` after a crash redoes only the missing
 ones. When the shard's items are done, the dataset filters run over the shard's rows (exact and
-near-duplicate removal, decontamination, lengths) and the data files, removed-rows log and manifest
-are (re)written. `merge(cfg, n)` applies the same filters across all n shards' journals — the step
+near-duplicate removal, decontamination, lengths; streamed in two passes over the journals, see stream.py)
+and the data files, removed-rows log and manifest are (re)written. `merge(cfg, n)` applies the same filters across all n shards' journals — the step
 to run once all array jobs are done, so duplicates across shards go too.
 
 Before the first request of an OpenAI-compatible run, every `backend.base_urls` entry gets one GET of
@@ -21,21 +21,19 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import re
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from mathforge.backends import BackendError
 from mathforge.errors import ConfigError
-from mathforge.synth import quality
+from mathforge.synth import quality, stream
 from mathforge.synth.common import PIPELINES, Context, Pipeline, Reject
 from mathforge.synth.config import QualitySettings, SynthConfig, from_dict
 from mathforge.synth.prompts import Prompts, resolve_layout
 from mathforge.synth.seeds import SEED_SOURCES
-from mathforge.synth.store import Journal, shard_name, writable_folder, write_json, write_rows
+from mathforge.synth.store import Journal, cut_torn_tail, shard_name, writable_folder, write_json
 
 
 def make_pipeline(cfg: SynthConfig) -> Pipeline:
@@ -323,59 +321,21 @@ def _tool_sandbox(cfg: SynthConfig):
     return sandbox
 
 
-def _read_journals(journals: list[Path], report: quality.Report) -> tuple[list[dict[str, Any]], dict[str, int]]:
-    """The rows of all journals' records in natural id order, and the generation rejections counted by kind
-    (each also logged in `report`)."""
-    rows: list[dict[str, Any]] = []
-    reasons: dict[str, int] = {}
-    all_records = []
-    for path in journals:
-        journal = Journal(path)
-        journal.close()
-        all_records.extend(journal.records())
-    # journal order is completion order (it varies with concurrency); sort so "keep the first" is deterministic
-    for record in sorted(all_records, key=lambda r: _natural(r["id"])):
-        rows.extend(record["rows"])
-        if record["status"] != "ok":
-            reason = record.get("kind", record.get("reason", ""))
-            reasons[reason] = reasons.get(reason, 0) + 1
-            report.removed.append({"filter": "generation", "id": record["id"], "reason": record.get("reason")})
-    report.counts["generation"] = {"in": len(all_records), "removed": sum(reasons.values()), "kept": len(rows)}
-    return rows, reasons
-
-
-Filter = Callable[[list[dict[str, Any]]], tuple[list[dict[str, Any]], list[dict[str, Any]]]]
-
-
-def _filters(q: QualitySettings) -> tuple[list[tuple[str, Filter]], quality.Decontaminator | None]:
-    """The dataset filters `[quality]` turns on, in order of application, and the decontaminator (if any)."""
-    steps: list[tuple[str, Filter]] = [
-        (
-            "length",
-            lambda r: quality.length_filter(
-                r,
-                min_prompt_chars=q.min_prompt_chars,
-                max_prompt_chars=q.max_prompt_chars,
-                min_response_chars=q.min_response_chars,
-                max_response_chars=q.max_response_chars,
-            ),
-        )
-    ]
-    if q.exact_dedup:
-        steps.append(("exact_dedup", lambda r: quality.exact_dedup(r, tuple(q.dedup_on or ["prompt"]))))
+def _filters(q: QualitySettings) -> stream.Plan:
+    """The dataset filters `[quality]` turns on, in order of application: lengths, exact dedup, near dedup (on the
+    pipeline's keys `dedup_on` / `near_dedup_on`, filled per pipeline by config.load), decontamination."""
+    near = None
     if q.near_dedup:
-        steps.append(
-            (
-                "near_dedup",
-                lambda r: quality.near_dedup(
-                    r,
-                    fields=tuple(q.near_dedup_on or ["prompt"]),  # filled per pipeline by config.load
-                    ngram=q.near_dedup_ngram,
-                    num_perm=q.near_dedup_perm,
-                    bands=q.near_dedup_bands,
-                    threshold=q.near_dedup_threshold,
-                ),
+        if q.near_dedup_perm % q.near_dedup_bands:
+            raise ConfigError(
+                f"near_dedup: num_perm = {q.near_dedup_perm} must be a multiple of bands = {q.near_dedup_bands}"
             )
+        near = stream.NearDedup(
+            tuple(q.near_dedup_on or ["prompt"]),
+            q.near_dedup_ngram,
+            q.near_dedup_perm,
+            q.near_dedup_bands,
+            q.near_dedup_threshold,
         )
     deco = None
     if q.decontaminate:
@@ -385,46 +345,31 @@ def _filters(q: QualitySettings) -> tuple[list[tuple[str, Filter]], quality.Deco
             threshold=q.decontamination_threshold,
             min_words=q.decontamination_min_words,
         )
-        steps.append(("decontamination", lambda r: deco.filter(r, tuple(q.decontamination_fields))))
-    return steps, deco
+    return stream.Plan(
+        lengths=quality.LengthBounds(
+            q.min_prompt_chars, q.max_prompt_chars, q.min_response_chars, q.max_response_chars
+        ),
+        exact_fields=tuple(q.dedup_on or ["prompt"]) if q.exact_dedup else None,
+        near=near,
+        decontaminator=deco,
+        decontamination_fields=tuple(q.decontamination_fields),
+    )
 
 
 def finalize(cfg: SynthConfig, journals: list[Path], name: str, folder: str = "data") -> dict[str, Any]:
-    """Filters the rows of `journals`, writes <folder>/<stage>/shard-<name>.* and removed-<name>.jsonl; returns counts."""
-    out = Path(cfg.run.output)
-    report = quality.Report()
-    rows, reasons = _read_journals(journals, report)
-    steps, deco = _filters(cfg.quality)
-    for step, fn in steps:
-        seen = len(rows)
-        rows, removed = fn(rows)
-        report.add(step, seen, removed)
-    by_stage: dict[str, list[dict[str, Any]]] = {}
-    for row in rows:
-        by_stage.setdefault(str(row["meta"].get("stage", "all")), []).append(row)
-    files = {}
-    for stage, stage_rows in sorted(by_stage.items()):
-        path = out / folder / stage / f"shard-{name}.{cfg.run.format}"
-        write_rows(path, stage_rows, cfg.run.format)
-        files[stage] = {"path": str(path), "rows": len(stage_rows)}
-    with open(out / f"removed-{name}.jsonl", "w", encoding="utf-8") as handle:
-        for r in report.removed:
-            handle.write(json.dumps(r, ensure_ascii=False) + "\n")
+    """Filters the rows of `journals`, writes <folder>/<stage>/shard-<name>.* and removed-<name>.jsonl; returns counts.
+    Streams: memory holds per-row keys and signatures, not the rows (see stream.py)."""
+    for path in journals:
+        cut_torn_tail(path)
+    plan = _filters(cfg.quality)
+    result = stream.finalize(plan, journals, Path(cfg.run.output), name, folder, cfg.run.format)
     return {
         "name": name,
-        "rows": len(rows),
-        "files": files,
-        "filters": report.counts,
-        "generation_rejections": reasons,
-        "decontamination": deco.summary() if deco else None,
+        **result,
+        "decontamination": plan.decontaminator.summary() if plan.decontaminator else None,
         "dedup": {"exact_on": cfg.quality.dedup_on, "near_on": cfg.quality.near_dedup_on},
         "settings": cfg.to_dict(),
     }
-
-
-def _natural(text: str) -> list:
-    """Sort key that orders embedded numbers numerically ("item-9" before "item-10")."""
-    return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", text)]
 
 
 def merge(cfg: SynthConfig, count: int) -> dict[str, Any]:

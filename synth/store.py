@@ -64,12 +64,7 @@ class Journal:
         self._pending = 0
 
     def _recover(self) -> None:
-        data = self.path.read_bytes()
-        end = data.rfind(b"\n") + 1
-        if end < len(data):  # a torn last line from a crash: drop it (its item is not done)
-            self.torn_bytes = len(data) - end
-            with open(self.path, "r+b") as handle:
-                handle.truncate(end)
+        self.torn_bytes = cut_torn_tail(self.path)
         for record in self.records():
             self.done.add(record["id"])
 
@@ -80,10 +75,7 @@ class Journal:
             for number, line in enumerate(handle, start=1):
                 if not line.endswith(b"\n"):
                     break
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError:
-                    raise DataError(f"{self.path}:{number}: journal line is not valid JSON") from None
+                record = parse_line(self.path, number, line)
                 if record["id"] not in seen:
                     seen.add(record["id"])
                     yield record
@@ -104,6 +96,44 @@ class Journal:
             self._handle.flush()
             os.fsync(self._handle.fileno())
             self._handle.close()
+
+
+def cut_torn_tail(path: Path, chunk: int = 1 << 16) -> int:
+    """Cuts a torn last line (a crash mid-write) off the journal at `path`; returns the bytes cut. Reads only
+    the file's tail, not the whole journal."""
+    with open(path, "r+b") as handle:
+        size = handle.seek(0, os.SEEK_END)
+        end = size
+        while end > 0:
+            start = max(0, end - chunk)
+            handle.seek(start)
+            block = handle.read(end - start)
+            at = block.rfind(b"\n")
+            if at >= 0:
+                end = start + at + 1
+                break
+            end = start
+        if end < size:  # its item is not done
+            handle.truncate(end)
+        return size - end
+
+
+def journal_lines(path: Path) -> Iterator[tuple[int, int, bytes]]:
+    """(line number, byte offset, line) of each complete line of a journal, streamed."""
+    offset = 0
+    with open(path, "rb") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.endswith(b"\n"):
+                break
+            yield number, offset, line
+            offset += len(line)
+
+
+def parse_line(path: Path, number: int, line: bytes) -> dict[str, Any]:
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError:
+        raise DataError(f"{path}:{number}: journal line is not valid JSON") from None
 
 
 def _flat_meta(row: dict[str, Any]) -> dict[str, Any]:
@@ -128,6 +158,81 @@ def write_rows(path: Path, rows: list[dict[str, Any]], fmt: str) -> None:
             handle.flush()
             os.fsync(handle.fileno())
     os.replace(tmp, path)
+
+
+class RowSink:
+    """Writes rows to `path` in batches (JSONL lines, or Parquet row groups) and renames the temp file into place
+    on `close()`, so memory holds one batch, not the data set. A Parquet batch whose schema differs from the file's
+    so far (a column null until now, a new meta key) is cast to it, or else the file is rewritten batch by batch
+    under the unified schema: the result reads back as `write_rows` would have written it."""
+
+    def __init__(self, path: Path, fmt: str, batch_rows: int = 8192) -> None:
+        self.path, self.fmt, self.batch_rows = path, fmt, batch_rows
+        self.tmp = path.with_name(path.name + ".tmp")
+        self.rows = 0
+        self._batch: list[dict[str, Any]] = []
+        self._writer: Any = None
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._handle = open(self.tmp, "w", encoding="utf-8") if fmt != "parquet" else None  # noqa: SIM115
+
+    def add(self, row: dict[str, Any]) -> None:
+        self.rows += 1
+        if self._handle is not None:
+            self._handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+            return
+        self._batch.append(_flat_meta(row))
+        if len(self._batch) >= self.batch_rows:
+            self._flush()
+
+    def _flush(self) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        if not self._batch:
+            return
+        table = pa.Table.from_pylist(self._batch)
+        self._batch = []
+        if self._writer is None:
+            self._writer = pq.ParquetWriter(self.tmp, table.schema)
+        elif table.schema != self._writer.schema:
+            try:
+                table = table.cast(self._writer.schema)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError):
+                self._widen(pa.unify_schemas([self._writer.schema, table.schema], promote_options="permissive"))
+                table = pa.Table.from_pylist(table.to_pylist(), schema=self._writer.schema)
+        self._writer.write_table(table)
+
+    def _widen(self, schema: Any) -> None:
+        """Rewrites what is written so far under `schema`, one row group at a time."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        self._writer.close()
+        old = self.tmp.with_name(self.tmp.name + ".old")
+        os.replace(self.tmp, old)
+        self._writer = pq.ParquetWriter(self.tmp, schema)
+        source = pq.ParquetFile(old)
+        for group in range(source.num_row_groups):
+            rows = source.read_row_group(group).to_pylist()
+            self._writer.write_table(pa.Table.from_pylist(rows, schema=schema))
+        source.close()
+        old.unlink()
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.flush()
+            os.fsync(self._handle.fileno())
+            self._handle.close()
+        else:
+            self._flush()
+            if self._writer is None:  # no rows at all
+                import pyarrow as pa
+                import pyarrow.parquet as pq
+
+                pq.write_table(pa.table({}), self.tmp)
+            else:
+                self._writer.close()
+        os.replace(self.tmp, self.path)
 
 
 def write_json(path: Path, payload: dict[str, Any]) -> None:

@@ -123,11 +123,11 @@ def test_bad_rows_name_file_and_line(tmp_path, tokenizer):
 def test_cache_is_reused_and_keyed(tmp_path, tokenizer):
     data_path = write_addition_data(tmp_path / "d.jsonl", n=30)
     first = tokenize([str(data_path)], tokenizer, template="plain", max_seq_len=64, cache_dir=tmp_path / "c")
-    assert len(list((tmp_path / "c").glob("*.npz"))) == 1
+    assert len(list((tmp_path / "c").glob("tokens-*"))) == 1
     again = tokenize([str(data_path)], tokenizer, template="plain", max_seq_len=64, cache_dir=tmp_path / "c")
     assert np.array_equal(first.tokens, again.tokens) and first.counts == again.counts
     tokenize([str(data_path)], tokenizer, template="jiuzhang", max_seq_len=64, cache_dir=tmp_path / "c")
-    assert len(list((tmp_path / "c").glob("*.npz"))) == 2  # another template, another key
+    assert len(list((tmp_path / "c").glob("tokens-*"))) == 2  # another template, another key
 
 
 def test_parquet_rows(tmp_path, tokenizer):

@@ -1,8 +1,13 @@
 """Training data: rows → template → tokens with prompt masks → packed micro-batches.
 
 Rows are `{"prompt", "response"}` or `{"messages": [...]}` (what `mathforge synth` writes), from
-JSONL, JSON, Parquet files or a Hugging Face dataset name. Tokenization runs through `datasets.map`
-(with `num_proc`) and is cached on disk, keyed by the data, the tokenizer and the template. A
+JSONL, JSON, Parquet files or a Hugging Face dataset name. Rows are read and tokenized in chunks
+(`datasets.map` with `num_proc` per chunk) written straight into a token store on disk, keyed by the
+data, the tokenizer and the template: a folder `tokens-<key>/` holding `tokens.bin` (int32, all
+documents back to back), `offsets.npy` and `prompt_lengths.npy`, opened memory-mapped — every rank
+on a node reads the same pages through the page cache, so a rank's RSS holds the micro-batches it
+builds, not the data set. `Prefetcher` builds (and, for CUDA, pins) the next micro-batches on a
+background thread while the current step runs, in the same order as building them in the step. A
 micro-batch is one flat token stream with `position_ids` restarting per document, `cu_seqlens`, and
 shifted labels: `labels[t]` is the token at t+1 when that token is part of the same document's
 response, else -100 — so nothing is predicted across a document boundary or inside a prompt. A stage with
@@ -13,9 +18,15 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import json
 import os
+import queue
+import shutil
+import threading
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +50,7 @@ class TokenizedData:
     prompt_lengths: np.ndarray  # [docs] int64
     counts: dict[str, int] = field(default_factory=dict)  # rows read, skipped, truncated, dropped
 
-    @property
+    @cached_property
     def lengths(self) -> np.ndarray:
         return np.diff(self.offsets)
 
@@ -68,18 +79,30 @@ class MicroBatch:
             self.num_targets,
         )
 
+    def pin_memory(self) -> MicroBatch:
+        """The same batch in page-locked memory, so that `.to(cuda, non_blocking=True)` really overlaps."""
+        return MicroBatch(
+            self.input_ids.pin_memory(),
+            self.position_ids.pin_memory(),
+            self.cu_seqlens.pin_memory(),
+            self.max_seqlen,
+            self.labels.pin_memory(),
+            self.doc_lengths,
+            self.num_targets,
+        )
+
 
 # ---------------------------------------------------------------- reading rows
 
 
-def _read_source(source: str) -> list[tuple[str, dict[str, Any]]]:
-    """(where, row) pairs from a file, a folder of shards searched recursively (what `mathforge synth`
+def _read_source(source: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(where, row) pairs, streamed, from a file, a folder of shards searched recursively (what `mathforge synth`
     writes: data/<stage>/shard-*.jsonl) or `hf:<name>[:<config>]` (`mathforge.datasources.read_rows`), or
     from a Hugging Face dataset name (`name` or `name:split`)."""
     if source.startswith("hf:") or Path(source).exists() or source.endswith(SUFFIXES):
-        return [(row.where, row.value) for row in read_rows(source)]
+        return ((row.where, row.value) for row in read_rows(source))
     name, _, split = source.partition(":")
-    return [(row.where, row.value) for row in read_rows(f"hf:{name}", split=split or "train")]
+    return ((row.where, row.value) for row in read_rows(f"hf:{name}", split=split or "train"))
 
 
 def render_row(row: dict[str, Any], where: str, template: str, tokenizer: Any) -> tuple[str, str]:
@@ -153,6 +176,115 @@ def _tokenize_batch(batch: dict[str, list], tokenizer: Any, max_seq_len: int, ov
     return out
 
 
+CHUNK_ROWS = 65536  # rows rendered and tokenized at a time: memory holds one chunk of text
+
+
+class _StoreWriter:
+    """Appends tokenized chunks to a token store folder (written under a temporary name, renamed when complete),
+    or, without a folder, keeps them in memory."""
+
+    def __init__(self, folder: Path | None) -> None:
+        self.folder = folder
+        self.lengths: list[np.ndarray] = []
+        self.prompt_lengths: list[np.ndarray] = []
+        self.tokens: list[np.ndarray] = []
+        self.tmp = None
+        if folder is not None:
+            folder.parent.mkdir(parents=True, exist_ok=True)
+            self.tmp = folder.with_name(f"{folder.name}.tmp{os.getpid()}")
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            self.tmp.mkdir()
+            self._handle = open(self.tmp / "tokens.bin", "wb")  # noqa: SIM115 - closed in finish()
+
+    def add(self, tokens: np.ndarray, lengths: np.ndarray, prompt_lengths: np.ndarray) -> None:
+        if self.tmp is not None:
+            self._handle.write(np.ascontiguousarray(tokens, dtype=np.int32).tobytes())
+        else:
+            self.tokens.append(tokens.astype(np.int32))
+        self.lengths.append(lengths.astype(np.int64))
+        self.prompt_lengths.append(prompt_lengths.astype(np.int64))
+
+    def finish(self, counts: dict[str, int]) -> TokenizedData:
+        lengths = np.concatenate(self.lengths) if self.lengths else np.zeros(0, np.int64)
+        offsets = np.concatenate(([0], np.cumsum(lengths))).astype(np.int64)
+        prompt_lengths = np.concatenate(self.prompt_lengths) if self.prompt_lengths else np.zeros(0, np.int64)
+        if self.tmp is None:
+            tokens = np.concatenate(self.tokens) if self.tokens else np.zeros(0, np.int32)
+            return TokenizedData(tokens, offsets, prompt_lengths, counts)
+        self._handle.flush()
+        os.fsync(self._handle.fileno())
+        self._handle.close()
+        np.save(self.tmp / "offsets.npy", offsets)
+        np.save(self.tmp / "prompt_lengths.npy", prompt_lengths)
+        (self.tmp / "store.json").write_text(json.dumps({"counts": counts, "tokens": int(offsets[-1])}) + "\n")
+        try:
+            os.replace(self.tmp, self.folder)
+        except OSError:  # another process stored the same key first: same content, keep theirs
+            shutil.rmtree(self.tmp, ignore_errors=True)
+        return open_token_store(self.folder)
+
+    def abort(self) -> None:
+        if self.tmp is not None:
+            self._handle.close()
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def open_token_store(folder: str | Path) -> TokenizedData:
+    """A token store folder, memory-mapped read-only: the pages are shared by every process that opens it."""
+    folder = Path(folder)
+    meta = json.loads((folder / "store.json").read_text())
+    size = int(meta["tokens"])
+    tokens = (
+        np.memmap(folder / "tokens.bin", dtype=np.int32, mode="r", shape=(size,)) if size else np.zeros(0, np.int32)
+    )
+    return TokenizedData(
+        tokens,
+        np.load(folder / "offsets.npy", mmap_mode="r"),
+        np.load(folder / "prompt_lengths.npy", mmap_mode="r"),
+        meta["counts"],
+    )
+
+
+def _rendered(
+    sources: list[str], tokenizer: Any, template: str, skip_bad_rows: bool, counts: dict[str, int]
+) -> Iterator[tuple[str, str]]:
+    """(prompt text, response text) of every usable row, streamed; malformed rows counted (or raised)."""
+    for source in sources:
+        for where, row in _read_source(source):
+            counts["rows"] += 1
+            try:
+                yield render_row(row, where, template, tokenizer)
+            except DataError:
+                if not skip_bad_rows:
+                    raise
+                counts["skipped_malformed"] += 1
+
+
+def _tokenize_chunk(
+    chunk: list[tuple[str, str]], tokenizer: Any, max_seq_len: int, overflow: str, num_proc: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(flat tokens of the kept documents, their lengths, their prompt lengths, every row's status)."""
+    import datasets
+
+    prompts, responses = zip(*chunk)
+    dataset = datasets.Dataset.from_dict({"prompt_text": list(prompts), "response_text": list(responses)})
+    dataset = dataset.map(
+        _tokenize_batch,
+        batched=True,
+        batch_size=1000,
+        num_proc=num_proc if num_proc > 1 and len(chunk) >= 2000 * num_proc else None,
+        fn_kwargs={"tokenizer": tokenizer, "max_seq_len": max_seq_len, "overflow": overflow},
+        remove_columns=["prompt_text", "response_text"],
+        desc="tokenizing",
+    )
+    status = np.asarray(dataset["status"])
+    keep = status != "dropped"
+    column = dataset.data.table.column("input_ids").combine_chunks()
+    lengths = np.diff(column.offsets.to_numpy())[keep]
+    prompt_lengths = np.asarray(dataset["prompt_length"], dtype=np.int64)[keep]
+    return column.flatten().to_numpy(), lengths, prompt_lengths, status  # dropped rows hold no tokens
+
+
 def tokenize(
     sources: list[str],
     tokenizer: Any,
@@ -164,75 +296,38 @@ def tokenize(
     cache_dir: str | Path | None = None,
     skip_bad_rows: bool = False,
 ) -> TokenizedData:
-    """Reads, renders and tokenizes every row of `sources`; rows too long are truncated or dropped (counted)."""
-    import datasets
-
+    """Reads, renders and tokenizes every row of `sources` in chunks; rows too long are truncated or dropped
+    (counted). With `cache_dir`, the result is the memory-mapped token store <cache_dir>/tokens-<key>/, reused
+    when it exists; without, arrays in memory."""
     key_material = json.dumps(
         [[_source_fingerprint(s) for s in sources], tokenizer_fingerprint(tokenizer), template, max_seq_len, overflow]
     )
     key = hashlib.sha256(key_material.encode()).hexdigest()[:20]
-    cache_file = Path(cache_dir) / f"tokens-{key}.npz" if cache_dir else None
-    if cache_file is not None and cache_file.exists():
-        with np.load(cache_file) as cached:
-            counts = json.loads(str(cached["counts"]))
-            return TokenizedData(cached["tokens"], cached["offsets"], cached["prompt_lengths"], counts)
+    folder = Path(cache_dir) / f"tokens-{key}" if cache_dir else None
+    if folder is not None and (folder / "store.json").exists():
+        return open_token_store(folder)
 
-    prompt_texts, response_texts, skipped = [], [], 0
-    for source in sources:
-        for where, row in _read_source(source):
-            try:
-                prompt, response = render_row(row, where, template, tokenizer)
-            except DataError:
-                if not skip_bad_rows:
-                    raise
-                skipped += 1
-                continue
-            prompt_texts.append(prompt)
-            response_texts.append(response)
-    if not prompt_texts:
-        raise DataError(f"no usable rows in {', '.join(sources)} ({skipped} skipped as malformed)")
-
-    dataset = datasets.Dataset.from_dict({"prompt_text": prompt_texts, "response_text": response_texts})
-    dataset = dataset.map(
-        _tokenize_batch,
-        batched=True,
-        batch_size=1000,
-        num_proc=num_proc if num_proc > 1 else None,
-        fn_kwargs={"tokenizer": tokenizer, "max_seq_len": max_seq_len, "overflow": overflow},
-        remove_columns=["prompt_text", "response_text"],
-        desc="tokenizing",
-    )
-    status = np.asarray(dataset["status"])
-    keep = status != "dropped"
-    column = dataset.data.table.column("input_ids").combine_chunks()
-    lengths = np.diff(column.offsets.to_numpy())[keep]
-    data = TokenizedData(
-        tokens=column.flatten().to_numpy().astype(np.int32),  # dropped rows hold no tokens
-        offsets=np.concatenate(([0], np.cumsum(lengths))).astype(np.int64),
-        prompt_lengths=np.asarray(dataset["prompt_length"], dtype=np.int64)[keep],
-        counts={
-            "rows": len(prompt_texts) + skipped,
-            "skipped_malformed": skipped,
-            "truncated": int((status == "truncated").sum()),
-            "dropped_too_long": int((status == "dropped").sum()),
-            "documents": int(keep.sum()),
-            "tokens": int(lengths.sum()),
-        },
-    )
-    if len(data) == 0:
-        raise DataError(f"every row of {', '.join(sources)} is longer than max_seq_len={max_seq_len}")
-    if cache_file is not None:
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        partial = cache_file.with_suffix(f".tmp{os.getpid()}.npz")
-        np.savez(
-            partial,
-            tokens=data.tokens,
-            offsets=data.offsets,
-            prompt_lengths=data.prompt_lengths,
-            counts=np.array(json.dumps(data.counts)),
-        )
-        os.replace(partial, cache_file)
-    return data
+    counts = {"rows": 0, "skipped_malformed": 0, "truncated": 0, "dropped_too_long": 0, "documents": 0, "tokens": 0}
+    writer = _StoreWriter(folder)
+    try:
+        rows = _rendered(sources, tokenizer, template, skip_bad_rows, counts)
+        while chunk := list(itertools.islice(rows, CHUNK_ROWS)):
+            tokens, lengths, prompt_lengths, status = _tokenize_chunk(chunk, tokenizer, max_seq_len, overflow, num_proc)
+            writer.add(tokens, lengths, prompt_lengths)
+            counts["truncated"] += int((status == "truncated").sum())
+            counts["dropped_too_long"] += int((status == "dropped").sum())
+            counts["documents"] += len(lengths)
+            counts["tokens"] += int(lengths.sum())
+        if counts["rows"] == counts["skipped_malformed"]:
+            raise DataError(
+                f"no usable rows in {', '.join(sources)} ({counts['skipped_malformed']} skipped as malformed)"
+            )
+        if counts["documents"] == 0:
+            raise DataError(f"every row of {', '.join(sources)} is longer than max_seq_len={max_seq_len}")
+    except BaseException:
+        writer.abort()
+        raise
+    return writer.finish(counts)
 
 
 # ---------------------------------------------------------------- micro-batches
@@ -266,8 +361,10 @@ def build_micro_batch(
     """One flat stream of the given documents; labels are `ignore_index` where nothing is predicted. `mask_all`
     makes every label ignored (a filler micro-batch that runs the collectives of a distributed step without
     contributing to the loss)."""
+    docs = np.asarray(docs)
     lengths = data.lengths[docs]
-    pieces = [data.tokens[data.offsets[d] : data.offsets[d + 1]] for d in docs]
+    offsets = data.offsets
+    pieces = [data.tokens[offsets[d] : offsets[d + 1]] for d in docs.tolist()]
     ids = torch.from_numpy(np.concatenate(pieces).astype(np.int64))
     starts = np.concatenate(([0], np.cumsum(lengths)))
     position = np.arange(len(ids)) - np.repeat(starts[:-1], lengths)
@@ -286,3 +383,72 @@ def build_micro_batch(
         doc_lengths=lengths.tolist(),
         num_targets=int(targets.sum()),
     )
+
+
+# ---------------------------------------------------------------- background loading
+
+_END = object()
+
+
+class Prefetcher:
+    """Runs `make(item)` for each of `items` on a background thread, at most `depth` results ahead, and yields the
+    results in the order of `items` (the same sequence as calling `make` in the loop). An exception in `make` is
+    raised by the `next()` that would have returned its result; `close()` (or leaving the `with` block, e.g. on
+    Ctrl-C or a time limit) stops the thread. With `pin`, each result's `pin_memory()` is called on the thread."""
+
+    def __init__(self, items: Iterable[Any], make: Callable[[Any], Any], *, depth: int = 4, pin: bool = False):
+        self._queue: queue.Queue = queue.Queue(maxsize=max(1, depth))
+        self._stop = threading.Event()
+        self._items, self._make, self._pin = items, make, pin
+        self._thread = threading.Thread(target=self._work, name="mathforge-prefetch", daemon=True)
+        self._thread.start()
+
+    def _put(self, value: Any) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(value, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _work(self) -> None:
+        try:
+            for item in self._items:
+                result = self._make(item)
+                if self._pin:
+                    result = result.pin_memory()
+                if not self._put((True, result)):
+                    return
+        except BaseException as error:  # handed to the consumer, raised there
+            self._put((False, error))
+            return
+        self._put((True, _END))
+
+    def __iter__(self) -> Prefetcher:
+        return self
+
+    def __next__(self) -> Any:
+        ok, value = self._queue.get()
+        if not ok:
+            self.close()
+            raise value
+        if value is _END:
+            self._queue.put((True, _END))  # later calls stop too
+            raise StopIteration
+        return value
+
+    def close(self) -> None:
+        self._stop.set()
+        while self._thread.is_alive():
+            try:
+                self._queue.get_nowait()  # unblock a put
+            except queue.Empty:
+                pass
+            self._thread.join(timeout=0.05)
+
+    def __enter__(self) -> Prefetcher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

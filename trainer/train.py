@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import json
 import math
 import os
@@ -17,6 +18,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,6 +44,8 @@ from mathforge.trainer.checkpoint import (
 )
 from mathforge.trainer.config import Config, LossConfig, StageConfig, config_warnings, result_differences
 from mathforge.trainer.data import (
+    MicroBatch,
+    Prefetcher,
     TokenizedData,
     build_micro_batch,
     plan_micro_batches,
@@ -352,9 +356,19 @@ class StagePlan:
 
     def step_bins(self, step: int) -> np.ndarray:
         epoch, k = divmod(step, self.steps_per_epoch)
-        if epoch not in self._orders:
-            self._orders = {epoch: np.random.default_rng([self.seed, epoch]).permutation(len(self.bins))}
-        return self._orders[epoch][k * self.per_step : (k + 1) * self.per_step]
+        orders = self._orders  # read once: the prefetch thread may be an epoch ahead of the loop
+        if epoch not in orders:
+            order = np.random.default_rng([self.seed, epoch]).permutation(len(self.bins))
+            self._orders = orders = {e: o for e, o in orders.items() if e >= epoch - 1} | {epoch: order}
+        return orders[epoch][k * self.per_step : (k + 1) * self.per_step]
+
+    def micro_batches(self, rank: int, first_step: int) -> Iterator[tuple[np.ndarray, bool]]:
+        """(documents, filler) of every micro-batch this rank runs from `first_step` to the end, in order; a rank
+        short of micro-batches in a step runs fully masked fillers (bin 0) for the collectives."""
+        for step in range(first_step, self.total_steps):
+            mine, n_micro = self.rank_bins(step, rank)
+            for i in range(n_micro):
+                yield (self.bins[mine[i]], False) if i < len(mine) else (self.bins[0], True)
 
     def rank_bins(self, step: int, rank: int) -> tuple[np.ndarray, int]:
         """This rank's bins for the step, and how many micro-batches every rank runs (the longest share)."""
@@ -422,18 +436,32 @@ class StepResult:
     z_loss: torch.Tensor | None = None  # the z-loss part of `loss`, when [loss] z_loss > 0
 
 
-def forward_backward(run: Run, plan: StagePlan, step: int) -> StepResult:
+def batch_loader(run: Run, plan: StagePlan, first_step: int, depth: int = 4) -> Prefetcher:
+    """This rank's micro-batches from `first_step` on, built (and pinned, for CUDA) on a background thread while
+    the steps run, in the order `forward_backward` takes them."""
+    ignore = run.config.loss.ignore_index
+
+    def make(spec: tuple[np.ndarray, bool]):
+        return build_micro_batch(plan.data, spec[0], mask_all=spec[1], ignore_index=ignore)
+
+    return Prefetcher(plan.micro_batches(run.rank, first_step), make, depth=depth, pin=run.device.type == "cuda")
+
+
+def forward_backward(run: Run, plan: StagePlan, step: int, batches: Iterator[MicroBatch] | None = None) -> StepResult:
     """Forward and backward over this rank's micro-batches, each summed loss scaled by world / (targets of the
-    whole step on all ranks), so the gradient is the token mean of one big batch; then clips the gradients."""
-    mine, n_micro = plan.rank_bins(step, run.rank)
+    whole step on all ranks), so the gradient is the token mean of one big batch; then clips the gradients.
+    The micro-batches come from `batches` (see batch_loader), or are built here when it is None."""
+    _, n_micro = plan.rank_bins(step, run.rank)
+    if batches is None:
+        batches = (
+            build_micro_batch(plan.data, d, mask_all=f, ignore_index=run.config.loss.ignore_index)
+            for d, f in itertools.islice(plan.micro_batches(run.rank, step), n_micro)
+        )
     targets = max(plan.step_targets(step), 1)
     with_z = run.config.loss.z_loss > 0
     sums = torch.zeros(2, device=run.device)  # loss, z-loss term
-    for i in range(n_micro):
-        # a rank short of micro-batches in the last step runs a fully masked one for the collectives
-        docs, filler = (plan.bins[mine[i]], False) if i < len(mine) else (plan.bins[0], True)
-        batch = build_micro_batch(plan.data, docs, mask_all=filler, ignore_index=run.config.loss.ignore_index)
-        batch = batch.to(run.device)
+    for _ in range(n_micro):
+        batch = next(batches).to(run.device)
         args = (batch.input_ids, batch.position_ids, batch.cu_seqlens, batch.max_seqlen, batch.labels)
         with run.autocast:
             loss, z = run.module(*args, return_z_loss=True) if with_z else (run.module(*args), None)
@@ -695,10 +723,11 @@ def run_stage(
     watch = FiniteWatch(run.device)
     bar = _Bar(stage.name, plan.total_steps, run.state.stage_step) if bar_enabled else None
     stop = None
+    loader = batch_loader(run, plan, run.state.stage_step)
     try:
         for step in range(run.state.stage_step, plan.total_steps):
             meter.start()
-            result = forward_backward(run, plan, step)
+            result = forward_backward(run, plan, step, loader)
             watch.record(step, result)
             global_step = run.state.global_step + 1  # once this step is applied
             save_now = checkpoint_due(config, plan, step, global_step)
@@ -719,6 +748,7 @@ def run_stage(
             if stop:
                 break
     finally:
+        loader.close()
         if bar is not None:
             bar.close()
     return stage_summary(stage, plan, run, meter), stop, meter
