@@ -5,9 +5,10 @@
 - 429, 5xx, timeouts, connection errors and malformed responses are retried with exponential backoff
   and jitter; other 4xx fail at once with `BackendError`;
 - with several base URLs, one is *benched* (not picked while another URL is free to take the request)
-  when it cannot be connected to — for `bench_s`, doubling with each further failure up to `max_bench_s`, reset by a
-  success — and when a 429/503 says `Retry-After` (seconds or an HTTP date; at most
-  `max_retry_after_s`); a request whose every URL is benched waits until the first comes back;
+  when it cannot be connected to (refused, unresolved, or reset or closed before any reply) — for `bench_s`,
+  doubling with each further failure up to `max_bench_s`, reset by a success — and when a 429/503 says
+  `Retry-After` (seconds or an HTTP date; at most `max_retry_after_s`); a request whose every URL is benched
+  waits until the first comes back;
 - every choice keeps its `finish_reason` (`Completion.finish_reasons`); replies cut at `max_tokens`
   (`"length"`) are counted in `usage.truncated` — the caller decides (synthesis drops them, evaluation
   grades them as the model's answer);
