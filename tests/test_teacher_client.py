@@ -97,8 +97,8 @@ class FakeClock:
         self.now += seconds
 
 
-# a dead URL drops each connection with a reset, or reads the request and closes it (a FIN) without a reply (aiohttp
-# raises ServerDisconnectedError, which its openai transport maps to a timeout: it was once taken as "slow", not benched)
+# a dead URL drops each connection with a reset, or reads the request and closes it (a FIN) without a reply
+# (aiohttp raises ServerDisconnectedError, which its openai transport maps to a timeout: once taken as "slow")
 DROPS = ["reset", "close"]
 
 
