@@ -5,9 +5,10 @@
 - 429, 5xx, timeouts, connection errors and malformed responses are retried with exponential backoff
   and jitter; other 4xx fail at once with `BackendError`;
 - with several base URLs, one is *benched* (not picked while another URL is free to take the request)
-  when it cannot be connected to — for `bench_s`, doubling with each further failure up to `max_bench_s`, reset by a
-  success — and when a 429/503 says `Retry-After` (seconds or an HTTP date; at most
-  `max_retry_after_s`); a request whose every URL is benched waits until the first comes back;
+  when it cannot be connected to (refused, unresolved, or reset or closed before any reply) — for `bench_s`,
+  doubling with each further failure up to `max_bench_s`, reset by a success — and when a 429/503 says
+  `Retry-After` (seconds or an HTTP date; at most `max_retry_after_s`); a request whose every URL is benched
+  waits until the first comes back;
 - every choice keeps its `finish_reason` (`Completion.finish_reasons`); replies cut at `max_tokens`
   (`"length"`) are counted in `usage.truncated` — the caller decides (synthesis drops them, evaluation
   grades them as the model's answer);
@@ -305,8 +306,8 @@ class OpenAIClient:
 
 def connection_problem(error: BaseException | None) -> str | None:
     """What went wrong when `error` (or an exception it was raised from) is a failure to connect: "connection
-    refused", "host name not resolved", …; None when the server was reached. The transports wrap these deep
-    (aiohttp's refused connection even surfaces as an APITimeoutError)."""
+    refused", "host name not resolved", "connection closed before a reply", …; None when the server was reached.
+    The transports wrap these deep (aiohttp's refused or dropped connection even surfaces as an APITimeoutError)."""
     import socket
 
     seen = 0
@@ -319,6 +320,8 @@ def connection_problem(error: BaseException | None) -> str | None:
             return "connection reset"
         if type(error).__name__ in ("ClientConnectorError", "ConnectError") and error.__cause__ is None:
             return f"cannot connect ({error})"
+        if type(error).__name__ == "ServerDisconnectedError":  # aiohttp: closed (a FIN, not a reset) before a reply
+            return "connection closed before a reply"
         error, seen = error.__cause__ or error.__context__, seen + 1
     return None
 
@@ -328,7 +331,7 @@ def _unreachable(error: BaseException) -> bool:
     rather than slow (a timeout) or failing this request (a status, a malformed reply)."""
     import openai
 
-    if isinstance(error, openai.APITimeoutError):  # aiohttp reports a refused connection as a timeout
+    if isinstance(error, openai.APITimeoutError):  # aiohttp reports a refused or dropped connection as a timeout
         return connection_problem(error) is not None
     return isinstance(error, openai.APIConnectionError)
 

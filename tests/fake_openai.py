@@ -16,11 +16,11 @@ comes from `responder(messages, index)` (index = which of the `n` choices), whic
 explicitly: the server knows nothing about our prompts.
 
 `log` holds (time.monotonic(), status, fault) per completion request; `counts` the requests, faults and
-"cut" choices. `refuse=True` makes a dead server: every connection is counted in `counts["connections"]`
-and closed at once, before any reply.
-A POST to /completions (a raw `prompt` string) is answered by `responder(prompt, index)` with the string
-itself; `requests` lists (path, request body) of every answered request, so a test sees exactly what was
-sent where.
+"cut" choices. `refuse` makes a dead server: every connection is counted in `counts["connections"]` and
+dropped before any reply, the same way each time: "reset" closes it at once with a TCP reset (SO_LINGER 0;
+a plain close would be a reset only when the request had already arrived unread, else a FIN: which one
+depended on thread timing), "close" reads the request and closes with a FIN (a server that drops requests;
+aiohttp says ServerDisconnectedError, httpx RemoteProtocolError).
 """
 
 from __future__ import annotations
@@ -28,6 +28,8 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import socket
+import struct
 import threading
 import time
 from collections import Counter
@@ -51,7 +53,7 @@ class LoopbackServer:
         model: str = "loopback-teacher",
         script: list[str] | None = None,
         retry_after: str | None = None,
-        refuse: bool = False,
+        refuse: str | None = None,
     ) -> None:
         self.latency_s, self.hang_s, self.model, self.responder = latency_s, hang_s, model, responder
         self.faults = dict(faults or {})
@@ -60,6 +62,8 @@ class LoopbackServer:
         unknown = (set(self.faults) | set(self.script)) - allowed - {""}
         if unknown:
             raise ValueError(f"unknown faults {sorted(unknown)}; allowed: {', '.join(sorted(allowed))}")
+        if refuse not in (None, "reset", "close"):
+            raise ValueError(f"unknown refuse {refuse!r}; allowed: reset, close")
         self._rng = random.Random(seed)
         self.log: list[tuple[float, int, str]] = []
         self.counts: Counter = Counter()
@@ -116,13 +120,12 @@ class LoopbackServer:
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if self.refuse:
             self.counts["connections"] += 1
-            writer.transport.abort()  # a reset, no reply
+            await self._drop(reader, writer)
             return
         try:
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")
-                headers = dict(line.split(":", 1) for line in head.decode("latin-1").split("\r\n")[1:] if ":" in line)
-                length = int(next((v for k, v in headers.items() if k.strip().lower() == "content-length"), "0"))
+                length = _content_length(head)
                 body = await reader.readexactly(length) if length else b""
                 if head.startswith(b"GET "):  # a reachability check (GET /models): no fault, not counted
                     status, payload = 200, {"object": "list", "data": [{"id": "fake", "object": "model"}]}
@@ -141,6 +144,18 @@ class LoopbackServer:
             pass
         finally:
             writer.close()
+
+    async def _drop(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.refuse == "reset":
+            writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            writer.transport.abort()
+            return
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            await reader.readexactly(_content_length(head))
+        except (asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError):
+            pass
+        writer.close()
 
     async def _reply(self, body: bytes, path: str = "/v1/chat/completions") -> tuple[int, Any]:
         self.counts["requests"] += 1
@@ -193,3 +208,8 @@ class LoopbackServer:
                 "total_tokens": prompt_tokens + completion_tokens,
             },
         }
+
+
+def _content_length(head: bytes) -> int:
+    headers = dict(line.split(":", 1) for line in head.decode("latin-1").split("\r\n")[1:] if ":" in line)
+    return int(next((v for k, v in headers.items() if k.strip().lower() == "content-length"), "0"))

@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 from types import SimpleNamespace
 
+import pytest
 from fake_openai import LoopbackServer
 
-from mathforge.openai_client import OpenAIClient, parse_retry_after, retry_after_s
+from mathforge.openai_client import BackendError, OpenAIClient, parse_retry_after, retry_after_s
 
 
 def echo(messages, index):
@@ -96,9 +97,15 @@ class FakeClock:
         self.now += seconds
 
 
-def test_a_dead_base_url_is_benched_with_backoff_and_tried_again_later():
+# a dead URL drops each connection with a reset, or reads the request and closes it (a FIN) without a reply
+# (aiohttp raises ServerDisconnectedError, which its openai transport maps to a timeout: once taken as "slow")
+DROPS = ["reset", "close"]
+
+
+@pytest.mark.parametrize("drop", DROPS)
+def test_a_dead_base_url_is_benched_with_backoff_and_tried_again_later(drop):
     clock = FakeClock()
-    with LoopbackServer(echo, refuse=True) as dead, LoopbackServer(echo) as good:
+    with LoopbackServer(echo, refuse=drop) as dead, LoopbackServer(echo) as good:
         client = OpenAIClient(
             [dead.url, good.url], "m", concurrency=1, backoff_s=0.001, bench_s=5.0, sleep=clock.sleep, clock=clock
         )
@@ -145,11 +152,25 @@ def test_eval_results_report_the_clients_retries_and_truncations(tmp_path):
     assert client["per_url"] == {srv.url: 12} and client["benched"] == {}
 
 
-def test_concurrent_requests_meeting_a_dead_url_bench_it_once():
-    with LoopbackServer(echo, refuse=True) as dead, LoopbackServer(echo) as good:
+@pytest.mark.parametrize("drop", DROPS)
+def test_concurrent_requests_meeting_a_dead_url_bench_it_once(drop):
+    with LoopbackServer(echo, refuse=drop) as dead, LoopbackServer(echo) as good:
         client = OpenAIClient([dead.url, good.url], "m", concurrency=8, backoff_s=0.001, bench_s=30.0)
         outs = ask(client, [f"q{i}" for i in range(40)])
         reached = dead.counts["connections"]
     assert [o.texts[0] for o in outs] == [echo([{"content": f"q{i}"}], 0) for i in range(40)]
     assert 1 <= reached <= 8  # only the first wave, already in flight when the URL was benched
     assert client.usage.benched == {dead.url: 1} and client._failures[0] == 1  # one outage, one failure counted
+
+
+def test_a_url_that_drops_every_request_is_named_as_such_when_the_client_gives_up():
+    with LoopbackServer(echo, refuse="close") as dead:
+        client = OpenAIClient([dead.url], "m", max_retries=2, backoff_s=0.001)
+        with pytest.raises(BackendError) as error:
+            ask(client, ["q"])
+        reached = dead.counts["connections"]
+    assert (
+        str(error.value)
+        == f"{dead.url}: gave up after 3 attempts: cannot reach the server: connection closed before a reply"
+    )
+    assert reached == 3 and client.usage.failures == 1
