@@ -22,13 +22,12 @@ from __future__ import annotations
 
 import re
 
-from mathforge.datasources import last_boxed, match_braces  # noqa: F401 (one implementation, re-exported)
+from mathforge.datasources import BOX_RE, box_at, last_boxed, match_braces  # noqa: F401 (one implementation, re-exported)
 
 STYLES = ("auto", "boxed", "minerva", "gsm8k", "answer_is", "last_number")
 BOX_RULES = ("join", "last")
 MARKED = ("boxed", "minerva", "gsm8k", "answer_is")
 
-_BOX_RE = re.compile(r"\\(?:boxed|fbox)\b")
 _BOX_GAP_RE = re.compile(
     r"(?:[\s$,;.]|\\(?:quad|qquad|[,;: !\[\]()])|\\text\{\s*(?:and|or|,)\s*\}|\band\b|\bor\b|\bthen\b)*", re.IGNORECASE
 )
@@ -64,20 +63,12 @@ def _clean_tail(answer: str) -> str | None:
 def all_boxes(text: str) -> list[tuple[int, int, str]]:
     """Every complete box in `text`: (start, end, content), in order (a box inside a box is skipped)."""
     found: list[tuple[int, int, str]] = []
-    for match in _BOX_RE.finditer(text):
+    for match in BOX_RE.finditer(text):
         if found and match.start() < found[-1][1]:
             continue  # nested in the previous box
-        i = match.end()
-        while i < len(text) and text[i] == " ":
-            i += 1
-        if i < len(text) and text[i] == "{":
-            end = match_braces(text, i)
-            if end is not None:
-                found.append((match.start(), end, text[i + 1 : end - 1].strip()))
-        elif i > match.end():  # "\boxed 5": the token up to whitespace or `$`
-            token = re.match(r"[^\s$]+", text[i:])
-            if token:
-                found.append((match.start(), i + token.end(), token.group(0).rstrip(".")))
+        box = box_at(text, match)
+        if box is not None:
+            found.append((match.start(), *box))
     return found
 
 

@@ -171,24 +171,31 @@ def match_braces(text: str, start: int) -> int | None:
     return None
 
 
-_BOX_RE = re.compile(r"\\(?:boxed|fbox)\b")
+BOX_RE = re.compile(r"\\(?:boxed|fbox)\b")
+
+
+def box_at(text: str, match: re.Match) -> tuple[int, str] | None:
+    """(end, content) of the box whose macro `match` (of BOX_RE) found: `\\boxed{…}` with balanced braces, or
+    `\\boxed 5` (the token up to whitespace or `$`); None when the box is not complete."""
+    i = match.end()
+    while i < len(text) and text[i] == " ":
+        i += 1
+    if i < len(text) and text[i] == "{":
+        end = match_braces(text, i)
+        return None if end is None else (end, text[i + 1 : end - 1].strip())
+    if i > match.end():
+        token = re.match(r"[^\s$]+", text[i:])
+        if token:
+            return i + token.end(), token.group(0).rstrip(".")
+    return None
 
 
 def last_boxed(text: str) -> str | None:
     """Content of the last complete \\boxed{…} or \\fbox{…} (or `\\boxed 5`), else None (MATH's gold answer)."""
-    for match in reversed(list(_BOX_RE.finditer(text))):
-        i = match.end()
-        while i < len(text) and text[i] == " ":
-            i += 1
-        if i < len(text) and text[i] == "{":
-            end = match_braces(text, i)
-            if end is not None:
-                return text[i + 1 : end - 1].strip()
-            continue
-        if i > match.end():  # "\boxed 5": the token up to whitespace or `$`
-            token = re.match(r"[^\s$]+", text[i:])
-            if token:
-                return token.group(0).rstrip(".")
+    for match in reversed(list(BOX_RE.finditer(text))):
+        found = box_at(text, match)
+        if found is not None:
+            return found[1]
     return None
 
 
