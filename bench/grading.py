@@ -50,16 +50,20 @@ def ours(pred: str, gold: str) -> bool:
     return grade(pred, gold)
 
 
-def _wrap(text: str) -> str:
+def wrap_for_math_verify(text: str, kind: str = "answer") -> str:
+    """Math-Verify's documented input: `$text$` for a bare answer; anything delimited (`$`, `\\(`, `\\[`, a box,
+    `####`), a whole solution (`kind`), or a text of more than six words unchanged."""
     delimited = any(m in text for m in ("$", "\\boxed", "\\fbox", "\\(", "\\[", "####"))
-    return text if delimited or len(text.split()) > 6 else f"${text}$"
+    return text if delimited or kind == "solution" or len(text.split()) > 6 else f"${text}$"
 
 
-def math_verify(pred: str, gold: str) -> bool:
+def math_verify(pred: str, gold: str, kind: str = "answer") -> bool:
+    """Math-Verify 0.9's verdict on `pred` against `gold` (a GSM8K gold's text after `####`), both wrapped by
+    `wrap_for_math_verify` (`kind`: of the prediction)."""
     from math_verify import parse, verify
 
     gold_text = gold.split("####")[-1].strip() if "####" in gold else gold
-    return bool(verify(parse(_wrap(gold_text)), parse(_wrap(pred))))
+    return bool(verify(parse(wrap_for_math_verify(gold_text)), parse(wrap_for_math_verify(pred, kind))))
 
 
 def score(grader: Callable[[str, str], bool], cases: list[dict[str, Any]]) -> dict[str, Any]:

@@ -18,29 +18,17 @@ import argparse
 import json
 import logging
 import os
-import re
 import subprocess
 import sys
 import time
 from collections import defaultdict
 from typing import Any
 
-_DELIMITED = re.compile(r"\$|\\\(|\\\[|\\boxed|\\fbox")
-
-
-def wrap(text: str, kind: str = "answer") -> str:
-    """`$text$` for a bare answer; anything delimited, or a whole solution, unchanged."""
-    if _DELIMITED.search(text) or kind == "solution" or len(text.split()) > 6:
-        return text
-    return f"${text}$"
-
 
 def math_verify_verdict(case: dict[str, Any]) -> bool:
-    from math_verify import parse, verify
+    from mathforge.bench.grading import math_verify
 
-    gold = parse(wrap(case["gold"], "solution" if len(case["gold"].split()) > 6 else "answer"))
-    pred = parse(wrap(case["pred"], case["kind"]))
-    return bool(verify(gold, pred))
+    return math_verify(case["pred"], case["gold"], case["kind"])
 
 
 def _tally(rows: list[tuple[dict[str, Any], bool | None]]) -> dict[str, Any]:
