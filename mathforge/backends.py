@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from mathforge.errors import ConfigError, DataError
-from mathforge.openai_client import BackendError, Completion, OpenAIClient, Usage, check_reachable
+from mathforge.openai_client import BackendError, Completion, OpenAIClient, Usage, unreachable
 from mathforge.registry import Registry
 
 __all__ = [
@@ -440,11 +440,14 @@ class OpenAIBackend:
         self._client: OpenAIClient | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
-    def check(self, timeout_s: float = 5.0) -> None:
-        """One quick request to each base URL: a BackendError "cannot reach <url>: connection refused" in
-        seconds when a server is not there (called before a long run)."""
-        for url in self.base_urls:
-            check_reachable(url, api_key=self.options["api_key"], timeout_s=timeout_s)
+    def check(self, timeout_s: float = 5.0) -> dict[str, str]:
+        """One quick request to each base URL (called before a long run): a BackendError in seconds when no
+        server answers at any ("cannot reach <url>: connection refused", one per URL); else {url: why} of
+        those that did not answer (the client benches them until they do), {} when all did."""
+        down = unreachable(self.base_urls, api_key=self.options["api_key"], timeout_s=timeout_s)
+        if len(down) == len(self.base_urls):
+            raise BackendError("; ".join(down.values()))
+        return down
 
     @property
     def retries(self) -> int:

@@ -12,7 +12,9 @@ and the data files, removed-rows log and manifest are (re)written. `merge(cfg, n
 to run once all array jobs are done, so duplicates across shards go too.
 
 Before the first request of an OpenAI-compatible run, every `backend.base_urls` entry gets one GET of
-<url>/models (3 s): no server there is a ConfigError in seconds, not minutes of retries. Progress is a live
+<url>/models (3 s): no server at any of them is a ConfigError in seconds, not minutes of retries; when only
+some answer, the run starts on those, prints one line naming the others and records them in the manifest
+(`usage.unreachable_at_start`; the client benches them until they answer). Progress is a live
 bar on a terminal and, in a log file (Slurm, a pipe), a plain line every tenth of the items or 10 s.
 """
 
@@ -61,8 +63,9 @@ def synthesize(
         raise ConfigError(f"--shard {index}/{count}: need 0 <= i < n")
     resolve_layout(cfg.prompts.layout, _trained_layout(cfg, backend), cfg.backend.model)  # before anything is written
     out = writable_folder(cfg.run.output, "run.output")
+    down = None
     if backend is None and cfg.backend.kind == "openai":
-        check_reachable(cfg.backend.base_urls)  # seconds, not the retries' minutes, before anything is written
+        down = check_reachable(cfg.backend.base_urls)  # seconds, not the retries' minutes, before anything is written
     name = shard_name(index, count)
     journal_path = out / "work" / f"journal-{name}.jsonl"
     start = time.perf_counter()
@@ -90,6 +93,8 @@ def synthesize(
     finally:
         journal.close()
     stats["generate_seconds"] = round(time.perf_counter() - start, 3)
+    if down is not None:
+        usage["unreachable_at_start"] = down  # {url: why}; {} when every base URL answered
     manifest = finalize(cfg, [journal_path], name)
     manifest.update(
         {
@@ -145,27 +150,38 @@ def _same_settings(stored: Any, digest: str) -> bool:
         return False
 
 
-def check_reachable(urls: list[str], timeout_s: float = 3.0) -> None:
-    """ConfigError naming the first of `urls` that no server answers at (connection refused, unknown host, no
-    connection within `timeout_s`), checked side by side with `mathforge.openai_client.check_reachable` (one
-    GET of <url>/models; any HTTP answer, even an error status, counts as reachable)."""
-    from concurrent.futures import ThreadPoolExecutor
+_SERVER_HINT = "is the server running (or still loading its model)?"
 
-    from mathforge.openai_client import check_reachable as reach
 
-    def problem(url: str) -> str | None:
+def check_reachable(urls: list[str], timeout_s: float = 3.0, stream: Any = None) -> dict[str, str]:
+    """{url: why} of the `urls` no server answers at (connection refused, unknown host, no connection within
+    `timeout_s`: `mathforge.openai_client.unreachable`, one GET of <url>/models each, side by side; any HTTP
+    answer, even an error status, counts). When some answer, one line on `stream` (stderr) names the others
+    (the client benches them until they answer); a ConfigError when none answers, naming each URL's problem,
+    or when a URL is not http(s)."""
+    from mathforge.openai_client import unreachable
+
+    for url in urls:
         if not url.lower().startswith(("http://", "https://")):
-            return f"cannot reach {url}: not an http(s) URL; write it like http://host:8000/v1 (backend.base_urls)"
-        try:
-            reach(url, timeout_s=timeout_s)
-        except BackendError as error:
-            return f"{error} (backend.base_urls); is the server running (or still loading its model)?"
-        return None
-
-    with ThreadPoolExecutor(max_workers=min(16, len(urls))) as pool:
-        for why in pool.map(problem, urls):
-            if why is not None:
-                raise ConfigError(why)
+            raise ConfigError(
+                f"cannot reach {url}: not an http(s) URL; write it like http://host:8000/v1 (backend.base_urls)"
+            )
+    down = unreachable(urls, timeout_s=timeout_s)
+    if len(down) == len(urls) == 1:
+        raise ConfigError(f"{down[urls[0]]} (backend.base_urls); {_SERVER_HINT}")
+    if len(down) == len(urls):
+        raise ConfigError(
+            f"no server answers at any of the {len(urls)} backend.base_urls: {'; '.join(down.values())}; "
+            "are the servers running (or still loading their model)?"
+        )
+    if down:
+        print(
+            f"warning: {len(down)} of {len(urls)} backend.base_urls unreachable at start, starting on the others "
+            f"(benched until they answer): " + "; ".join(down.values()),
+            file=stream if stream is not None else sys.stderr,
+            flush=True,
+        )
+    return down
 
 
 class Progress:
