@@ -70,6 +70,10 @@ def synthesize(
     journal_path = out / "work" / f"journal-{name}.jsonl"
     start = time.perf_counter()
     pipeline = make_pipeline(cfg)  # its checks (seeds, test splits) before anything is written
+    inherited = synthesizer_provenance(cfg)
+    if inherited:  # the synthesizer was trained on test-seeded data: so is what it writes
+        info = getattr(pipeline, "info", {})
+        pipeline.info = {**info, "seeded_from_test": _merge_seeded(info.get("seeded_from_test") or {}, inherited)}
     _claim_output(cfg, journal_path, resume)
 
     items = [it for k, it in enumerate(pipeline.items()) if k % count == index]
@@ -108,6 +112,44 @@ def synthesize(
     )
     write_json(out / f"manifest-{name}.json", manifest)
     return manifest
+
+
+def synthesizer_provenance(cfg: SynthConfig) -> dict[str, dict[str, Any]]:
+    """The evaluation sets whose test problems seeded the synthesizing model's training data: the
+    `seeded_from_test` of the mathforge.json in `backend.provenance` (a served model's folder) or, without it,
+    in a `backend.kind = "local"` model folder; in the manifests' shape, each source (a synth manifest behind
+    that model) named with the mathforge.json it came through. {} when unknown (no such record)."""
+    folder = cfg.backend.provenance or (cfg.backend.model if cfg.backend.kind == "local" else "")
+    if cfg.backend.provenance and not Path(folder).is_dir():
+        raise ConfigError(
+            f"backend.provenance = {folder!r}: no such folder (give the served model's folder, whose "
+            "mathforge.json records what it was trained on)"
+        )
+    from mathforge.prompts import training_info
+
+    found = training_info(folder) if folder else None
+    recorded = found[0].get("seeded_from_test") if found is not None else None
+    if not isinstance(recorded, dict):
+        return {}
+    return {
+        eval_set: {
+            "sources": [
+                f"{m} (via {found[1]})" for m in (through if isinstance(through, list) and through else [eval_set])
+            ],
+            "seeds": 0,  # the model's record names manifests, not seed counts
+        }
+        for eval_set, through in recorded.items()
+    }
+
+
+def _merge_seeded(ours: dict[str, Any], inherited: dict[str, Any]) -> dict[str, Any]:
+    """Two `seeded_from_test` records (the manifests' shape) as one: sources listed once, seeds added."""
+    merged = {eval_set: {"sources": list(e["sources"]), "seeds": e["seeds"]} for eval_set, e in ours.items()}
+    for eval_set, entry in inherited.items():
+        into = merged.setdefault(eval_set, {"sources": [], "seeds": 0})
+        into["sources"] += [s for s in entry["sources"] if s not in into["sources"]]
+        into["seeds"] += entry["seeds"]
+    return merged
 
 
 def _trained_layout(cfg: SynthConfig, backend: Any) -> str | None:
