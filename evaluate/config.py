@@ -54,6 +54,9 @@ class EvalConfig:
     unsafe_sandbox: bool = False  # with tool: run the model's code even where the sandbox is not safe
     batch_size: int = 32  # prompts per batch (local generation)
     concurrency: int = 16  # parallel requests (with api)
+    max_retry_after_s: float = 60.0  # longest Retry-After (429/503) honoured (with api)
+    bench_s: float = 1.0  # a base URL that cannot be connected to is set aside this long, doubling per failure ...
+    max_bench_s: float = 60.0  # ... up to this (with api)
     boxes: Literal["join", "last"] = "join"  # several \\boxed{} in one answer: one answer set, or the last box
     out: str | None = None  # folder for results.json, results.md and samples-*.jsonl (`mathforge eval`: a new
     # runs/eval/<model>-<UTC time> when not given; run_eval: nothing is written)
@@ -77,6 +80,9 @@ def check(config: EvalConfig, where: str) -> EvalConfig:
         ("batch_size", config.batch_size >= 1, "must be >= 1"),
         ("concurrency", config.concurrency >= 1, "must be >= 1"),
         ("request_timeout", config.request_timeout > 0, "must be > 0"),
+        ("max_retry_after_s", config.max_retry_after_s >= 0, "must be >= 0"),
+        ("bench_s", config.bench_s >= 0, "must be >= 0"),
+        ("max_bench_s", config.max_bench_s >= config.bench_s, "must be >= bench_s"),
         ("bench", bool(config.bench), "is empty; give gsm8k, math500, math, a JSONL path or hf:<name>"),
     ]
     for key, ok, message in rules:

@@ -54,8 +54,10 @@ def make_backend(
     request_timeout: float = 600.0,
     batch_size: int = 32,
     engine: str = "auto",
+    **client: float,
 ) -> Backend:
-    """A LocalBackend for `model` (a folder) or an OpenAIBackend for `api` + `served_model`."""
+    """A LocalBackend for `model` (a folder) or an OpenAIBackend for `api` + `served_model`; `client`: its
+    max_retry_after_s, bench_s and max_bench_s (`mathforge.openai_client.OpenAIClient`)."""
     if (model is None) == (api is None):
         raise ConfigError("give exactly one of --model DIR or --api URL")
     if api is not None:
@@ -70,6 +72,7 @@ def make_backend(
                 "concurrency": concurrency,
                 "timeout_s": request_timeout,
                 "backoff_s": 1.0,
+                **client,
             }
         )
     return make_chat_backend({"kind": "local", "model": model, "engine": engine, "batch_size": batch_size})
@@ -378,6 +381,9 @@ def _prepare(config: EvalConfig, backend: Backend | None) -> tuple[dict[str, Ben
             request_timeout=config.request_timeout,
             batch_size=config.batch_size,
             engine=config.engine,
+            max_retry_after_s=config.max_retry_after_s,
+            bench_s=config.bench_s,
+            max_bench_s=config.max_bench_s,
         )
     check = getattr(backend, "check", None)
     if callable(check):

@@ -21,6 +21,8 @@ Kinds (``BACKENDS``, what ``backend.kind`` may name in a config):
   KV-cache generation; anything else, or ``engine="transformers"``, runs transformers' ``generate``.
   Chat messages are rendered with the tokenizer's chat template; a tokenizer without one gets the
   fallback layout of `render_chat` ("User: …\\n\\nAssistant: "), the same for synthesis and evaluation.
+  A completion that ran out of ``max_new_tokens`` before EOS or a stop string has finish reason "length"
+  (``generate_finished``, ``Completion.finish_reasons``; counted in ``usage.truncated``), as from a server.
   A folder written by `mathforge train` records its training layout in mathforge.json: ``backend.template``
   (None otherwise), which synthesis checks its layout against.
 """
@@ -36,7 +38,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from mathforge.errors import ConfigError, DataError
-from mathforge.openai_client import BackendError, Completion, OpenAIClient, Usage, check_reachable
+from mathforge.openai_client import BackendError, Completion, OpenAIClient, Usage, unreachable
 from mathforge.registry import Registry
 
 __all__ = [
@@ -145,6 +147,12 @@ def _cut(text: str, stop: Sequence[str]) -> str:
     return text[: min(hits)] if hits else text
 
 
+def _eos_ids(source: Any) -> set[int]:
+    """The EOS id(s) a tokenizer or generation config names (an int, a list or None)."""
+    ids = getattr(source, "eos_token_id", None)
+    return {ids} if isinstance(ids, int) else set(ids or ())
+
+
 def _count_tokens(tokenizer: Any, text: str, add_special_tokens: bool) -> int:
     encoded = tokenizer.encode(text, add_special_tokens=add_special_tokens)
     return len(getattr(encoded, "ids", encoded))
@@ -245,6 +253,24 @@ class LocalBackend:
         seed: int = 0,
     ) -> list[list[str]]:
         """n completions per prompt; greedy decoding (temperature 0) generates once and repeats it n times."""
+        finished = self.generate_finished(
+            prompts, n=n, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, stop=stop, seed=seed
+        )
+        return [[text for text, _ in outs] for outs in finished]
+
+    def generate_finished(
+        self,
+        prompts: Sequence[PromptInput],
+        *,
+        n: int = 1,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        max_new_tokens: int = 1024,
+        stop: Sequence[str] = (),
+        seed: int = 0,
+    ) -> list[list[tuple[str, str]]]:
+        """`generate` with each completion's finish reason: (text, "stop" | "length"), "length" when
+        max_new_tokens ran out before EOS or a stop string (counted in ``usage.truncated``)."""
         texts = [p if isinstance(p, str) else render_chat(self.tokenizer, p) for p in prompts]
         copies = n if temperature > 0 else 1
         expanded = [t for t in texts for _ in range(copies)]
@@ -286,8 +312,8 @@ class LocalBackend:
     async def _ask(self, prompt: PromptInput, n, temperature, top_p, max_tokens, seed, stop) -> Completion:
         before = (self.usage.prompt_tokens, self.usage.completion_tokens)
         seed = self.seed if seed is None or seed < 0 else seed
-        texts = await asyncio.to_thread(
-            self.generate,
+        finished = await asyncio.to_thread(
+            self.generate_finished,
             [prompt],
             n=n,
             temperature=temperature,
@@ -297,24 +323,29 @@ class LocalBackend:
             seed=seed,
         )
         return Completion(
-            texts[0], self.usage.prompt_tokens - before[0], self.usage.completion_tokens - before[1], self.model_name
+            [text for text, _ in finished[0]],
+            self.usage.prompt_tokens - before[0],
+            self.usage.completion_tokens - before[1],
+            self.model_name,
+            [why for _, why in finished[0]],
         )
 
-    def _account(self, texts: list[str], outputs: list[list[str]]) -> None:
+    def _account(self, texts: list[str], outputs: list[list[tuple[str, str]]]) -> None:
         tok = self.tokenizer
         self.usage.requests += len(texts)
         for text, outs in zip(texts, outputs):
             self.usage.completions += len(outs)
             self.usage.prompt_tokens += len(outs) * _count_tokens(tok, text, True)
-            self.usage.completion_tokens += sum(_count_tokens(tok, o, False) for o in outs)
+            self.usage.completion_tokens += sum(_count_tokens(tok, o, False) for o, _ in outs)
+            self.usage.truncated += sum(why == "length" for _, why in outs)
 
     def _run(
         self, texts: list[str], temperature: float, top_p: float, max_new_tokens: int, stop: list[str], seed: int
-    ) -> list[str]:
+    ) -> list[tuple[str, str]]:
         if self.engine == "mathforge":
-            from mathforge.model.generate import generate
+            from mathforge.model.generate import generate_finished
 
-            return generate(
+            return generate_finished(
                 self.model,
                 self.tokenizer,
                 texts,
@@ -327,7 +358,7 @@ class LocalBackend:
             )
         return self._hf_generate(texts, temperature, top_p, max_new_tokens, stop, seed)
 
-    def _hf_generate(self, texts, temperature, top_p, max_new_tokens, stop, seed) -> list[str]:
+    def _hf_generate(self, texts, temperature, top_p, max_new_tokens, stop, seed) -> list[tuple[str, str]]:
         import torch
 
         tok = self.tokenizer
@@ -337,7 +368,8 @@ class LocalBackend:
         sampling = (
             {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else {"do_sample": False}
         )
-        out: list[str] = []
+        out: list[tuple[str, str]] = []
+        ends = {tok.pad_token_id, *_eos_ids(tok), *_eos_ids(getattr(self.model, "generation_config", None))}
         for b, start in enumerate(range(0, len(texts), self.batch_size)):
             torch.manual_seed(seed + b)
             batch = tok(texts[start : start + self.batch_size], return_tensors="pt", padding=True).to(self.device)
@@ -346,7 +378,11 @@ class LocalBackend:
                     **batch, max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id, **sampling
                 )
             new = ids[:, batch["input_ids"].shape[1] :]
-            out += [_cut(tok.decode(row, skip_special_tokens=True), stop) for row in new]
+            for row in new:
+                text = tok.decode(row, skip_special_tokens=True)
+                cut = _cut(text, stop)
+                ended = cut != text or len(row) < max_new_tokens or any(t in ends for t in row.tolist())
+                out.append((cut, "stop" if ended else "length"))  # finished rows are padded (pad or EOS ids)
         return out
 
     async def aclose(self) -> None:
@@ -404,11 +440,14 @@ class OpenAIBackend:
         self._client: OpenAIClient | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
-    def check(self, timeout_s: float = 5.0) -> None:
-        """One quick request to each base URL: a BackendError "cannot reach <url>: connection refused" in
-        seconds when a server is not there (called before a long run)."""
-        for url in self.base_urls:
-            check_reachable(url, api_key=self.options["api_key"], timeout_s=timeout_s)
+    def check(self, timeout_s: float = 5.0) -> dict[str, str]:
+        """One quick request to each base URL (called before a long run): a BackendError in seconds when no
+        server answers at any ("cannot reach <url>: connection refused", one per URL); else {url: why} of
+        those that did not answer (the client benches them until they do), {} when all did."""
+        down = unreachable(self.base_urls, api_key=self.options["api_key"], timeout_s=timeout_s)
+        if len(down) == len(self.base_urls):
+            raise BackendError("; ".join(down.values()))
+        return down
 
     @property
     def retries(self) -> int:

@@ -399,6 +399,24 @@ def check_reachable(base_url: str, *, api_key: str | None = None, timeout_s: flo
         raise BackendError(f"cannot reach {base_url}: {problem}") from None
 
 
+def unreachable(base_urls: list[str], *, api_key: str | None = None, timeout_s: float = 5.0) -> dict[str, str]:
+    """{url: why} for each of `base_urls` no server answers at (`check_reachable`, all side by side); {} when
+    every one answers. The caller decides: with several URLs, a run can start on those that answer (the
+    client benches the others until they do)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def problem(url: str) -> str | None:
+        try:
+            check_reachable(url, api_key=api_key, timeout_s=timeout_s)
+        except BackendError as error:
+            return str(error)
+        return None
+
+    with ThreadPoolExecutor(max_workers=max(1, min(16, len(base_urls)))) as pool:
+        problems = list(pool.map(problem, base_urls))
+    return {url: why for url, why in zip(base_urls, problems) if why is not None}
+
+
 def _parse(data: Any, kind: str, model: str) -> Completion:
     """The texts (in choice order) and token usage of a decoded completions reply; `_Malformed` if it has none."""
     try:

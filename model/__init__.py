@@ -9,7 +9,7 @@ Imports only `mathforge.kernels` and the core (`mathforge.errors`): trainer, eva
 
 from mathforge.model.build import from_config, from_pretrained
 from mathforge.model.config import ARCHITECTURES, PRESETS, ModelConfig
-from mathforge.model.generate import generate, generate_tokens, sample_next
+from mathforge.model.generate import generate, generate_finished, generate_tokens, sample_next
 from mathforge.model.hf import config_from_hf, config_to_hf
 from mathforge.model.transformer import KVCache, Transformer, positions_from_cu_seqlens, rope_inv_freq, shift_labels
 
@@ -24,6 +24,7 @@ __all__ = [
     "from_config",
     "from_pretrained",
     "generate",
+    "generate_finished",
     "generate_tokens",
     "sample_next",
     "positions_from_cu_seqlens",

@@ -126,6 +126,29 @@ def generate(
 
     `tokenizer`: a transformers tokenizer (or a `tokenizers.Tokenizer`) with encode/decode. Prompts are
     batched longest first; batch b samples with seed + b, so results do not depend on the other batches."""
+    options = {"temperature": temperature, "top_p": top_p, "stop": stop, "seed": seed, "batch_size": batch_size}
+    finished = generate_finished(
+        model, tokenizer, prompts, max_new_tokens=max_new_tokens, add_special_tokens=add_special_tokens, **options
+    )
+    return [text for text, _ in finished]
+
+
+@torch.no_grad()
+def generate_finished(
+    model: Transformer,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    *,
+    max_new_tokens: int,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    stop: Sequence[str] | None = None,
+    seed: int = 0,
+    batch_size: int = 32,
+    add_special_tokens: bool = True,
+) -> list[tuple[str, str]]:
+    """`generate`'s completions with why each ended, as an OpenAI server says it: "stop" (EOS or a stop
+    string) or "length" (`max_new_tokens` ran out first: a partial reply)."""
     stop = [s for s in (stop or []) if s]
     eos: set[int] = set()
     for source in (getattr(tokenizer, "eos_token_id", None), model.config.eos_token_id):
@@ -143,7 +166,7 @@ def generate(
     def stopped(_row: int, tokens: list[int]) -> bool:
         return bool(stop) and _cut_at_stop(decode(tokens[-tail:]), stop)[1]
 
-    texts: list[str] = [""] * len(prompts)
+    texts: list[tuple[str, str]] = [("", "stop")] * len(prompts)
     for b, start in enumerate(range(0, len(order), batch_size)):
         batch = order[start : start + batch_size]
         new = generate_tokens(
@@ -157,5 +180,6 @@ def generate(
             should_stop=stopped,
         )
         for i, tokens in zip(batch, new):
-            texts[i] = _cut_at_stop(decode(tokens), stop)[0]
+            text, cut = _cut_at_stop(decode(tokens), stop)
+            texts[i] = (text, "stop" if cut or len(tokens) < max_new_tokens else "length")  # shorter: EOS came
     return texts

@@ -77,6 +77,9 @@ class BackendSettings:
     device: str = "auto"
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     batch_size: int = 8
+    # the served model's folder (kind "openai"), whose mathforge.json says which test splits seeded its
+    # training data: the manifest inherits them (a "local" model's own folder is read without it)
+    provenance: str = ""
 
 
 @dataclass

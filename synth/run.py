@@ -12,7 +12,9 @@ and the data files, removed-rows log and manifest are (re)written. `merge(cfg, n
 to run once all array jobs are done, so duplicates across shards go too.
 
 Before the first request of an OpenAI-compatible run, every `backend.base_urls` entry gets one GET of
-<url>/models (3 s): no server there is a ConfigError in seconds, not minutes of retries. Progress is a live
+<url>/models (3 s): no server at any of them is a ConfigError in seconds, not minutes of retries; when only
+some answer, the run starts on those, prints one line naming the others and records them in the manifest
+(`usage.unreachable_at_start`; the client benches them until they answer). Progress is a live
 bar on a terminal and, in a log file (Slurm, a pipe), a plain line every tenth of the items or 10 s.
 """
 
@@ -61,12 +63,17 @@ def synthesize(
         raise ConfigError(f"--shard {index}/{count}: need 0 <= i < n")
     resolve_layout(cfg.prompts.layout, _trained_layout(cfg, backend), cfg.backend.model)  # before anything is written
     out = writable_folder(cfg.run.output, "run.output")
+    down = None
     if backend is None and cfg.backend.kind == "openai":
-        check_reachable(cfg.backend.base_urls)  # seconds, not the retries' minutes, before anything is written
+        down = check_reachable(cfg.backend.base_urls)  # seconds, not the retries' minutes, before anything is written
     name = shard_name(index, count)
     journal_path = out / "work" / f"journal-{name}.jsonl"
     start = time.perf_counter()
     pipeline = make_pipeline(cfg)  # its checks (seeds, test splits) before anything is written
+    inherited = synthesizer_provenance(cfg)
+    if inherited:  # the synthesizer was trained on test-seeded data: so is what it writes
+        info = getattr(pipeline, "info", {})
+        pipeline.info = {**info, "seeded_from_test": _merge_seeded(info.get("seeded_from_test") or {}, inherited)}
     _claim_output(cfg, journal_path, resume)
 
     items = [it for k, it in enumerate(pipeline.items()) if k % count == index]
@@ -90,6 +97,8 @@ def synthesize(
     finally:
         journal.close()
     stats["generate_seconds"] = round(time.perf_counter() - start, 3)
+    if down is not None:
+        usage["unreachable_at_start"] = down  # {url: why}; {} when every base URL answered
     manifest = finalize(cfg, [journal_path], name)
     manifest.update(
         {
@@ -103,6 +112,44 @@ def synthesize(
     )
     write_json(out / f"manifest-{name}.json", manifest)
     return manifest
+
+
+def synthesizer_provenance(cfg: SynthConfig) -> dict[str, dict[str, Any]]:
+    """The evaluation sets whose test problems seeded the synthesizing model's training data: the
+    `seeded_from_test` of the mathforge.json in `backend.provenance` (a served model's folder) or, without it,
+    in a `backend.kind = "local"` model folder; in the manifests' shape, each source (a synth manifest behind
+    that model) named with the mathforge.json it came through. {} when unknown (no such record)."""
+    folder = cfg.backend.provenance or (cfg.backend.model if cfg.backend.kind == "local" else "")
+    if cfg.backend.provenance and not Path(folder).is_dir():
+        raise ConfigError(
+            f"backend.provenance = {folder!r}: no such folder (give the served model's folder, whose "
+            "mathforge.json records what it was trained on)"
+        )
+    from mathforge.prompts import training_info
+
+    found = training_info(folder) if folder else None
+    recorded = found[0].get("seeded_from_test") if found is not None else None
+    if not isinstance(recorded, dict):
+        return {}
+    return {
+        eval_set: {
+            "sources": [
+                f"{m} (via {found[1]})" for m in (through if isinstance(through, list) and through else [eval_set])
+            ],
+            "seeds": 0,  # the model's record names manifests, not seed counts
+        }
+        for eval_set, through in recorded.items()
+    }
+
+
+def _merge_seeded(ours: dict[str, Any], inherited: dict[str, Any]) -> dict[str, Any]:
+    """Two `seeded_from_test` records (the manifests' shape) as one: sources listed once, seeds added."""
+    merged = {eval_set: {"sources": list(e["sources"]), "seeds": e["seeds"]} for eval_set, e in ours.items()}
+    for eval_set, entry in inherited.items():
+        into = merged.setdefault(eval_set, {"sources": [], "seeds": 0})
+        into["sources"] += [s for s in entry["sources"] if s not in into["sources"]]
+        into["seeds"] += entry["seeds"]
+    return merged
 
 
 def _trained_layout(cfg: SynthConfig, backend: Any) -> str | None:
@@ -145,27 +192,38 @@ def _same_settings(stored: Any, digest: str) -> bool:
         return False
 
 
-def check_reachable(urls: list[str], timeout_s: float = 3.0) -> None:
-    """ConfigError naming the first of `urls` that no server answers at (connection refused, unknown host, no
-    connection within `timeout_s`), checked side by side with `mathforge.openai_client.check_reachable` (one
-    GET of <url>/models; any HTTP answer, even an error status, counts as reachable)."""
-    from concurrent.futures import ThreadPoolExecutor
+_SERVER_HINT = "is the server running (or still loading its model)?"
 
-    from mathforge.openai_client import check_reachable as reach
 
-    def problem(url: str) -> str | None:
+def check_reachable(urls: list[str], timeout_s: float = 3.0, stream: Any = None) -> dict[str, str]:
+    """{url: why} of the `urls` no server answers at (connection refused, unknown host, no connection within
+    `timeout_s`: `mathforge.openai_client.unreachable`, one GET of <url>/models each, side by side; any HTTP
+    answer, even an error status, counts). When some answer, one line on `stream` (stderr) names the others
+    (the client benches them until they answer); a ConfigError when none answers, naming each URL's problem,
+    or when a URL is not http(s)."""
+    from mathforge.openai_client import unreachable
+
+    for url in urls:
         if not url.lower().startswith(("http://", "https://")):
-            return f"cannot reach {url}: not an http(s) URL; write it like http://host:8000/v1 (backend.base_urls)"
-        try:
-            reach(url, timeout_s=timeout_s)
-        except BackendError as error:
-            return f"{error} (backend.base_urls); is the server running (or still loading its model)?"
-        return None
-
-    with ThreadPoolExecutor(max_workers=min(16, len(urls))) as pool:
-        for why in pool.map(problem, urls):
-            if why is not None:
-                raise ConfigError(why)
+            raise ConfigError(
+                f"cannot reach {url}: not an http(s) URL; write it like http://host:8000/v1 (backend.base_urls)"
+            )
+    down = unreachable(urls, timeout_s=timeout_s)
+    if len(down) == len(urls) == 1:
+        raise ConfigError(f"{down[urls[0]]} (backend.base_urls); {_SERVER_HINT}")
+    if len(down) == len(urls):
+        raise ConfigError(
+            f"no server answers at any of the {len(urls)} backend.base_urls: {'; '.join(down.values())}; "
+            "are the servers running (or still loading their model)?"
+        )
+    if down:
+        print(
+            f"warning: {len(down)} of {len(urls)} backend.base_urls unreachable at start, starting on the others "
+            f"(benched until they answer): " + "; ".join(down.values()),
+            file=stream if stream is not None else sys.stderr,
+            flush=True,
+        )
+    return down
 
 
 class Progress:

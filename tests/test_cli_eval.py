@@ -337,3 +337,32 @@ def test_mathforge_version(capsys):
         main(["--version"])
     assert exit_info.value.code == 0
     assert capsys.readouterr().out == f"mathforge {mathforge.__version__}\n"
+
+
+def test_client_settings_reach_the_client_and_unknown_keys_are_refused(tmp_path, monkeypatch, capsys):
+    from fake_openai import LoopbackServer
+
+    from mathforge.backends import OpenAIBackend
+
+    monkeypatch.chdir(tmp_path)
+    code, _, err = _eval(capsys, "--api", "http://127.0.0.1:1/v1", "--served-model", "m", "--set", "bench_seconds=2")
+    assert code == 2 and _error_line(err).startswith("error: eval: unknown key 'bench_seconds'; allowed: ")
+    assert "max_retry_after_s, bench_s, max_bench_s" in _error_line(err)
+    code, _, err = _eval(capsys, "--api", "http://127.0.0.1:1/v1", "--served-model", "m", "--set", "bench_s=-1")
+    assert code == 2 and _error_line(err) == "error: eval.bench_s must be >= 0, got -1.0"
+
+    made: list[OpenAIBackend] = []
+    real = runner.make_backend
+    monkeypatch.setattr(runner, "make_backend", lambda *a, **k: made.append(real(*a, **k)) or made[-1])
+    # the server asks to wait 30 s once: max_retry_after_s = 0.25 caps the wait the client honours
+    with LoopbackServer(lambda m, i: "The answer is: 7", script=["429"], retry_after="30") as srv:
+        sets = ["--set", "max_retry_after_s=0.25", "--set", "bench_s=2.5", "--set", "max_bench_s=5"]
+        code, _, err = _eval(capsys, "--api", srv.url, "--served-model", "m", "--limit", "1", "--out", "ev", *sets)
+    assert code == 0, err
+    assert {k: made[0].options[k] for k in ("max_retry_after_s", "bench_s", "max_bench_s")} == {
+        "max_retry_after_s": 0.25,
+        "bench_s": 2.5,
+        "max_bench_s": 5.0,
+    }
+    client = json.loads((tmp_path / "ev" / "results.json").read_text())["client"]
+    assert client["retry_after"] == 1 and client["retry_after_s"] == 0.25 and client["retries"] == {"429": 1}

@@ -212,3 +212,31 @@ def test_a_base_url_without_a_scheme_is_named():
     assert str(error.value) == (
         "cannot reach localhost:8000/v1: not an http(s) URL; write it like http://host:8000/v1 (backend.base_urls)"
     )
+
+
+def test_a_run_starts_when_some_base_urls_answer_and_names_the_others(tmp_path, capsys):
+    out = tmp_path / "jz"
+    with LoopbackServer(answer, refuse="reset") as dead, LoopbackServer(answer) as good:
+        urls = ["--set", f'backend.base_urls=["{dead.url}", "{good.url}"]', "--set", "backend.max_retries=3"]
+        code, _, err = run_cli(["synth", str(jiuzhang_toml(tmp_path, good.url, out)), *urls], capsys)
+    why = f"cannot reach {dead.url}: connection reset"
+    assert code == 0 and err.splitlines() == [
+        "warning: 1 of 2 backend.base_urls unreachable at start, starting on the others (benched until they "
+        f"answer): {why}"
+    ]
+    [manifest] = out.glob("manifest-*.json")
+    usage = json.loads(manifest.read_text())["usage"]
+    assert usage["unreachable_at_start"] == {dead.url: why} and usage["completions"] == 6
+
+
+def test_no_base_url_answering_is_refused_naming_each(tmp_path, capsys):
+    out = tmp_path / "jz"
+    closed = f"http://127.0.0.1:{closed_port()}/v1"
+    with LoopbackServer(answer, refuse="reset") as dead:
+        urls = ["--set", f'backend.base_urls=["{dead.url}", "{closed}"]']
+        code, _, err = run_cli(["synth", str(jiuzhang_toml(tmp_path, dead.url, out)), *urls], capsys)
+    assert code == 2 and one_error_line(err) == (
+        f"error: no server answers at any of the 2 backend.base_urls: cannot reach {dead.url}: connection reset; "
+        f"cannot reach {closed}: connection refused; are the servers running (or still loading their model)?"
+    )
+    assert not (out / "work").exists()

@@ -154,3 +154,71 @@ def test_manifests_from_before_the_record_count_builtin_math_seeds(tmp_path):
         "synth_manifests": [manifest],
         "seeded_from_test": {"math_test": [manifest]},
     }
+
+
+def jiuzhang_sets(tmp_path: Path, out: str, *more: str) -> list[str]:
+    texts = tmp_path / "texts.jsonl"
+    texts.write_text("".join(json.dumps({"text": f"Lesson {k}: counting."}) + "\n" for k in range(3)))
+    return [
+        f'run.output="{tmp_path / out}"',
+        "run.items=3",
+        "run.progress=false",
+        'pipeline.kind="jiuzhang"',
+        f'jiuzhang.texts=["{texts}"]',
+        'jiuzhang.stages=["grade_school"]',
+        'jiuzhang.variants=["cot"]',
+        "quality.decontaminate=false",
+        *more,
+    ]
+
+
+def test_a_synthesizer_trained_on_test_seeded_data_passes_the_split_on(tmp_path):
+    torch = pytest.importorskip("torch")
+    from fake_openai import LoopbackServer
+
+    from mathforge.evaluate.config import EvalConfig
+    from mathforge.evaluate.runner import contamination
+    from mathforge.model import from_config
+    from mathforge.trainer.checkpoint import save_model_folder
+    from mathforge.trainer.tokenizer import train_bpe_tokenizer
+
+    upstream = str(tmp_path / "first" / "manifest-merged.json")  # the run that seeded the synthesizer's data
+    synthesizer = tmp_path / "synthesizer"
+    tokenizer = train_bpe_tokenizer(
+        [f"User: What is {a} + 1?\n\nAssistant: {a + 1}" for a in range(50)], 300, synthesizer
+    )
+    torch.manual_seed(0)
+    model = from_config({"preset": "tiny", "vocab_size": len(tokenizer), "eos_token_id": tokenizer.eos_token_id})
+    model.save_pretrained(synthesizer)
+    (synthesizer / "mathforge.json").write_text(json.dumps({"seeded_from_test": {"gsm8k_test": [upstream]}}))
+    inherited = {"gsm8k_test": {"sources": [f"{upstream} (via {synthesizer / 'mathforge.json'})"], "seeds": 0}}
+
+    # in-process (backend.kind = "local"): the model folder's own record
+    local = ['backend.kind="local"', f'backend.model="{synthesizer}"', 'backend.device="cpu"', "sampling.max_tokens=4"]
+    manifest = run.synthesize(config.load(None, jiuzhang_sets(tmp_path, "local", *local)))
+    assert manifest["seeded_from_test"] == inherited and manifest["pipeline_info"]["seeded_from_test"] == inherited
+
+    # served (backend.kind = "openai"): backend.provenance names the served model's folder
+    def answer(messages, index):
+        return "Problem: What is 2 + 3?\nSolution: 2 + 3 = 5.\nThe answer is: 5"
+
+    with LoopbackServer(answer) as srv:
+        served = ['backend.kind="openai"', f'backend.base_urls=["{srv.url}"]']
+        with pytest.raises(ConfigError, match=r"backend.provenance = '.*nowhere': no such folder"):
+            run.synthesize(
+                config.load(None, jiuzhang_sets(tmp_path, "x", *served, f'backend.provenance="{tmp_path}/nowhere"'))
+            )
+        manifest = run.synthesize(
+            config.load(None, jiuzhang_sets(tmp_path, "served", *served, f'backend.provenance="{synthesizer}"'))
+        )
+        assert run.synthesize(config.load(None, jiuzhang_sets(tmp_path, "plain", *served)))["seeded_from_test"] == {}
+    assert manifest["seeded_from_test"] == inherited and manifest["rows"] >= 1
+
+    # a model trained on what the served synthesizer wrote is refused on gsm8k
+    provenance = data_provenance([manifest["files"]["grade_school"]["path"]])
+    [shard] = [str(p) for p in (tmp_path / "served").glob("manifest-*.json")]
+    assert provenance == {"synth_manifests": [shard], "seeded_from_test": {"gsm8k_test": [shard]}}
+    final = tmp_path / "student"
+    save_model_folder(model, final, None, template="alpaca-cot", provenance=provenance)
+    with pytest.raises(ConfigError, match="trained on data seeded from the gsm8k test split"):
+        contamination(EvalConfig(model=str(final), bench=["gsm8k"]))

@@ -174,3 +174,17 @@ def test_a_url_that_drops_every_request_is_named_as_such_when_the_client_gives_u
         == f"{dead.url}: gave up after 3 attempts: cannot reach the server: connection closed before a reply"
     )
     assert reached == 3 and client.usage.failures == 1
+
+
+def test_the_start_check_refuses_only_when_no_base_url_answers():
+    from mathforge.backends import OpenAIBackend
+
+    with LoopbackServer(echo, refuse="reset") as dead, LoopbackServer(echo) as good:
+        assert OpenAIBackend([dead.url, good.url], "m").check() == {
+            dead.url: f"cannot reach {dead.url}: connection reset"
+        }
+        assert OpenAIBackend([good.url], "m").check() == {}
+        with pytest.raises(BackendError) as error:
+            OpenAIBackend([dead.url, dead.url + "/"], "m").check()
+    reset = "connection reset"
+    assert str(error.value) == f"cannot reach {dead.url}: {reset}; cannot reach {dead.url}/: {reset}"
