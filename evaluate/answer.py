@@ -296,6 +296,52 @@ def _matrix(match: re.Match[str]) -> Answer:
     return Answer("matrix", items=tuple(Answer("tuple", items=tuple(_scalar(c) for c in row)) for row in cells))
 
 
+_ONE_MATRIX_RE = re.compile(r"\\begin\{([pbvBV]?matrix)\}(.*?)\\end\{\1\}", re.DOTALL)
+_MATRIX_OP_RE = re.compile(r"\s*(\+|-|\\cdot|\\times|)\s*")
+
+
+def _cells(body: str) -> list[list[str]]:
+    rows = [r for r in re.split(r"\\\\", body) if r.strip()]
+    return [[c.strip() for c in row.split("&")] for row in rows]
+
+
+def _product(a: list[list[str]], b: list[list[str]]) -> list[list[str]] | None:
+    if not a or not b or any(len(row) != len(b) for row in a) or any(len(row) != len(b[0]) for row in b):
+        return None
+    return [["+".join(f"({row[k]})({b[k][j]})" for k in range(len(b))) for j in range(len(b[0]))] for row in a]
+
+
+def _sum(a: list[list[str]], b: list[list[str]], sign: str) -> list[list[str]] | None:
+    if [len(row) for row in a] != [len(row) for row in b]:
+        return None
+    return [[f"({x}){sign}({y})" for x, y in zip(ra, rb)] for ra, rb in zip(a, b)]
+
+
+def _matrix_arithmetic(text: str) -> Answer | None:
+    """Matrices written with +, - or a product between them (`A + B`, `A B`, `A \\cdot B`): the one matrix they
+    give, entry by entry as text (None when `text` is not such a sum of products; text when the sizes clash)."""
+    found = list(_ONE_MATRIX_RE.finditer(text))
+    if len(found) < 2 or found[0].start() != 0 or found[-1].end() != len(text):
+        return None
+    ops = [text[a.end() : b.start()] for a, b in zip(found, found[1:])]
+    if not all(_MATRIX_OP_RE.fullmatch(op) for op in ops):
+        return None
+    terms: list[tuple[str, list[list[str]] | None]] = [("+", _cells(found[0].group(2)))]
+    for op, match in zip(ops, found[1:]):
+        op, cells = op.strip(), _cells(match.group(2))
+        if op in ("+", "-"):
+            terms.append((op, cells))
+        else:
+            sign, left = terms[-1]
+            terms[-1] = (sign, _product(left, cells) if left is not None else None)
+    total = terms[0][1]
+    for sign, cells in terms[1:]:
+        total = _sum(total, cells, sign) if total is not None and cells is not None else None
+    if total is None:
+        return Answer("text", text)
+    return Answer("matrix", items=tuple(Answer("tuple", items=tuple(_scalar(c) for c in row)) for row in total))
+
+
 def _bracketed(text: str) -> Answer | None:
     if len(text) >= 2 and text[0] in "([" and text[-1] in ")]" and _enclosed(text, text[0], text[-1]):
         items = split_top(text[1:-1])
@@ -310,7 +356,8 @@ def _sets(text: str) -> Answer | None:
         inner = text[2:-2].strip()
         return Answer("set", items=_items([p for p in split_top(inner) if p]) if inner else ())
     if text.startswith("{") and match_braces(text, 0) == len(text) and len(split_top(text[1:-1])) > 1:
-        return Answer("set", items=_items([p for p in split_top(text[1:-1]) if p]))  # {-2021, 2021}
+        # {-2021, 2021}: LaTeX braces only group, so this shows as the bare list "-2021, 2021"
+        return Answer("list", items=_items([p for p in split_top(text[1:-1]) if p]))
     return None
 
 
@@ -388,6 +435,9 @@ def build(text: str, depth: int = 0) -> Answer:
         return Answer("list", items=tuple(build(r, depth + 1) for r in rows)) if len(rows) > 1 else build(rows[0])
     if _enclosed(text, "(", ")") and len(split_top(text[1:-1])) == 1 and _REL_RE.search(text):
         return build(text[1:-1], depth + 1)  # (35 + 70 = 105)
+    arithmetic = _matrix_arithmetic(text)
+    if arithmetic is not None:
+        return arithmetic
     matrix = _MATRIX_RE.match(text)
     if matrix and "\\begin" not in matrix.group(1):
         return _matrix(matrix)

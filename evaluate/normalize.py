@@ -153,9 +153,24 @@ def _plain_sqrt(s: str) -> str:
     return s
 
 
+_DOUBLED_COMMAND_RE = re.compile(r"(?<!\\)\\\\[a-zA-Z]")  # \\frac: a command written with its backslash doubled
+_SINGLE_COMMAND_RE = re.compile(r"(?<!\\)\\[a-zA-Z]")
+
+
+def _undouble(s: str) -> str:
+    """A text with every backslash doubled (`\\\\frac12`, rows split by four): written once more as LaTeX.
+
+    Only when no command has a single backslash and every run of backslashes has an even length."""
+    if not _DOUBLED_COMMAND_RE.search(s) or _SINGLE_COMMAND_RE.search(s):
+        return s
+    if any(len(run) % 2 for run in re.findall(r"\\+", s)):
+        return s
+    return re.sub(r"\\\\", lambda _: "\\", s)
+
+
 def clean(text: str) -> Cleaned:
     """Lenient normalisation (see module docstring). Never raises on strings."""
-    s = text.strip()
+    s = _undouble(text.strip())
     for left, right in (("\\[", "\\]"), ("\\(", "\\)")):
         if s.startswith(left) and s.endswith(right):
             s = s[len(left) : -len(right)]
