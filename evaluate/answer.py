@@ -66,7 +66,7 @@ _MATRIX_RE = re.compile(
 _CASES_RE = re.compile(r"\\begin\{cases\}(.*)\\end\{cases\}", re.DOTALL)
 _REL_RE = re.compile(r"\\leq|\\geq|\\neq|<|>|=")
 _WORD_RE = re.compile(r"(?<![\\a-zA-Z])[a-zA-Z]{3,}")  # English words, not \macros
-_MATH_SPAN_RE = re.compile(r"\$\$(.+?)\$\$|\$(.+?)\$|\\\[(.+?)\\\]|\\\((.+?)\\\)", re.DOTALL)
+_MATH_SPAN_RE = re.compile(r"(?<!\\)\$\$(.+?)(?<!\\)\$\$|(?<!\\)\$(.+?)(?<!\\)\$|\\\[(.+?)\\\]|\\\((.+?)\\\)", re.DOTALL)
 _TRAILING_IS_RE = re.compile(
     r"(?:\bis|\bare|\bequals?|\bwas|(?<=\w)'s)\s*(\$[^$]+\$|[-+]?[\d.,/]*\d%?)(?:\s*[a-zA-Z]{1,3}[²³]?)?\s*[.!]?\s*$"
 )
