@@ -206,6 +206,8 @@ def gold_of(gold: str, boxes: str = "join") -> str | None:
     """The gold answer: GSM8K's `#### x`, a boxed solution's box, or the string itself."""
     if "####" in gold or "\\boxed" in gold or "\\fbox" in gold:
         return marked_answer(gold, boxes)
+    if len(gold) > 200 and _is_prose(gold):  # a whole solution: its marked (or last) answer, as in a response
+        return answer_of(gold, boxes)
     return gold.strip() or None
 
 

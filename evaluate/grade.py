@@ -212,6 +212,9 @@ def _structures_equal(p: Answer, g: Answer, ctx: Ctx) -> bool:
         return relation_equal(p, g, ctx)
     if p.kind == "matrix" and g.kind == "matrix":
         return _ordered(p.items, g.items, ctx, "matrix rows")
+    for a, b in ((p, g), (g, p)):
+        if a.kind == "matrix" and b.kind in _ORDERED and b.op in ("()", "[]") and _vector(a) is not None:
+            return _ordered(_vector(a), b.items, ctx, "a one-row or one-column matrix against a bracketed list")
     if p.kind in _ORDERED and g.kind in _ORDERED:
         if p.op != g.op:
             ctx.note(f"brackets differ: {p.op} vs {g.op}")
@@ -231,6 +234,16 @@ def _structures_equal(p: Answer, g: Answer, ctx: Ctx) -> bool:
         return _equal(p, g.items[0], ctx)
     ctx.note(f"different kinds: {p.kind} vs {g.kind}")
     return False
+
+
+def _vector(matrix: Answer) -> tuple[Answer, ...] | None:
+    """The entries of a matrix with one row or one column, in order (None for any other matrix)."""
+    rows = matrix.items
+    if len(rows) == 1 and len(rows[0].items) > 1:
+        return rows[0].items
+    if len(rows) > 1 and all(len(row.items) == 1 for row in rows):
+        return tuple(row.items[0] for row in rows)
+    return None
 
 
 def _pair(a: Answer) -> bool:
