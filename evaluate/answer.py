@@ -66,7 +66,9 @@ _MATRIX_RE = re.compile(
 _CASES_RE = re.compile(r"\\begin\{cases\}(.*)\\end\{cases\}", re.DOTALL)
 _REL_RE = re.compile(r"\\leq|\\geq|\\neq|<|>|=")
 _WORD_RE = re.compile(r"(?<![\\a-zA-Z])[a-zA-Z]{3,}")  # English words, not \macros
-_MATH_SPAN_RE = re.compile(r"(?<!\\)\$\$(.+?)(?<!\\)\$\$|(?<!\\)\$(.+?)(?<!\\)\$|\\\[(.+?)\\\]|\\\((.+?)\\\)", re.DOTALL)
+_MATH_SPAN_RE = re.compile(
+    r"(?<!\\)\$\$(.+?)(?<!\\)\$\$|(?<!\\)\$(.+?)(?<!\\)\$|\\\[(.+?)\\\]|\\\((.+?)\\\)", re.DOTALL
+)
 _TRAILING_IS_RE = re.compile(
     r"(?:\bis|\bare|\bequals?|\bwas|(?<=\w)'s)\s*(\$[^$]+\$|[-+]?[\d.,/]*\d%?)(?:\s*[a-zA-Z]{1,3}[²³]?)?\s*[.!]?\s*$"
 )
@@ -198,8 +200,28 @@ def answer_of(pred: str, boxes: str = "join") -> str | None:
     if marked is None:
         return unmarked_answer(pred)
     if _is_prose(marked) or "$" in marked:
-        return unmarked_answer(marked, number="first")
+        return _joined_spans(marked) or unmarked_answer(marked, number="first")
     return marked
+
+
+_QUOTES = "\\\"'“”"  # quotes, also escaped ones (\")
+_QUOTES_RE = re.escape(_QUOTES)
+_SPAN_GAP_RE = re.compile(rf"[\s{_QUOTES_RE}]*(?:,|\band\b|\bor\b|,\s*and\b|,\s*or\b)?[\s{_QUOTES_RE}]*")
+
+
+def _joined_spans(text: str) -> str | None:
+    """A marked answer made only of math spans joined by "and", "or" or commas (`$12$ and $13$`): "12, 13"."""
+    spans = list(_MATH_SPAN_RE.finditer(text))
+    if len(spans) < 2:
+        return None
+    gaps = [text[: spans[0].start()], *(text[a.end() : b.start()] for a, b in zip(spans, spans[1:]))]
+    if not all(_SPAN_GAP_RE.fullmatch(gap) for gap in gaps) or not re.fullmatch(
+        rf"[\s{_QUOTES_RE}.]*", text[spans[-1].end() :]
+    ):
+        return None
+    if any(not _SPAN_GAP_RE.fullmatch(gap).group().strip(" " + _QUOTES) for gap in gaps[1:]):
+        return None  # two spans side by side are one expression split in two, not a list
+    return ", ".join(next(g for g in m.groups() if g is not None).strip() for m in spans)
 
 
 def gold_of(gold: str, boxes: str = "join") -> str | None:

@@ -75,7 +75,9 @@ def scalar_equal(p: str, g: str, ctx: Ctx) -> bool:
     return verdict
 
 
-_CLOCK_RE = re.compile(r"(\d{1,2}):(\d\d)(?::(\d\d))?(?:\s*([AaPp])\.?(?:\s*[Mm]\.?)?)?")  # the M may be gone with the units
+_CLOCK_RE = re.compile(
+    r"(\d{1,2}):(\d\d)(?::(\d\d))?(?:\s*([AaPp])\.?(?:\s*[Mm]\.?)?)?"
+)  # the M may be gone with the units
 
 
 def _clock(text: str) -> int | None:
