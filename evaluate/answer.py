@@ -7,15 +7,18 @@ typed structure that `grade_parsed` compares part by part.
 Kinds: ``number`` (a constant: 3, \\frac{1}{2}, 2\\sqrt{3}), ``expression`` (with variables: 2x+1),
 ``text`` (words), ``relation`` (x \\neq 3, -x > -1: terms in `items`, operators in `op`), ``equation``
 (lhs = rhs, any left-hand side), ``interval`` and ``tuple`` (ordered, brackets in `op`), ``set`` and
-``list`` (unordered; a bare "1, 2" or "1 or 2" is a list), ``union``, ``matrix`` (rows of entries; a
-scalar in front multiplies every entry), ``none`` (nothing to grade).
+``list`` (unordered; a bare "1, 2" or "1 or 2" is a list, and so is "{1, 2}": plain LaTeX braces only group),
+``union``, ``matrix`` (rows of entries; a scalar in front multiplies every entry; matrices written with +, - or a
+product between them are worked out entry by entry as text), ``none`` (nothing to grade).
 
 Where the answer comes from (`source`):
 - ``"answer"``: the text already is the answer;
 - ``"response"``: a model response: the marked answer that starts last (`extract.marked_answer`), else, for a
   short text, the text itself (trailing "is 34" taken), else the last math span when the text ends with one,
   else the last number;
-- ``"gold"``: GSM8K's ``#### x``, a boxed solution's box, or the string itself.
+- ``"gold"``: GSM8K's ``#### x``, a boxed solution's box, a whole solution's final answer (read as a response),
+  or the string itself.
+Math spans joined only by "and", "or" or commas in a marked answer (`$12$ and $13$`) are one answer list.
 """
 
 from __future__ import annotations
@@ -321,6 +324,7 @@ def _matrix(match: re.Match[str]) -> Answer:
 
 
 _ONE_MATRIX_RE = re.compile(r"\\begin\{([pbvBV]?matrix)\}(.*?)\\end\{\1\}", re.DOTALL)
+_MAX_MATRICES = 6
 _MATRIX_OP_RE = re.compile(r"\s*(\+|-|\\cdot|\\times|)\s*")
 
 
@@ -345,6 +349,8 @@ def _matrix_arithmetic(text: str) -> Answer | None:
     """Matrices written with +, - or a product between them (`A + B`, `A B`, `A \\cdot B`): the one matrix they
     give, entry by entry as text (None when `text` is not such a sum of products; text when the sizes clash)."""
     found = list(_ONE_MATRIX_RE.finditer(text))
+    if len(found) > _MAX_MATRICES:  # a long product would write out exponentially long entries
+        return Answer("text", text)
     if len(found) < 2 or found[0].start() != 0 or found[-1].end() != len(text):
         return None
     ops = [text[a.end() : b.start()] for a, b in zip(found, found[1:])]
@@ -361,7 +367,7 @@ def _matrix_arithmetic(text: str) -> Answer | None:
     total = terms[0][1]
     for sign, cells in terms[1:]:
         total = _sum(total, cells, sign) if total is not None and cells is not None else None
-    if total is None:
+    if total is None or sum(len(c) for row in total for c in row) > MAX_INPUT:
         return Answer("text", text)
     return Answer("matrix", items=tuple(Answer("tuple", items=tuple(_scalar(c) for c in row)) for row in total))
 

@@ -1,10 +1,10 @@
 """String normalisation of answers: the lenient clean-up and the strict (MATH/MetaMath) one.
 
 `clean(text)` drops what does not change an answer's value (delimiters, spacing macros,
-\\left/\\right, units, degrees, dollar signs, thousands separators, \\text wrappers) and reports
-whether a percent sign was present. `strict_normalize(text)` re-implements the normalisation of
-the MATH benchmark's `is_equiv` (used unchanged by MetaMath and Skywork-Math) so papers' numbers
-can be compared.
+\\left/\\right, units, degrees (radians inside a trigonometric function), dollar signs, thousands
+separators, \\text wrappers, a doubling of every backslash) and reports whether a percent sign was present.
+`strict_normalize(text)` re-implements the normalisation of the MATH benchmark's `is_equiv` (used unchanged by
+MetaMath and Skywork-Math) so papers' numbers can be compared.
 """
 
 from __future__ import annotations

@@ -377,6 +377,11 @@ def test_strict_normalize_steps():
         (r"\sum_{k=1}^{10^{12}} k", "1"),
         (r"\prod_{k=1}^{n} k^{k^{k}}", r"n!"),
         ("(" + "1," * 2000 + "1)", "(" + "1," * 2000 + "2)"),
+        (
+            "$" + r"\begin{pmatrix}1 & 2 \\ 3 & 4\end{pmatrix}" * 100 + "$",
+            r"\begin{pmatrix}1 & 2 \\ 3 & 4\end{pmatrix}",
+        ),
+        ("$" + r"\begin{pmatrix}1 & 2 & 3 \\ 4 & 5 & 6 \\ 7 & 8 & 9\end{pmatrix}" * 6 + "$", "1"),
     ],
 )
 def test_adversarial_inputs_are_false_or_true_but_never_raise(pred, gold):
