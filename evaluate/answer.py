@@ -7,15 +7,18 @@ typed structure that `grade_parsed` compares part by part.
 Kinds: ``number`` (a constant: 3, \\frac{1}{2}, 2\\sqrt{3}), ``expression`` (with variables: 2x+1),
 ``text`` (words), ``relation`` (x \\neq 3, -x > -1: terms in `items`, operators in `op`), ``equation``
 (lhs = rhs, any left-hand side), ``interval`` and ``tuple`` (ordered, brackets in `op`), ``set`` and
-``list`` (unordered; a bare "1, 2" or "1 or 2" is a list), ``union``, ``matrix`` (rows of entries; a
-scalar in front multiplies every entry), ``none`` (nothing to grade).
+``list`` (unordered; a bare "1, 2" or "1 or 2" is a list, and so is "{1, 2}": plain LaTeX braces only group),
+``union``, ``matrix`` (rows of entries; a scalar in front multiplies every entry; matrices written with +, - or a
+product between them are worked out entry by entry as text), ``none`` (nothing to grade).
 
 Where the answer comes from (`source`):
 - ``"answer"``: the text already is the answer;
 - ``"response"``: a model response: the marked answer that starts last (`extract.marked_answer`), else, for a
   short text, the text itself (trailing "is 34" taken), else the last math span when the text ends with one,
   else the last number;
-- ``"gold"``: GSM8K's ``#### x``, a boxed solution's box, or the string itself.
+- ``"gold"``: GSM8K's ``#### x``, a boxed solution's box, a whole solution's final answer (read as a response),
+  or the string itself.
+Math spans joined only by "and", "or" or commas in a marked answer (`$12$ and $13$`) are one answer list.
 """
 
 from __future__ import annotations
@@ -66,7 +69,9 @@ _MATRIX_RE = re.compile(
 _CASES_RE = re.compile(r"\\begin\{cases\}(.*)\\end\{cases\}", re.DOTALL)
 _REL_RE = re.compile(r"\\leq|\\geq|\\neq|<|>|=")
 _WORD_RE = re.compile(r"(?<![\\a-zA-Z])[a-zA-Z]{3,}")  # English words, not \macros
-_MATH_SPAN_RE = re.compile(r"\$\$(.+?)\$\$|\$(.+?)\$|\\\[(.+?)\\\]|\\\((.+?)\\\)", re.DOTALL)
+_MATH_SPAN_RE = re.compile(
+    r"(?<!\\)\$\$(.+?)(?<!\\)\$\$|(?<!\\)\$(.+?)(?<!\\)\$|\\\[(.+?)\\\]|\\\((.+?)\\\)", re.DOTALL
+)
 _TRAILING_IS_RE = re.compile(
     r"(?:\bis|\bare|\bequals?|\bwas|(?<=\w)'s)\s*(\$[^$]+\$|[-+]?[\d.,/]*\d%?)(?:\s*[a-zA-Z]{1,3}[²³]?)?\s*[.!]?\s*$"
 )
@@ -198,14 +203,36 @@ def answer_of(pred: str, boxes: str = "join") -> str | None:
     if marked is None:
         return unmarked_answer(pred)
     if _is_prose(marked) or "$" in marked:
-        return unmarked_answer(marked, number="first")
+        return _joined_spans(marked) or unmarked_answer(marked, number="first")
     return marked
+
+
+_QUOTES = "\\\"'“”"  # quotes, also escaped ones (\")
+_QUOTES_RE = re.escape(_QUOTES)
+_SPAN_GAP_RE = re.compile(rf"[\s{_QUOTES_RE}]*(?:,|\band\b|\bor\b|,\s*and\b|,\s*or\b)?[\s{_QUOTES_RE}]*")
+
+
+def _joined_spans(text: str) -> str | None:
+    """A marked answer made only of math spans joined by "and", "or" or commas (`$12$ and $13$`): "12, 13"."""
+    spans = list(_MATH_SPAN_RE.finditer(text))
+    if len(spans) < 2:
+        return None
+    gaps = [text[: spans[0].start()], *(text[a.end() : b.start()] for a, b in zip(spans, spans[1:]))]
+    if not all(_SPAN_GAP_RE.fullmatch(gap) for gap in gaps) or not re.fullmatch(
+        rf"[\s{_QUOTES_RE}.]*", text[spans[-1].end() :]
+    ):
+        return None
+    if any(not _SPAN_GAP_RE.fullmatch(gap).group().strip(" " + _QUOTES) for gap in gaps[1:]):
+        return None  # two spans side by side are one expression split in two, not a list
+    return ", ".join(next(g for g in m.groups() if g is not None).strip() for m in spans)
 
 
 def gold_of(gold: str, boxes: str = "join") -> str | None:
     """The gold answer: GSM8K's `#### x`, a boxed solution's box, or the string itself."""
     if "####" in gold or "\\boxed" in gold or "\\fbox" in gold:
         return marked_answer(gold, boxes)
+    if len(gold) > 200 and _is_prose(gold):  # a whole solution: its marked (or last) answer, as in a response
+        return answer_of(gold, boxes)
     return gold.strip() or None
 
 
@@ -296,6 +323,55 @@ def _matrix(match: re.Match[str]) -> Answer:
     return Answer("matrix", items=tuple(Answer("tuple", items=tuple(_scalar(c) for c in row)) for row in cells))
 
 
+_ONE_MATRIX_RE = re.compile(r"\\begin\{([pbvBV]?matrix)\}(.*?)\\end\{\1\}", re.DOTALL)
+_MAX_MATRICES = 6
+_MATRIX_OP_RE = re.compile(r"\s*(\+|-|\\cdot|\\times|)\s*")
+
+
+def _cells(body: str) -> list[list[str]]:
+    rows = [r for r in re.split(r"\\\\", body) if r.strip()]
+    return [[c.strip() for c in row.split("&")] for row in rows]
+
+
+def _product(a: list[list[str]], b: list[list[str]]) -> list[list[str]] | None:
+    if not a or not b or any(len(row) != len(b) for row in a) or any(len(row) != len(b[0]) for row in b):
+        return None
+    return [["+".join(f"({row[k]})({b[k][j]})" for k in range(len(b))) for j in range(len(b[0]))] for row in a]
+
+
+def _sum(a: list[list[str]], b: list[list[str]], sign: str) -> list[list[str]] | None:
+    if [len(row) for row in a] != [len(row) for row in b]:
+        return None
+    return [[f"({x}){sign}({y})" for x, y in zip(ra, rb)] for ra, rb in zip(a, b)]
+
+
+def _matrix_arithmetic(text: str) -> Answer | None:
+    """Matrices written with +, - or a product between them (`A + B`, `A B`, `A \\cdot B`): the one matrix they
+    give, entry by entry as text (None when `text` is not such a sum of products; text when the sizes clash)."""
+    found = list(_ONE_MATRIX_RE.finditer(text))
+    if len(found) > _MAX_MATRICES:  # a long product would write out exponentially long entries
+        return Answer("text", text)
+    if len(found) < 2 or found[0].start() != 0 or found[-1].end() != len(text):
+        return None
+    ops = [text[a.end() : b.start()] for a, b in zip(found, found[1:])]
+    if not all(_MATRIX_OP_RE.fullmatch(op) for op in ops):
+        return None
+    terms: list[tuple[str, list[list[str]] | None]] = [("+", _cells(found[0].group(2)))]
+    for op, match in zip(ops, found[1:]):
+        op, cells = op.strip(), _cells(match.group(2))
+        if op in ("+", "-"):
+            terms.append((op, cells))
+        else:
+            sign, left = terms[-1]
+            terms[-1] = (sign, _product(left, cells) if left is not None else None)
+    total = terms[0][1]
+    for sign, cells in terms[1:]:
+        total = _sum(total, cells, sign) if total is not None and cells is not None else None
+    if total is None or sum(len(c) for row in total for c in row) > MAX_INPUT:
+        return Answer("text", text)
+    return Answer("matrix", items=tuple(Answer("tuple", items=tuple(_scalar(c) for c in row)) for row in total))
+
+
 def _bracketed(text: str) -> Answer | None:
     if len(text) >= 2 and text[0] in "([" and text[-1] in ")]" and _enclosed(text, text[0], text[-1]):
         items = split_top(text[1:-1])
@@ -310,7 +386,8 @@ def _sets(text: str) -> Answer | None:
         inner = text[2:-2].strip()
         return Answer("set", items=_items([p for p in split_top(inner) if p]) if inner else ())
     if text.startswith("{") and match_braces(text, 0) == len(text) and len(split_top(text[1:-1])) > 1:
-        return Answer("set", items=_items([p for p in split_top(text[1:-1]) if p]))  # {-2021, 2021}
+        # {-2021, 2021}: LaTeX braces only group, so this shows as the bare list "-2021, 2021"
+        return Answer("list", items=_items([p for p in split_top(text[1:-1]) if p]))
     return None
 
 
@@ -388,6 +465,9 @@ def build(text: str, depth: int = 0) -> Answer:
         return Answer("list", items=tuple(build(r, depth + 1) for r in rows)) if len(rows) > 1 else build(rows[0])
     if _enclosed(text, "(", ")") and len(split_top(text[1:-1])) == 1 and _REL_RE.search(text):
         return build(text[1:-1], depth + 1)  # (35 + 70 = 105)
+    arithmetic = _matrix_arithmetic(text)
+    if arithmetic is not None:
+        return arithmetic
     matrix = _MATRIX_RE.match(text)
     if matrix and "\\begin" not in matrix.group(1):
         return _matrix(matrix)

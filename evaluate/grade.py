@@ -10,14 +10,15 @@
 Both sides are parsed once into an `answer.Answer` (extracted by position, cleaned by
 `normalize.clean`, split into a typed structure), then compared structure against structure:
 - sets and bare lists ignore order, tuples, intervals and matrices do not (a bare list may answer a
-  tuple in order); a union matches a union; ± inside a set gives both values;
+  tuple in order; a one-row or one-column matrix answers a bracketed list in order); a union matches a union;
+  ± inside a set gives both values;
 - an equation answers a value when one side names the quantity (`x = 5`, `(p, q) = (3, 2)`,
   `\\angle APC = 74^\\circ`, `2 = x`) or, in a response, when its left side is a computation (`2+3 = 5`);
   two equations agree when their named sides give the same value, else when lhs - rhs are proportional;
 - inequalities and intervals are the same relation when (lhs - rhs) are positively proportional with the
   same operators or negatively with flipped ones (`-x > -1` is `x < 1` is `(-\\infty, 1)`; `relations`);
 - scalars by value (`values`): a fast exact path (`quick`, mpmath at 40 digits; variables at fixed test points),
-  then latex2sympy2_extended + sympy (`symbolic`, time-bounded), then as text; sums, products and
+  then latex2sympy2_extended + sympy (`symbolic`, time-bounded), then as text (clock times as times of day); sums, products and
   subscripted terms are evaluated at small integer points on the fast path. Numbers agree within a relative 1e-4 when either side was written with a
   decimal point, exactly otherwise; x% is x/100, and also x when the
   other side is a plain number ("50" answering "what percent?").
@@ -212,6 +213,9 @@ def _structures_equal(p: Answer, g: Answer, ctx: Ctx) -> bool:
         return relation_equal(p, g, ctx)
     if p.kind == "matrix" and g.kind == "matrix":
         return _ordered(p.items, g.items, ctx, "matrix rows")
+    for a, b in ((p, g), (g, p)):
+        if a.kind == "matrix" and b.kind in _ORDERED and b.op in ("()", "[]") and _vector(a) is not None:
+            return _ordered(_vector(a), b.items, ctx, "a one-row or one-column matrix against a bracketed list")
     if p.kind in _ORDERED and g.kind in _ORDERED:
         if p.op != g.op:
             ctx.note(f"brackets differ: {p.op} vs {g.op}")
@@ -231,6 +235,16 @@ def _structures_equal(p: Answer, g: Answer, ctx: Ctx) -> bool:
         return _equal(p, g.items[0], ctx)
     ctx.note(f"different kinds: {p.kind} vs {g.kind}")
     return False
+
+
+def _vector(matrix: Answer) -> tuple[Answer, ...] | None:
+    """The entries of a matrix with one row or one column, in order (None for any other matrix)."""
+    rows = matrix.items
+    if len(rows) == 1 and len(rows[0].items) > 1:
+        return rows[0].items
+    if len(rows) > 1 and all(len(row.items) == 1 for row in rows):
+        return tuple(row.items[0] for row in rows)
+    return None
 
 
 def _pair(a: Answer) -> bool:

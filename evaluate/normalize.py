@@ -1,10 +1,10 @@
 """String normalisation of answers: the lenient clean-up and the strict (MATH/MetaMath) one.
 
 `clean(text)` drops what does not change an answer's value (delimiters, spacing macros,
-\\left/\\right, units, degrees, dollar signs, thousands separators, \\text wrappers) and reports
-whether a percent sign was present. `strict_normalize(text)` re-implements the normalisation of
-the MATH benchmark's `is_equiv` (used unchanged by MetaMath and Skywork-Math) so papers' numbers
-can be compared.
+\\left/\\right, units, degrees (radians inside a trigonometric function), dollar signs, thousands
+separators, \\text wrappers, a doubling of every backslash) and reports whether a percent sign was present.
+`strict_normalize(text)` re-implements the normalisation of the MATH benchmark's `is_equiv` (used unchanged by
+MetaMath and Skywork-Math) so papers' numbers can be compared.
 """
 
 from __future__ import annotations
@@ -49,12 +49,13 @@ def _number_words(s: str) -> str:
     return str(20 + 10 * _TENS_WORDS.index(tens) + (_UNITS_WORDS.index(unit) if unit else 0))
 
 
-_MIXED_RE = re.compile(r"^([+-]?\d+)\s+(\d+)/(\d+)$")  # 4 4/9: a mixed number
+_MIXED_RE = re.compile(r"^([+-]?\d{1,3}(?:[ ,]\d{3})+|[+-]?\d+)\s+(\d+)/(\d+)$")  # 4 4/9, 1 000 4/9: mixed numbers
 
 
 def _mixed(match: re.Match[str]) -> str:
     """`4 4/9` -> `(4+4/9)`; an improper part (`11 6/6`) is no mixed number and stays as written."""
     whole, num, den = match.groups()
+    whole = re.sub(r"[ ,]", "", whole)
     if int(num) >= int(den) or int(den) == 0:
         return match.group()
     sign = "-" if whole.startswith("-") else "+"
@@ -153,9 +154,33 @@ def _plain_sqrt(s: str) -> str:
     return s
 
 
+_DOUBLED_COMMAND_RE = re.compile(r"(?<!\\)\\\\[a-zA-Z]")  # \\frac: a command written with its backslash doubled
+_SINGLE_COMMAND_RE = re.compile(r"(?<!\\)\\[a-zA-Z]")
+
+
+def _undouble(s: str) -> str:
+    """A text with every backslash doubled (`\\\\frac12`, rows split by four): written once more as LaTeX.
+
+    Only when no command has a single backslash and every run of backslashes has an even length."""
+    if not _DOUBLED_COMMAND_RE.search(s) or _SINGLE_COMMAND_RE.search(s):
+        return s
+    if any(len(run) % 2 for run in re.findall(r"\\+", s)):
+        return s
+    return re.sub(r"\\\\", lambda _: "\\", s)
+
+
+_TRIG_RE = re.compile(r"\\(?:sin|cos|tan|cot|sec|csc)(?![a-zA-Z])")
+_DEGREES_RE = re.compile(r"(\d+(?:\.\d+)?)\s*(?:\^\s*\{\s*\\circ\s*\}|\^\s*\\circ|°|\\degree(?![a-zA-Z]))")
+
+
+def _radians(s: str) -> str:
+    """Degrees next to a trigonometric function are radians to it: `\\sin(90^\\circ - x)` is `\\sin(\\pi/2 - x)`."""
+    return _DEGREES_RE.sub(r"(\1\\pi/180)", s) if _TRIG_RE.search(s) else s
+
+
 def clean(text: str) -> Cleaned:
     """Lenient normalisation (see module docstring). Never raises on strings."""
-    s = text.strip()
+    s = _radians(_undouble(text.strip()))
     for left, right in (("\\[", "\\]"), ("\\(", "\\)")):
         if s.startswith(left) and s.endswith(right):
             s = s[len(left) : -len(right)]

@@ -59,6 +59,10 @@ def scalar_equal(p: str, g: str, ctx: Ctx) -> bool:
     if squash(p) == squash(g):
         ctx.note(f"same text: {p!r}")
         return bool(p)
+    times = _clock(p), _clock(g)
+    if None not in times and times[0] == times[1]:
+        ctx.note(f"clock times: both {times[0] // 3600:02d}:{times[0] // 60 % 60:02d}:{times[0] % 60:02d}")
+        return True
     verdict = _quick_equal(p, g, ctx)
     if verdict is not None:
         return verdict
@@ -69,6 +73,25 @@ def scalar_equal(p: str, g: str, ctx: Ctx) -> bool:
     verdict = _text_key(p) == _text_key(g) and bool(_text_key(p))
     ctx.note(f"text: {_text_key(p)!r} vs {_text_key(g)!r}: {'equal' if verdict else 'differ'}")
     return verdict
+
+
+_CLOCK_RE = re.compile(
+    r"(\d{1,2}):(\d\d)(?::(\d\d))?(?:\s*([AaPp])\.?(?:\s*[Mm]\.?)?)?"
+)  # the M may be gone with the units
+
+
+def _clock(text: str) -> int | None:
+    """A time of day (20:34, 20:34:00, 08:34 P.M., 12:05 am) as seconds after midnight; None for anything else."""
+    match = _CLOCK_RE.fullmatch(text.strip())
+    if not match:
+        return None
+    hour, minute, second = int(match.group(1)), int(match.group(2)), int(match.group(3) or 0)
+    half = (match.group(4) or "").lower()
+    if minute > 59 or second > 59 or hour > (12 if half else 23) or (half and hour == 0):
+        return None
+    if half:
+        hour = hour % 12 + (12 if half == "p" else 0)
+    return (hour * 60 + minute) * 60 + second
 
 
 def _symbolic_equal(p: str, g: str, ctx: Ctx) -> bool | None:
