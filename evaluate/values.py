@@ -1,6 +1,9 @@
 """Scalar comparison: the fast exact path (`quick`), then latex2sympy2_extended + sympy (`symbolic`, bounded by the
 grade's deadline), then text; and the proportionality test equations and relations share.
 
+A plain decimal (`1.414`) against an exact value or another decimal follows the rounding rule (`rounding`);
+REL_TOL is left for decimals inside expressions (`0.5\\pi`) and for values at variable test points.
+
 Every step notes what decided in `Ctx.trace` when explaining (`grade.explain`); the notes are only built then.
 """
 
@@ -138,7 +141,9 @@ def _symbolic_rounded(p: str, g: str, ctx: Ctx, left: float) -> bool | None:
     decimals = [decimal.over(d) for d in _divisors(decimal_percent, exact_text)]
     values = _with_percent(value, exact_percent, p if dp is not None else g)
     verdict = any(rounding.matches(x, y) for x in decimals for y in values)
-    ctx.note(f"sympy: decimal within one unit of its last digit ({decimal.digits} significant digits): {_word(verdict)}")
+    ctx.note(
+        f"sympy: decimal within one unit of its last digit ({decimal.digits} significant digits): {_word(verdict)}"
+    )
     return verdict
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import json
 import re
+from fractions import Fraction
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ import pytest
 from mathforge.bench.grading import PEERS, case_sets, load_cases
 from mathforge.errors import ConfigError
 from mathforge.evaluate import answer as answer_module
-from mathforge.evaluate import extract_answer, grade
+from mathforge.evaluate import extract_answer, grade, rounding
 from mathforge.evaluate.answer import grader_errors, parse_answer
 from mathforge.evaluate.grade import explain, grade_parsed
 from mathforge.evaluate.normalize import strict_normalize
@@ -315,6 +316,26 @@ ROUNDING = [
 @pytest.mark.parametrize("pred, gold, verdict", ROUNDING + [(g, p, v) for p, g, v in ROUNDING])
 def test_rounding_rule_both_directions(pred, gold, verdict):
     assert grade(pred, gold) is verdict
+
+
+@pytest.mark.parametrize(
+    "text, value, unit, digits",
+    [
+        ("-1.414", Fraction(-1414, 1000), Fraction(1, 1000), 4),
+        (".5", Fraction(1, 2), Fraction(1, 10), 1),
+        ("3.", Fraction(3), Fraction(1), 1),
+        ("0.0030", Fraction(3, 1000), Fraction(1, 10000), 2),
+        ("1.2e-3", Fraction(12, 10000), Fraction(1, 10000), 2),
+        ("920.25", Fraction(92025, 100), Fraction(1, 100), 5),
+    ],
+)
+def test_decimal_literal_digits(text, value, unit, digits):
+    assert rounding.literal(text) == rounding.Decimal(value, unit, digits)
+
+
+@pytest.mark.parametrize("text", ["12", r"\frac12", "1.5x", "1e999999", "1.2.3", ""])
+def test_not_a_decimal_literal(text):
+    assert rounding.literal(text) is None
 
 
 def test_rounding_rule_is_explained():
