@@ -219,8 +219,8 @@ def _rounded_equal(pred: tuple, gold: tuple, ctx: Ctx) -> bool | None:
         return None
     verdict = any(_rounds_to(x, y) for x in preds for y in golds)
     if ctx.trace is not None:
-        shown = [d for d in (dp, dg) if d is not None]
-        units = ", ".join(f"{d.digits} significant digits, unit {_fraction(d.unit)}" for d in shown)
+        shown = [(side, d) for side, d in (("pred", dp), ("gold", dg)) if d is not None]
+        units = "; ".join(f"{side} {d.digits} significant digits, unit {_fraction(d.unit)}" for side, d in shown)
         ctx.note(f"fast path: decimal within one unit of its last digit ({units}): {_word(verdict)}")
     return verdict
 

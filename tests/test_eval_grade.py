@@ -340,7 +340,9 @@ def test_not_a_decimal_literal(text):
 
 def test_rounding_rule_is_explained():
     verdict, trace = explain("1.414", r"\sqrt2")
-    assert verdict and any("within one unit of its last digit (4 significant digits, unit 1/1000)" in t for t in trace)
+    assert verdict and any(
+        "within one unit of its last digit (pred 4 significant digits, unit 1/1000)" in t for t in trace
+    )
 
 
 @pytest.mark.parametrize(
