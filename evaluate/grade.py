@@ -19,8 +19,9 @@ Both sides are parsed once into an `answer.Answer` (extracted by position, clean
   same operators or negatively with flipped ones (`-x > -1` is `x < 1` is `(-\\infty, 1)`; `relations`);
 - scalars by value (`values`): a fast exact path (`quick`, mpmath at 40 digits; variables at fixed test points),
   then latex2sympy2_extended + sympy (`symbolic`, time-bounded), then as text (clock times as times of day); sums, products and
-  subscripted terms are evaluated at small integer points on the fast path. Numbers agree within a relative 1e-4 when either side was written with a
-  decimal point, exactly otherwise; x% is x/100, and also x when the
+  subscripted terms are evaluated at small integer points on the fast path. A plain decimal is read by its
+  shown digits (`rounding`: `1.414` is √2, `920.25` is not `920.26`), exact values exactly, a decimal inside an
+  expression or at variable test points within a relative 1e-4; x% is x/100, and also x when the
   other side is a plain number ("50" answering "what percent?").
 
 Never raises on strings and never hangs: the sympy step runs under a per-grade deadline (`timeout`), and an

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import threading
 from collections.abc import Callable
+from fractions import Fraction
 from typing import Any
 
 from mathforge.evaluate import quick
@@ -146,6 +147,22 @@ def compare(a_text: str, b_text: str, rel: float) -> bool | None:
             return False
         agree += 1
     return agree >= 2 or None
+
+
+def value(text: str):
+    """The exact value of a variable-free expression: a Fraction when rational, else its mpmath value; None when
+    sympy cannot give one (free symbols, not a number, an unsafe tree)."""
+    import sympy
+
+    expr = to_sympy(text)
+    if not isinstance(expr, sympy.Expr) or expr.free_symbols or not _safe_tree(expr):
+        return None
+    if expr.is_Rational:
+        return Fraction(int(expr.p), int(expr.q))
+    try:
+        return _numeric(expr)
+    except (ValueError, TypeError, ZeroDivisionError):
+        return None
 
 
 SUM_POINTS = (2, 3, 5, 7)

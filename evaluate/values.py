@@ -1,6 +1,9 @@
 """Scalar comparison: the fast exact path (`quick`), then latex2sympy2_extended + sympy (`symbolic`, bounded by the
 grade's deadline), then text; and the proportionality test equations and relations share.
 
+A plain decimal (`1.414`) against an exact value or another decimal follows the rounding rule (`rounding`);
+REL_TOL is left for decimals inside expressions (`0.5\\pi`) and for values at variable test points.
+
 Every step notes what decided in `Ctx.trace` when explaining (`grade.explain`); the notes are only built then.
 """
 
@@ -10,10 +13,11 @@ import re
 import time
 from dataclasses import dataclass, field
 
-from mathforge.evaluate import quick, symbolic
+from mathforge.evaluate import quick, rounding, symbolic
 
 REL_TOL = 1e-4
 _WORD_RE = re.compile(r"(?<![\\a-zA-Z])[a-zA-Z]{3,}")
+_DECIMAL_RE = re.compile(r"\d\.\d|\d\.(?!\d)|\.\d")
 _PLAIN_NUMBER_RE = re.compile(r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)")
 
 
@@ -102,7 +106,10 @@ def _symbolic_equal(p: str, g: str, ctx: Ctx) -> bool | None:
     if left <= 0:
         ctx.note("sympy: no time left, cannot tell")
         return None
-    rel = REL_TOL if re.search(r"\d\.\d|\d\.(?!\d)|\.\d", p + " " + g) else 1e-12
+    verdict = _symbolic_rounded(p, g, ctx, left)
+    if verdict is not None:
+        return verdict
+    rel = REL_TOL if _DECIMAL_RE.search(p + " " + g) else 1e-12
     try:
         verdict = symbolic.run_bounded(symbolic.compare, p, g, rel, timeout=left)
     except symbolic.GradeTimeout:
@@ -112,6 +119,31 @@ def _symbolic_equal(p: str, g: str, ctx: Ctx) -> bool | None:
         ctx.note(f"sympy: cannot read ({error})")
         return None
     ctx.note(f"sympy: {'cannot tell' if verdict is None else 'equal' if verdict else 'differ'}")
+    return verdict
+
+
+def _symbolic_rounded(p: str, g: str, ctx: Ctx, left: float) -> bool | None:
+    """The rounding rule when one side is a plain decimal and sympy gives the other's exact value (`\\sinh 1`);
+    None otherwise (and the sympy comparison decides)."""
+    dp, dg = rounding.literal(p), rounding.literal(g)
+    if (dp is None) == (dg is None):
+        return None
+    decimal, exact_text, decimal_percent = (dp, g, ctx.percent_pred) if dp is not None else (dg, p, ctx.percent_gold)
+    if _DECIMAL_RE.search(exact_text):
+        return None
+    try:
+        value = symbolic.run_bounded(symbolic.value, exact_text, timeout=left)
+    except (symbolic.GradeTimeout, symbolic.Unreadable):
+        return None
+    if value is None:
+        return None
+    exact_percent = ctx.percent_gold if dp is not None else ctx.percent_pred
+    decimals = [decimal.over(d) for d in _divisors(decimal_percent, exact_text)]
+    values = _with_percent(value, exact_percent, p if dp is not None else g)
+    verdict = any(rounding.matches(x, y) for x in decimals for y in values)
+    ctx.note(
+        f"sympy: decimal within one unit of its last digit ({decimal.digits} significant digits): {_word(verdict)}"
+    )
     return verdict
 
 
@@ -137,6 +169,9 @@ def _quick_equal(p: str, g: str, ctx: Ctx) -> bool | None:
         return False
     except (ZeroDivisionError, ValueError, OverflowError, TypeError, RecursionError):
         return None
+    verdict = _rounded_equal((p, qp, a), (g, qg, b), ctx)
+    if verdict is not None:
+        return verdict
     if not (qp.decimal or qg.decimal):
         try:
             ea, eb = quick.exact(qp), quick.exact(qg)
@@ -161,9 +196,55 @@ def _quick_equal(p: str, g: str, ctx: Ctx) -> bool | None:
 def _with_percent(value, percent: bool, other: str) -> list:
     """The values a side may mean: x% is x/100, and also x when the other side is a plain number ("50" for
     "what percent?"), not when it is an expression (4 4/9% is not 40/9)."""
+    return [value if divisor == 1 else value / divisor for divisor in _divisors(percent, other)]
+
+
+def _divisors(percent: bool, other: str) -> tuple[int, ...]:
     if not percent:
-        return [value]
-    return [value / 100, value] if _PLAIN_NUMBER_RE.fullmatch(other.strip()) else [value / 100]
+        return (1,)
+    return (100, 1) if _PLAIN_NUMBER_RE.fullmatch(other.strip()) else (100,)
+
+
+def _rounded_equal(pred: tuple, gold: tuple, ctx: Ctx) -> bool | None:
+    """The rounding rule (`rounding`) when a side is a plain decimal (`1.414`) and the other one too or an exact
+    value (`\\sqrt2`); None when neither side is a plain decimal or the other holds a decimal inside an
+    expression (`0.5\\pi`: compared within REL_TOL)."""
+    (p, qp, a), (g, qg, b) = pred, gold
+    dp, dg = rounding.literal(p), rounding.literal(g)
+    if dp is None and dg is None:
+        return None
+    preds = _read(dp, qp, a, ctx.percent_pred, g)
+    golds = _read(dg, qg, b, ctx.percent_gold, p)
+    if preds is None or golds is None:
+        return None
+    verdict = any(_rounds_to(x, y) for x in preds for y in golds)
+    if ctx.trace is not None:
+        shown = [(side, d) for side, d in (("pred", dp), ("gold", dg)) if d is not None]
+        units = "; ".join(f"{side} {d.digits} significant digits, unit {_fraction(d.unit)}" for side, d in shown)
+        ctx.note(f"fast path: decimal within one unit of its last digit ({units}): {_word(verdict)}")
+    return verdict
+
+
+def _read(decimal, parsed, value, percent: bool, other: str) -> list | None:
+    """One side for the rounding rule: its Decimal(s), or its exact values (a Fraction, else the mpmath value
+    of an irrational); None when it holds a decimal inside an expression."""
+    if decimal is not None:
+        return [decimal.over(divisor) for divisor in _divisors(percent, other)]
+    if parsed.decimal:
+        return None
+    try:
+        value = quick.exact(parsed)
+    except (quick.Unsupported, ZeroDivisionError, ValueError, OverflowError, RecursionError):
+        pass
+    return _with_percent(value, percent, other)
+
+
+def _rounds_to(x, y) -> bool:
+    if isinstance(x, rounding.Decimal) and isinstance(y, rounding.Decimal):
+        return rounding.decimals_match(x, y)
+    if isinstance(x, rounding.Decimal):
+        return rounding.matches(x, y)
+    return rounding.matches(y, x)
 
 
 def _quick_points(qp, qg, variables, ctx: Ctx) -> bool | None:
