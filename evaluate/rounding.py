@@ -1,14 +1,14 @@
 """Decimals read as a careful grader reads them: a decimal literal stands for the values its shown digits allow.
 
 A decimal written as `1.414` answers an exact value (integer, fraction, radical, π expression) when it is less
-than one unit of its last shown digit away from it (here 0.001) and shows at least 3 significant digits:
-`0.3333` is 1/3, `2.6667` is 8/3, `125.663` is 40π, `1.414` is √2; `0.33` is not 1/3 (two digits: only an exact
+than one unit of its last shown digit away from it (here 0.001) and shows at least 4 significant digits:
+`0.3333` is 1/3, `2.6667` is 8/3, `125.663` is 40π, `1.414` is √2; `3.14` is not π, `0.33` not 1/3 (too few digits: only an exact
 match counts, so `0.5` is 1/2 and `0.25` is 1/4), `5.001` is not 5. Less than one unit, not half a unit, so a
 truncated `1.414` counts as well as a rounded one.
 
 Two decimals are equal when they are the same decimal (`0.50` is `0.5`), or when the less precise one, showing
-at least 3 significant digits, is less than one unit of its own last digit from the more precise one: it reads
-as a rounding of it (`3.14` and `3.1416`, either side gold). Two decimals with as many places are therefore
+at least 4 significant digits, is less than one unit of its own last digit from the more precise one: it reads
+as a rounding of it (`3.142` and `3.14159`, either side gold). Two decimals with as many places are therefore
 equal only when equal: `920.25` is not `920.26`.
 """
 
@@ -20,7 +20,7 @@ from fractions import Fraction
 
 from mathforge.evaluate import quick
 
-MIN_DIGITS = 3
+MIN_DIGITS = 4  # 3.14 is not π, 1.41 not √2, 0.667 not 2/3: a MATH gold asks for the exact value
 _LITERAL_RE = re.compile(r"([-+]?)(?:(\d+)\.(\d*)|\.(\d+)|(\d+)(?=[eE]))(?:[eE]([-+]?\d+))?")
 
 

@@ -273,15 +273,16 @@ def test_vendored_golds_equal_themselves_and_not_a_digit_changed_copy():
 
 
 ROUNDING = [
-    # a decimal against an exact value: less than one unit of its last digit away, showing >= 3 significant digits
+    # a decimal against an exact value: less than one unit of its last digit away, showing >= 4 significant digits
     ("0.3333", r"\frac{1}{3}", True),
     ("2.6667", r"\frac83", True),
     ("125.663", r"40\pi", True),
     ("1.414", r"\sqrt2", True),  # 1.5e-4 relative: missed by the old relative 1e-4
-    ("1.41", r"\sqrt{2}", True),
+    ("1.41", r"\sqrt{2}", False),  # three significant digits: only an exact match
     ("1.4", r"\sqrt{2}", False),  # two significant digits: only an exact match
     ("1.4144", r"\sqrt2", False),
-    ("3.14", r"\pi", True),
+    ("3.14", r"\pi", False),
+    ("3.1416", r"\pi", True),
     ("0.33", r"\frac13", False),
     ("0.5", r"\frac12", True),
     ("0.25", "1/4", True),
@@ -296,16 +297,16 @@ ROUNDING = [
     ("1.117", r"\tan^{-1}(2)", False),
     ("1.5e-3", r"\frac{3}{2000}", True),
     (r"33.33\%", r"\frac13", True),  # a percent's unit is a hundredth of its last digit's
-    (r"33.3\%", r"\frac13", True),
+    (r"33.3\%", r"\frac13", False),
     (r"33\%", r"\frac13", False),
-    # decimal against decimal: the same decimal, or the coarser one (>= 3 significant digits) a rounding of the other
+    # decimal against decimal: the same decimal, or the coarser one (>= 4 significant digits) a rounding of the other
     ("920.26", "920.25", False),  # as many places: equal only when equal (the old 1e-4 said equal)
     ("563.52", "563.51", False),
     ("0.50", "0.5", True),
-    ("3.1416", "3.14", True),
-    ("3.1416", "3.15", True),  # less than one unit (0.0084 < 0.01): a rounding up passes as a truncation does
-    ("3.1416", "3.16", False),
-    ("0.333", "0.3333", True),
+    ("3.14159", "3.142", True),
+    ("3.14159", "3.143", False),  # 0.0014 away: more than one unit of 3.143's last digit
+    ("3.1416", "3.14", False),  # three significant digits: only an exact match
+    ("0.3333", "0.33333", True),
     ("0.33", "0.3333", False),
     # integers are exact; expressions with variables keep their relative tolerance at the test points
     ("100001", "100000", False),
