@@ -141,6 +141,7 @@ def test_store_equals_row_by_row_tokenization(tmp_path, tokenizer, monkeypatch, 
     source = tmp_path / "d.jsonl"
     source.write_text("".join(json.dumps(row) + "\n" for row in rows))
     monkeypatch.setattr(data_module, "CHUNK_ROWS", 6)  # several chunks in work on threads at once
+    monkeypatch.setattr(data_module, "ENCODE_ROWS", 4)  # several batch encodes per chunk
     stored = tokenize(
         [str(source)], tok, template="plain", max_seq_len=16, overflow=overflow, num_proc=3, cache_dir=tmp_path / "c"
     )

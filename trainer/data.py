@@ -151,24 +151,34 @@ def _source_fingerprint(source: str) -> str:
     return source
 
 
+ENCODE_ROWS = 4096  # texts per batch encode: the backend's per-text objects live for one batch only
+
+
 def _encode(texts: list[str], tokenizer: Any) -> tuple[np.ndarray, np.ndarray]:
     """(every text's ids back to back as int32, each text's length), as `tokenizer(texts, add_special_tokens=False)`
     gives them. A fast tokenizer's backend is called directly when the wrapper would configure it no differently
-    (no truncation or padding, the same special-token splitting): one `encode_batch` on Rust threads, without the
-    wrapper's per-row dictionaries."""
+    (no truncation or padding, the same special-token splitting): a batch encode on Rust threads without offsets
+    and without the wrapper's per-row dictionaries, `ENCODE_ROWS` texts at a time, each batch straight to numpy."""
     backend = getattr(tokenizer, "backend_tokenizer", None) if getattr(tokenizer, "is_fast", False) else None
-    if (
+    direct = (
         backend is not None
         and backend.truncation is None
         and backend.padding is None
         and backend.encode_special_tokens == bool(getattr(tokenizer, "split_special_tokens", False))
-    ):
-        ids = [encoding.ids for encoding in backend.encode_batch(texts, add_special_tokens=False)]
-    else:
-        ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
-    lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
-    flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int32, count=int(lengths.sum()))
-    return flat, lengths
+    )
+    flats, lengths = [], []
+    for start in range(0, len(texts), ENCODE_ROWS):
+        batch = texts[start : start + ENCODE_ROWS]
+        if direct:
+            encode = getattr(backend, "encode_batch_fast", backend.encode_batch)
+            ids = [encoding.ids for encoding in encode(batch, add_special_tokens=False)]
+        else:
+            ids = tokenizer(batch, add_special_tokens=False)["input_ids"]
+        lengths.append(np.fromiter(map(len, ids), dtype=np.int64, count=len(ids)))
+        flats.append(np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int32, count=int(lengths[-1].sum())))
+    if not flats:
+        return np.zeros(0, np.int32), np.zeros(0, np.int64)
+    return np.concatenate(flats), np.concatenate(lengths)
 
 
 def _place(out: np.ndarray, flat: np.ndarray, lengths: np.ndarray, first: np.ndarray, room: np.ndarray) -> None:
@@ -220,7 +230,8 @@ def _assemble(
     return out, lengths[keep], prompt_lengths[keep], status
 
 
-CHUNK_ROWS = 65536  # rows rendered and tokenized at a time: memory holds one chunk of text
+CHUNK_ROWS = 65536  # rows rendered and tokenized at a time: memory holds a few chunks of text
+MAX_THREADS = 2  # chunks tokenized at once (`num_proc`, capped): each batch encode already runs on Rust threads
 
 
 class _StoreWriter:
@@ -320,11 +331,12 @@ def _in_threads(items: Iterator[Any], work: Callable[[Any], Any], threads: int) 
     """`work(item)` for each item, in order, with up to `threads` items in work on threads while the next one is
     read here: a fast tokenizer releases the GIL, so reading and rendering overlap tokenizing. At most
     `threads` + 1 items are held at once."""
-    with ThreadPoolExecutor(max(1, threads), thread_name_prefix="mathforge-tokenize") as pool:
+    threads = max(1, threads)
+    with ThreadPoolExecutor(threads, thread_name_prefix="mathforge-tokenize") as pool:
         pending: collections.deque = collections.deque()
         for item in items:
             pending.append(pool.submit(work, item))
-            if len(pending) > max(1, threads):
+            if len(pending) > threads:
                 yield pending.popleft().result()
         while pending:
             yield pending.popleft().result()
@@ -358,7 +370,7 @@ def tokenize(
         rows = _rendered(sources, tokenizer, template, skip_bad_rows, counts)
         chunks = iter(lambda: list(itertools.islice(rows, CHUNK_ROWS)), [])
         for tokens, lengths, prompt_lengths, status in _in_threads(
-            chunks, lambda chunk: _tokenize_chunk(chunk, tokenizer, max_seq_len, overflow), num_proc
+            chunks, lambda chunk: _tokenize_chunk(chunk, tokenizer, max_seq_len, overflow), min(num_proc, MAX_THREADS)
         ):
             writer.add(tokens, lengths, prompt_lengths)
             counts["truncated"] += int((status == 1).sum())
