@@ -230,7 +230,7 @@ def _assemble(
     return out, lengths[keep], prompt_lengths[keep], status
 
 
-CHUNK_ROWS = 65536  # rows rendered and tokenized at a time: memory holds a few chunks of text
+CHUNK_ROWS = 16384  # rows rendered and tokenized at a time: memory holds `MAX_THREADS` + 1 chunks of text
 MAX_THREADS = 2  # chunks tokenized at once (`num_proc`, capped): each batch encode already runs on Rust threads
 
 
@@ -330,7 +330,7 @@ def _tokenize_chunk(
 def _in_threads(items: Iterator[Any], work: Callable[[Any], Any], threads: int) -> Iterator[Any]:
     """`work(item)` for each item, in order, with up to `threads` items in work on threads while the next one is
     read here: a fast tokenizer releases the GIL, so reading and rendering overlap tokenizing. At most
-    `threads` + 1 items are held at once."""
+    `threads` + 1 items (one of them being read) are held at once."""
     threads = max(1, threads)
     with ThreadPoolExecutor(threads, thread_name_prefix="mathforge-tokenize") as pool:
         pending: collections.deque = collections.deque()
