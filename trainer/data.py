@@ -1,12 +1,12 @@
 """Training data: rows → template → tokens with prompt masks → packed micro-batches.
 
 Rows are `{"prompt", "response"}` or `{"messages": [...]}` (what `mathforge synth` writes), from
-JSONL, JSON, Parquet files or a Hugging Face dataset name. Rows are read and tokenized in chunks
-(`datasets.map` with `num_proc` per chunk) written straight into a token store on disk, keyed by the
-data, the tokenizer and the template: a folder `tokens-<key>/` holding `tokens.bin` (int32, all
-documents back to back), `offsets.npy` and `prompt_lengths.npy`, opened memory-mapped — every rank
-on a node reads the same pages through the page cache, so a rank's RSS holds the micro-batches it
-builds, not the data set. `Prefetcher` builds (and, for CUDA, pins) the next micro-batches on a
+JSONL, JSON, Parquet files or a Hugging Face dataset name. Rows are read and tokenized in chunks (one batch
+encode per `ENCODE_ROWS` texts, documents assembled with array operations, on threads while the next chunk is
+read) written straight into a token store on disk, keyed by the data, the tokenizer and the template: a folder
+`tokens-<key>/` holding `tokens.bin` (int32, all documents back to back), `offsets.npy` and `prompt_lengths.npy`,
+opened memory-mapped — every rank on a node reads the same pages through the page cache, so a rank's RSS
+holds the micro-batches it builds, not the data set. `Prefetcher` builds (and, for CUDA, pins) the next micro-batches on a
 background thread while the current step runs, in the same order as building them in the step. A
 micro-batch is one flat token stream with `position_ids` restarting per document, `cu_seqlens`, and
 shifted labels: `labels[t]` is the token at t+1 when that token is part of the same document's
@@ -355,7 +355,8 @@ def tokenize(
 ) -> TokenizedData:
     """Reads, renders and tokenizes every row of `sources` in chunks; rows too long are truncated or dropped
     (counted). With `cache_dir`, the result is the memory-mapped token store <cache_dir>/tokens-<key>/, reused
-    when it exists; without, arrays in memory."""
+    when it exists; without, arrays in memory. `num_proc` chunks (at most `MAX_THREADS`) are tokenized at once on
+    threads; no process pool, so small data pays no start-up cost."""
     key_material = json.dumps(
         [[_source_fingerprint(s) for s in sources], tokenizer_fingerprint(tokenizer), template, max_seq_len, overflow]
     )
