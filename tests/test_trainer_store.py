@@ -102,3 +102,67 @@ def test_background_micro_batches_equal_those_built_in_the_step():
         for a, b in zip(got, expected):
             assert torch.equal(a.input_ids, b.input_ids) and torch.equal(a.labels, b.labels)
             assert torch.equal(a.cu_seqlens, b.cu_seqlens) and a.num_targets == b.num_targets
+
+
+def _reference_documents(rows, tokenizer, max_seq_len, overflow):
+    """The documents tokenized one row at a time (the rule the array assembly must reproduce): bos + prompt +
+    response + eos unless the response ends with it; too long → truncated, or dropped when `overflow` is "drop"
+    or the prompt fills `max_seq_len`."""
+    with_bos = getattr(tokenizer, "add_bos_token", False) and tokenizer.bos_token_id is not None
+    bos, eos = ([tokenizer.bos_token_id] if with_bos else []), tokenizer.eos_token_id
+    docs, prompt_lengths, truncated, dropped = [], [], 0, 0
+    for row in rows:
+        prompt = tokenizer(f"{row['prompt']}\n", add_special_tokens=False)["input_ids"]
+        response = tokenizer(row["response"], add_special_tokens=False)["input_ids"]
+        ids = bos + prompt + response + ([eos] if eos is not None and (not response or response[-1] != eos) else [])
+        if len(ids) > max_seq_len:
+            if overflow == "drop" or len(bos) + len(prompt) >= max_seq_len:
+                dropped += 1
+                continue
+            truncated += 1
+            ids = ids[:max_seq_len]
+        docs.append(ids)
+        prompt_lengths.append(len(bos) + len(prompt))
+    return docs, prompt_lengths, truncated, dropped
+
+
+@pytest.mark.parametrize(("bos", "overflow"), [(False, "truncate"), (True, "truncate"), (True, "drop")])
+def test_store_equals_row_by_row_tokenization(tmp_path, tokenizer, monkeypatch, bos, overflow):
+    import copy
+    import json
+
+    tok = copy.deepcopy(tokenizer)
+    if bos:
+        tok.bos_token = "<|im_start|>"
+        tok.add_bos_token = True
+    rows = [{"prompt": f"What is {a} + {b}?", "response": f"{a + b}" * (a % 9)} for a in range(25) for b in (3, 17)]
+    rows[3]["response"] = "7<|endoftext|>"  # already ends with eos: no second one
+    rows[5]["prompt"] = "What is 1 + 2? " * 9  # a prompt that fills max_seq_len: dropped either way
+    source = tmp_path / "d.jsonl"
+    source.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    monkeypatch.setattr(data_module, "CHUNK_ROWS", 6)  # several chunks in work on threads at once
+    monkeypatch.setattr(data_module, "ENCODE_ROWS", 4)  # several batch encodes per chunk
+    stored = tokenize(
+        [str(source)], tok, template="plain", max_seq_len=16, overflow=overflow, num_proc=3, cache_dir=tmp_path / "c"
+    )
+    docs, prompt_lengths, truncated, dropped = _reference_documents(rows, tok, 16, overflow)
+    assert truncated > 0 if overflow == "truncate" else dropped > 5
+    assert stored.counts["truncated"] == truncated and stored.counts["dropped_too_long"] == dropped
+    np.testing.assert_array_equal(stored.tokens, np.concatenate(docs))
+    np.testing.assert_array_equal(stored.lengths, [len(d) for d in docs])
+    np.testing.assert_array_equal(stored.prompt_lengths, prompt_lengths)
+    if bos:
+        assert (stored.tokens[stored.offsets[:-1]] == tok.bos_token_id).all()
+
+
+def test_encode_equals_the_wrapper_and_falls_back_to_it_when_the_backend_is_configured(tokenizer):
+    import copy
+
+    texts = ["What is 12 + 30?\n", "", "42<|endoftext|>", "7 + 8 = 15. The answer is: 15"]
+    expected = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    for tok in (tokenizer, copy.deepcopy(tokenizer)):
+        if tok is not tokenizer:
+            tok.backend_tokenizer.enable_truncation(3)  # the wrapper turns this off; so must _encode
+        flat, lengths = data_module._encode(texts, tok)
+        assert lengths.tolist() == [len(ids) for ids in expected]
+        assert flat.dtype == np.int32 and flat.tolist() == [t for ids in expected for t in ids]

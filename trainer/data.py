@@ -1,12 +1,12 @@
 """Training data: rows → template → tokens with prompt masks → packed micro-batches.
 
 Rows are `{"prompt", "response"}` or `{"messages": [...]}` (what `mathforge synth` writes), from
-JSONL, JSON, Parquet files or a Hugging Face dataset name. Rows are read and tokenized in chunks
-(`datasets.map` with `num_proc` per chunk) written straight into a token store on disk, keyed by the
-data, the tokenizer and the template: a folder `tokens-<key>/` holding `tokens.bin` (int32, all
-documents back to back), `offsets.npy` and `prompt_lengths.npy`, opened memory-mapped — every rank
-on a node reads the same pages through the page cache, so a rank's RSS holds the micro-batches it
-builds, not the data set. `Prefetcher` builds (and, for CUDA, pins) the next micro-batches on a
+JSONL, JSON, Parquet files or a Hugging Face dataset name. Rows are read and tokenized in chunks (one batch
+encode per `ENCODE_ROWS` texts, documents assembled with array operations, on threads while the next chunk is
+read) written straight into a token store on disk, keyed by the data, the tokenizer and the template: a folder
+`tokens-<key>/` holding `tokens.bin` (int32, all documents back to back), `offsets.npy` and `prompt_lengths.npy`,
+opened memory-mapped — every rank on a node reads the same pages through the page cache, so a rank's RSS
+holds the micro-batches it builds, not the data set. `Prefetcher` builds (and, for CUDA, pins) the next micro-batches on a
 background thread while the current step runs, in the same order as building them in the step. A
 micro-batch is one flat token stream with `position_ids` restarting per document, `cu_seqlens`, and
 shifted labels: `labels[t]` is the token at t+1 when that token is part of the same document's
@@ -16,6 +16,7 @@ response, else -100 — so nothing is predicted across a document boundary or in
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import hashlib
 import itertools
@@ -25,6 +26,7 @@ import queue
 import shutil
 import threading
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -149,34 +151,87 @@ def _source_fingerprint(source: str) -> str:
     return source
 
 
-def _tokenize_batch(batch: dict[str, list], tokenizer: Any, max_seq_len: int, overflow: str) -> dict[str, list]:
-    prompts = tokenizer(batch["prompt_text"], add_special_tokens=False)["input_ids"]
-    responses = tokenizer(batch["response_text"], add_special_tokens=False)["input_ids"]
-    bos = (
-        [tokenizer.bos_token_id]
-        if getattr(tokenizer, "add_bos_token", False) and tokenizer.bos_token_id is not None
-        else []
+ENCODE_ROWS = 4096  # texts per batch encode: the backend's per-text objects live for one batch only
+
+
+def _encode(texts: list[str], tokenizer: Any) -> tuple[np.ndarray, np.ndarray]:
+    """(every text's ids back to back as int32, each text's length), as `tokenizer(texts, add_special_tokens=False)`
+    gives them. A fast tokenizer's backend is called directly when the wrapper would configure it no differently
+    (no truncation or padding, the same special-token splitting): a batch encode on Rust threads without offsets
+    and without the wrapper's per-row dictionaries, `ENCODE_ROWS` texts at a time, each batch straight to numpy."""
+    backend = getattr(tokenizer, "backend_tokenizer", None) if getattr(tokenizer, "is_fast", False) else None
+    direct = (
+        backend is not None
+        and backend.truncation is None
+        and backend.padding is None
+        and backend.encode_special_tokens == bool(getattr(tokenizer, "split_special_tokens", False))
     )
+    flats, lengths = [], []
+    for start in range(0, len(texts), ENCODE_ROWS):
+        batch = texts[start : start + ENCODE_ROWS]
+        if direct:
+            encode = getattr(backend, "encode_batch_fast", backend.encode_batch)
+            ids = [encoding.ids for encoding in encode(batch, add_special_tokens=False)]
+        else:
+            ids = tokenizer(batch, add_special_tokens=False)["input_ids"]
+        lengths.append(np.fromiter(map(len, ids), dtype=np.int64, count=len(ids)))
+        flats.append(np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int32, count=int(lengths[-1].sum())))
+    if not flats:
+        return np.zeros(0, np.int32), np.zeros(0, np.int64)
+    return np.concatenate(flats), np.concatenate(lengths)
+
+
+def _place(out: np.ndarray, flat: np.ndarray, lengths: np.ndarray, first: np.ndarray, room: np.ndarray) -> None:
+    """Writes each document's piece of `flat` (CSR by `lengths`) to `out` from index `first[doc]`, keeping only the
+    first `room[doc]` tokens of the piece (what truncation leaves of it)."""
+    starts = np.concatenate(([0], np.cumsum(lengths)[:-1]))
+    within = np.arange(len(flat)) - np.repeat(starts, lengths)
+    keep = within < np.repeat(room, lengths)
+    out[(np.repeat(first, lengths) + within)[keep]] = flat[keep]
+
+
+def _assemble(
+    prompts: tuple[np.ndarray, np.ndarray],
+    responses: tuple[np.ndarray, np.ndarray],
+    tokenizer: Any,
+    max_seq_len: int,
+    overflow: str,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Documents bos + prompt + response + eos (eos unless the response already ends with it), truncated to
+    `max_seq_len` or dropped (`overflow = "drop"`, or a prompt that leaves no room for the response), built with
+    array operations. Returns (flat tokens of the kept documents, their lengths, their prompt lengths, every row's
+    status: 0 ok, 1 truncated, 2 dropped)."""
+    (prompt_ids, prompt_lengths), (response_ids, response_lengths) = prompts, responses
+    with_bos = getattr(tokenizer, "add_bos_token", False) and tokenizer.bos_token_id is not None
     eos = tokenizer.eos_token_id
-    out: dict[str, list] = {"input_ids": [], "prompt_length": [], "status": []}
-    for prompt, response in zip(prompts, responses):
-        ids = bos + prompt + response + ([eos] if eos is not None and (not response or response[-1] != eos) else [])
-        prompt_length = len(bos) + len(prompt)
-        status = "ok"
-        if len(ids) > max_seq_len:
-            if overflow == "drop" or prompt_length >= max_seq_len:
-                status = "dropped"
-                ids = []
-            else:
-                status = "truncated"
-                ids = ids[:max_seq_len]
-        out["input_ids"].append(ids)
-        out["prompt_length"].append(prompt_length)
-        out["status"].append(status)
-    return out
+    bos_length = np.int64(1 if with_bos else 0)
+    if eos is None:
+        with_eos = np.zeros(len(response_lengths), dtype=bool)
+    else:
+        ends = np.cumsum(response_lengths) - 1
+        last = response_ids[np.maximum(ends, 0)] if len(response_ids) else np.zeros(len(ends), np.int32)
+        with_eos = (response_lengths == 0) | (last != eos)
+    full = bos_length + prompt_lengths + response_lengths + with_eos
+    prompt_lengths = bos_length + prompt_lengths
+    too_long = full > max_seq_len
+    dropped = too_long & ((overflow == "drop") | (prompt_lengths >= max_seq_len))
+    status = np.where(dropped, 2, np.where(too_long, 1, 0)).astype(np.int8)
+    lengths = np.where(dropped, 0, np.minimum(full, max_seq_len))
+    first = np.concatenate(([0], np.cumsum(lengths)[:-1]))
+    out = np.empty(int(lengths.sum()), dtype=np.int32)
+    if with_bos:
+        out[first[lengths > 0]] = tokenizer.bos_token_id
+    _place(out, prompt_ids, prompt_lengths - bos_length, first + bos_length, lengths - bos_length)
+    _place(out, response_ids, response_lengths, first + prompt_lengths, lengths - prompt_lengths)
+    eos_at = first + prompt_lengths + response_lengths
+    put_eos = with_eos & (eos_at < first + lengths)
+    out[eos_at[put_eos]] = eos if eos is not None else 0
+    keep = ~dropped
+    return out, lengths[keep], prompt_lengths[keep], status
 
 
-CHUNK_ROWS = 65536  # rows rendered and tokenized at a time: memory holds one chunk of text
+CHUNK_ROWS = 16384  # rows rendered and tokenized at a time: memory holds `MAX_THREADS` + 1 chunks of text
+MAX_THREADS = 2  # chunks tokenized at once (`num_proc`, capped): each batch encode already runs on Rust threads
 
 
 class _StoreWriter:
@@ -261,28 +316,30 @@ def _rendered(
 
 
 def _tokenize_chunk(
-    chunk: list[tuple[str, str]], tokenizer: Any, max_seq_len: int, overflow: str, num_proc: int
+    chunk: list[tuple[str, str]], tokenizer: Any, max_seq_len: int, overflow: str
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(flat tokens of the kept documents, their lengths, their prompt lengths, every row's status)."""
-    import datasets
-
     prompts, responses = zip(*chunk)
-    dataset = datasets.Dataset.from_dict({"prompt_text": list(prompts), "response_text": list(responses)})
-    dataset = dataset.map(
-        _tokenize_batch,
-        batched=True,
-        batch_size=1000,
-        num_proc=num_proc if num_proc > 1 and len(chunk) >= 2000 * num_proc else None,
-        fn_kwargs={"tokenizer": tokenizer, "max_seq_len": max_seq_len, "overflow": overflow},
-        remove_columns=["prompt_text", "response_text"],
-        desc="tokenizing",
-    )
-    status = np.asarray(dataset["status"])
-    keep = status != "dropped"
-    column = dataset.data.table.column("input_ids").combine_chunks()
-    lengths = np.diff(column.offsets.to_numpy())[keep]
-    prompt_lengths = np.asarray(dataset["prompt_length"], dtype=np.int64)[keep]
-    return column.flatten().to_numpy(), lengths, prompt_lengths, status  # dropped rows hold no tokens
+    flat, lengths = _encode([*prompts, *responses], tokenizer)
+    split = int(lengths[: len(chunk)].sum())
+    prompt_part = (flat[:split], lengths[: len(chunk)])
+    response_part = (flat[split:], lengths[len(chunk) :])
+    return _assemble(prompt_part, response_part, tokenizer, max_seq_len, overflow)
+
+
+def _in_threads(items: Iterator[Any], work: Callable[[Any], Any], threads: int) -> Iterator[Any]:
+    """`work(item)` for each item, in order, with up to `threads` items in work on threads while the next one is
+    read here: a fast tokenizer releases the GIL, so reading and rendering overlap tokenizing. At most
+    `threads` + 1 items (one of them being read) are held at once."""
+    threads = max(1, threads)
+    with ThreadPoolExecutor(threads, thread_name_prefix="mathforge-tokenize") as pool:
+        pending: collections.deque = collections.deque()
+        for item in items:
+            pending.append(pool.submit(work, item))
+            if len(pending) > threads:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
 
 
 def tokenize(
@@ -298,7 +355,8 @@ def tokenize(
 ) -> TokenizedData:
     """Reads, renders and tokenizes every row of `sources` in chunks; rows too long are truncated or dropped
     (counted). With `cache_dir`, the result is the memory-mapped token store <cache_dir>/tokens-<key>/, reused
-    when it exists; without, arrays in memory."""
+    when it exists; without, arrays in memory. `num_proc` chunks (at most `MAX_THREADS`) are tokenized at once on
+    threads; no process pool, so small data pays no start-up cost."""
     key_material = json.dumps(
         [[_source_fingerprint(s) for s in sources], tokenizer_fingerprint(tokenizer), template, max_seq_len, overflow]
     )
@@ -311,11 +369,13 @@ def tokenize(
     writer = _StoreWriter(folder)
     try:
         rows = _rendered(sources, tokenizer, template, skip_bad_rows, counts)
-        while chunk := list(itertools.islice(rows, CHUNK_ROWS)):
-            tokens, lengths, prompt_lengths, status = _tokenize_chunk(chunk, tokenizer, max_seq_len, overflow, num_proc)
+        chunks = iter(lambda: list(itertools.islice(rows, CHUNK_ROWS)), [])
+        for tokens, lengths, prompt_lengths, status in _in_threads(
+            chunks, lambda chunk: _tokenize_chunk(chunk, tokenizer, max_seq_len, overflow), min(num_proc, MAX_THREADS)
+        ):
             writer.add(tokens, lengths, prompt_lengths)
-            counts["truncated"] += int((status == "truncated").sum())
-            counts["dropped_too_long"] += int((status == "dropped").sum())
+            counts["truncated"] += int((status == 1).sum())
+            counts["dropped_too_long"] += int((status == 2).sum())
             counts["documents"] += len(lengths)
             counts["tokens"] += int(lengths.sum())
         if counts["rows"] == counts["skipped_malformed"]:
