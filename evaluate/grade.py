@@ -159,11 +159,6 @@ def strict_equal(pred: str, gold: str) -> bool:
     return strict_normalize(pred) == strict_normalize(gold)
 
 
-def lenient_equal(pred: str, gold: str, timeout: float = DEFAULT_TIMEOUT) -> bool:
-    """Lenient comparison of two extracted answers."""
-    return grade_parsed(parse_answer(pred), parse_answer(gold), "lenient", timeout)
-
-
 # --- comparison ---------------------------------------------------------------------------------
 
 

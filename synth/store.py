@@ -143,28 +143,18 @@ def _flat_meta(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def write_rows(path: Path, rows: list[dict[str, Any]], fmt: str) -> None:
-    """Writes `rows` to `path` atomically (temp file, fsync, rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    if fmt == "parquet":
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        pq.write_table(pa.Table.from_pylist([_flat_meta(r) for r in rows]), tmp)
-    else:
-        with open(tmp, "w", encoding="utf-8") as handle:
-            for row in rows:
-                handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    """Writes `rows` to `path` atomically (temp file, fsync, rename): a `RowSink` fed all of them."""
+    sink = RowSink(path, fmt)
+    for row in rows:
+        sink.add(row)
+    sink.close()
 
 
 class RowSink:
     """Writes rows to `path` in batches (JSONL lines, or Parquet row groups) and renames the temp file into place
     on `close()`, so memory holds one batch, not the data set. A Parquet batch whose schema differs from the file's
     so far (a column null until now, a new meta key) is cast to it, or else the file is rewritten batch by batch
-    under the unified schema: the result reads back as `write_rows` would have written it."""
+    under the unified schema: the result reads back as one table written at once would."""
 
     def __init__(self, path: Path, fmt: str, batch_rows: int = 8192) -> None:
         self.path, self.fmt, self.batch_rows = path, fmt, batch_rows
