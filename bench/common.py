@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import platform
 import subprocess
 from pathlib import Path
@@ -12,6 +13,7 @@ from typing import Any
 from mathforge.hardware import cpu_name, package_versions
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
+RESULTS_ENV = "MATHFORGE_RESULTS_DIR"
 
 
 def device_slug() -> str:
@@ -58,9 +60,19 @@ def environment(*extra_packages: str) -> dict[str, Any]:
     }
 
 
+def results_folder(out_dir: Path | None = None) -> Path:
+    """Where results go: `out_dir`, else $MATHFORGE_RESULTS_DIR (set by `bench.gpu_session` for its phases),
+    else bench/results/<device>/."""
+    if out_dir is not None:
+        return Path(out_dir)
+    if os.environ.get(RESULTS_ENV):
+        return Path(os.environ[RESULTS_ENV])
+    return RESULTS_DIR / device_slug()
+
+
 def write_result(name: str, payload: dict[str, Any], out_dir: Path | None = None) -> Path:
-    """Writes `payload` as JSON to bench/results/<device>/<name>.json (or `out_dir`) and returns the path."""
-    folder = out_dir or RESULTS_DIR / payload.get("environment", {}).get("device_slug", device_slug())
+    """Writes `payload` as JSON to `results_folder(out_dir)`/<name>.json and returns the path."""
+    folder = results_folder(out_dir)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{name}.json"
     path.write_text(json.dumps(payload, indent=2) + "\n")

@@ -1,0 +1,79 @@
+"""The GPU session runner on the CPU: plans, budgets, timeouts, and what comes back (two files)."""
+
+from __future__ import annotations
+
+import json
+import tarfile
+import time
+
+import pytest
+
+from mathforge.bench import common, gpu_session
+from mathforge.bench.gpu_session import Phase, run_phase, run_plan
+from mathforge.errors import ConfigError
+
+
+def test_unknown_plan_is_an_error_naming_the_known_ones(tmp_path, capsys):
+    with pytest.raises(ConfigError, match="unknown plan 'kernel'; known: kernels, smoke, train"):
+        gpu_session.plan_phases("kernel")
+    assert gpu_session.main(["kernel", "--out", str(tmp_path)]) == 2
+    assert "known: kernels, smoke, train" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir()), "nothing written for a bad plan"
+
+
+def test_every_gpu_plan_runs_pytest_on_the_gpu_tests_first():
+    for name in ("kernels", "train"):
+        first = gpu_session.PLANS[name][0]
+        assert first.name == "pytest-gpu" and "-m" in first.argv and "gpu" in first.argv
+        assert all(path in first.argv for path in gpu_session.GPU_TESTS)
+    assert sum(p.cap_s for p in gpu_session.PLANS["kernels"]) <= 600, "one device command is at most 10 minutes"
+
+
+def test_phase_outcomes_ok_failed_timeout_skipped(tmp_path):
+    env = {"PATH": "/usr/bin:/bin"}
+    far = time.monotonic() + 60
+    ok = run_phase(Phase("ok", ("-c", "print('hello')"), 30, min_s=0), tmp_path, far, env)
+    assert ok["status"] == "ok" and ok["exit_code"] == 0 and ok["log_tail"] == ["hello"]
+    failed = run_phase(Phase("bad", ("-c", "import sys; print('boom'); sys.exit(3)"), 30, min_s=0), tmp_path, far, env)
+    assert failed["status"] == "failed" and failed["exit_code"] == 3 and failed["log_tail"] == ["boom"]
+    started = time.monotonic()
+    slow = run_phase(Phase("slow", ("-c", "import time; time.sleep(60)"), 1, min_s=0), tmp_path, far, env)
+    assert slow["status"] == "timeout" and slow["exit_code"] is None and slow["limit_s"] == 1
+    assert time.monotonic() - started < 30
+    late = run_phase(Phase("late", ("-c", "print(1)"), 30, min_s=20), tmp_path, time.monotonic() + 5, env)
+    assert late["status"] == "skipped" and "s of the budget left" in late["why"]
+    assert not (tmp_path / "logs" / "late.log").exists()
+
+
+def test_phase_is_capped_by_what_is_left_of_the_budget(tmp_path):
+    out = run_phase(Phase("p", ("-c", "print(1)"), 300, min_s=0), tmp_path, time.monotonic() + 40, {})
+    assert out["status"] == "ok" and 35 <= out["limit_s"] <= 40
+
+
+def test_plan_packs_results_and_logs_into_two_files(tmp_path, monkeypatch):
+    writer = (
+        "from mathforge.bench.common import write_result; "
+        "print(write_result('probe', {'environment': {}, 'rows': [1, 2]}))"
+    )
+    monkeypatch.setitem(
+        gpu_session.PLANS, "probe", (Phase("write", ("-c", writer), 60, min_s=0), Phase("fail", ("-c", "1/0"), 60, 0))
+    )
+    summary = run_plan("probe", 120, tmp_path / "out")
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["session.tar.gz", "summary.json"]
+    assert [o["status"] for o in summary["phases"]] == ["ok", "failed"]
+    assert "ZeroDivisionError: division by zero" in summary["phases"][1]["log_tail"][-1]
+    assert json.loads((tmp_path / "out" / "summary.json").read_text()) == summary
+    with tarfile.open(tmp_path / "out" / "session.tar.gz") as tar:
+        names = set(tar.getnames())
+        payload = json.load(tar.extractfile("session/results/probe.json"))
+    assert {"session/logs/write.log", "session/logs/fail.log", "session/summary.json"} <= names
+    assert payload["rows"] == [1, 2]
+    assert gpu_session.main(["probe", "--budget", "120", "--out", str(tmp_path / "again")]) == 1
+
+
+def test_results_folder_prefers_the_argument_then_the_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv(common.RESULTS_ENV, str(tmp_path / "env"))
+    assert common.results_folder(tmp_path / "arg") == tmp_path / "arg"
+    assert common.results_folder() == tmp_path / "env"
+    monkeypatch.delenv(common.RESULTS_ENV)
+    assert common.results_folder() == common.RESULTS_DIR / common.device_slug()
