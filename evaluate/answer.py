@@ -87,6 +87,7 @@ class Answer:
     items: tuple[Answer, ...] = ()
     op: str = ""
     percent: bool = False
+    unit_power: int = field(default=0, compare=False)  # 2 area, 3 volume unit shown (normalize.unit_power)
     raw: str | None = field(default=None, compare=False)
     whole: str | None = field(default=None, compare=False)  # the text it came from, when short
 
@@ -509,7 +510,16 @@ def _parse_cached(text: str, source: str, boxes: str) -> Answer:
         return Answer("none", raw=extracted)
     answer = build(cleaned.text)
     whole = re.sub(r"\s+", "", text) if len(text) <= MAX_WHOLE else None
-    return Answer(answer.kind, answer.text, answer.items, answer.op, cleaned.percent, raw=extracted, whole=whole)
+    return Answer(
+        answer.kind,
+        answer.text,
+        answer.items,
+        answer.op,
+        cleaned.percent,
+        cleaned.unit_power,
+        raw=extracted,
+        whole=whole,
+    )
 
 
 def parse_answer(text: str | None, source: str = "answer", boxes: str = "join", raise_on_error: bool = False) -> Answer:

@@ -24,7 +24,8 @@ Both sides are parsed once into an `answer.Answer` (extracted by position, clean
   expression or at variable test points within a relative 1e-4; x% is x/100, and also x when the
   other side is a plain number ("50" answering "what percent?").
 
-Never raises on strings and never hangs: the sympy step runs under a per-grade deadline (`timeout`), and an
+Never raises on strings and never hangs: the sympy step runs under a per-grade budget of CPU seconds (`timeout`,
+the grading thread's own CPU time, so a busy machine does not change a verdict), and an
 unexpected failure is counted (`grader_errors()`, shown in the eval report) and graded "not equal" —
 or raised with `raise_on_error=True`. `explain(pred, gold)` returns the extracted strings, the parsed
 structures and the rules that decided (`mathforge grade --explain`).
@@ -34,7 +35,6 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import time
 
 from mathforge.errors import ConfigError
 from mathforge.evaluate.answer import Answer, count_error, grader_errors, is_name, parse_answer
@@ -45,7 +45,7 @@ from mathforge.evaluate.values import Ctx, proportional, scalar_equal, squash
 __all__ = ["MODES", "explain", "grade", "grade_parsed", "grader_errors", "parse_answer"]
 
 MODES = ("lenient", "strict")
-DEFAULT_TIMEOUT = 0.1  # seconds for the sympy step of one grade (its one-off import and parser set-up excluded)
+DEFAULT_TIMEOUT = 0.5  # CPU seconds for the sympy step of one grade (its one-off import and parser set-up excluded)
 _DECIMAL_COMMA_RE = re.compile(r"-?\d+,\d+")
 _SCALARS = ("number", "expression", "text")
 _ORDERED = ("tuple", "interval")
@@ -105,7 +105,10 @@ def grade_parsed(
             if trace is not None:
                 trace.append(f"strict: normalised strings {'equal' if verdict else 'differ'}")
             return verdict
-        ctx = Ctx(pred.percent, gold.percent, time.monotonic() + timeout, trace)
+        ctx = Ctx(pred.percent, gold.percent, timeout, trace)
+        if pred.unit_power and gold.unit_power and pred.unit_power != gold.unit_power:
+            ctx.note(f"units of power {pred.unit_power} vs {gold.unit_power} (area vs volume): not equal")
+            return False
         if pred == gold:
             ctx.note("same structure and text")
             return True

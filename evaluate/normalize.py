@@ -104,6 +104,24 @@ _THOUSANDS_RE = re.compile(r"-?\d{1,3}(?:(?:,|\{,\}|\\,| )\d{3})+(?:\.\d+)?")
 class Cleaned:
     text: str
     percent: bool
+    unit_power: int = 0  # 2 for an area unit (cm^2, square feet), 3 for a volume unit, 0 when none is shown
+
+
+_UNIT_POWER_SHOWN_RE = re.compile(
+    rf"(?<![a-zA-Z])(?:(square|sq|cubic)\s+(?:{UNITS})\b|(?:{UNITS})\s*\}}?\s*\^\s*\{{?([23])\}}?)", re.IGNORECASE
+)
+
+
+def unit_power(text: str) -> int:
+    """The power of the last unit shown after a number: 2 (cm^2, \\text{m}^2, square feet), 3 (cubic inches,
+    in^3), else 0. Units are dropped before values are compared; this keeps an area from equalling a volume."""
+    if not re.search(r"\d", text):
+        return 0
+    found = list(_UNIT_POWER_SHOWN_RE.finditer(text))
+    if not found:
+        return 0
+    word, power = found[-1].groups()
+    return int(power) if power else (3 if word.lower() == "cubic" else 2)
 
 
 def unwrap(text: str, pattern: re.Pattern[str], keep=lambda inner: inner) -> str:
@@ -189,6 +207,7 @@ def clean(text: str) -> Cleaned:
     for pattern, replacement in _SIMPLE_SUBS:
         s = pattern.sub(replacement, s)
     percent = bool(_PERCENT_RE.search(s))
+    power = unit_power(s)
     s = _PERCENT_RE.sub("", s)
     text_only = _WRAPPER_RE.match(s.strip()) is not None and match_braces(s.strip(), s.strip().find("{")) == len(
         s.strip()
@@ -215,7 +234,7 @@ def clean(text: str) -> Cleaned:
     if _THOUSANDS_RE.fullmatch(s):
         s = re.sub(r"\{,\}|\\,|,| ", "", s)
     s = re.sub(r"(?<=\d)\{,\}(?=\d{3})", "", s)
-    return Cleaned(s.strip(), percent)
+    return Cleaned(s.strip(), percent, power)
 
 
 # --- strict mode: the MATH benchmark's string normalisation (Hendrycks et al. 2021) ------------

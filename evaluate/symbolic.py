@@ -1,14 +1,17 @@
 """The slow path: LaTeX → sympy with latex2sympy2_extended, compared numerically, bounded in time.
 
-Bounded without signals: each comparison runs in a fresh daemon thread joined with a timeout,
-so it works from any thread or worker process; the input is first screened (length, exponent
-towers, huge factorials) so the abandoned-thread case is rare.
+Bounded without signals: each comparison runs in a fresh daemon thread, so it works from any thread or
+worker process. The bound is the CPU time that thread uses (its own clock, `time.pthread_getcpuclockid`),
+not wall time, so a verdict does not depend on how busy the machine is; a wall-clock backstop
+(WALL_FACTOR × the budget + WALL_SLACK_S) still ends a thread that waits instead of computing. The input
+is first screened (length, exponent towers, huge factorials) so the abandoned-thread case is rare.
 """
 
 from __future__ import annotations
 
 import re
 import threading
+import time
 from collections.abc import Callable
 from fractions import Fraction
 from typing import Any
@@ -30,8 +33,32 @@ class Unreadable(ValueError):
     """latex2sympy2_extended could not parse the text (garbage or LaTeX it does not know)."""
 
 
-def run_bounded(fn: Callable[..., Any], *args: Any, timeout: float) -> Any:
-    """fn(*args) in a daemon thread; GradeTimeout when it is not done after `timeout` seconds."""
+WALL_FACTOR = 20  # wall-clock backstop: a thread that got 1/20 of a CPU for 20× its budget is given up on
+WALL_SLACK_S = 2.0
+POLL_S = 0.005  # how often the thread's CPU clock is read while it runs (join returns at once when it ends)
+
+
+def _cpu_clock(thread: threading.Thread) -> int | None:
+    """The CPU-time clock of `thread` (Unix), None where there is none or the thread has already ended."""
+    try:
+        return time.pthread_getcpuclockid(thread.ident)
+    except (AttributeError, OSError, TypeError):
+        return None
+
+
+def _cpu_seconds(clock: int | None, started: float) -> float:
+    """CPU seconds used by the thread whose clock this is; wall seconds since `started` when it has none."""
+    if clock is not None:
+        try:
+            return time.clock_gettime(clock)
+        except OSError:  # the thread ended between the join and this read
+            pass
+    return time.monotonic() - started
+
+
+def run_bounded(fn: Callable[..., Any], *args: Any, timeout: float) -> tuple[Any, float]:
+    """(fn(*args), CPU seconds it used), run in a daemon thread; GradeTimeout when the thread has used more than
+    `timeout` CPU seconds, or WALL_FACTOR × timeout + WALL_SLACK_S of wall time has passed."""
     box: dict[str, Any] = {}
 
     def target() -> None:
@@ -41,13 +68,21 @@ def run_bounded(fn: Callable[..., Any], *args: Any, timeout: float) -> Any:
             box["error"] = error
 
     thread = threading.Thread(target=target, daemon=True, name="mathforge-grade")
+    started = time.monotonic()
     thread.start()
-    thread.join(timeout)
-    if thread.is_alive():
-        raise GradeTimeout(f"comparison took longer than {timeout}s")
+    clock = _cpu_clock(thread)
+    wall_end = started + timeout * WALL_FACTOR + WALL_SLACK_S
+    used = 0.0
+    while True:
+        thread.join(POLL_S)
+        used = _cpu_seconds(clock, started)
+        if not thread.is_alive():
+            break
+        if used > timeout or time.monotonic() > wall_end:
+            raise GradeTimeout(f"comparison used more than {timeout:.3g} s of CPU time")
     if "error" in box:
         raise box["error"]
-    return box["value"]
+    return box["value"], used
 
 
 def screen(text: str) -> bool:

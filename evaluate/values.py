@@ -1,5 +1,5 @@
 """Scalar comparison: the fast exact path (`quick`), then latex2sympy2_extended + sympy (`symbolic`, bounded by the
-grade's deadline), then text; and the proportionality test equations and relations share.
+grade's sympy budget in CPU seconds), then text; and the proportionality test equations and relations share.
 
 A plain decimal (`1.414`) against an exact value or another decimal follows the rounding rule (`rounding`);
 REL_TOL is left for decimals inside expressions (`0.5\\pi`) and for values at variable test points.
@@ -10,7 +10,6 @@ Every step notes what decided in `Ctx.trace` when explaining (`grade.explain`); 
 from __future__ import annotations
 
 import re
-import time
 from dataclasses import dataclass, field
 
 from mathforge.evaluate import quick, rounding, symbolic
@@ -23,16 +22,27 @@ _PLAIN_NUMBER_RE = re.compile(r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)")
 
 @dataclass
 class Ctx:
-    """One comparison's settings: percent signs on each side, the sympy deadline, the explain trace."""
+    """One comparison's settings: percent signs on each side, the CPU seconds left for sympy, the explain trace."""
 
     percent_pred: bool
     percent_gold: bool
-    deadline: float
+    sympy_budget: float
     trace: list[str] | None = field(default=None)
 
     def note(self, message: str) -> None:
         if self.trace is not None:
             self.trace.append(message)
+
+    def run_sympy(self, fn, *args):
+        """symbolic.run_bounded within what is left of the budget, which shrinks by the CPU time it used
+        (all of it on GradeTimeout, which propagates)."""
+        try:
+            value, used = symbolic.run_bounded(fn, *args, timeout=self.sympy_budget)
+        except symbolic.GradeTimeout:
+            self.sympy_budget = 0.0
+            raise
+        self.sympy_budget = max(0.0, self.sympy_budget - used)
+        return value
 
 
 def proportional(a: str, b: str, sign: int = 0) -> bool | None:
@@ -99,19 +109,16 @@ def _clock(text: str) -> int | None:
 
 
 def _symbolic_equal(p: str, g: str, ctx: Ctx) -> bool | None:
-    start = time.monotonic()
-    symbolic.load()
-    ctx.deadline += time.monotonic() - start  # a one-off import is not part of the budget
-    left = ctx.deadline - time.monotonic()
-    if left <= 0:
+    symbolic.load()  # a one-off import and parser set-up, not part of the budget
+    if ctx.sympy_budget <= 0:
         ctx.note("sympy: no time left, cannot tell")
         return None
-    verdict = _symbolic_rounded(p, g, ctx, left)
+    verdict = _symbolic_rounded(p, g, ctx)
     if verdict is not None:
         return verdict
     rel = REL_TOL if _DECIMAL_RE.search(p + " " + g) else 1e-12
     try:
-        verdict = symbolic.run_bounded(symbolic.compare, p, g, rel, timeout=left)
+        verdict = ctx.run_sympy(symbolic.compare, p, g, rel)
     except symbolic.GradeTimeout:
         ctx.note("sympy: out of time, cannot tell")
         return None
@@ -122,7 +129,7 @@ def _symbolic_equal(p: str, g: str, ctx: Ctx) -> bool | None:
     return verdict
 
 
-def _symbolic_rounded(p: str, g: str, ctx: Ctx, left: float) -> bool | None:
+def _symbolic_rounded(p: str, g: str, ctx: Ctx) -> bool | None:
     """The rounding rule when one side is a plain decimal and sympy gives the other's exact value (`\\sinh 1`);
     None otherwise (and the sympy comparison decides)."""
     dp, dg = rounding.literal(p), rounding.literal(g)
@@ -132,7 +139,7 @@ def _symbolic_rounded(p: str, g: str, ctx: Ctx, left: float) -> bool | None:
     if _DECIMAL_RE.search(exact_text):
         return None
     try:
-        value = symbolic.run_bounded(symbolic.value, exact_text, timeout=left)
+        value = ctx.run_sympy(symbolic.value, exact_text)
     except (symbolic.GradeTimeout, symbolic.Unreadable):
         return None
     if value is None:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import concurrent.futures as cf
 import json
 import re
+import threading
+import time
 from fractions import Fraction
 from pathlib import Path
 
@@ -470,6 +472,57 @@ def test_hostile_inputs_from_worker_threads():
     with cf.ThreadPoolExecutor(4) as pool:
         verdicts = list(pool.map(lambda t: grade(t, "1", timeout=0.5), hostile * 2))
     assert verdicts == [False] * 10
+
+
+def test_sympy_budget_is_cpu_time_so_a_busy_process_keeps_the_verdict():
+    """1.107 = tan^{-1}(2) needs sympy (~0.04-0.09 CPU s). With 6 other threads spinning in this process (the GIL
+    shared seven ways) it takes several times its 0.2 s budget in wall time; the verdict must not change."""
+    from mathforge.evaluate import symbolic
+
+    symbolic.load()
+    stop = threading.Event()
+
+    def spin():
+        while not stop.is_set():
+            sum(range(1000))
+
+    spinners = [threading.Thread(target=spin, daemon=True) for _ in range(6)]
+    for t in spinners:
+        t.start()
+    try:
+        verdicts = [grade("1.107", r"\tan^{-1}(2)", timeout=0.2) for _ in range(3)]
+    finally:
+        stop.set()
+    assert verdicts == [True] * 3
+    assert grade("1.109", r"\tan^{-1}(2)", timeout=0.5) is False  # 1.10715: more than one unit of 1.109 away
+
+
+def test_run_bounded_stops_on_cpu_time_and_on_the_wall_backstop():
+    from mathforge.evaluate import symbolic
+
+    value, used = symbolic.run_bounded(lambda a, b: a + b, 2, 3, timeout=1.0)
+    assert value == 5 and 0 <= used < 1.0
+    release = threading.Event()  # ends the abandoned threads once checked
+
+    def burn():
+        while not release.is_set():
+            pass
+
+    started = time.monotonic()
+    try:
+        with pytest.raises(symbolic.GradeTimeout, match="CPU time"):
+            symbolic.run_bounded(burn, timeout=0.05)
+        busy_s = time.monotonic() - started
+        started = time.monotonic()
+        with pytest.raises(symbolic.GradeTimeout):
+            symbolic.run_bounded(release.wait, 30, timeout=0.01)  # waits, uses no CPU: the wall backstop ends it
+        waited_s = time.monotonic() - started
+    finally:
+        release.set()
+    backstop = 0.01 * symbolic.WALL_FACTOR + symbolic.WALL_SLACK_S
+    assert busy_s < backstop and backstop - 0.05 <= waited_s < backstop + 5
+    with pytest.raises(ZeroDivisionError):
+        symbolic.run_bounded(lambda: 1 / 0, timeout=1.0)
 
 
 def test_explain_shows_extraction_structures_and_rule():
