@@ -393,18 +393,32 @@ class Options:
     profile: bool = False
     max_model: bool = False
     memory_cap_gib: float = 80.0
+    time_budget_s: float = 0.0
     out: Path | None = None
 
 
+def ours_name(compiled: bool) -> str:
+    return "mathforge (packed, varlen, fused linear CE)" + (" + compile(fullgraph)" if compiled else "")
+
+
+def liger_name(attn: str, device: torch.device) -> str:
+    why_not = liger_unavailable(device)
+    liger = "transformers + Liger" if why_not is None else f"transformers (no liger: {why_not})"
+    return f"{liger}, padding-free ({attn})"
+
+
+PADDED_NAME = "transformers padded (SDPA, torch CE)"
+
+
 def ours_row(opts: Options, plan: Plan, precision: str, device: torch.device, compiled: bool) -> dict:
-    name = "mathforge (packed, varlen, fused linear CE)" + (" + compile(fullgraph)" if compiled else "")
-    row = {"name": name, "family": "mathforge", "precision": precision, "compiled": compiled}
+    row = {"name": ours_name(compiled), "family": "mathforge", "precision": precision, "compiled": compiled}
 
     def work() -> dict:
         module = build_ours(opts.preset, precision, device, compiled)
         from mathforge.kernels.attention import resolve_backend
 
-        probe = torch.zeros(1, dtype=torch.bfloat16 if device.type == "cuda" else torch.float32, device=device)
+        half = precision != "fp32"  # under autocast the attention inputs are bf16 too
+        probe = torch.zeros(1, dtype=torch.bfloat16 if half else torch.float32, device=device)
         backend = resolve_backend(module.model.attention_backend, probe)
         return {"attention": backend} | time_steps(
             ours_trainee(module, plan, device), precision, device, plan, opts.warmup
@@ -414,10 +428,8 @@ def ours_row(opts: Options, plan: Plan, precision: str, device: torch.device, co
 
 
 def liger_row(opts: Options, plan: Plan, precision: str, attn: str, device: torch.device) -> dict:
-    why_not = liger_unavailable(device)
-    liger = "transformers + Liger" if why_not is None else f"transformers (no liger: {why_not})"
-    row = {"name": f"{liger}, padding-free ({attn})", "family": "liger-padding-free", "precision": precision}
-    row |= {"attention": attn, "liger": why_not is None}
+    row = {"name": liger_name(attn, device), "family": "liger-padding-free", "precision": precision}
+    row |= {"attention": attn, "liger": liger_unavailable(device) is None}
 
     def work() -> dict:
         model = build_hf(opts.preset, precision, attn, device)
@@ -432,7 +444,7 @@ def liger_row(opts: Options, plan: Plan, precision: str, attn: str, device: torc
 
 
 def padded_row(opts: Options, plan: Plan, precision: str, device: torch.device) -> dict:
-    row = {"name": "transformers padded (SDPA, torch CE)", "family": "padded", "precision": precision}
+    row = {"name": PADDED_NAME, "family": "padded", "precision": precision}
     row["attention"] = "sdpa"
 
     def work() -> dict:
@@ -446,16 +458,50 @@ def padded_row(opts: Options, plan: Plan, precision: str, device: torch.device) 
     return record_errors(row, work, device)
 
 
-def row_makers(opts: Options, plan: Plan, device: torch.device) -> Iterator[Callable[[], dict]]:
-    """Every row to measure, in order: per precision mode ours (and compiled), the Liger rows, padded."""
-    for precision in opts.precisions:
-        yield lambda p=precision: ours_row(opts, plan, p, device, compiled=False)
-        if opts.compile:
-            yield lambda p=precision: ours_row(opts, plan, p, device, compiled=True)
+@dataclass
+class RowSpec:
+    """A row to measure: what it is (for the record when it is skipped) and the call that measures it."""
+
+    name: str
+    family: str
+    precision: str
+    measure: Callable[[], dict]
+
+
+def main_rows(opts: Options, plan: Plan, device: torch.device) -> Iterator[RowSpec]:
+    """Per precision mode: ours, the Liger padding-free rows (one per attention), padded."""
+    for p in opts.precisions:
+        yield RowSpec(ours_name(False), "mathforge", p, lambda p=p: ours_row(opts, plan, p, device, compiled=False))
         for attn in opts.hf_attn:
-            yield lambda p=precision, a=attn: liger_row(opts, plan, p, a, device)
+            yield RowSpec(
+                liger_name(attn, device),
+                "liger-padding-free",
+                p,
+                lambda p=p, a=attn: liger_row(opts, plan, p, a, device),
+            )
         if opts.padded:
-            yield lambda p=precision: padded_row(opts, plan, p, device)
+            yield RowSpec(PADDED_NAME, "padded", p, lambda p=p: padded_row(opts, plan, p, device))
+
+
+def compile_rows(opts: Options, plan: Plan, device: torch.device) -> Iterator[RowSpec]:
+    """With --compile: ours with every block compiled, per precision mode (measured last: compiling is slow)."""
+    for p in opts.precisions if opts.compile else ():
+        yield RowSpec(ours_name(True), "mathforge", p, lambda p=p: ours_row(opts, plan, p, device, compiled=True))
+
+
+class Budget:
+    """Wall-clock budget of a run (`--time-budget-s`, 0 = none): work not started once it is spent is skipped."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.deadline = time.perf_counter() + seconds if seconds > 0 else math.inf
+
+    def spent(self) -> bool:
+        return time.perf_counter() > self.deadline
+
+    @property
+    def reason(self) -> str:
+        return f"skipped: --time-budget-s {self.seconds:g} spent"
 
 
 def _best(rows: list[dict], family: str, precision: str) -> dict | None:
@@ -523,7 +569,7 @@ def summarise_profile(events, on_cuda: bool, top: int = 25) -> dict:
             for n, t, c in timed[:top]
         ],
         "ms_per_category": dict(sorted(per_category.items(), key=lambda kv: -kv[1])),
-        "sync_calls": {e.key: e.count for e in events if e.key in SYNC_EVENTS},
+        "sync_calls": {e.key: e.count for e in events if e.key in SYNC_EVENTS},  # incl. the one ending the step
     }
 
 
@@ -623,17 +669,27 @@ def run(opts: Options, device: torch.device, on_row: Callable[[dict], None] | No
         "targets": TARGETS,
         "rows": [],
     }
-    for make in row_makers(opts, plan, device):
-        result["rows"].append(make())
-        add_comparisons(result["rows"])
-        if on_row is not None:
-            on_row(result)
+    budget = Budget(opts.time_budget_s)
+    report = on_row or (lambda result: None)
+    for spec in main_rows(opts, plan, device):
+        add_row(result, spec, budget, report)
     if opts.profile:
-        result["profile"] = profile_ours(opts, plan, opts.precisions[0], device)
+        skipped = {"skipped": budget.reason}
+        result["profile"] = skipped if budget.spent() else profile_ours(opts, plan, opts.precisions[0], device)
         free_memory(device)
+    for spec in compile_rows(opts, plan, device):
+        add_row(result, spec, budget, report)
     if opts.max_model and device.type == "cuda":
-        result["max_model"] = largest_model(opts, device)
+        result["max_model"] = {"skipped": budget.reason} if budget.spent() else largest_model(opts, device)
     return result
+
+
+def add_row(result: dict, spec: RowSpec, budget: Budget, report: Callable[[dict], None]) -> None:
+    """Measures the row (or records it skipped when the budget is spent), updates the comparisons, reports."""
+    skipped = {"name": spec.name, "family": spec.family, "precision": spec.precision, "error": budget.reason}
+    result["rows"].append(skipped if budget.spent() else spec.measure())
+    add_comparisons(result["rows"])
+    report(result)
 
 
 def table(result: dict, device: torch.device) -> Table:
@@ -681,7 +737,11 @@ def print_profile(summary: dict, console: Console) -> None:
             f"  {kernel['share']:6.1%}  {kernel['category']:<16} {kernel['calls']:>5}×  {kernel['name'][:90]}"
         )
     syncs = summary.get("sync_debug_warnings", "n/a (CPU)")
-    console.print(f"  host syncs: runtime sync calls {summary['sync_calls'] or 'none'}, sync-debug warnings {syncs}")
+    calls = summary["sync_calls"] or "none"
+    console.print(
+        f"  host syncs: runtime sync calls {calls} (one cudaDeviceSynchronize ends the profiled step), "
+        f"sync-debug warnings {syncs}"
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -705,6 +765,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--profile", action="store_true", help="profile one mathforge step")
     parser.add_argument("--max-model", action="store_true", help="largest preset one bf16 step of which fits")
     parser.add_argument("--memory-cap-gib", type=float, default=80.0, help="GPU memory allowed for --max-model")
+    parser.add_argument(
+        "--time-budget-s", type=float, default=0.0, help="skip the work not started after this many seconds (0: none)"
+    )
     parser.add_argument("--out", type=Path, help="folder for train.json (default bench/results/<device>/)")
     parser.add_argument("--quick", action="store_true", help="tiny preset, 4 small steps, no result file unless --out")
     return parser
@@ -725,6 +788,7 @@ def options(args: argparse.Namespace, device: torch.device) -> Options:
         profile=args.profile,
         max_model=args.max_model,
         memory_cap_gib=args.memory_cap_gib,
+        time_budget_s=args.time_budget_s,
         out=args.out,
     )
     if args.quick:
@@ -750,7 +814,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     result = run(opts, device, on_row)
     console.print(table(result, device))
-    if "profile" in result:
+    if "top" in result.get("profile", {}):
         print_profile(result["profile"], console)
     if "max_model" in result:
         console.print(f"largest preset one bf16 step of which fits: {result['max_model']}")

@@ -161,3 +161,32 @@ def test_liger_is_not_applied_on_cpu(hf_model):
 )
 def test_profile_categories(name, expected):
     assert bench.category(name) == expected
+
+
+def test_liger_patch_is_undone_after_its_row(monkeypatch):
+    """Where Liger runs it swaps transformers' module-level rope function and norm/MLP classes; they are put back
+    after the row, so later rows (the padded baseline) run plain transformers. Checked on CPU by letting the patch
+    be applied (its kernels are not run)."""
+    pytest.importorskip("liger_kernel.transformers")
+    from transformers.models.llama import modeling_llama
+
+    before = {k: getattr(modeling_llama, k) for k in ("apply_rotary_pos_emb", "LlamaRMSNorm", "LlamaMLP")}
+    model = bench.build_hf("tiny", "fp32", "sdpa", torch.device("cpu"))
+    monkeypatch.setattr(bench, "liger_unavailable", lambda device: None)
+    with bench.liger_applied(model, torch.device("cpu")) as why_not:
+        assert why_not is None
+        assert modeling_llama.apply_rotary_pos_emb is not before["apply_rotary_pos_emb"]
+        assert modeling_llama.LlamaRMSNorm is not before["LlamaRMSNorm"]
+        assert "lce_forward" in model.forward.__func__.__qualname__
+    assert {k: getattr(modeling_llama, k) for k in before} == before
+
+
+def test_work_past_the_time_budget_is_recorded_as_skipped():
+    opts = bench.Options(
+        preset="tiny", tokens=512, accum=1, steps=2, warmup=1, precisions=("fp32",), hf_attn=("sdpa",), profile=True
+    )
+    result = bench.run(bench.dataclasses.replace(opts, time_budget_s=1e-9), torch.device("cpu"))
+    assert [(r["family"], r["error"]) for r in result["rows"]] == [
+        (family, "skipped: --time-budget-s 1e-09 spent") for family in ("mathforge", "liger-padding-free", "padded")
+    ]
+    assert result["profile"] == {"skipped": "skipped: --time-budget-s 1e-09 spent"}
