@@ -31,8 +31,11 @@ loss scaled by the step's target count. Tokens/s counts real tokens; MFU uses `T
 (attention counted per document) for every row, over the peak of `mathforge.trainer.metrics`; peak memory is
 `torch.cuda.max_memory_allocated` from the row's model build on. A row that fails (OOM, exception) is recorded
 with its error. `--profile` profiles one step of mathforge (top kernels by self device time, by category, and
-the host syncs); `--max-model` finds the largest preset one step of which fits in bf16 mode (under
-`--memory-cap-gib`). Results go to bench/results/<device>/train.json (or `--out`), rewritten after every row.
+the host syncs); `--max-model` finds the largest preset one step of which fits in bf16 mode under
+`--memory-cap-gib` (then bisects the layer count of the first preset that does not fit). Order: the rows of each
+precision mode, the profile, the compiled rows, the largest model; with `--time-budget-s`, what has not started
+when it is spent is recorded as skipped. Results go to bench/results/<device>/train.json (or `--out`),
+rewritten after every row, so a run cut short still leaves its rows.
 """
 
 from __future__ import annotations
@@ -117,7 +120,7 @@ class Plan:
     flops: list[float] = field(default_factory=list)  # model FLOPs per step (attention per document)
 
 
-def plan_steps(preset: str, micro_batch_tokens: int, accum: int, steps: int, seed: int = 0) -> Plan:
+def plan_steps(preset: str | dict, micro_batch_tokens: int, accum: int, steps: int, seed: int = 0) -> Plan:
     """`steps` optimizer steps of `accum` packed micro-batches of ≤ `micro_batch_tokens` tokens each."""
     meta = from_config(preset, device="meta")
     needed = steps * accum
@@ -223,7 +226,7 @@ def build_hf(preset: str, precision: str, attn: str, device: torch.device):
     return model.train()
 
 
-def build_ours(preset: str, precision: str, device: torch.device, compiled: bool) -> LossModule:
+def build_ours(preset: str | dict, precision: str, device: torch.device, compiled: bool) -> LossModule:
     """Our model of `preset` in the weights' dtype inside the trainer's LossModule; with `compiled`, every block
     under torch.compile(fullgraph=True) (our kernels are custom ops, so a graph break fails the row)."""
     model = from_config(preset, dtype=PRECISIONS.get(precision).weights, device=device)
@@ -327,7 +330,9 @@ def _sync(device: torch.device) -> None:
 
 
 def time_steps(trainee: Trainee, precision: str, device: torch.device, plan: Plan, warmup: int) -> dict:
-    """Runs every step of `plan`; times those after the first `warmup` (allocator, kernels, optimizer state)."""
+    """Runs every step of `plan`; times those after the first `warmup` (allocator, kernels, compiles, optimizer
+    state). Rates are the median over the timed steps of each step's tokens (FLOPs) over its seconds, so one slow
+    step (a late recompile) does not move them."""
     optimizer = build_optimizer(trainee.module, OptimConfig(lr=1e-5))
     autocast = autocast_for(precision, device)
     seconds = []
@@ -336,18 +341,19 @@ def time_steps(trainee: Trainee, precision: str, device: torch.device, plan: Pla
         train_step(trainee, optimizer, batches, autocast)
         _sync(device)
         seconds.append(time.perf_counter() - start)
-    timed = seconds[warmup:]
-    tokens, flops = sum(trainee.tokens[warmup:]), sum(plan.flops[warmup:])
+    timed = list(zip(seconds, trainee.tokens, plan.flops))[warmup:]
+    tokens_per_s = statistics.median(tokens / s for s, tokens, _ in timed)
+    flops_per_s = statistics.median(flops / s for s, _, flops in timed)
     peak = peak_tflops() if device.type == "cuda" else None
     return {
         "optimizer": type(optimizer).__name__ + (" (fused)" if optimizer.defaults.get("fused") else ""),
         "tokens_per_step": trainee.tokens,
         "targets_per_step": trainee.targets,
         "step_s": seconds,
-        "median_step_s": statistics.median(timed),
-        "tokens_per_s": tokens / sum(timed),
-        "tflops": flops / sum(timed) / 1e12,
-        "mfu": mfu(flops, sum(timed), peak),
+        "median_step_s": statistics.median(s for s, _, _ in timed),
+        "tokens_per_s": tokens_per_s,
+        "tflops": flops_per_s / 1e12,
+        "mfu": mfu(flops_per_s, 1.0, peak),
     }
 
 
@@ -616,33 +622,66 @@ def outside_matmul_attention(summary: dict, top: int = 10) -> list[dict]:
 # ---------------------------------------------------------------- largest model
 
 
-def largest_model(opts: Options, device: torch.device) -> dict:
-    """Presets in increasing size, each one optimizer step of one micro-batch in bf16 mode, memory capped at
-    `opts.memory_cap_gib` (e.g. 80 GB on a bigger GPU); stops at the first that does not fit."""
+@contextlib.contextmanager
+def memory_cap(gib: float, device: torch.device) -> Iterator[None]:
+    """Caps the caching allocator at `gib` GiB of a larger GPU (an OOM past it), as if the GPU had only that."""
+    if device.type != "cuda":
+        yield
+        return
     total = torch.cuda.get_device_properties(device).total_memory
-    fraction = min(1.0, opts.memory_cap_gib * 2**30 / total)
-    torch.cuda.set_per_process_memory_fraction(fraction, device)
-    sizes = sorted((from_config(p, device="meta").num_parameters(), p) for p in PRESETS if p != "tiny")
-    tried, largest = [], None
+    torch.cuda.set_per_process_memory_fraction(min(1.0, gib * 2**30 / total), device)
     try:
-        for params, preset in sizes:
-            small = dataclasses.replace(opts, preset=preset, warmup=0)
-            plan = plan_steps(preset, opts.tokens, accum=1, steps=1)
-            row = {"preset": preset, "parameters": params, "family": "mathforge", "precision": "bf16"}
-            row = record_errors(
-                row,
-                lambda s=small, p=plan: time_steps(
-                    ours_trainee(build_ours(s.preset, "bf16", device, False), p, device), "bf16", device, p, 0
-                ),
-                device,
-            )
-            tried.append(row)
-            if "error" in row:
-                break
-            largest = preset
+        yield
     finally:
         torch.cuda.set_per_process_memory_fraction(1.0, device)
-    return {"memory_cap_gib": opts.memory_cap_gib, "largest_preset": largest, "tried": tried}
+
+
+def one_step(model: str | dict, opts: Options, device: torch.device) -> dict:
+    """One optimizer step of one micro-batch of our `model` (a preset, or {"preset": ..., overrides}) in bf16
+    mode: its record, with "error" when it does not fit."""
+    plan = plan_steps(model, opts.tokens, accum=1, steps=1)
+    row = {"model": model, "parameters": from_config(model, device="meta").num_parameters()}
+
+    def work() -> dict:
+        return time_steps(ours_trainee(build_ours(model, "bf16", device, False), plan, device), "bf16", device, plan, 0)
+
+    return record_errors(row, work, device)
+
+
+def largest_layer_count(preset: str, opts: Options, device: torch.device, budget: Budget, tried: list) -> dict | None:
+    """Bisects the layer count of `preset` (which does not fit) for the largest that does; None if not even one."""
+    fits, fails = 0, from_config(preset, device="meta").config.num_hidden_layers
+    best = None
+    while fails - fits > 1 and not budget.spent():
+        mid = (fits + fails) // 2
+        row = one_step({"preset": preset, "num_hidden_layers": mid}, opts, device)
+        tried.append(row)
+        if "error" not in row:
+            fits, best = mid, row
+        elif row["error"] == "out of memory":
+            fails = mid
+        else:  # another failure: a bug to read, not a size
+            break
+    return best
+
+
+def largest_model(opts: Options, device: torch.device, budget: Budget) -> dict:
+    """Presets in increasing size, one bf16-mode step of one micro-batch each, GPU memory capped at
+    `opts.memory_cap_gib` (80 GB on a bigger GPU); at the first that does not fit, the largest layer count of its
+    shape that does (bisected)."""
+    sizes = sorted((from_config(p, device="meta").num_parameters(), p) for p in PRESETS if p != "tiny")
+    tried: list[dict] = []
+    with memory_cap(opts.memory_cap_gib, device):
+        for _, preset in sizes:
+            tried.append(one_step(preset, opts, device))
+            if "error" in tried[-1] or budget.spent():
+                break
+        fitting = [row for row in tried if "error" not in row]
+        last = tried[-1]
+        if last.get("error") == "out of memory":
+            fitting.append(largest_layer_count(last["model"], opts, device, budget, tried))
+    largest = max((row for row in fitting if row), key=lambda row: row["parameters"], default=None)
+    return {"memory_cap_gib": opts.memory_cap_gib, "largest": largest and largest["model"], "tried": tried}
 
 
 # ---------------------------------------------------------------- run
@@ -674,13 +713,14 @@ def run(opts: Options, device: torch.device, on_row: Callable[[dict], None] | No
     for spec in main_rows(opts, plan, device):
         add_row(result, spec, budget, report)
     if opts.profile:
-        skipped = {"skipped": budget.reason}
-        result["profile"] = skipped if budget.spent() else profile_ours(opts, plan, opts.precisions[0], device)
-        free_memory(device)
+        work = lambda: profile_ours(opts, plan, opts.precisions[0], device)  # noqa: E731
+        result["profile"] = {"skipped": budget.reason} if budget.spent() else record_errors({}, work, device)
     for spec in compile_rows(opts, plan, device):
         add_row(result, spec, budget, report)
-    if opts.max_model and device.type == "cuda":
-        result["max_model"] = {"skipped": budget.reason} if budget.spent() else largest_model(opts, device)
+    if opts.max_model:
+        skipped = budget.spent() or device.type != "cuda"
+        why = budget.reason if device.type == "cuda" else "skipped: needs a CUDA GPU"
+        result["max_model"] = {"skipped": why} if skipped else largest_model(opts, device, budget)
     return result
 
 
@@ -814,10 +854,14 @@ def main(argv: list[str] | None = None) -> dict:
 
     result = run(opts, device, on_row)
     console.print(table(result, device))
-    if "top" in result.get("profile", {}):
-        print_profile(result["profile"], console)
+    profile = result.get("profile", {})
+    if "top" in profile:
+        print_profile(profile, console)
+    elif profile:
+        console.print(f"profile: {profile.get('error') or profile.get('skipped')}", markup=False)
     if "max_model" in result:
-        console.print(f"largest preset one bf16 step of which fits: {result['max_model']}")
+        found = result["max_model"]
+        console.print(f"largest model one bf16 step of which fits: {found.get('largest', found)}", markup=False)
     if write:
         console.print(f"wrote {write_result('train', result, opts.out)}")
     return result

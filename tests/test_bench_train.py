@@ -190,3 +190,22 @@ def test_work_past_the_time_budget_is_recorded_as_skipped():
         (family, "skipped: --time-budget-s 1e-09 spent") for family in ("mathforge", "liger-padding-free", "padded")
     ]
     assert result["profile"] == {"skipped": "skipped: --time-budget-s 1e-09 spent"}
+
+
+def test_largest_model_bisects_the_layers_of_the_first_preset_that_does_not_fit(monkeypatch):
+    """The search logic, with a stand-in step that 'fits' below 5e9 parameters (no GPU here)."""
+
+    def fake_step(model, opts, device):
+        params = from_config(model, device="meta").num_parameters()
+        row = {"model": model, "parameters": params}
+        return row if params < 5e9 else row | {"error": "out of memory"}
+
+    monkeypatch.setattr(bench, "one_step", fake_step)
+    found = bench.largest_model(bench.Options(), torch.device("cpu"), bench.Budget(0))
+    tried = [row["model"] for row in found["tried"]]
+    assert tried[:4] == ["qwen2.5-0.5b", "llama3.2-1b", "qwen2.5-1.5b", "mistral-7b"]
+    layers = found["largest"]["num_hidden_layers"]
+    assert found["largest"]["preset"] == "mistral-7b"
+    below = from_config({"preset": "mistral-7b", "num_hidden_layers": layers}, device="meta").num_parameters()
+    above = from_config({"preset": "mistral-7b", "num_hidden_layers": layers + 1}, device="meta").num_parameters()
+    assert below < 5e9 <= above
