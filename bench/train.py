@@ -3,7 +3,7 @@ plain padded one), same documents, same model shape, same precision, same optimi
 
     python -m mathforge.bench.train [--preset qwen2.5-1.5b] [--tokens 4096] [--accum 16] [--steps 6]
         [--precision bf16-autocast bf16] [--hf-attn flex_attention sdpa] [--compile] [--profile]
-        [--max-model] [--out DIR] [--quick]
+        [--max-model [--memory-cap-gib 80]] [--time-budget-s S] [--out DIR] [--quick]
 
 Workload: documents with a GSM8K/MATH-like length mix (lognormal, median 300, clipped to [32, 2048]), random
 token ids, the first 20% of each document a prompt, packed by the trainer's planner into micro-batches of at
@@ -63,6 +63,7 @@ from rich.console import Console
 from rich.table import Table
 
 from mathforge.bench.common import environment, write_result
+from mathforge.kernels.attention import resolve_backend
 from mathforge.model import from_config
 from mathforge.model.config import PRESETS
 from mathforge.registry import Registry
@@ -417,12 +418,11 @@ PADDED_NAME = "transformers padded (SDPA, torch CE)"
 
 
 def ours_row(opts: Options, plan: Plan, precision: str, device: torch.device, compiled: bool) -> dict:
+    """Our packed step (the attention backend "auto" picks is recorded), blocks compiled when asked."""
     row = {"name": ours_name(compiled), "family": "mathforge", "precision": precision, "compiled": compiled}
 
     def work() -> dict:
         module = build_ours(opts.preset, precision, device, compiled)
-        from mathforge.kernels.attention import resolve_backend
-
         half = precision != "fp32"  # under autocast the attention inputs are bf16 too
         probe = torch.zeros(1, dtype=torch.bfloat16 if half else torch.float32, device=device)
         backend = resolve_backend(module.model.attention_backend, probe)
@@ -434,6 +434,8 @@ def ours_row(opts: Options, plan: Plan, precision: str, device: torch.device, co
 
 
 def liger_row(opts: Options, plan: Plan, precision: str, attn: str, device: torch.device) -> dict:
+    """transformers (+ Liger where it runs) on padding-free [1, T] rows with attention `attn`; first checks the
+    packed forward against each document alone."""
     row = {"name": liger_name(attn, device), "family": "liger-padding-free", "precision": precision}
     row |= {"attention": attn, "liger": liger_unavailable(device) is None}
 
@@ -450,6 +452,7 @@ def liger_row(opts: Options, plan: Plan, precision: str, attn: str, device: torc
 
 
 def padded_row(opts: Options, plan: Plan, precision: str, device: torch.device) -> dict:
+    """Plain transformers on [B, S] rows padded to the longest document (the share of pad tokens recorded)."""
     row = {"name": PADDED_NAME, "family": "padded", "precision": precision}
     row["attention"] = "sdpa"
 
