@@ -79,9 +79,23 @@ def test_packed_losses_differ_when_documents_attend_to_each_other(docs, hf_model
     assert (packed - document_losses(hf_model, docs)).abs().max() > 1e-3
 
 
-def test_packed_vs_documents_is_rounding_small(docs, hf_model):
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_packed_vs_documents_is_rounding_small(docs, attn):
+    torch.manual_seed(0)
+    model = bench.build_hf("tiny", "fp32", attn, torch.device("cpu"))
     batch = bench.padding_free_batch(build_micro_batch(docs, np.arange(len(LENGTHS))))
-    assert bench.packed_vs_documents(hf_model, batch, "fp32") < 1e-5
+    assert bench.packed_vs_documents(model, batch, "fp32") < 1e-5
+    assert model.config._attn_implementation == attn  # the SDPA reference is switched back
+
+
+def test_packed_vs_documents_sees_documents_attending_to_each_other(docs, hf_model, monkeypatch):
+    """With transformers blind to the packing (its detection stubbed out), documents attend to the earlier ones
+    in the row, and the check says so."""
+    from transformers import masking_utils
+
+    batch = bench.padding_free_batch(build_micro_batch(docs, np.arange(len(LENGTHS))))
+    monkeypatch.setattr(masking_utils, "find_packed_sequence_indices", lambda position_ids: None)
+    assert bench.packed_vs_documents(hf_model, batch, "fp32") > 1e-3
 
 
 def test_our_loss_equals_transformers_padding_free_loss_on_the_same_weights(docs, tmp_path):
