@@ -821,7 +821,9 @@ def _parser() -> argparse.ArgumentParser:
         "--time-budget-s", type=float, default=0.0, help="skip the work not started after this many seconds (0: none)"
     )
     parser.add_argument("--out", type=Path, help="folder for train.json (default bench/results/<device>/)")
-    parser.add_argument("--quick", action="store_true", help="tiny preset, 4 small steps, no result file unless --out")
+    parser.add_argument(
+        "--quick", action="store_true", help="tiny preset, 3 small steps (1 warm-up), no result file unless --out"
+    )
     return parser
 
 
