@@ -542,6 +542,20 @@ def add_comparisons(rows: list[dict]) -> None:
             row[f"{key}_row"] = base["name"]
             if row.get("peak_memory_gib") and base.get("peak_memory_gib"):
                 row[f"memory_vs_{key}"] = row["peak_memory_gib"] / base["peak_memory_gib"]
+        row["targets_met"] = targets_met(row)
+
+
+def targets_met(row: dict) -> dict[str, bool | None]:
+    """Issue 12's targets for a mathforge row (None where not measured): MFU ≥ 45%, and ≥ 1.3× the tokens/s of
+    the strongest Liger padding-free row at no more peak memory."""
+    speedup, memory = row.get("speedup_vs_liger_padding_free"), row.get("memory_vs_liger_padding_free")
+    return {
+        "mfu": None if row.get("mfu") is None else row["mfu"] >= TARGETS["mfu"],
+        "speedup_vs_liger_padding_free": None
+        if speedup is None
+        else speedup >= TARGETS["speedup_vs_liger_padding_free"],
+        "memory_vs_liger_padding_free": None if memory is None else memory <= 1.0,
+    }
 
 
 # ---------------------------------------------------------------- profile

@@ -138,6 +138,13 @@ def test_quick_run_has_every_row_over_the_same_tokens(capsys):
     targets = {tuple(row["targets_per_step"]) for row in rows.values()}
     assert len(tokens) == 1 and len(targets) == 1, (tokens, targets)
     assert "speedup_vs_liger_padding_free" in rows["mathforge"] and "speedup_vs_padded" in rows["mathforge"]
+    speedup = rows["mathforge"]["tokens_per_s"] / rows["liger-padding-free"]["tokens_per_s"]
+    assert rows["mathforge"]["speedup_vs_liger_padding_free"] == pytest.approx(speedup)
+    assert rows["mathforge"]["targets_met"] == {
+        "mfu": None,  # no GPU peak on CPU
+        "speedup_vs_liger_padding_free": speedup >= 1.3,
+        "memory_vs_liger_padding_free": None,  # no CUDA peak memory on CPU
+    }
     assert "transformers padded" in capsys.readouterr().out
 
 
