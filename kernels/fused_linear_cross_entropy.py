@@ -120,9 +120,12 @@ def plan_chunk_rows(
     """Rows per chunk for N tokens, hidden size H, vocab V (a pure function; see the module docstring).
     Traffic: `accumulator_rows` rows at least, spread evenly over max(1, N // that) chunks and rounded up to a
     multiple of CHUNK_ROW_MULTIPLE. Memory: at most `chunk_budget_bytes(free_bytes)` of chunk buffers (rounded
-    down to a multiple of CHUNK_ROW_MULTIPLE when that is at least one multiple), and at most N rows."""
-    if n < 1 or h < 1 or v < 1:
-        raise ValueError(f"n, h, v must be >= 1, got n={n}, h={h}, v={v}")
+    down to a multiple of CHUNK_ROW_MULTIPLE when that is at least one multiple), and at most N rows (1 for
+    N = 0)."""
+    if n < 0 or h < 1 or v < 1:
+        raise ValueError(f"need n >= 0 and h, v >= 1, got n={n}, h={h}, v={v}")
+    if n == 0:  # no chunk runs; the loop's step must still be positive
+        return 1
     want = accumulator_rows(matmul_flops, copy_bytes_per_s)
     chunks = max(1, n // want)
     rows = min(n, _round_rows(-(-n // chunks), CHUNK_ROW_MULTIPLE, up=True))
