@@ -27,14 +27,18 @@ H and V cancel in accumulator / GEMM time = 8·F / (6·B·C), so the accumulator
 ACCUMULATOR_OVERHEAD (10%) of a chunk's GEMM time when C ≥ 8·F / (6·B·0.1): 2450 rows at F = 790 TFLOP/s,
 B = 4.3 TB/s (H200-like measured rates; these ASSUMED_* constants, not a measurement of this device, are the
 default). The CE kernel's traffic is a fixed share of the GEMM time whatever C is: 10·F / (6·B·H), i.e.
-7.5% at H = 4096, 20% at H = 1536 with fp32 logits (4.5% and 12% with 16-bit logits). So C is the smallest
-row count meeting the accumulator target, spread evenly over the chunks (N // 2450 chunks) and rounded up to
-a multiple of 128 rows (whole GEMM tiles): 2816 rows at N = 16384. Capped by memory: the chunk buffers
-(logits + dlogits + a row of hidden in fp32, `chunk_bytes_per_row`) take at most 1/8 of free device memory
-and 4 GiB (64 MiB on CPU, where small chunks keep the tests' peak memory low), and C ≤ N. At C = 2816,
-V = 128256 the fp32-logit buffers take 2.2 GB (0.7 GB with 16-bit logits); C = 256 took 0.2 GB but paid the
-accumulator pass 11 times per 2816 rows: accumulator time 0.96× the GEMM time (model: 2.0× the floor
-in all, against 1.17–1.29× at C = 2816 for the three shapes of issue 11).
+7.5% at H = 4096, 20% at H = 1536 with fp32 logits (4.5% and 12% with 16-bit logits). So C starts from the
+accumulator target, spread evenly over N // 2450 chunks and rounded up to a multiple of 128 rows (whole GEMM
+tiles): 2816 rows at N = 16384 (4096 at H100-like rates, 740 TFLOP/s and 3.0 TB/s: target 3289 rows).
+Capped by memory: the chunk buffers (logits + dlogits + a row of hidden in fp32, `chunk_bytes_per_row`) take
+at most 1/8 of free device memory and 4 GiB (64 MiB on CPU, where small chunks keep the tests' peak memory
+low), and C ≤ N. At C = 2816, V = 128256 the fp32-logit buffers take 2.2 GB (0.8 GB with 16-bit logits), so
+for N below ~3·C the op can hold more than the bf16 [N, V] logits would (never more than fp32 logits + bf16
+dlogits of all N rows, which unfused torch holds too); the earlier rule (256 MiB of buffers: C = 256 at this V)
+paid the accumulator pass 11 times per 2816 rows, 0.96× the GEMM time on its own. Model, fwd+bwd over the
+6·N·H·V floor at N = 16384 and H200-like rates: 1.17× / 1.29× / 1.18× for (H, V) = (4096, 128256),
+(1536, 151936), (3584, 152064) with fp32 logits, 1.14× / 1.21× / 1.15× with 16-bit logits, 2.0–2.2× at C = 256.
+The model is an estimate for choosing C; `mathforge.bench.kernels --flce-chunks` measures the alternatives.
 """
 
 from __future__ import annotations

@@ -215,7 +215,7 @@ def test_bad_chunk_arguments_are_refused():
 U_BF16 = 2.0**-8  # unit roundoff of bf16 (8 significant bits, round to nearest)
 
 
-def _bf16_logit_bounds(hidden, weight, bias, target):
+def _bf16_logit_bounds(hidden, weight, bias, target, split_k_rounding: bool = False):
     """Reference (float64) mean loss and gradients, and per-element error bounds for logits rounded once to bf16.
 
     Each logit z becomes z(1 + δ), |δ| ≤ u, so row i's logits move by at most u·M_i (M_i = max_j |z_ij|);
@@ -224,7 +224,9 @@ def _bf16_logit_bounds(hidden, weight, bias, target):
     (s·(p − onehot), s = 1/valid rows) are then stored in bf16 (another u relative, as in the fp32-logit path),
     so each dlogit is off by ≤ E_ij = s·(e_ij(1 + u) + u|d_ij|). The gradients are sums of dlogits times
     exact bf16 values, rounded once more to bf16: |Δg| ≤ (1 + u)·(E @ |operand|) + u·|g|. fp32 arithmetic
-    (≈1e-7 relative) is covered by 1e-5 of the largest magnitude."""
+    (≈1e-7 relative) is covered by 1e-5 of the largest magnitude. `split_k_rounding` (CUDA: torch lets cuBLAS
+    round split-K partial sums of a bf16 GEMM to bf16) adds u·(|d| @ |W|) to grad_hidden's bound, the one
+    16-bit-output GEMM that sums over V."""
     h, w, b = hidden.double(), weight.double(), bias.double()
     z = h @ w.T + b
     valid = target != -100
@@ -239,32 +241,56 @@ def _bf16_logit_bounds(hidden, weight, bias, target):
     loss_bound = (2 * U_BF16 * m[valid]).mean().item()
     grads = {"hidden": d @ w, "weight": d.T @ h, "bias": d.sum(0)}
     raw = {"hidden": err @ w.abs(), "weight": err.T @ h.abs(), "bias": err.sum(0)}
+    if split_k_rounding:
+        raw["hidden"] = raw["hidden"] + U_BF16 * (d.abs() @ w.abs())
     bounds = {k: (1 + U_BF16) * raw[k] + U_BF16 * grads[k].abs() + 1e-5 * grads[k].abs().max() for k in grads}
     return loss_bound, grads, bounds
 
 
-def test_bf16_chunk_logits_stay_within_the_rounding_bound():
+def _check_bf16_chunk_logits(device: str, n: int, h: int, v: int, chunk: int) -> None:
     gen = torch.Generator().manual_seed(8)
-    n, h, v = 40, 16, 97
     hidden = torch.randn(n, h, generator=gen).to(torch.bfloat16)
     weight = (torch.randn(v, h, generator=gen) / 2).to(torch.bfloat16)
     bias = torch.randn(v, generator=gen).to(torch.bfloat16)
     target = torch.randint(0, v, (n,), generator=gen)
     target[3::7] = -100
-    loss_bound, ref_grads, bounds = _bf16_logit_bounds(hidden, weight, bias, target)
+    loss_bound, ref_grads, bounds = _bf16_logit_bounds(hidden, weight, bias, target, device == "cuda")
     ref_loss = reference.fused_linear_cross_entropy(hidden.double(), weight.double(), target, bias=bias.double())
     losses = {}
     for mode in ("fp32", "input"):
-        hh, ww, bb = leaf(hidden), leaf(weight), leaf(bias)
-        loss = fused_linear_cross_entropy_triton(hh, ww, target, bias=bb, chunk=16, chunk_logits=mode)
+        hh, ww, bb = (leaf(t.to(device)) for t in (hidden, weight, bias))
+        loss = fused_linear_cross_entropy_triton(hh, ww, target.to(device), bias=bb, chunk=chunk, chunk_logits=mode)
         grads = dict(zip(("hidden", "weight", "bias"), torch.autograd.grad(loss, (hh, ww, bb))))
         losses[mode] = loss.item()
         assert abs(loss.item() - ref_loss.item()) <= loss_bound + 1e-6 * abs(ref_loss.item())
         for name, g in grads.items():
-            excess = ((g.double() - ref_grads[name]).abs() - bounds[name]).max().item()
+            excess = ((g.cpu().double() - ref_grads[name]).abs() - bounds[name]).max().item()
             assert g.dtype == torch.bfloat16 and excess <= 0, f"{mode} grad_{name}: {excess:.3g} over the bound"
     # the "input" path really rounds the logits: its loss differs from the fp32-logit loss by more than fp32 noise
     assert abs(losses["input"] - losses["fp32"]) > 1e-5
+
+
+def test_bf16_chunk_logits_stay_within_the_rounding_bound():
+    _check_bf16_chunk_logits("cpu", 40, 16, 97, chunk=16)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("chunk", [0, 128])
+def test_bf16_chunk_logits_stay_within_the_rounding_bound_on_cuda(chunk):
+    _check_bf16_chunk_logits("cuda", 1000, 256, 32003, chunk=chunk)
+
+
+@pytest.mark.gpu
+def test_first_chunk_overwrites_the_accumulators_on_cuda():
+    gen = torch.Generator().manual_seed(4)
+    g = torch.randn(300, 130, generator=gen).to(torch.bfloat16)
+    h = torch.randn(300, 64, generator=gen).to(torch.bfloat16)
+    expect = g.double().T @ h.double()
+    acc = torch.full((130, 64), float("nan"), device="cuda")
+    _accumulate_weight_grad(acc, g.cuda(), h.cuda(), first=True)  # cuBLAS addmm(out_dtype=fp32) with beta = 0
+    torch.testing.assert_close(acc.cpu().double(), expect, rtol=1e-5, atol=1e-4)
+    _accumulate_weight_grad(acc, g.cuda(), h.cuda(), first=False)
+    torch.testing.assert_close(acc.cpu().double(), 2 * expect, rtol=1e-5, atol=2e-4)
 
 
 def test_chunk_logits_input_is_exact_for_fp32_inputs():
