@@ -16,9 +16,9 @@ one run compares the automatic chunk choice ("mathforge", its rows in `chunk_row
 with measured ceilings, each such row also gets the traffic model's prediction (model_ms, model_x_floor;
 `mathforge.kernels.fused_linear_cross_entropy.predicted_ms`). `--flce-shapes HxV,...` sets the (H, V)
 points (default on CUDA: issue 11's (4096, 128256), (1536, 151936), (3584, 152064)), `--flce-tokens` N
-(default 16384 on CUDA, 256 on CPU). On CPU
-the chunk providers run the Triton path under TRITON_INTERPRET=1 (set here when there is no GPU): use
-tiny shapes, e.g. `--quick --ops flce --flce-shapes 32x500 --flce-chunks 64,128`.
+(default 16384 on CUDA, 256 on CPU). On CPU the chunk providers run the Triton path under TRITON_INTERPRET=1
+(set here when there is no GPU): use tiny shapes, e.g.
+`--quick --ops flce --flce-tokens 32 --flce-shapes 16x100 --flce-chunks 8,16`.
 """
 
 from __future__ import annotations
@@ -617,6 +617,7 @@ def main(argv: list[str] | None = None) -> Path:
 
 def _print_summary(rows: list[dict[str, Any]]) -> None:
     from rich.console import Console
+    from rich.markup import escape  # provider names like "mathforge[chunk=2048]" are not markup
     from rich.table import Table
 
     table = Table(title="kernels: forward + backward")
@@ -627,13 +628,14 @@ def _print_summary(rows: list[dict[str, Any]]) -> None:
         if r["mode"] != "full":
             continue
         if "error" in r:
-            table.add_row(r["op"], shape_key(r["shape"]), r["provider"], "error", r["error"][:40], "", "", "", "")
+            cells = (r["op"], shape_key(r["shape"]), escape(r["provider"]), "error", escape(r["error"][:40]))
+            table.add_row(*cells, "", "", "", "")
             continue
         rate = f"{r['gbs']:.0f} GB/s" if "gbs" in r else f"{r['tflops']:.1f} TFLOP/s" if "tflops" in r else ""
         table.add_row(
             r["op"],
             shape_key(r["shape"]),
-            r["provider"],
+            escape(r["provider"]),
             f"{r['median_ms']:.3f}",
             f"{r['p20_ms']:.3f}–{r['p80_ms']:.3f}",
             "" if r["peak_mib"] is None else f"{r['peak_mib']:.0f}",

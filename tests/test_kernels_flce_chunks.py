@@ -322,8 +322,10 @@ def test_custom_ops_with_16_bit_chunk_logits_pass_opcheck(name):
 # ---- the bench's chunk sweep on CPU -------------------------------------------------------------------------
 
 
-def test_bench_flce_chunks_on_cpu_gives_a_row_per_variant(tmp_path):
+def test_bench_flce_chunks_on_cpu_gives_a_row_per_variant(tmp_path, capsys, monkeypatch):
     from mathforge.bench import kernels as bench
+
+    monkeypatch.setenv("COLUMNS", "250")  # the summary table wide enough for whole provider names
 
     argv = ["--quick", "--ops", "flce", "--flce-tokens", "6", "--flce-shapes", "8x16", "--flce-chunks", "2,4"]
     path = bench.main([*argv, "--flce-logits", "fp32,input", "--out", str(tmp_path)])
@@ -345,6 +347,7 @@ def test_bench_flce_chunks_on_cpu_gives_a_row_per_variant(tmp_path):
         assert row.get("chunk_rows") == chunk
         assert row["shape"] == {"tokens": 6, "hidden": 8, "vocab": 16}
     assert (tmp_path / "kernels_quick.csv").read_text().count("mathforge[chunk=") == 3 * 4  # fwd, full, bwd rows
+    assert "mathforge[chunk=2,logits=input]" in capsys.readouterr().out  # printed as text, not as rich markup
 
 
 def test_bench_rows_get_the_floor_and_the_model():
