@@ -8,12 +8,24 @@ memory beyond the inputs, achieved GB/s (memory-bound ops; bytes model in `OPS`)
 CE, 2·N·H·V per matmul: 2 forward, 6 full) against the ceilings measured at the start of the run
 (`mathforge.hardware`). CPU: a `--quick` torch-only subset timed with time.perf_counter.
 Writes `kernels[_quick].json` + `.csv` and one PNG per op to bench/results/<device>/.
+
+Fused linear CE rows also carry floor_ms = flops / matmul ceiling (6·N·H·V for fwd+bwd) and x_floor =
+median / floor. `--flce-chunks 512,2048,...` adds providers "mathforge[chunk=512]", ... (the Triton path
+with a fixed chunk), `--flce-logits fp32,input` the chunk-logits dtypes ("mathforge[logits=input]"), so
+one run compares the automatic chunk choice ("mathforge", its rows in `chunk_rows`) with the alternatives;
+with measured ceilings, each such row also gets the traffic model's prediction (model_ms, model_x_floor;
+`mathforge.kernels.fused_linear_cross_entropy.predicted_ms`). `--flce-shapes HxV,...` sets the (H, V)
+points (default on CUDA: issue 11's (4096, 128256), (1536, 151936), (3584, 152064)), `--flce-tokens` N
+(default 16384 on CUDA, 256 on CPU). On CPU the chunk providers run the Triton path under TRITON_INTERPRET=1
+(set here when there is no GPU): use tiny shapes, e.g.
+`--quick --ops flce --flce-tokens 32 --flce-shapes 16x100 --flce-chunks 8,16`.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -24,9 +36,22 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from mathforge.bench.common import RESULTS_DIR, device_slug, environment, write_result
-from mathforge.kernels import functional as ours
-from mathforge.kernels import reference
+if not torch.cuda.is_available():  # the FLCE chunk providers run Triton: on CPU only under its interpreter,
+    os.environ.setdefault("TRITON_INTERPRET", "1")  # which must be chosen before the kernels are imported
+
+from mathforge.bench.common import RESULTS_DIR, device_slug, environment, write_result  # noqa: E402
+from mathforge.kernels import functional as ours  # noqa: E402
+from mathforge.kernels import reference  # noqa: E402
+from mathforge.kernels.fused_linear_cross_entropy import (  # noqa: E402
+    CHUNK_LOGITS,
+    chunk_rows,
+    fused_linear_cross_entropy_triton,
+    predicted_ms,
+)
+
+FLCE_TOKENS = {"cuda": 16384, "cpu": 256}  # N of the fused linear CE points
+FLCE_SHAPES_CUDA = ((4096, 128256), (1536, 151936), (3584, 152064))  # (H, V) of issue 11
+FLCE_SHAPES_CPU = ((256, 32000),)
 
 
 @dataclass(frozen=True)
@@ -114,21 +139,64 @@ def cross_entropy_case(n: int, v: int, dtype: torch.dtype, device: str, quick: b
     )
 
 
-def fused_linear_cross_entropy_case(n: int, h: int, v: int, dtype: torch.dtype, device: str, quick: bool) -> Case:
+def flce_variant_name(chunk: int, chunk_logits: str) -> str:
+    """Provider name of our fused linear CE with a fixed chunk (0: automatic) and chunk-logits dtype:
+    "mathforge", "mathforge[chunk=2048]", "mathforge[chunk=2048,logits=input]", "mathforge[logits=input]"."""
+    tags = ([f"chunk={chunk}"] if chunk else []) + ([f"logits={chunk_logits}"] if chunk_logits != "fp32" else [])
+    return f"mathforge[{','.join(tags)}]" if tags else "mathforge"
+
+
+def flce_variants(
+    hidden: torch.Tensor, weight: torch.Tensor, target: torch.Tensor, chunks: tuple[int, ...], logits: tuple[str, ...]
+) -> tuple[dict[str, Callable], dict[str, dict[str, Any]]]:
+    """Our Triton FLCE at each (chunk, chunk_logits) of ({0} ∪ chunks) × logits except the plain automatic one
+    (that is "mathforge", the public API), and per provider {"chunk_rows", "chunk_logits"} (chunk_rows of the
+    automatic choice: `chunk_rows` with the free memory now)."""
+    n, h, v = hidden.shape[0], hidden.shape[1], weight.shape[0]
+    fns, info = {}, {}
+    for mode in logits:
+        for chunk in (0, *chunks):
+            name = flce_variant_name(chunk, mode)
+            rows = min(chunk, n) or chunk_rows(n, h, v, weight.dtype, hidden.device, mode)
+            info[name] = {"chunk_rows": rows, "chunk_logits": mode}
+            if name != "mathforge":
+                fns[name] = lambda c=chunk, m=mode: fused_linear_cross_entropy_triton(
+                    hidden, weight, target, chunk=c, chunk_logits=m
+                )
+    if hidden.device.type != "cuda":  # "mathforge" is the torch reference on CPU: no chunks
+        info.pop("mathforge", None)
+    return fns, info
+
+
+def fused_linear_cross_entropy_case(
+    n: int,
+    h: int,
+    v: int,
+    dtype: torch.dtype,
+    device: str,
+    quick: bool,
+    chunks: tuple[int, ...] = (),
+    logits: tuple[str, ...] = ("fp32",),
+) -> Case:
+    """Ours (automatic chunks, plus a provider per fixed chunk / chunk-logits dtype asked for), torch, peers."""
+
     def make():
         hidden = torch.randn(n, h, device=device, dtype=dtype).requires_grad_()
         weight = (torch.randn(v, h, device=device, dtype=dtype) * h**-0.5).requires_grad_()
         target = torch.randint(0, v, (n,), device=device)
         lf, cce = _liger(), _cce()
+        variants, info = flce_variants(hidden, weight, target, chunks, logits)
         base = {
             "mathforge": lambda: ours.fused_linear_cross_entropy(hidden, weight, target),
+            **variants,
             "torch": lambda: F.cross_entropy((hidden @ weight.T).float(), target),
         }
         peers = {
             "liger": (lambda: lf.liger_fused_linear_cross_entropy(hidden, weight, target)) if lf else None,
             "cce": (lambda: cce(hidden, weight, target)) if cce else None,
         }
-        return {"grad_inputs": [hidden, weight], "providers": _providers(base, peers, device, quick)}
+        providers = _providers(base, peers, device, quick)
+        return {"grad_inputs": [hidden, weight], "providers": providers, "info": info}
 
     flops = 2.0 * n * h * v
     return Case(
@@ -232,13 +300,32 @@ OPS = {
 }
 
 
-def sweep(device: str, quick: bool) -> list[Case]:
+@dataclass(frozen=True)
+class FlceSweep:
+    """The fused linear CE points: (H, V) shapes (None: the device's default) and our variants to time."""
+
+    shapes: tuple[tuple[int, int], ...] | None = None
+    chunks: tuple[int, ...] = ()
+    logits: tuple[str, ...] = ("fp32",)
+    tokens: int | None = None  # N (None: FLCE_TOKENS of the device)
+
+    def cases(self, device: str, quick: bool, dtype: torch.dtype) -> list[Case]:
+        default = FLCE_SHAPES_CUDA[:1] if quick else FLCE_SHAPES_CUDA
+        shapes = self.shapes or (default if device == "cuda" else FLCE_SHAPES_CPU)
+        n = self.tokens or FLCE_TOKENS[device]
+        return [
+            fused_linear_cross_entropy_case(n, h, v, dtype, device, quick, self.chunks, self.logits) for h, v in shapes
+        ]
+
+
+def sweep(device: str, quick: bool, flce_sweep: FlceSweep | None = None) -> list[Case]:
     """The sweep points: real LLM sizes on CUDA (a subset with --quick), small shapes on CPU."""
+    flce_sweep = flce_sweep or FlceSweep()
     if device != "cuda":
         f32 = torch.float32
         return [
             cross_entropy_case(512, 32000, f32, device, quick),
-            fused_linear_cross_entropy_case(256, 256, 32000, f32, device, quick),
+            *flce_sweep.cases(device, quick, f32),
             rms_norm_case(4096, 1024, f32, device, quick),
             swiglu_case(2048, 2816, f32, device, quick),
             rope_case(1024, 8, 2, 64, f32, device, quick),
@@ -246,8 +333,7 @@ def sweep(device: str, quick: bool) -> list[Case]:
     bf16, n = torch.bfloat16, 16384
     vocabs = (32000, 128256) if quick else (32000, 128256, 151936)
     cases = [cross_entropy_case(n, v, bf16, device, quick) for v in vocabs]
-    flce_shapes = [(4096, 128256)] if quick else [(4096, 32000), (4096, 128256), (3584, 151936)]
-    cases += [fused_linear_cross_entropy_case(n, h, v, bf16, device, quick) for h, v in flce_shapes]
+    cases += flce_sweep.cases(device, quick, bf16)
     cases += [rms_norm_case(n, h, bf16, device, quick) for h in ((4096,) if quick else (2048, 4096, 8192))]
     cases += [swiglu_case(n, i, bf16, device, quick) for i in ((14336,) if quick else (11008, 14336))]
     rope_heads = ((32, 8),) if quick else ((32, 8), (28, 4))
@@ -327,23 +413,53 @@ def run_case(case: Case, device: str, quick: bool, ceilings: dict[str, float]) -
                 "p20_ms": p20,
                 "p80_ms": p80,
                 "peak_mib": peak if mode == "full" else None,
+                **made.get("info", {}).get(provider, {}),
             }
-            work_bytes = {"forward": case.bytes_fwd, "full": case.bytes_full}.get(
-                mode, case.bytes_full - case.bytes_fwd
-            )
-            flops = {"forward": case.flops_fwd, "full": case.flops_full}.get(mode, case.flops_full - case.flops_fwd)
-            if work_bytes and med > 0:
-                row["gbs"] = work_bytes / (med * 1e-3) / 1e9
-                if "copy_gbs" in ceilings:
-                    row["pct_of_ceiling"] = 100 * row["gbs"] / ceilings["copy_gbs"]
-            if flops and med > 0:
-                row["tflops"] = flops / (med * 1e-3) / 1e12
-                if "matmul_tflops" in ceilings:
-                    row["pct_of_ceiling"] = 100 * row["tflops"] / ceilings["matmul_tflops"]
-            rows.append(row)
+            rows.append(_add_rates(row, case, ceilings))
     if device == "cuda":
         torch.cuda.empty_cache()
     return rows
+
+
+def _add_rates(row: dict[str, Any], case: Case, ceilings: dict[str, float]) -> dict[str, Any]:
+    """Adds achieved GB/s or TFLOP/s (and % of the measured ceiling) to a timed row; for ops with a flops
+    model also floor_ms (the flops at the matmul ceiling) and x_floor = median / floor."""
+    mode, med = row["mode"], row["median_ms"]
+    work_bytes = {"forward": case.bytes_fwd, "full": case.bytes_full}.get(mode, case.bytes_full - case.bytes_fwd)
+    flops = {"forward": case.flops_fwd, "full": case.flops_full}.get(mode, case.flops_full - case.flops_fwd)
+    if work_bytes and med > 0:
+        row["gbs"] = work_bytes / (med * 1e-3) / 1e9
+        if "copy_gbs" in ceilings:
+            row["pct_of_ceiling"] = 100 * row["gbs"] / ceilings["copy_gbs"]
+    if flops and med > 0:
+        row["tflops"] = flops / (med * 1e-3) / 1e12
+        if "matmul_tflops" in ceilings:
+            row["pct_of_ceiling"] = 100 * row["tflops"] / ceilings["matmul_tflops"]
+            row["floor_ms"] = flops / (ceilings["matmul_tflops"] * 1e12) * 1e3
+            row["x_floor"] = med / row["floor_ms"]
+    return row
+
+
+def add_flce_model(rows: list[dict[str, Any]], ceilings: dict[str, float]) -> None:
+    """With measured ceilings, adds the traffic model's fwd+bwd prediction (model_ms, model_x_floor) to the
+    "full" rows of our FLCE variants (those with chunk_rows), so a run shows model next to measurement."""
+    if not {"matmul_tflops", "copy_gbs"} <= ceilings.keys():
+        return
+    for row in rows:
+        if row.get("mode") != "full" or "chunk_rows" not in row:
+            continue
+        shape = row["shape"]
+        bytes_ = 2 if row["chunk_logits"] == "input" and row["dtype"] in ("bfloat16", "float16") else 4
+        model = predicted_ms(
+            shape["tokens"],
+            shape["hidden"],
+            shape["vocab"],
+            row["chunk_rows"],
+            matmul_flops=ceilings["matmul_tflops"] * 1e12,
+            copy_bytes_per_s=ceilings["copy_gbs"] * 1e9,
+            logits_bytes=bytes_,
+        )
+        row["model_ms"], row["model_x_floor"] = model["total_ms"], model["x_floor"]
 
 
 def shape_key(shape: dict[str, int]) -> str:
@@ -364,6 +480,12 @@ def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
         "gbs",
         "tflops",
         "pct_of_ceiling",
+        "floor_ms",
+        "x_floor",
+        "chunk_rows",
+        "chunk_logits",
+        "model_ms",
+        "model_x_floor",
         "error",
     ]
     with path.open("w", newline="") as f:
@@ -405,11 +527,62 @@ def measure_ceilings(device: str) -> dict[str, float]:
     return {"copy_gbs": copy_bandwidth_gbs(), "matmul_tflops": matmul_tflops()}
 
 
+def _int_list(text: str) -> tuple[int, ...]:
+    """ "512,2048" → (512, 2048); each a positive integer."""
+    try:
+        values = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if any(value < 1 for value in values):
+        raise argparse.ArgumentTypeError(f"chunk sizes must be >= 1, got {text!r}")
+    return values
+
+
+def _logits_list(text: str) -> tuple[str, ...]:
+    values = tuple(text.split(","))
+    unknown = [value for value in values if value not in CHUNK_LOGITS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown chunk-logits {unknown} in {text!r}; known: {CHUNK_LOGITS}")
+    return values
+
+
+def _shape_list(text: str) -> tuple[tuple[int, int], ...]:
+    """ "4096x128256,1536x151936" → ((4096, 128256), (1536, 151936))."""
+    try:
+        shapes = tuple(tuple(int(x) for x in part.split("x")) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected HxV,... with integers, got {text!r}") from None
+    if any(len(shape) != 2 or min(shape) < 1 for shape in shapes):
+        raise argparse.ArgumentTypeError(f"expected HxV,... with positive H and V, got {text!r}")
+    return shapes
+
+
 def main(argv: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(prog="python -m mathforge.bench.kernels", description=__doc__.splitlines()[0])
     parser.add_argument("--ops", nargs="+", choices=sorted(set(OPS) | set(OPS.values())), help="ops (default: all)")
     parser.add_argument("--quick", action="store_true", help="a small subset (and torch-only on CPU)")
     parser.add_argument("--out", type=Path, default=None, help="results folder (default bench/results/<device>)")
+    parser.add_argument(
+        "--flce-chunks",
+        type=_int_list,
+        default=(),
+        help="fused linear CE: also time our op at these fixed rows per chunk, e.g. 512,2048,4096",
+    )
+    parser.add_argument(
+        "--flce-logits",
+        type=_logits_list,
+        default=("fp32",),
+        help=f"fused linear CE chunk-logits dtypes to time, from {','.join(CHUNK_LOGITS)} (default fp32)",
+    )
+    parser.add_argument(
+        "--flce-tokens", type=int, default=None, help="fused linear CE tokens N (default 16384 on CUDA, 256 on CPU)"
+    )
+    parser.add_argument(
+        "--flce-shapes",
+        type=_shape_list,
+        default=None,
+        help="fused linear CE (H, V) points as HxV,... (default on CUDA: 4096x128256,1536x151936,3584x152064)",
+    )
     args = parser.parse_args(argv)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cpu" and not args.quick:
@@ -418,10 +591,14 @@ def main(argv: list[str] | None = None) -> Path:
     torch.manual_seed(0)
     ceilings = measure_ceilings(device)
     rows: list[dict[str, Any]] = []
-    cases = [c for c in sweep(device, args.quick) if c.op in wanted]
+    if args.flce_tokens is not None and args.flce_tokens < 1:
+        parser.error(f"--flce-tokens must be >= 1, got {args.flce_tokens}")
+    flce_sweep = FlceSweep(args.flce_shapes, args.flce_chunks, args.flce_logits, args.flce_tokens)
+    cases = [c for c in sweep(device, args.quick, flce_sweep) if c.op in wanted]
     for i, case in enumerate(cases, 1):
         print(f"[{i}/{len(cases)}] {case.op} {shape_key(case.shape)} {case.dtype}", flush=True)
         rows += run_case(case, device, args.quick, ceilings)
+    add_flce_model(rows, ceilings)
     name = "kernels_quick" if args.quick else "kernels"
     payload = {
         "environment": environment("liger-kernel", "cut-cross-entropy"),
@@ -440,27 +617,31 @@ def main(argv: list[str] | None = None) -> Path:
 
 def _print_summary(rows: list[dict[str, Any]]) -> None:
     from rich.console import Console
+    from rich.markup import escape  # provider names like "mathforge[chunk=2048]" are not markup
     from rich.table import Table
 
     table = Table(title="kernels: forward + backward")
-    for col in ("op", "shape", "provider", "median ms", "p20–p80", "peak MiB", "GB/s | TFLOP/s", "% ceiling"):
+    columns = ("op", "shape", "provider", "median ms", "p20–p80", "peak MiB", "GB/s | TFLOP/s", "% ceiling", "× floor")
+    for col in columns:
         table.add_column(col)
     for r in rows:
         if r["mode"] != "full":
             continue
         if "error" in r:
-            table.add_row(r["op"], shape_key(r["shape"]), r["provider"], "error", r["error"][:40], "", "", "")
+            cells = (r["op"], shape_key(r["shape"]), escape(r["provider"]), "error", escape(r["error"][:40]))
+            table.add_row(*cells, "", "", "", "")
             continue
         rate = f"{r['gbs']:.0f} GB/s" if "gbs" in r else f"{r['tflops']:.1f} TFLOP/s" if "tflops" in r else ""
         table.add_row(
             r["op"],
             shape_key(r["shape"]),
-            r["provider"],
+            escape(r["provider"]),
             f"{r['median_ms']:.3f}",
             f"{r['p20_ms']:.3f}–{r['p80_ms']:.3f}",
             "" if r["peak_mib"] is None else f"{r['peak_mib']:.0f}",
             rate,
             f"{r['pct_of_ceiling']:.0f}%" if "pct_of_ceiling" in r else "",
+            f"{r['x_floor']:.2f}" if "x_floor" in r else "",
         )
     Console().print(table)
 

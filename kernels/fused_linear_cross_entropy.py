@@ -1,10 +1,12 @@
 """Fused linear cross-entropy: loss(hidden @ weight.T + bias, target) without ever holding [N, V] logits.
 
-Tokens are processed in chunks of C rows (C chosen from N, H, V and free memory, see `chunk_rows`). For
-each chunk: logits_c = hidden_c @ weight.T (+ bias) in fp32 (cuBLAS), then `_ce_kernel` computes the loss
-and writes dloss/dlogits_c in the weight's dtype (in place when that is fp32), then
-    grad_hidden_c = dlogits_c @ weight,   grad_weight += dlogits_c.T @ hidden_c (fp32 accumulator),
-    grad_bias += sum_rows dlogits_c (fp32).
+Tokens are processed in chunks of C rows. For each chunk: logits_c = hidden_c @ weight.T (+ bias), by
+default in fp32 (cuBLAS' fp32-output GEMM; `chunk_logits="input"` keeps them in hidden's dtype, Liger-style,
+the loss and lse still computed in fp32 by the kernel), then `_ce_kernel` computes the loss and writes
+dloss/dlogits_c in the weight's dtype (in place when the logits already have that dtype), then
+    grad_hidden_c = dlogits_c @ weight,   grad_weight (+)= dlogits_c.T @ hidden_c (fp32 accumulator),
+    grad_bias (+)= sum_rows dlogits_c (fp32);
+the first chunk writes the accumulators (GEMM with beta = 0), later chunks add into them.
 For "mean"/"sum" the gradients are computed during the forward (Liger / CCE style) and the backward only
 scales them by the upstream scalar. For "none" the per-row upstream gradients are unknown until the
 backward, which therefore recomputes the chunks (using the lse saved by the forward). No host
@@ -12,9 +14,36 @@ synchronisation: the number of non-ignored tokens stays on the device. The matmu
 disabled (the logits are fp32 by contract, also inside a bf16 `torch.autocast` region).
 Out-of-range targets behave as in `mathforge.kernels.cross_entropy` (NaN rows; DataError with
 `MATHFORGE_CHECK=1`).
+
+Chunk size (`plan_chunk_rows`, a pure function; `chunk_rows` feeds it this device's free memory). The
+traffic model (`chunk_traffic`, `predicted_ms`), at matmul rate F and copy bandwidth B (bytes read + written):
+- a chunk's three GEMMs do 6·C·H·V flops: 6·C·H·V / F seconds;
+- the fp32 weight-gradient accumulator is read and written once per chunk: 8·V·H bytes, 8·V·H / B seconds
+  (2 GiB, i.e. 4 GiB of traffic, at H = 4096, V = 128256) — modelled as not overlapping the GEMMs' compute;
+- the CE kernel reads the logits twice and writes dlogits: 10·C·V bytes with fp32 logits (6·C·V with
+  logits in bf16/fp16, which it updates in place); the GEMMs' operand traffic is assumed hidden under
+  their compute.
+H and V cancel in accumulator / GEMM time = 8·F / (6·B·C), so the accumulator pass stays under
+ACCUMULATOR_OVERHEAD (10%) of a chunk's GEMM time when C ≥ 8·F / (6·B·0.1): 2450 rows at F = 790 TFLOP/s,
+B = 4.3 TB/s (H200-like measured rates; these ASSUMED_* constants, not a measurement of this device, are the
+default). The CE kernel's traffic is a fixed share of the GEMM time whatever C is: 10·F / (6·B·H), i.e.
+7.5% at H = 4096, 20% at H = 1536 with fp32 logits (4.5% and 12% with 16-bit logits). So C starts from the
+accumulator target, spread evenly over N // 2450 chunks and rounded up to a multiple of 128 rows (whole GEMM
+tiles): 2816 rows at N = 16384 (4096 at H100-like rates, 740 TFLOP/s and 3.0 TB/s: target 3289 rows).
+Capped by memory: the chunk buffers (logits + dlogits + a row of hidden in fp32, `chunk_bytes_per_row`) take
+at most 1/8 of free device memory and 4 GiB (64 MiB on CPU, where small chunks keep the tests' peak memory
+low), and C ≤ N. At C = 2816, V = 128256 the fp32-logit buffers take 2.2 GB (0.8 GB with 16-bit logits), so
+for N below ~3·C the op can hold more than the bf16 [N, V] logits would (never more than fp32 logits + bf16
+dlogits of all N rows, which unfused torch holds too); the earlier rule (256 MiB of buffers: C = 256 at this V)
+paid the accumulator pass 11 times per 2816 rows, 0.96× the GEMM time on its own. Model, fwd+bwd over the
+6·N·H·V floor at N = 16384 and H200-like rates: 1.17× / 1.29× / 1.18× for (H, V) = (4096, 128256),
+(1536, 151936), (3584, 152064) with fp32 logits, 1.14× / 1.21× / 1.15× with 16-bit logits, 2.0–2.2× at C = 256.
+The model is an estimate for choosing C; `mathforge.bench.kernels --flce-chunks` measures the alternatives.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -24,38 +53,146 @@ from mathforge.kernels.validation import check_fused_linear_cross_entropy
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
-CHUNK_BYTES_CUDA = 256 << 20  # chunk buffers: ≥ 256 rows at V = 128K (fp32 + bf16), enough for GEMM peak
-CHUNK_FREE_FRACTION = 8  # and at most 1/8 of free memory: room for activations and allocator slack
+ASSUMED_MATMUL_FLOPS = 790e12  # dense bf16 GEMM rate, FLOP/s: H200-like measured value (datasheet: 989e12)
+ASSUMED_COPY_BYTES_PER_S = 4.3e12  # device copy rate, bytes read + written per s: H200-like (datasheet 4.8e12)
+ACCUMULATOR_OVERHEAD = 0.10  # the accumulator's read + write at most this share of a chunk's GEMM time
+CHUNK_FREE_FRACTION = 8  # chunk buffers take at most 1/8 of free memory: room for activations, allocator slack
+CHUNK_BYTES_MAX_CUDA = 4 << 30  # and at most 4 GiB (≥ 4600 rows at V = 152064 with fp32 logits)
 CHUNK_BYTES_CPU = 64 << 20  # CPU (the interpreter, tests): small chunks keep the tests' peak memory low
-CHUNK_ROW_MULTIPLE = 128  # rows rounded down to a multiple of 128: whole tiles for the GEMMs' M dimension
+CHUNK_ROW_MULTIPLE = 128  # rows rounded to a multiple of 128: whole tiles for the GEMMs' M dimension
+CHUNK_LOGITS = ("fp32", "input")  # logits chunk dtype: fp32 (fp64 for fp64 inputs), or hidden's dtype
 
 SECOND_BACKWARD = "fused_linear_cross_entropy: backward through the same loss twice is not supported"
 
 
-def chunk_rows(n: int, h: int, v: int, dtype: torch.dtype, device: torch.device) -> int:
-    """Rows per chunk: the per-chunk buffers (fp32 logits + dlogits in `dtype`) take at most
-    1/CHUNK_FREE_FRACTION of free device memory and CHUNK_BYTES_CUDA (CHUNK_BYTES_CPU on CPU), rounded down
-    to a multiple of CHUNK_ROW_MULTIPLE rows when that is at least one multiple."""
-    per_row = v * (4 + (0 if dtype in (torch.float32, torch.float64) else torch.finfo(dtype).bits // 8))
-    per_row = max(per_row, v * 4) + 4 * h
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        budget = min(CHUNK_BYTES_CUDA, free // CHUNK_FREE_FRACTION)
-    else:
-        budget = CHUNK_BYTES_CPU
-    rows = max(1, min(n, budget // per_row))
-    return rows - rows % CHUNK_ROW_MULTIPLE if rows >= CHUNK_ROW_MULTIPLE else rows
+def _logits_bytes(dtype: torch.dtype, chunk_logits: str) -> int:
+    """Bytes per logit of the chunk buffer: hidden's dtype for "input", else fp32 (fp64 for fp64)."""
+    if chunk_logits == "input" or dtype == torch.float64:
+        return torch.finfo(dtype).bits // 8
+    return 4
 
 
-def _logits_f32(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """h @ weight.T (+ bias) with fp32 output (fp64 for fp64 input); fp16/bf16 inputs keep tensor-core speed
-    on CUDA through cuBLAS' fp32-output GEMM."""
-    if h.dtype in _LOW_PRECISION and h.is_cuda:
+def chunk_bytes_per_row(h: int, v: int, dtype: torch.dtype, chunk_logits: str = "fp32") -> int:
+    """Bytes of chunk buffers per token row: the logits, dlogits in `dtype` unless written in place over
+    logits of that same dtype, and a row of hidden in fp32 (the CPU path upcasts it)."""
+    logits = _logits_bytes(dtype, chunk_logits)
+    dlogits = 0 if logits == torch.finfo(dtype).bits // 8 else torch.finfo(dtype).bits // 8
+    return v * (logits + dlogits) + 4 * h
+
+
+def accumulator_rows(
+    matmul_flops: float = ASSUMED_MATMUL_FLOPS,
+    copy_bytes_per_s: float = ASSUMED_COPY_BYTES_PER_S,
+    overhead: float = ACCUMULATOR_OVERHEAD,
+) -> int:
+    """Fewest rows per chunk for which the fp32 accumulator's read + write (8·V·H bytes at copy_bytes_per_s)
+    costs at most `overhead` of the chunk's GEMMs (6·C·H·V flops at matmul_flops): C ≥ 8·F / (6·B·overhead),
+    whatever H and V. 2450 at the ASSUMED_* rates."""
+    if not (matmul_flops > 0 and copy_bytes_per_s > 0 and overhead > 0):
+        raise ValueError(
+            f"rates and overhead must be > 0, got matmul_flops={matmul_flops!r}, "
+            f"copy_bytes_per_s={copy_bytes_per_s!r}, overhead={overhead!r}"
+        )
+    return math.ceil(8 * matmul_flops / (6 * copy_bytes_per_s * overhead))
+
+
+def chunk_budget_bytes(free_bytes: int | None) -> int:
+    """Bytes the chunk buffers may take: CHUNK_BYTES_CPU on CPU (free_bytes None), else 1/CHUNK_FREE_FRACTION
+    of the device's free memory, at most CHUNK_BYTES_MAX_CUDA."""
+    if free_bytes is None:
+        return CHUNK_BYTES_CPU
+    return min(CHUNK_BYTES_MAX_CUDA, free_bytes // CHUNK_FREE_FRACTION)
+
+
+def _round_rows(rows: int, multiple: int, up: bool) -> int:
+    if rows < multiple:
+        return rows
+    return -(-rows // multiple) * multiple if up else rows - rows % multiple
+
+
+def plan_chunk_rows(
+    n: int,
+    h: int,
+    v: int,
+    dtype: torch.dtype,
+    *,
+    free_bytes: int | None,
+    matmul_flops: float = ASSUMED_MATMUL_FLOPS,
+    copy_bytes_per_s: float = ASSUMED_COPY_BYTES_PER_S,
+    chunk_logits: str = "fp32",
+) -> int:
+    """Rows per chunk for N tokens, hidden size H, vocab V (a pure function; see the module docstring).
+    Traffic: `accumulator_rows` rows at least, spread evenly over max(1, N // that) chunks and rounded up to a
+    multiple of CHUNK_ROW_MULTIPLE. Memory: at most `chunk_budget_bytes(free_bytes)` of chunk buffers (rounded
+    down to a multiple of CHUNK_ROW_MULTIPLE when that is at least one multiple), and at most N rows (1 for
+    N = 0)."""
+    if n < 0 or h < 1 or v < 1:
+        raise ValueError(f"need n >= 0 and h, v >= 1, got n={n}, h={h}, v={v}")
+    if n == 0:  # no chunk runs; the loop's step must still be positive
+        return 1
+    want = accumulator_rows(matmul_flops, copy_bytes_per_s)
+    chunks = max(1, n // want)
+    rows = min(n, _round_rows(-(-n // chunks), CHUNK_ROW_MULTIPLE, up=True))
+    cap = max(1, chunk_budget_bytes(free_bytes) // chunk_bytes_per_row(h, v, dtype, chunk_logits))
+    return rows if rows <= cap else _round_rows(cap, CHUNK_ROW_MULTIPLE, up=False)
+
+
+def chunk_rows(n: int, h: int, v: int, dtype: torch.dtype, device: torch.device, chunk_logits: str = "fp32") -> int:
+    """`plan_chunk_rows` with this device's free memory (CUDA) or the CPU budget, at the ASSUMED_* rates."""
+    free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else None
+    return plan_chunk_rows(n, h, v, dtype, free_bytes=free, chunk_logits=chunk_logits)
+
+
+def chunk_traffic(c: int, h: int, v: int, logits_bytes: int = 4) -> dict[str, float]:
+    """The model's work for one chunk of c rows: GEMM flops, accumulator bytes (read + write of the [V, H]
+    fp32 sum) and CE-kernel bytes (logits read twice, dlogits written in 16 bits; in place for 16-bit logits)."""
+    return {
+        "gemm_flops": 6.0 * c * h * v,
+        "accumulator_bytes": 8.0 * v * h,
+        "ce_bytes": float(c * v * (2 * logits_bytes + 2)),
+    }
+
+
+def predicted_ms(
+    n: int,
+    h: int,
+    v: int,
+    rows: int,
+    *,
+    matmul_flops: float = ASSUMED_MATMUL_FLOPS,
+    copy_bytes_per_s: float = ASSUMED_COPY_BYTES_PER_S,
+    logits_bytes: int = 4,
+) -> dict[str, float]:
+    """Modelled forward + backward milliseconds ("mean" loss, 16-bit weights) with chunks of `rows`: GEMM time
+    at matmul_flops plus, not overlapped, the CE kernel's and the accumulator's traffic at copy_bytes_per_s.
+    The first chunk writes the accumulator (4·V·H bytes, no read) and the last pass converts it to the weight
+    dtype (4·V·H read, 2·V·H written). Also floor_ms = 6·N·H·V / matmul_flops and x_floor = total / floor."""
+    chunks = -(-n // rows)
+    per_row = chunk_traffic(1, h, v, logits_bytes)
+    acc_bytes = chunk_traffic(rows, h, v)["accumulator_bytes"] * chunks - 4.0 * v * h + 6.0 * v * h
+    parts = {
+        "gemm_ms": per_row["gemm_flops"] * n / matmul_flops * 1e3,
+        "ce_ms": per_row["ce_bytes"] * n / copy_bytes_per_s * 1e3,
+        "accumulator_ms": acc_bytes / copy_bytes_per_s * 1e3,
+    }
+    total = sum(parts.values())
+    return {**parts, "total_ms": total, "floor_ms": parts["gemm_ms"], "x_floor": total / parts["gemm_ms"]}
+
+
+def _logits(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, chunk_logits: str) -> torch.Tensor:
+    """h @ weight.T (+ bias): fp32 output (fp64 for fp64 input) for "fp32", h's dtype for "input" (one rounding
+    of the fp32 sum). fp16/bf16 inputs keep tensor-core speed on CUDA through cuBLAS' fp32-output GEMM."""
+    low = h.dtype in _LOW_PRECISION
+    if low and chunk_logits == "input":
+        if h.is_cuda:
+            return torch.mm(h, weight.T) if bias is None else torch.addmm(bias, h, weight.T)
+        return _logits(h, weight, bias, "fp32").to(h.dtype)
+    if low and h.is_cuda:
         try:
             out = torch.mm(h, weight.T, out_dtype=torch.float32)
         except (TypeError, RuntimeError):  # torch without mm(out_dtype=): fp32 logits rounded once to 16 bits
             out = torch.mm(h, weight.T).float()
-    elif h.dtype in _LOW_PRECISION:
+    elif low:
         out = h.float() @ weight.float().T
     else:
         out = h @ weight.T
@@ -64,15 +201,25 @@ def _logits_f32(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     return out
 
 
-def _accumulate_weight_grad(acc: torch.Tensor, grad_logits: torch.Tensor, h: torch.Tensor) -> None:
-    """acc (fp32) += grad_logits.T @ h, accumulating in fp32 without a [V, H] temporary."""
+def _accumulate_weight_grad(acc: torch.Tensor, grad_logits: torch.Tensor, h: torch.Tensor, first: bool) -> None:
+    """acc (fp32) = grad_logits.T @ h when `first` (acc's old contents, even NaN, are ignored: beta = 0), else
+    acc += grad_logits.T @ h; accumulates in fp32 without a [V, H] temporary."""
+    beta = 0.0 if first else 1.0
     if grad_logits.dtype in _LOW_PRECISION and acc.dtype == torch.float32 and h.is_cuda:
         try:
-            torch.addmm(acc, grad_logits.T, h, out_dtype=torch.float32, out=acc)
+            torch.addmm(acc, grad_logits.T, h, beta=beta, out_dtype=torch.float32, out=acc)
             return
         except (TypeError, RuntimeError):  # torch without addmm(out_dtype=): upcast the chunk (slower, same sums)
             pass
-    acc.addmm_(grad_logits.T.to(acc.dtype), h.to(acc.dtype))
+    acc.addmm_(grad_logits.T.to(acc.dtype), h.to(acc.dtype), beta=beta)
+
+
+def _accumulate_bias_grad(acc: torch.Tensor, grad_logits: torch.Tensor, first: bool) -> None:
+    """acc = (first) or += (later chunks) the column sums of grad_logits, in acc's dtype."""
+    if first:
+        torch.sum(grad_logits, 0, dtype=acc.dtype, out=acc)
+    else:
+        acc += grad_logits.sum(0, dtype=acc.dtype)
 
 
 def _chunked(
@@ -89,18 +236,21 @@ def _chunked(
     label_smoothing: float,
     z_loss: float,
     softcap: float | None,
+    chunk_logits: str,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
     """One pass over the token chunks. `loss` given → fill loss/lse; `grads` → return (grad_hidden,
-    grad_weight, grad_bias) with row i scaled by scale[i] (or scale[0])."""
+    grad_weight, grad_bias) with row i scaled by scale[i] (or scale[0]). The first chunk writes the fp32
+    accumulators (so they start uninitialised; zeros only when there is no chunk at all)."""
     n, v = hidden.shape[0], weight.shape[0]
     acc_dtype = torch.float64 if weight.dtype == torch.float64 else torch.float32
+    new_acc = torch.zeros if n == 0 else torch.empty
     grad_hidden = torch.empty_like(hidden) if grads else None
-    grad_weight = torch.zeros(weight.shape, device=weight.device, dtype=acc_dtype) if grads else None
-    grad_bias = torch.zeros(v, device=weight.device, dtype=acc_dtype) if grads and bias is not None else None
+    grad_weight = new_acc(weight.shape, device=weight.device, dtype=acc_dtype) if grads else None
+    grad_bias = new_acc(v, device=weight.device, dtype=acc_dtype) if grads and bias is not None else None
     for start in range(0, n, chunk):
         stop = min(start + chunk, n)
         h = hidden[start:stop]
-        logits = _logits_f32(h, weight, bias)
+        logits = _logits(h, weight, bias, chunk_logits)
         dlogits = None
         if grads:
             dlogits = logits if logits.dtype == weight.dtype else torch.empty_like(logits, dtype=weight.dtype)
@@ -118,9 +268,9 @@ def _chunked(
         )
         if grads:
             torch.mm(dlogits, weight, out=grad_hidden[start:stop])
-            _accumulate_weight_grad(grad_weight, dlogits, h)
+            _accumulate_weight_grad(grad_weight, dlogits, h, first=start == 0)
             if grad_bias is not None:
-                grad_bias += dlogits.sum(0, dtype=acc_dtype)
+                _accumulate_bias_grad(grad_bias, dlogits, first=start == 0)
         del logits, dlogits
     if grads:
         grad_weight = grad_weight.to(weight.dtype)
@@ -140,16 +290,39 @@ def flce_fwd(
     softcap: float | None,
     grad_scale_mode: int,
     chunk: int,
+    chunk_logits: str = "fp32",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-row loss [N] and lse [N] (fp32); with grad_scale_mode 1 ("mean") or 2 ("sum") also the gradients
     of the reduced loss (grad_hidden, grad_weight, grad_bias; empty tensors when mode is 0 or no bias)."""
     with torch.autocast(hidden.device.type, enabled=False):
         return _flce_fwd(
-            hidden, weight, bias, target, ignore_index, label_smoothing, z_loss, softcap, grad_scale_mode, chunk
+            hidden,
+            weight,
+            bias,
+            target,
+            ignore_index,
+            label_smoothing,
+            z_loss,
+            softcap,
+            grad_scale_mode,
+            chunk,
+            chunk_logits,
         )
 
 
-def _flce_fwd(hidden, weight, bias, target, ignore_index, label_smoothing, z_loss, softcap, grad_scale_mode, chunk):
+def _flce_fwd(
+    hidden,
+    weight,
+    bias,
+    target,
+    ignore_index,
+    label_smoothing,
+    z_loss,
+    softcap,
+    grad_scale_mode,
+    chunk,
+    chunk_logits,
+):
     n = hidden.shape[0]
     loss = torch.empty(n, device=hidden.device, dtype=torch.float32)
     lse = torch.empty_like(loss)
@@ -167,11 +340,12 @@ def _flce_fwd(hidden, weight, bias, target, ignore_index, label_smoothing, z_los
         lse,
         scale,
         grad_scale_mode > 0,
-        chunk or chunk_rows(n, hidden.shape[1], weight.shape[0], weight.dtype, hidden.device),
+        chunk or chunk_rows(n, hidden.shape[1], weight.shape[0], weight.dtype, hidden.device, chunk_logits),
         ignore_index,
         label_smoothing,
         z_loss,
         softcap,
+        chunk_logits,
     )
 
     def or_empty(t: torch.Tensor | None) -> torch.Tensor:  # outputs may not alias each other
@@ -181,7 +355,19 @@ def _flce_fwd(hidden, weight, bias, target, ignore_index, label_smoothing, z_los
 
 
 @flce_fwd.register_fake
-def _(hidden, weight, bias, target, ignore_index, label_smoothing, z_loss, softcap, grad_scale_mode, chunk):
+def _(
+    hidden,
+    weight,
+    bias,
+    target,
+    ignore_index,
+    label_smoothing,
+    z_loss,
+    softcap,
+    grad_scale_mode,
+    chunk,
+    chunk_logits="fp32",
+):
     loss = hidden.new_empty(hidden.shape[0], dtype=torch.float32)
     grads = grad_scale_mode > 0
     return (
@@ -206,8 +392,10 @@ def flce_bwd(
     z_loss: float,
     softcap: float | None,
     chunk: int,
+    chunk_logits: str = "fp32",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Gradients for reduction "none": recomputes each chunk, row i scaled by grad_loss[i]."""
+    n, h, v = hidden.shape[0], hidden.shape[1], weight.shape[0]
     with torch.autocast(hidden.device.type, enabled=False):
         gh, gw, gb = _chunked(
             hidden,
@@ -218,17 +406,31 @@ def flce_bwd(
             lse,
             grad_loss.to(torch.float32).contiguous(),
             True,
-            chunk or chunk_rows(hidden.shape[0], hidden.shape[1], weight.shape[0], weight.dtype, hidden.device),
+            chunk or chunk_rows(n, h, v, weight.dtype, hidden.device, chunk_logits),
             ignore_index,
             label_smoothing,
             z_loss,
             softcap,
+            chunk_logits,
         )
     return gh, gw, hidden.new_empty(0) if gb is None else gb
 
 
 @flce_bwd.register_fake
-def _(grad_loss, hidden, weight, bias, target, lse, ignore_index, label_smoothing, z_loss, softcap, chunk):
+def _(
+    grad_loss,
+    hidden,
+    weight,
+    bias,
+    target,
+    lse,
+    ignore_index,
+    label_smoothing,
+    z_loss,
+    softcap,
+    chunk,
+    chunk_logits="fp32",
+):
     return (
         torch.empty_like(hidden),
         torch.empty_like(weight),
@@ -241,14 +443,27 @@ class FusedLinearCrossEntropyFunction(torch.autograd.Function):
     per-row lse [N] (no gradient; for the z-loss report)."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, target, bias, ignore_index, reduction, label_smoothing, z_loss, softcap, chunk):
+    def forward(
+        ctx,
+        hidden,
+        weight,
+        target,
+        bias,
+        ignore_index,
+        reduction,
+        label_smoothing,
+        z_loss,
+        softcap,
+        chunk,
+        chunk_logits,
+    ):
         needs_grad = any(ctx.needs_input_grad[i] for i in (0, 1, 3))
         mode = {"mean": 1, "sum": 2}.get(reduction, 0) if needs_grad else 0
         loss, lse, gh, gw, gb = torch.ops.mathforge.flce_fwd(
-            hidden, weight, bias, target, ignore_index, label_smoothing, z_loss, softcap, mode, chunk
+            hidden, weight, bias, target, ignore_index, label_smoothing, z_loss, softcap, mode, chunk, chunk_logits
         )
         ctx.reduction, ctx.has_bias = reduction, bias is not None
-        ctx.args = (ignore_index, label_smoothing, z_loss, softcap, chunk)
+        ctx.args = (ignore_index, label_smoothing, z_loss, softcap, chunk, chunk_logits)
         if mode:
             ctx.save_for_backward(gh, gw, gb)
         else:
@@ -269,7 +484,7 @@ class FusedLinearCrossEntropyFunction(torch.autograd.Function):
             gh, gw, gb = ctx.saved_tensors
             for g in (gh, gw, gb):
                 g.mul_(grad_out.to(g.dtype))
-        return gh, gw, None, gb if ctx.has_bias else None, None, None, None, None, None, None
+        return gh, gw, None, gb if ctx.has_bias else None, None, None, None, None, None, None, None
 
 
 def fused_linear_cross_entropy_triton(
@@ -285,9 +500,16 @@ def fused_linear_cross_entropy_triton(
     softcap: float | None = None,
     return_z_loss: bool = False,
     chunk: int = 0,
+    chunk_logits: str = "fp32",
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """The Triton path of `mathforge.kernels.fused_linear_cross_entropy` (same checks); `chunk` > 0 fixes the
-    rows per chunk."""
+    rows per chunk (0: `chunk_rows`); `chunk_logits` is the dtype of the chunk's logits: "fp32" (fp64 for
+    fp64 inputs) or "input" (hidden's dtype: half the chunk memory for bf16/fp16, logits rounded to 16 bits
+    before the fp32 loss; the same as "fp32" for fp32/fp64 inputs)."""
+    if chunk_logits not in CHUNK_LOGITS:
+        raise ValueError(f"chunk_logits must be one of {CHUNK_LOGITS}, got {chunk_logits!r}")
+    if int(chunk) < 0:
+        raise ValueError(f"chunk must be >= 0 (0: chosen by chunk_rows), got {chunk!r}")
     check_fused_linear_cross_entropy(
         hidden,
         weight,
@@ -310,6 +532,7 @@ def fused_linear_cross_entropy_triton(
         float(z_loss),
         None if softcap is None else float(softcap),
         int(chunk),
+        chunk_logits,
     )
     if not return_z_loss:
         return loss
