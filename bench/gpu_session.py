@@ -30,7 +30,8 @@ from pathlib import Path
 from mathforge.bench.common import RESULTS_ENV
 from mathforge.errors import ConfigError
 
-GPU_TESTS = ("tests/test_kernels_gpu.py", "tests/test_attention.py", "tests/test_doctor.py")
+KERNEL_TESTS = ("tests/test_kernels_gpu.py", "tests/test_kernels_flce_chunks.py")
+MODEL_TESTS = ("tests/test_attention.py", "tests/test_doctor.py")
 KILL_GRACE_S = 10  # after the cap: SIGTERM, then SIGKILL this much later
 LOG_TAIL_LINES = 12
 RESERVE_S = 15  # kept back from the budget for packing the results
@@ -47,27 +48,62 @@ class Phase:
     min_s: int = 30
 
 
-def _pytest_gpu(cap_s: int) -> Phase:
-    return Phase("pytest-gpu", ("-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider", *GPU_TESTS), cap_s)
+def _pytest_gpu(cap_s: int, *files: str) -> Phase:
+    return Phase("pytest-gpu", ("-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider", *files), cap_s)
 
 
 PLANS: dict[str, tuple[Phase, ...]] = {
-    # issue 11: kernels correct on the GPU, the sweep with peers, then the fused linear CE chunk choices
+    # issue 11: kernels correct on the GPU; the sweep with the peers in the same run; our fused linear CE at
+    # fixed chunk sizes and 16-bit chunk logits next to the automatic choice (a results file of its own)
     "kernels": (
-        _pytest_gpu(150),
-        Phase("kernel-sweep", ("-m", "mathforge.bench.kernels"), 240, min_s=90),
+        _pytest_gpu(120, *KERNEL_TESTS, *MODEL_TESTS),
+        Phase("kernel-sweep", ("-m", "mathforge.bench.kernels"), 220, min_s=90),
         Phase(
             "flce-chunks",
-            ("-m", "mathforge.bench.kernels", "--ops", "flce", "--flce-chunks", "1024,2048,4096,8192"),
-            150,
+            (
+                "-m",
+                "mathforge.bench.kernels",
+                "--ops",
+                "flce",
+                "--name",
+                "kernels_flce_chunks",
+                "--providers",
+                "mathforge*",
+                "--flce-chunks",
+                "1024,2816,4096,8192",
+                "--flce-logits",
+                "fp32,input",
+            ),
+            120,
             min_s=60,
         ),
     ),
-    # issue 12: model forward+backward per attention backend, then full training steps against transformers
+    # issue 12: full training steps against transformers + Liger padding-free and padded (bench.train writes
+    # its results after every row and stops starting rows at its own budget), then the model per backend
     "train": (
-        _pytest_gpu(90),
-        Phase("model", ("-m", "mathforge.bench.model"), 200, min_s=90),
-        Phase("train", ("-m", "mathforge.bench.train", "--precision", "bf16-autocast", "bf16", "--profile"), 240),
+        _pytest_gpu(60, *MODEL_TESTS),
+        Phase(
+            "train",
+            (
+                "-m",
+                "mathforge.bench.train",
+                "--preset",
+                "qwen2.5-1.5b",
+                "--precision",
+                "bf16-autocast",
+                "bf16",
+                "--hf-attn",
+                "flex_attention",
+                "sdpa",
+                "--profile",
+                "--compile",
+                "--time-budget-s",
+                "270",
+            ),
+            320,
+            min_s=120,
+        ),
+        Phase("model", ("-m", "mathforge.bench.model", "--no-compile", "--iters", "5"), 120, min_s=60),
     ),
     # the runner itself on any machine (CPU included): quick subsets, a few seconds each
     "smoke": (

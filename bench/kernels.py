@@ -25,8 +25,10 @@ from __future__ import annotations
 
 import argparse
 import csv
+import fnmatch
 import os
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -39,7 +41,7 @@ import torch.nn.functional as F
 if not torch.cuda.is_available():  # the FLCE chunk providers run Triton: on CPU only under its interpreter,
     os.environ.setdefault("TRITON_INTERPRET", "1")  # which must be chosen before the kernels are imported
 
-from mathforge.bench.common import RESULTS_DIR, device_slug, environment, write_result  # noqa: E402
+from mathforge.bench.common import environment, write_result  # noqa: E402
 from mathforge.kernels import functional as ours  # noqa: E402
 from mathforge.kernels import reference  # noqa: E402
 from mathforge.kernels.fused_linear_cross_entropy import (  # noqa: E402
@@ -126,8 +128,12 @@ def cross_entropy_case(n: int, v: int, dtype: torch.dtype, device: str, quick: b
             "mathforge": lambda: ours.cross_entropy(logits, target),
             "torch": lambda: F.cross_entropy(logits.float(), target),
         }
-        peers = {"liger": (lambda: lf.liger_cross_entropy(logits, target)) if lf else None}
-        return {"grad_inputs": [logits], "providers": _providers(base, peers, device, quick)}
+        # Liger writes its gradient into its input in place (also under no_grad): a copy of its own keeps the
+        # other providers' logits intact
+        own = logits.detach().clone().requires_grad_() if lf and device == "cuda" else None
+        peers = {"liger": (lambda: lf.liger_cross_entropy(own, target)) if own is not None else None}
+        inputs = [logits] if own is None else [logits, own]
+        return {"grad_inputs": inputs, "providers": _providers(base, peers, device, quick)}
 
     return Case(
         "cross_entropy",
@@ -370,11 +376,16 @@ def _peak_mib(fn: Callable[[], Any], device: str) -> float | None:
     return (torch.cuda.max_memory_allocated() - base) / 2**20
 
 
-def run_case(case: Case, device: str, quick: bool, ceilings: dict[str, float]) -> list[dict[str, Any]]:
-    """Times every provider of one case in forward and full mode; backward = full − forward."""
+def run_case(
+    case: Case, device: str, quick: bool, ceilings: dict[str, float], providers: tuple[str, ...] = ()
+) -> list[dict[str, Any]]:
+    """Times every provider of one case (those matching a `providers` pattern, fnmatch-style, when given) in
+    forward and full mode; backward = full − forward."""
     made = case.make()
     rows = []
     for provider, fn in made["providers"].items():
+        if providers and not any(fnmatch.fnmatchcase(provider, pattern) for pattern in providers):
+            continue
 
         def forward(fn=fn):
             with torch.no_grad():
@@ -557,7 +568,7 @@ def _shape_list(text: str) -> tuple[tuple[int, int], ...]:
     return shapes
 
 
-def main(argv: list[str] | None = None) -> Path:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m mathforge.bench.kernels", description=__doc__.splitlines()[0])
     parser.add_argument("--ops", nargs="+", choices=sorted(set(OPS) | set(OPS.values())), help="ops (default: all)")
     parser.add_argument("--quick", action="store_true", help="a small subset (and torch-only on CPU)")
@@ -583,6 +594,15 @@ def main(argv: list[str] | None = None) -> Path:
         default=None,
         help="fused linear CE (H, V) points as HxV,... (default on CUDA: 4096x128256,1536x151936,3584x152064)",
     )
+    parser.add_argument("--name", default=None, help="results file name (default kernels, or kernels_quick)")
+    parser.add_argument(
+        "--providers", nargs="+", default=None, help="only these providers, fnmatch patterns (e.g. 'mathforge*' liger)"
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> Path:
+    parser = _parser()
     args = parser.parse_args(argv)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cpu" and not args.quick:
@@ -595,23 +615,27 @@ def main(argv: list[str] | None = None) -> Path:
         parser.error(f"--flce-tokens must be >= 1, got {args.flce_tokens}")
     flce_sweep = FlceSweep(args.flce_shapes, args.flce_chunks, args.flce_logits, args.flce_tokens)
     cases = [c for c in sweep(device, args.quick, flce_sweep) if c.op in wanted]
-    for i, case in enumerate(cases, 1):
-        print(f"[{i}/{len(cases)}] {case.op} {shape_key(case.shape)} {case.dtype}", flush=True)
-        rows += run_case(case, device, args.quick, ceilings)
-    add_flce_model(rows, ceilings)
-    name = "kernels_quick" if args.quick else "kernels"
+    name = args.name or ("kernels_quick" if args.quick else "kernels")
     payload = {
         "environment": environment("liger-kernel", "cut-cross-entropy"),
         "quick": args.quick,
+        "argv": list(argv) if argv is not None else sys.argv[1:],
         "ceilings": ceilings,
         "rows": rows,
+        "complete": False,
     }
+    for i, case in enumerate(cases, 1):
+        print(f"[{i}/{len(cases)}] {case.op} {shape_key(case.shape)} {case.dtype}", flush=True)
+        rows += run_case(case, device, args.quick, ceilings, tuple(args.providers or ()))
+        add_flce_model(rows, ceilings)
+        path = write_result(name, payload, args.out)  # after every case: a run cut short keeps what it measured
+    payload["complete"] = True
     path = write_result(name, payload, args.out)
     write_csv(rows, path.with_suffix(".csv"))
     for op in sorted({r["op"] for r in rows}):
         plot_op(op, rows, path.parent / f"{name}_{op}.png")
     _print_summary(rows)
-    print(f"wrote {path} (+ .csv, PNGs) — results folder {args.out or RESULTS_DIR / device_slug()}")
+    print(f"wrote {path} (+ .csv, PNGs)")
     return path
 
 

@@ -175,7 +175,7 @@ def run(preset: str, rows: int, seq_len: int, iters: int, warmup: int, compile_r
     }
 
 
-def main(argv: list[str] | None = None) -> None:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="qwen2.5-1.5b")
     parser.add_argument("--rows", type=int, default=16)
@@ -184,6 +184,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile rows")
     parser.add_argument("--quick", action="store_true", help="2 × 1024 tokens, 2 iterations, no result file")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = _parser()
     args = parser.parse_args(argv)
     if args.quick:
         args.rows, args.seq_len, args.iters, args.warmup = 2, 1024, 2, 1

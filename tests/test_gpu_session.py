@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import tarfile
 import time
+from pathlib import Path
 
 import pytest
 
@@ -21,12 +22,30 @@ def test_unknown_plan_is_an_error_naming_the_known_ones(tmp_path, capsys):
     assert not list(tmp_path.iterdir()), "nothing written for a bad plan"
 
 
-def test_every_gpu_plan_runs_pytest_on_the_gpu_tests_first():
-    for name in ("kernels", "train"):
+def test_every_gpu_plan_runs_pytest_on_existing_gpu_tests_first_and_fits_one_command():
+    root = Path(__file__).resolve().parents[1]
+    for name, files in (("kernels", gpu_session.KERNEL_TESTS), ("train", gpu_session.MODEL_TESTS)):
         first = gpu_session.PLANS[name][0]
-        assert first.name == "pytest-gpu" and "-m" in first.argv and "gpu" in first.argv
-        assert all(path in first.argv for path in gpu_session.GPU_TESTS)
-    assert sum(p.cap_s for p in gpu_session.PLANS["kernels"]) <= 600, "one device command is at most 10 minutes"
+        assert first.name == "pytest-gpu" and first.argv[:6] == ("-m", "pytest", "-q", "-m", "gpu", "-p")
+        assert set(files) <= set(first.argv) and all((root / f).is_file() for f in first.argv[7:])
+        assert sum(p.cap_s for p in gpu_session.PLANS[name]) <= 540, "one device command is at most 10 minutes"
+        names = [p.name for p in gpu_session.PLANS[name]]
+        assert len(names) == len(set(names)), "one log per phase"
+
+
+def test_gpu_plans_use_flags_the_benchmarks_accept():
+    """Every benchmark phase's arguments parse with that benchmark's own parser (argparse exits on a bad flag)."""
+    from mathforge.bench import kernels, model, train
+
+    parsers = {"mathforge.bench.kernels": kernels, "mathforge.bench.model": model, "mathforge.bench.train": train}
+    checked = 0
+    for phase in gpu_session.PLANS["kernels"] + gpu_session.PLANS["train"]:
+        if phase.argv[0] == "-m" and phase.argv[1] in parsers:
+            parsers[phase.argv[1]]._parser().parse_args(list(phase.argv[2:]))
+            checked += 1
+    assert checked == 4
+    with pytest.raises(SystemExit):
+        kernels._parser().parse_args(["--flce-chunks-per-row", "8"])
 
 
 def test_phase_outcomes_ok_failed_timeout_skipped(tmp_path):
