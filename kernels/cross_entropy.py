@@ -212,16 +212,17 @@ def launch_ce(
     label_smoothing: float,
     z_loss: float,
     softcap: float | None,
-) -> None:
+):
     """Runs `_ce_kernel` over the rows of `logits` [n, V] (last dim contiguous). `loss` given → forward
     (fills loss and lse); `grad` given → backward with per-row `scale` ([n], or [1] broadcast); both → one
-    launch that reads each row from memory once when V ≤ ROW_BLOCK_MAX."""
+    launch that reads each row from memory once when V ≤ ROW_BLOCK_MAX. Returns what Triton's launch
+    returns (on a GPU the compiled kernel, whose n_regs / n_spills the GPU tests inspect; None when n = 0)."""
     n, v = logits.shape
     if n == 0:
-        return
+        return None
     forward, backward = loss is not None, grad is not None
     block = row_block(v)
-    _ce_kernel[(n,)](
+    return _ce_kernel[(n,)](
         logits,
         logits.stride(0),
         target,
@@ -382,15 +383,17 @@ def _(grad_loss, logits, target, lse, ignore_index, label_smoothing, z_loss, sof
 SECOND_BACKWARD = "cross_entropy: backward through the same loss twice is not supported"
 _REDUCED = ("mean", "sum")  # reductions whose gradient the forward computes (the upstream is one scalar)
 # logits dtypes for that one-launch path. Not fp16: its gradient would be stored already divided by n_valid
-# and only then multiplied by the upstream scalar, so fp16 training with a loss scale (GradScaler's 2^16)
-# would flush the small entries (softmax/n_valid ≲ 6e-8) to zero; the two-launch path scales in fp32 first.
+# and only then multiplied by the upstream scalar, so under a loss scale (GradScaler's 2^16) the small
+# entries softmax/n_valid would lose bits below fp16's normal range (6e-5) and become 0 below 6e-8; the
+# two-launch path multiplies by the upstream in fp32 before rounding to fp16.
 FUSED_DTYPES = (torch.bfloat16, torch.float32, torch.float64)
 
 
 class CrossEntropyFunction(torch.autograd.Function):
     """Reduced loss (fp32 scalar, or [N] for "none") of logits [N, V] against target, and the per-row lse [N]
-    (no gradient; for the z-loss report). With a gradient needed and reduction "mean"/"sum", the forward
-    computes that gradient too (one launch) and the backward only scales it by the upstream scalar."""
+    (no gradient; for the z-loss report). With a gradient needed, reduction "mean"/"sum" and logits in
+    FUSED_DTYPES, the forward computes that gradient too (one launch) and the backward only scales it by the
+    upstream scalar; otherwise the backward recomputes the gradient from the saved logits and lse."""
 
     @staticmethod
     def forward(ctx, logits, target, grad_mode, ignore_index, reduction, label_smoothing, z_loss, softcap):
