@@ -8,8 +8,10 @@ Launch structure (one `_ce_kernel` program per row; [N, V] traffic per call):
 - logits need a gradient, reduction "mean"/"sum", logits not fp16 (training): ONE launch computes the
   loss and writes the gradient of the reduced loss (scale 1/n_valid for "mean", computed on the device;
   1 for "sum"). Reads the logits once from memory, writes the gradient once: for V ≤ ROW_BLOCK_MAX the
-  row stays in registers between the loss and the gradient (SINGLE_BLOCK); for larger V the gradient loop
-  reads the row a second time, which a GPU serves mostly from L2 (one row is at most 300 KB in bf16).
+  program keeps the row it loaded and computes the gradient from it (SINGLE_BLOCK; registers, of which
+  ptxas for sm_90 spills 44-128 B per thread to L1-cached local memory at V = 32000); for larger V the
+  gradient loop reads the row a second time, which a GPU should serve from L2 (a bf16 row of V = 151936
+  is 300 KB; with one 32-warp program per SM about 40 MB of rows are in flight, under H200's 50 MB L2).
   Only the gradient is kept for the backward (not the logits), which multiplies it in place by the
   upstream scalar with `_scale_kernel`: when that scalar is 1 (`loss.backward()`) the kernel reads 4 bytes
   and returns, so the backward touches no [N, V] memory; otherwise it reads and writes the gradient once.
@@ -212,17 +214,16 @@ def launch_ce(
     label_smoothing: float,
     z_loss: float,
     softcap: float | None,
-):
+) -> None:
     """Runs `_ce_kernel` over the rows of `logits` [n, V] (last dim contiguous). `loss` given → forward
     (fills loss and lse); `grad` given → backward with per-row `scale` ([n], or [1] broadcast); both → one
-    launch that reads each row from memory once when V ≤ ROW_BLOCK_MAX. Returns what Triton's launch
-    returns (on a GPU the compiled kernel, whose n_regs / n_spills the GPU tests inspect; None when n = 0)."""
+    launch that reads each row from memory once when V ≤ ROW_BLOCK_MAX."""
     n, v = logits.shape
     if n == 0:
-        return None
+        return
     forward, backward = loss is not None, grad is not None
     block = row_block(v)
-    return _ce_kernel[(n,)](
+    _ce_kernel[(n,)](
         logits,
         logits.stride(0),
         target,
@@ -253,7 +254,9 @@ def launch_scale(grad: torch.Tensor, scale: torch.Tensor, max_programs: int = SC
         return
     dtype = torch.float64 if grad.dtype == torch.float64 else torch.float32
     programs = min(triton.cdiv(grad.numel(), SCALE_BLOCK), max_programs)
-    _scale_kernel[(programs,)](grad, scale.reshape(1).to(dtype), grad.numel(), BLOCK=SCALE_BLOCK)
+    _scale_kernel[(programs,)](
+        grad, scale.reshape(1).to(dtype), grad.numel(), BLOCK=SCALE_BLOCK, num_warps=num_warps_for(SCALE_BLOCK)
+    )
 
 
 def _grad_scale(target: torch.Tensor, ignore_index: int, reduction: str) -> torch.Tensor:
