@@ -3,9 +3,26 @@
 Per row i (token) with z = softcap·tanh(x/softcap) (or x) and lse = logsumexp(z):
     loss_i = (1 − ε)(lse − z[t]) + ε(lse − mean z) + z_loss·lse²,   0 when t == ignore_index,
     dloss_i/dz = (1 + 2·z_loss·lse)·softmax(z) − (1 − ε)·onehot(t) − ε/V.
-The forward reads each row once (online softmax) and stores lse; the backward reads the row again and
-writes the gradient scaled by the row's upstream gradient, so every reduction (and "none" with any
-upstream gradient) is exact and nothing [N, V]-sized is kept between forward and backward.
+
+Launch structure (one `_ce_kernel` program per row; [N, V] traffic per call):
+- logits need a gradient, reduction "mean"/"sum", logits not fp16 (training): ONE launch computes the
+  loss and writes the gradient of the reduced loss (scale 1/n_valid for "mean", computed on the device;
+  1 for "sum"). Reads the logits once from memory, writes the gradient once: for V ≤ ROW_BLOCK_MAX the
+  program keeps the row it loaded and computes the gradient from it (SINGLE_BLOCK; registers, of which
+  ptxas for sm_90 spills 44-128 B per thread to L1-cached local memory at V = 32000); for larger V the
+  gradient loop reads the row a second time, which a GPU should serve from L2 (a bf16 row of V = 151936
+  is 300 KB; with one 32-warp program per SM about 40 MB of rows are in flight, under H200's 50 MB L2).
+  Only the gradient is kept for the backward (not the logits), which multiplies it in place by the
+  upstream scalar with `_scale_kernel`: when that scalar is 1 (`loss.backward()`) the kernel reads 4 bytes
+  and returns, so the backward touches no [N, V] memory; otherwise it reads and writes the gradient once.
+  Because the scaling is in place, a second backward through the same loss raises (`SECOND_BACKWARD`).
+  Under torch.compile the in-place scaling is functionalised, and inductor (torch 2.13) leaves a copy of
+  the gradient onto itself in the compiled backward: one more read and write of [N, V] there.
+- reduction "none" (per-row upstream gradients are unknown until the backward), or fp16 logits (see
+  FUSED_DTYPES), with a gradient: the forward reads the logits once (loss, lse); the backward reads them
+  again and writes the gradient scaled by each row's upstream gradient, computed in fp32.
+- no gradient (torch.no_grad, or logits that do not require grad): one forward-only read, no gradient buffer.
+Host synchronisations: none on any path.
 
 Soft-capping uses `_tanh`, accurate to ~2e-7 relative at every magnitude (the textbook
 1 − 2/(exp(2y) + 1) loses up to ~8% relative for |y| ≲ 1e-5 to cancellation; libdevice's tanh has no
@@ -47,6 +64,57 @@ def _tanh(y):
 
 
 @triton.jit
+def _softcapped(x, softcap, HAS_SOFTCAP: tl.constexpr):
+    """z = softcap·tanh(x/softcap) when HAS_SOFTCAP, else x (fp32)."""
+    z = x
+    if HAS_SOFTCAP:
+        z = softcap * _tanh(x / softcap)
+    return z
+
+
+@triton.jit
+def _lse_of_block(z, mask):
+    """(logsumexp, sum) of the lanes of `z` where `mask` holds: a whole row already in registers."""
+    zm = tl.where(mask, z, float("-inf"))
+    m = tl.max(zm, 0)
+    m_safe = tl.where(m == float("-inf"), 0.0, m)
+    lse = m_safe + tl.log(tl.sum(tl.exp(zm - m_safe), 0))
+    return lse, tl.sum(tl.where(mask, z, 0.0), 0)
+
+
+@triton.jit
+def _lse_online(row_ptr, n_cols, softcap, HAS_SOFTCAP: tl.constexpr, BLOCK: tl.constexpr):
+    """(logsumexp, sum) of the soft-capped row at `row_ptr`, read once in BLOCK-wide pieces (online softmax
+    with per-lane running max and sum)."""
+    cols = tl.arange(0, BLOCK)
+    m = tl.full([BLOCK], float("-inf"), tl.float32)
+    d = tl.zeros([BLOCK], tl.float32)
+    z_sum = tl.zeros([BLOCK], tl.float32)
+    for start in range(0, n_cols, BLOCK):
+        mask = start + cols < n_cols
+        z = _softcapped(tl.load(row_ptr + start + cols, mask=mask, other=0.0).to(tl.float32), softcap, HAS_SOFTCAP)
+        z_sum += tl.where(mask, z, 0.0)
+        z = tl.where(mask, z, float("-inf"))
+        m_new = tl.maximum(m, z)
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        d = d * tl.exp(m - m_safe) + tl.exp(z - m_safe)
+        m = m_new
+    m_row = tl.max(m, 0)
+    return m_row + tl.log(tl.sum(d * tl.exp(m - m_row), 0)), tl.sum(z_sum, 0)
+
+
+@triton.jit
+def _grad_of(z, offs, target, lse, p_coef, label_smoothing, n_cols, softcap, HAS_SOFTCAP: tl.constexpr):
+    """dloss/dx at columns `offs` of a row from its soft-capped values `z` (unscaled)."""
+    g = p_coef * tl.exp(z - lse) - label_smoothing / n_cols
+    g = tl.where(offs == target, g - (1.0 - label_smoothing), g)
+    if HAS_SOFTCAP:
+        t = z / softcap
+        g = g * (1.0 - t * t)
+    return g
+
+
+@triton.jit
 def _ce_kernel(
     logits_ptr,
     logits_stride,
@@ -65,38 +133,31 @@ def _ce_kernel(
     FORWARD: tl.constexpr,
     BACKWARD: tl.constexpr,
     HAS_SOFTCAP: tl.constexpr,
+    SINGLE_BLOCK: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
     """One program per row. FORWARD: compute lse and the loss (stored to lse_ptr, loss_ptr).
-    BACKWARD: write scale[row]·dloss/dx to grad_ptr (using the lse just computed, or loaded)."""
+    BACKWARD: write scale[row]·dloss/dx to grad_ptr (using the lse just computed, or loaded).
+    SINGLE_BLOCK (n_cols ≤ BLOCK): the row is loaded once into registers and serves both parts;
+    otherwise each part loops over the row in BLOCK-wide pieces."""
     row = tl.program_id(0).to(tl.int64)
     logits_ptr += row * logits_stride
     target = tl.load(target_ptr + row).to(tl.int64)
     ignored = target == ignore_index
     in_range = (target >= 0) & (target < n_cols)
     cols = tl.arange(0, BLOCK)
+    if SINGLE_BLOCK:
+        row_mask = cols < n_cols
+        z_row = _softcapped(tl.load(logits_ptr + cols, mask=row_mask, other=0.0).to(tl.float32), softcap, HAS_SOFTCAP)
 
     if FORWARD:
-        m = tl.full([BLOCK], float("-inf"), tl.float32)  # per-lane running max and sum: one pass over the row
-        d = tl.zeros([BLOCK], tl.float32)
-        z_sum = tl.zeros([BLOCK], tl.float32)
-        for start in range(0, n_cols, BLOCK):
-            mask = start + cols < n_cols
-            z = tl.load(logits_ptr + start + cols, mask=mask, other=0.0).to(tl.float32)
-            if HAS_SOFTCAP:
-                z = softcap * _tanh(z / softcap)
-            z_sum += tl.where(mask, z, 0.0)
-            z = tl.where(mask, z, float("-inf"))
-            m_new = tl.maximum(m, z)
-            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-            d = d * tl.exp(m - m_safe) + tl.exp(z - m_safe)
-            m = m_new
-        m_row = tl.max(m, 0)
-        lse = m_row + tl.log(tl.sum(d * tl.exp(m - m_row), 0))
+        if SINGLE_BLOCK:
+            lse, z_sum = _lse_of_block(z_row, row_mask)
+        else:
+            lse, z_sum = _lse_online(logits_ptr, n_cols, softcap, HAS_SOFTCAP, BLOCK)
         z_t = tl.load(logits_ptr + target, mask=in_range & ~ignored, other=0.0).to(tl.float32)
-        if HAS_SOFTCAP:
-            z_t = softcap * _tanh(z_t / softcap)
-        loss = (1.0 - label_smoothing) * (lse - z_t) + label_smoothing * (lse - tl.sum(z_sum, 0) / n_cols)
+        z_t = _softcapped(z_t, softcap, HAS_SOFTCAP)
+        loss = (1.0 - label_smoothing) * (lse - z_t) + label_smoothing * (lse - z_sum / n_cols)
         loss += z_loss * lse * lse
         loss = tl.where(in_range, loss, float("nan"))
         loss = tl.where(ignored, 0.0, loss)
@@ -111,20 +172,34 @@ def _ce_kernel(
         scale = tl.where(in_range, scale, float("nan"))
         scale = tl.where(ignored, 0.0, scale)
         p_coef = 1.0 + 2.0 * z_loss * lse
-        for start in range(0, n_cols, BLOCK):
+        if SINGLE_BLOCK:
+            g = _grad_of(z_row, cols, target, lse, p_coef, label_smoothing, n_cols, softcap, HAS_SOFTCAP)
+            tl.store(grad_ptr + cols, g * scale, mask=row_mask)
+        else:
+            for start in range(0, n_cols, BLOCK):
+                offs = start + cols
+                mask = offs < n_cols
+                z = _softcapped(tl.load(logits_ptr + offs, mask=mask, other=0.0).to(tl.float32), softcap, HAS_SOFTCAP)
+                g = _grad_of(z, offs, target, lse, p_coef, label_smoothing, n_cols, softcap, HAS_SOFTCAP)
+                tl.store(grad_ptr + offs, g * scale, mask=mask)
+
+
+SCALE_BLOCK = 8192  # elements per program and step of `_scale_kernel` (16 KB of bf16)
+SCALE_PROGRAMS_MAX = 1024  # grid-stride over the gradient: ~8 programs per SM, so the "scale is 1" exit is cheap
+
+
+@triton.jit
+def _scale_kernel(grad_ptr, scale_ptr, numel, BLOCK: tl.constexpr):
+    """grad (flat, `numel` elements) *= the scalar at scale_ptr, in place, computed in the scalar's dtype.
+    When the scalar is 1 the program returns after reading it: no pass over the gradient."""
+    s = tl.load(scale_ptr)
+    if s != 1.0:
+        cols = tl.arange(0, BLOCK)
+        for start in range(tl.program_id(0).to(tl.int64) * BLOCK, numel, tl.num_programs(0) * BLOCK):
             offs = start + cols
-            mask = offs < n_cols
-            x = tl.load(logits_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-            if HAS_SOFTCAP:
-                z = softcap * _tanh(x / softcap)
-            else:
-                z = x
-            g = p_coef * tl.exp(z - lse) - label_smoothing / n_cols
-            g = tl.where(offs == target, g - (1.0 - label_smoothing), g)
-            if HAS_SOFTCAP:
-                t = z / softcap
-                g = g * (1.0 - t * t)
-            tl.store(grad_ptr + offs, g * scale, mask=mask)
+            mask = offs < numel
+            g = tl.load(grad_ptr + offs, mask=mask)
+            tl.store(grad_ptr + offs, (g.to(s.dtype) * s).to(g.dtype), mask=mask)
 
 
 def launch_ce(
@@ -141,7 +216,8 @@ def launch_ce(
     softcap: float | None,
 ) -> None:
     """Runs `_ce_kernel` over the rows of `logits` [n, V] (last dim contiguous). `loss` given → forward
-    (fills loss and lse); `grad` given → backward with per-row `scale` ([n], or [1] broadcast)."""
+    (fills loss and lse); `grad` given → backward with per-row `scale` ([n], or [1] broadcast); both → one
+    launch that reads each row from memory once when V ≤ ROW_BLOCK_MAX."""
     n, v = logits.shape
     if n == 0:
         return
@@ -165,9 +241,30 @@ def launch_ce(
         FORWARD=forward,
         BACKWARD=backward,
         HAS_SOFTCAP=softcap is not None,
+        SINGLE_BLOCK=v <= block,
         BLOCK=block,
         num_warps=num_warps_for(block),
     )
+
+
+def launch_scale(grad: torch.Tensor, scale: torch.Tensor, max_programs: int = SCALE_PROGRAMS_MAX) -> None:
+    """grad (contiguous) *= scale (one element, on grad's device) in place, without a host sync; no pass over
+    grad when scale is 1. fp64 gradients are scaled in fp64, the others in fp32."""
+    if grad.numel() == 0:
+        return
+    dtype = torch.float64 if grad.dtype == torch.float64 else torch.float32
+    programs = min(triton.cdiv(grad.numel(), SCALE_BLOCK), max_programs)
+    _scale_kernel[(programs,)](
+        grad, scale.reshape(1).to(dtype), grad.numel(), BLOCK=SCALE_BLOCK, num_warps=num_warps_for(SCALE_BLOCK)
+    )
+
+
+def _grad_scale(target: torch.Tensor, ignore_index: int, reduction: str) -> torch.Tensor:
+    """[1] fp32 on target's device: the factor that turns per-row gradients into the gradient of the reduced
+    loss (1/n_valid for "mean", counted on the device with n_valid clamped to ≥ 1; 1 for "sum")."""
+    if reduction == "sum":
+        return torch.ones(1, device=target.device, dtype=torch.float32)
+    return 1.0 / (target != ignore_index).sum().clamp(min=1).to(torch.float32).reshape(1)
 
 
 @torch.library.custom_op("mathforge::cross_entropy_fwd", mutates_args=())
@@ -204,6 +301,54 @@ def _(logits, target, ignore_index, label_smoothing, z_loss, softcap):
     return loss, torch.empty_like(loss)
 
 
+@torch.library.custom_op("mathforge::cross_entropy_fwd_grad", mutates_args=())
+def cross_entropy_fwd_grad(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    ignore_index: int,
+    reduction: str,
+    label_smoothing: float,
+    z_loss: float,
+    softcap: float | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-row loss [N] and lse [N] (fp32), and the gradient of the `reduction` ("mean" or "sum") of the
+    per-row losses with respect to the logits (logits' dtype, contiguous), all from one launch."""
+    logits = last_dim_contiguous(logits)
+    loss = torch.empty(logits.shape[0], device=logits.device, dtype=torch.float32)
+    lse = torch.empty_like(loss)
+    grad = torch.empty_like(logits, memory_format=torch.contiguous_format)
+    launch_ce(
+        logits,
+        target,
+        loss=loss,
+        lse=lse,
+        grad=grad,
+        scale=_grad_scale(target, ignore_index, reduction),
+        ignore_index=ignore_index,
+        label_smoothing=label_smoothing,
+        z_loss=z_loss,
+        softcap=softcap,
+    )
+    return loss, lse, grad
+
+
+@cross_entropy_fwd_grad.register_fake
+def _(logits, target, ignore_index, reduction, label_smoothing, z_loss, softcap):
+    loss = logits.new_empty(logits.shape[0], dtype=torch.float32)
+    return loss, torch.empty_like(loss), torch.empty_like(logits, memory_format=torch.contiguous_format)
+
+
+@torch.library.custom_op("mathforge::cross_entropy_grad_scale", mutates_args=("grad",))
+def cross_entropy_grad_scale(grad: torch.Tensor, grad_out: torch.Tensor) -> None:
+    """grad *= grad_out (a one-element tensor) in place; reads no [N, V] memory when grad_out is 1."""
+    launch_scale(grad, grad_out)
+
+
+@cross_entropy_grad_scale.register_fake
+def _(grad, grad_out):
+    return None
+
+
 @torch.library.custom_op("mathforge::cross_entropy_bwd", mutates_args=())
 def cross_entropy_bwd(
     grad_loss: torch.Tensor,
@@ -238,25 +383,54 @@ def _(grad_loss, logits, target, lse, ignore_index, label_smoothing, z_loss, sof
     return torch.empty_like(logits, memory_format=torch.contiguous_format)
 
 
+SECOND_BACKWARD = "cross_entropy: backward through the same loss twice is not supported"
+_REDUCED = ("mean", "sum")  # reductions whose gradient the forward computes (the upstream is one scalar)
+# logits dtypes for that one-launch path. Not fp16: its gradient would be stored already divided by n_valid
+# and only then multiplied by the upstream scalar, so under a loss scale (GradScaler's 2^16) the small
+# entries softmax/n_valid would lose bits below fp16's normal range (6e-5) and become 0 below 6e-8; the
+# two-launch path multiplies by the upstream in fp32 before rounding to fp16.
+FUSED_DTYPES = (torch.bfloat16, torch.float32, torch.float64)
+
+
 class CrossEntropyFunction(torch.autograd.Function):
-    """Per-row losses [N] (fp32) and lse [N] (no gradient) from logits [N, V]; reductions are applied outside,
-    by autograd-aware torch."""
+    """Reduced loss (fp32 scalar, or [N] for "none") of logits [N, V] against target, and the per-row lse [N]
+    (no gradient; for the z-loss report). With a gradient needed, reduction "mean"/"sum" and logits in
+    FUSED_DTYPES, the forward computes that gradient too (one launch) and the backward only scales it by the
+    upstream scalar; otherwise the backward recomputes the gradient from the saved logits and lse."""
 
     @staticmethod
-    def forward(ctx, logits, target, ignore_index, label_smoothing, z_loss, softcap):
-        loss, lse = torch.ops.mathforge.cross_entropy_fwd(
-            logits, target, ignore_index, label_smoothing, z_loss, softcap
-        )
-        ctx.save_for_backward(logits, target, lse)
+    def forward(ctx, logits, target, grad_mode, ignore_index, reduction, label_smoothing, z_loss, softcap):
+        # needs_input_grad follows requires_grad even under torch.no_grad: `grad_mode` (the caller's
+        # torch.is_grad_enabled()) tells whether a backward can follow at all
+        ctx.fused = grad_mode and ctx.needs_input_grad[0] and reduction in _REDUCED and logits.dtype in FUSED_DTYPES
+        options = (label_smoothing, z_loss, softcap)
+        if ctx.fused:
+            loss, lse, grad = torch.ops.mathforge.cross_entropy_fwd_grad(
+                logits, target, ignore_index, reduction, *options
+            )
+            ctx.save_for_backward(grad)
+        else:
+            loss, lse = torch.ops.mathforge.cross_entropy_fwd(logits, target, ignore_index, *options)
+            if grad_mode and ctx.needs_input_grad[0]:
+                ctx.save_for_backward(logits, target, lse)
         ctx.mark_non_differentiable(lse)
-        ctx.args = (ignore_index, label_smoothing, z_loss, softcap)
-        return loss, lse
+        ctx.args, ctx.reduction = (ignore_index, *options), reduction
+        return reduce_rows(loss, target, ignore_index, reduction), lse
 
     @staticmethod
-    def backward(ctx, grad_loss, _grad_lse):
-        logits, target, lse = ctx.saved_tensors
-        grad = torch.ops.mathforge.cross_entropy_bwd(grad_loss, logits, target, lse, *ctx.args)
-        return grad, None, None, None, None, None
+    def backward(ctx, grad_out, _grad_lse):
+        if ctx.fused:  # scaled in place (no second [N, V] buffer), hence one backward only
+            if getattr(ctx, "consumed", False):
+                raise RuntimeError(SECOND_BACKWARD)
+            ctx.consumed = True
+            (grad,) = ctx.saved_tensors
+            torch.ops.mathforge.cross_entropy_grad_scale(grad, grad_out)
+        else:
+            logits, target, lse = ctx.saved_tensors
+            if ctx.reduction in _REDUCED:  # one upstream scalar: the per-row gradient of the reduction, on device
+                grad_out = grad_out.reshape(1).float() * _grad_scale(target, ctx.args[0], ctx.reduction)
+            grad = torch.ops.mathforge.cross_entropy_bwd(grad_out, logits, target, lse, *ctx.args)
+        return grad, None, None, None, None, None, None, None
 
 
 def cross_entropy_triton(
@@ -278,12 +452,13 @@ def cross_entropy_triton(
     loss, lse = CrossEntropyFunction.apply(
         logits,
         target,
+        torch.is_grad_enabled(),
         int(ignore_index),
+        reduction,
         float(label_smoothing),
         float(z_loss),
         None if softcap is None else float(softcap),
     )
-    loss = reduce_rows(loss, target, ignore_index, reduction)
     if not return_z_loss:
         return loss
     return loss, reduce_rows(z_loss_rows(lse, target, ignore_index, float(z_loss)), target, ignore_index, reduction)
