@@ -16,10 +16,11 @@ Launch structure (one `_ce_kernel` program per row; [N, V] traffic per call):
   upstream scalar with `_scale_kernel`: when that scalar is 1 (`loss.backward()`) the kernel reads 4 bytes
   and returns, so the backward touches no [N, V] memory; otherwise it reads and writes the gradient once.
   Because the scaling is in place, a second backward through the same loss raises (`SECOND_BACKWARD`).
-  Under torch.compile the in-place scaling is functionalised, and inductor (torch 2.13) leaves a copy of
-  the gradient onto itself in the compiled backward: one more read and write of [N, V] there.
-- reduction "none" (per-row upstream gradients are unknown until the backward), or fp16 logits (see
-  FUSED_DTYPES), with a gradient: the forward reads the logits once (loss, lse); the backward reads them
+  Under torch.compile the in-place scaling would be functionalised, and inductor (torch 2.13) left a copy
+  of the gradient onto itself in the compiled backward (4 passes over [N, V]), so compiled code takes the
+  two-launch path below (3 passes).
+- reduction "none" (per-row upstream gradients are unknown until the backward), fp16 logits (see
+  FUSED_DTYPES), or under torch.compile, with a gradient: the forward reads the logits once (loss, lse); the backward reads them
   again and writes the gradient scaled by each row's upstream gradient, computed in fp32.
 - no gradient (torch.no_grad, or logits that do not require grad): one forward-only read, no gradient buffer.
 Host synchronisations: none on any path.
@@ -402,7 +403,15 @@ class CrossEntropyFunction(torch.autograd.Function):
     def forward(ctx, logits, target, grad_mode, ignore_index, reduction, label_smoothing, z_loss, softcap):
         # needs_input_grad follows requires_grad even under torch.no_grad: `grad_mode` (the caller's
         # torch.is_grad_enabled()) tells whether a backward can follow at all
-        ctx.fused = grad_mode and ctx.needs_input_grad[0] and reduction in _REDUCED and logits.dtype in FUSED_DTYPES
+        # under torch.compile the in-place scaling would be functionalised into a copy of the gradient onto
+        # itself (4 passes over [N, V]); the two-launch path makes 3 there
+        ctx.fused = (
+            grad_mode
+            and ctx.needs_input_grad[0]
+            and reduction in _REDUCED
+            and logits.dtype in FUSED_DTYPES
+            and not torch.compiler.is_compiling()
+        )
         options = (label_smoothing, z_loss, softcap)
         if ctx.fused:
             loss, lse, grad = torch.ops.mathforge.cross_entropy_fwd_grad(

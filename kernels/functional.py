@@ -17,8 +17,10 @@ import torch
 
 from mathforge.kernels import reference
 from mathforge.kernels._common import check_enabled, check_targets
+from mathforge.kernels.cross_entropy import SECOND_BACKWARD as CE_SECOND_BACKWARD
 from mathforge.kernels.cross_entropy import cross_entropy_triton
-from mathforge.kernels.fused_linear_cross_entropy import SECOND_BACKWARD, fused_linear_cross_entropy_triton
+from mathforge.kernels.fused_linear_cross_entropy import SECOND_BACKWARD as FLCE_SECOND_BACKWARD
+from mathforge.kernels.fused_linear_cross_entropy import fused_linear_cross_entropy_triton
 from mathforge.kernels.rms_norm import rms_norm_triton
 from mathforge.kernels.rope import apply_rope_triton
 from mathforge.kernels.swiglu import swiglu_triton
@@ -80,8 +82,12 @@ def cross_entropy(
     )
     with _no_autocast(logits):
         if triton:
-            return _fp32(cross_entropy_triton(logits, target, **kwargs))
-        return _fp32(reference.cross_entropy(logits, target, **kwargs))
+            out = _fp32(cross_entropy_triton(logits, target, **kwargs))
+        else:
+            out = _fp32(reference.cross_entropy(logits, target, **kwargs))
+    # one contract on both paths: a "mean"/"sum" loss takes one backward (the Triton path scales its saved
+    # gradient in place); "none" any number
+    return out if reduction == "none" else _backward_once(out, CE_SECOND_BACKWARD)
 
 
 def fused_linear_cross_entropy(
@@ -130,24 +136,30 @@ def fused_linear_cross_entropy(
         out = _fp32(reference.fused_linear_cross_entropy(hidden, weight, target, **kwargs))
     if reduction == "none":  # the Triton path recomputes for "none": any number of backwards
         return out
+    return _backward_once(out, FLCE_SECOND_BACKWARD)
+
+
+def _backward_once(out: LossOut, message: str) -> LossOut:
+    """The loss (and the z-loss term, which has no gradient) behind an identity that refuses a second backward."""
     if isinstance(out, tuple):
-        return _BackwardOnce.apply(out[0]), out[1]
-    return _BackwardOnce.apply(out)
+        return _BackwardOnce.apply(out[0], message), out[1]
+    return _BackwardOnce.apply(out, message)
 
 
 class _BackwardOnce(torch.autograd.Function):
-    """Identity that refuses a second backward, as the Triton fused linear CE does for "mean"/"sum"."""
+    """Identity that refuses a second backward (raising `message`), as the Triton losses do for "mean"/"sum"."""
 
     @staticmethod
-    def forward(ctx, loss):
+    def forward(ctx, loss, message):
+        ctx.message = message
         return loss.clone()
 
     @staticmethod
     def backward(ctx, grad):
         if getattr(ctx, "consumed", False):
-            raise RuntimeError(SECOND_BACKWARD)
+            raise RuntimeError(ctx.message)
         ctx.consumed = True
-        return grad
+        return grad, None
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float = 1e-6, offset: float = 0.0) -> torch.Tensor:

@@ -351,6 +351,20 @@ def test_second_backward_is_refused_on_both_paths(path, reduction):
         loss.backward()
 
 
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_cross_entropy_second_backward_is_refused_on_both_paths(path, reduction, dtype):
+    """One contract whatever the path and dtype (the Triton fp16 path recomputes, the others scale in place)."""
+    logits, target = leaf(_t(6, 9).to(dtype)), _target(6, 9)
+    loss = K.cross_entropy(logits, target, reduction=reduction)
+    (first,) = torch.autograd.grad(loss, logits, retain_graph=True)
+    exact = logits.detach().double().requires_grad_()
+    (expected,) = torch.autograd.grad(reference.cross_entropy(exact, target, reduction=reduction), exact)
+    torch.testing.assert_close(first.double(), expected, rtol=TOL[dtype], atol=TOL[dtype])
+    with pytest.raises(RuntimeError, match="cross_entropy: backward through the same loss twice is not supported"):
+        loss.backward()
+
+
 def test_reduction_none_allows_two_backwards_on_both_paths(path):
     hidden, weight, target = leaf(_t(6, 4)), leaf(_t(9, 4, seed=1)), _target(6, 9)
     loss = K.fused_linear_cross_entropy(hidden, weight, target, reduction="none").sum()
