@@ -46,14 +46,11 @@ import argparse
 import contextlib
 import dataclasses
 import gc
-import importlib
 import math
-import re
 import statistics
 import sys
 import time
 import traceback
-import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,39 +62,28 @@ from rich.console import Console
 from rich.table import Table
 
 from mathforge.bench.common import environment, write_result
+from mathforge.bench.train_hf import (
+    PRECISIONS,
+    autocast_for,
+    build_hf,
+    liger_applied,
+    liger_unavailable,
+    packed_vs_documents,
+    padded_batch,
+    padding_free_batch,
+)
+from mathforge.bench.train_profile import count_sync_warnings, print_profile, summarise_profile
 from mathforge.kernels.attention import resolve_backend
 from mathforge.model import from_config
 from mathforge.model.config import PRESETS
-from mathforge.registry import Registry
 from mathforge.trainer.config import OptimConfig
-from mathforge.trainer.data import IGNORE_INDEX, MicroBatch, TokenizedData, build_micro_batch, plan_micro_batches
+from mathforge.trainer.data import IGNORE_INDEX, TokenizedData, build_micro_batch, plan_micro_batches
 from mathforge.trainer.metrics import mfu, peak_tflops
 from mathforge.trainer.optim import build_optimizer
 from mathforge.trainer.train import LossModule
 
 GRAD_CLIP = 1.0
 TARGETS = {"mfu": 0.45, "speedup_vs_liger_padding_free": 1.3}
-
-
-@dataclass(frozen=True)
-class Precision:
-    """How a precision mode runs: the weights' dtype and whether the forward runs under bf16 autocast."""
-
-    weights: torch.dtype
-    autocast: bool
-
-
-PRECISIONS: Registry[Precision] = Registry("precision mode")
-PRECISIONS.add("bf16-autocast", Precision(torch.float32, autocast=True))
-PRECISIONS.add("bf16", Precision(torch.bfloat16, autocast=False))
-PRECISIONS.add("fp32", Precision(torch.float32, autocast=False))
-
-# Liger-Kernel's patch function per transformers model_type (all take rope, rms_norm, swiglu,
-# fused_linear_cross_entropy and model=).
-LIGER_PATCHES: Registry[str] = Registry("Liger-Kernel model type")
-LIGER_PATCHES.add("qwen2", "apply_liger_kernel_to_qwen2")
-LIGER_PATCHES.add("llama", "apply_liger_kernel_to_llama")
-LIGER_PATCHES.add("mistral", "apply_liger_kernel_to_mistral")
 
 
 # ---------------------------------------------------------------- workload
@@ -141,92 +127,7 @@ def plan_steps(preset: str | dict, micro_batch_tokens: int, accum: int, steps: i
     return plan
 
 
-def padding_free_batch(batch: MicroBatch) -> dict[str, torch.Tensor]:
-    """A packed micro-batch as TRL's padding-free collator gives it to a transformers model: input_ids and
-    position_ids [1, T], labels [1, T] unshifted (the model shifts them): -100 on prompts and on each document's
-    first token, so no position predicts across a document boundary. No attention_mask."""
-    labels = torch.cat([batch.labels.new_full((1,), IGNORE_INDEX), batch.labels[:-1]])
-    return {"input_ids": batch.input_ids[None], "position_ids": batch.position_ids[None], "labels": labels[None]}
-
-
-def padded_batch(data: TokenizedData, docs: np.ndarray) -> dict[str, torch.Tensor]:
-    """The documents as [B, S] rows right-padded to the longest, with attention_mask and unshifted labels
-    (-100 on prompts and padding)."""
-    width = int(data.lengths[docs].max())
-    ids = torch.zeros(len(docs), width, dtype=torch.long)
-    mask = torch.zeros(len(docs), width, dtype=torch.long)
-    labels = torch.full((len(docs), width), IGNORE_INDEX, dtype=torch.long)
-    for row, d in enumerate(docs.tolist()):
-        doc = torch.from_numpy(data.tokens[data.offsets[d] : data.offsets[d + 1]].astype(np.int64))
-        ids[row, : len(doc)], mask[row, : len(doc)] = doc, 1
-        labels[row, data.prompt_lengths[d] : len(doc)] = doc[data.prompt_lengths[d] :]
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
-
-
 # ---------------------------------------------------------------- models of the rows
-
-
-def autocast_for(precision: str, device: torch.device):
-    """bf16 autocast for "bf16-autocast", nothing otherwise."""
-    if PRECISIONS.get(precision, "--precision").autocast:
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def hf_config(preset: str):
-    """The transformers config of `preset` (our config's config.json fields), use_cache off (training)."""
-    from transformers import AutoConfig
-
-    fields = from_config(preset, device="meta").config.to_hf_dict(torch.float32)
-    return AutoConfig.for_model(**{**fields, "use_cache": False})
-
-
-def liger_patch(model_type: str) -> Callable[..., None]:
-    """Liger-Kernel's `apply_liger_kernel_to_<type>` for a transformers model_type; ConfigError for a type
-    without one (naming the known ones), ImportError when liger-kernel is not installed."""
-    name = LIGER_PATCHES.get(model_type, "Liger-Kernel patch")
-    return getattr(importlib.import_module("liger_kernel.transformers"), name)
-
-
-def liger_unavailable(device: torch.device) -> str | None:
-    """Why Liger-Kernel cannot run here (None when it can): its kernels need CUDA and the package."""
-    if device.type != "cuda":
-        return "CPU"
-    try:
-        importlib.import_module("liger_kernel.transformers")
-    except ImportError:
-        return "not importable"
-    return None
-
-
-@contextlib.contextmanager
-def liger_applied(model, device: torch.device) -> Iterator[str | None]:
-    """Applies Liger (rope, RMSNorm, SwiGLU, fused linear CE) to `model` when it can run here and yields None,
-    else yields why not. Liger also swaps module-level functions and classes of transformers' modeling file
-    (rope, norm and MLP classes): they are put back afterwards, so later rows run plain transformers."""
-    model_type = model.config.model_type
-    patch = liger_patch(model_type)  # an unknown model type is an error even where Liger cannot run
-    why_not = liger_unavailable(device)
-    if why_not is not None:
-        yield why_not
-        return
-    modeling = importlib.import_module(f"transformers.models.{model_type}.modeling_{model_type}")
-    saved = dict(vars(modeling))
-    try:
-        patch(rope=True, rms_norm=True, swiglu=True, cross_entropy=False, fused_linear_cross_entropy=True, model=model)
-        yield None
-    finally:
-        vars(modeling).update(saved)
-
-
-def build_hf(preset: str, precision: str, attn: str, device: torch.device):
-    """A randomly initialised transformers model of `preset`'s shape, built on `device` in the weights' dtype."""
-    from transformers import AutoModelForCausalLM
-
-    dtype = PRECISIONS.get(precision).weights
-    with torch.device(device):
-        model = AutoModelForCausalLM.from_config(hf_config(preset), attn_implementation=attn, dtype=dtype)
-    return model.train()
 
 
 def build_ours(preset: str | dict, precision: str, device: torch.device, compiled: bool) -> LossModule:
@@ -238,31 +139,6 @@ def build_ours(preset: str | dict, precision: str, device: torch.device, compile
         for i, block in enumerate(model.layers):
             model.layers[i] = torch.compile(block, fullgraph=True)
     return LossModule(model)
-
-
-@torch.no_grad()
-def packed_vs_documents(model, batch: dict[str, torch.Tensor], precision: str, max_docs: int = 4) -> float:
-    """max |Δ| / max |h| between the final hidden states of the first `max_docs` documents of a padding-free
-    batch run packed (the model's attention) and each run alone through SDPA's plain causal path: rounding-small
-    when transformers keeps documents apart and its attention is right, O(1) (or NaN) if not."""
-    ids, pos = batch["input_ids"][0], batch["position_ids"][0]
-    starts = (pos == 0).nonzero().flatten().tolist() + [len(pos)]
-    end = starts[min(max_docs, len(starts) - 1)]
-    base = getattr(model, model.base_model_prefix)
-    attn = model.config._attn_implementation
-    with autocast_for(precision, ids.device):
-        packed = base(input_ids=ids[None, :end], position_ids=pos[None, :end], use_cache=False).last_hidden_state[0]
-        model.set_attn_implementation("sdpa")
-        try:
-            alone = [
-                base(input_ids=ids[None, a:b], use_cache=False).last_hidden_state[0]
-                for a, b in zip(starts, starts[1:])
-                if a < end
-            ]
-        finally:
-            model.set_attn_implementation(attn)
-    alone_all = torch.cat(alone).float()
-    return float((packed.float() - alone_all).abs().max() / alone_all.abs().max())
 
 
 # ---------------------------------------------------------------- one row
@@ -561,63 +437,6 @@ def targets_met(row: dict) -> dict[str, bool | None]:
 # ---------------------------------------------------------------- profile
 
 
-CATEGORIES = {  # the first category whose pattern matches a kernel (or op) name, lower-cased
-    "attention": r"attn|attention|fmha|flash|flex",
-    "matmul": r"gemm|nvjet|xmma|cutlass|matmul|aten::mm\b|aten::addmm|aten::bmm|aten::linear|splitk|wgmma|cublas",
-    "cross-entropy": r"cross_entropy|_ce_|logsumexp|log_softmax|nll_loss",
-    "optimizer/grad-clip": r"adam|multi_tensor|foreach|lpnorm",
-    "norm/activation": r"rms|norm|swiglu|silu|gelu|rope|rotary",
-    "memcpy/other": r"memcpy|memset",
-    "elementwise": r"elementwise|vectorized|reduce|triton_|add|sub|mul|div|neg|pow|sqrt|exp|sin|cos|sum|copy|fill|"
-    r"where|cat|index|scatter|gather|clamp",
-}
-SYNC_EVENTS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize")
-
-
-def category(name: str) -> str:
-    """The kernel's category (CATEGORIES), "memcpy/other" when none matches."""
-    lowered = name.lower()
-    return next((c for c, pattern in CATEGORIES.items() if re.search(pattern, lowered)), "memcpy/other")
-
-
-def summarise_profile(events, on_cuda: bool, top: int = 25) -> dict:
-    """Top `top` kernels by self device time (CPU: ops by self CPU time), their categories and shares, the time
-    per category, and the host-sync runtime calls seen."""
-    if on_cuda:
-        kernels = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA]
-        timed = [(e.key, e.self_device_time_total, e.count) for e in kernels]
-    else:
-        timed = [(e.key, e.self_cpu_time_total, e.count) for e in events]
-    total = sum(t for _, t, _ in timed) or 1.0
-    timed.sort(key=lambda x: -x[1])
-    per_category: dict[str, float] = {}
-    for name, t, _ in timed:
-        per_category[category(name)] = per_category.get(category(name), 0.0) + t / 1e3
-    return {
-        "time_base": "self device time of CUDA kernels" if on_cuda else "self CPU time of ops",
-        "total_ms": total / 1e3,
-        "top": [
-            {"name": n[:160], "category": category(n), "ms": t / 1e3, "share": t / total, "calls": c}
-            for n, t, c in timed[:top]
-        ],
-        "ms_per_category": dict(sorted(per_category.items(), key=lambda kv: -kv[1])),
-        "sync_calls": {e.key: e.count for e in events if e.key in SYNC_EVENTS},  # incl. the one ending the step
-    }
-
-
-def count_sync_warnings(step: Callable[[], None]) -> int:
-    """Host syncs `torch.cuda.set_sync_debug_mode("warn")` reports on the Python thread during `step()` (the
-    backward's own thread is not seen here; the profile's sync_calls count every thread)."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        torch.cuda.set_sync_debug_mode("warn")
-        try:
-            step()
-        finally:
-            torch.cuda.set_sync_debug_mode("default")
-    return sum("synchroniz" in str(w.message).lower() for w in caught)
-
-
 def profile_ours(opts: Options, plan: Plan, precision: str, device: torch.device) -> dict:
     """One profiled step of mathforge (after one warm-up step); on CUDA also the host-sync warnings of a step."""
     from torch.profiler import ProfilerActivity, profile
@@ -639,10 +458,6 @@ def profile_ours(opts: Options, plan: Plan, precision: str, device: torch.device
             lambda: train_step(trainee, optimizer, trainee.steps[-1], autocast)
         )
     return summary  # the caller frees the memory once this frame (model, optimizer) is gone
-
-
-def outside_matmul_attention(summary: dict, top: int = 10) -> list[dict]:
-    return [k for k in summary["top"] if k["category"] not in ("matmul", "attention")][:top]
 
 
 # ---------------------------------------------------------------- largest model
@@ -790,24 +605,6 @@ def _ratio(row: dict, key: str) -> str:
         return ""
     memory = row.get(f"memory_vs_{key}")
     return f"{row[f'speedup_vs_{key}']:.2f}x" + (f" ({memory:.2f}x mem)" if memory else "")
-
-
-def print_profile(summary: dict, console: Console) -> None:
-    console.print(
-        f"profile of one mathforge step ({summary['precision']}, {summary['time_base']}): "
-        f"{summary['total_ms']:.1f} ms; per category (ms): "
-        + ", ".join(f"{c} {ms:.1f}" for c, ms in summary["ms_per_category"].items())
-    )
-    for kernel in outside_matmul_attention(summary):
-        console.print(
-            f"  {kernel['share']:6.1%}  {kernel['category']:<16} {kernel['calls']:>5}×  {kernel['name'][:90]}"
-        )
-    syncs = summary.get("sync_debug_warnings", "n/a (CPU)")
-    calls = summary["sync_calls"] or "none"
-    console.print(
-        f"  host syncs: runtime sync calls {calls} (one cudaDeviceSynchronize ends the profiled step), "
-        f"sync-debug warnings {syncs}"
-    )
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from mathforge.bench import train as bench
+from mathforge.bench import train_hf, train_profile
 from mathforge.errors import ConfigError
 from mathforge.model import from_config
 from mathforge.trainer.data import TokenizedData, build_micro_batch
@@ -32,7 +33,7 @@ def docs() -> TokenizedData:
 @pytest.fixture(scope="module")
 def hf_model():
     torch.manual_seed(0)
-    return bench.build_hf("tiny", "fp32", "sdpa", torch.device("cpu")).eval()
+    return train_hf.build_hf("tiny", "fp32", "sdpa", torch.device("cpu")).eval()
 
 
 def per_token_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -56,7 +57,7 @@ def document_losses(model, docs: TokenizedData) -> torch.Tensor:
 
 
 def test_padding_free_packed_loss_equals_each_document_alone(docs, hf_model):
-    batch = bench.padding_free_batch(build_micro_batch(docs, np.arange(len(LENGTHS))))
+    batch = train_hf.padding_free_batch(build_micro_batch(docs, np.arange(len(LENGTHS))))
     reference = document_losses(hf_model, docs)
     assert len(reference) == sum(n - p for n, p in zip(LENGTHS, PROMPTS))
     with torch.no_grad():
@@ -70,7 +71,7 @@ def test_padding_free_packed_loss_equals_each_document_alone(docs, hf_model):
 def test_packed_losses_differ_when_documents_attend_to_each_other(docs, hf_model, leak):
     """The check above can fail: positions counting through the row, or a cache (transformers then does not look
     for packed documents), let documents see each other and change the losses."""
-    batch = bench.padding_free_batch(build_micro_batch(docs, np.arange(len(LENGTHS))))
+    batch = train_hf.padding_free_batch(build_micro_batch(docs, np.arange(len(LENGTHS))))
     if leak == "one position run":
         batch["position_ids"] = torch.arange(sum(LENGTHS))[None]
     with torch.no_grad():
@@ -82,9 +83,9 @@ def test_packed_losses_differ_when_documents_attend_to_each_other(docs, hf_model
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
 def test_packed_vs_documents_is_rounding_small(docs, attn):
     torch.manual_seed(0)
-    model = bench.build_hf("tiny", "fp32", attn, torch.device("cpu"))
-    batch = bench.padding_free_batch(build_micro_batch(docs, np.arange(len(LENGTHS))))
-    assert bench.packed_vs_documents(model, batch, "fp32") < 1e-5
+    model = train_hf.build_hf("tiny", "fp32", attn, torch.device("cpu"))
+    batch = train_hf.padding_free_batch(build_micro_batch(docs, np.arange(len(LENGTHS))))
+    assert train_hf.packed_vs_documents(model, batch, "fp32") < 1e-5
     assert model.config._attn_implementation == attn  # the SDPA reference is switched back
 
 
@@ -93,9 +94,9 @@ def test_packed_vs_documents_sees_documents_attending_to_each_other(docs, hf_mod
     in the row, and the check says so."""
     from transformers import masking_utils
 
-    batch = bench.padding_free_batch(build_micro_batch(docs, np.arange(len(LENGTHS))))
+    batch = train_hf.padding_free_batch(build_micro_batch(docs, np.arange(len(LENGTHS))))
     monkeypatch.setattr(masking_utils, "find_packed_sequence_indices", lambda position_ids: None)
-    assert bench.packed_vs_documents(hf_model, batch, "fp32") > 1e-3
+    assert train_hf.packed_vs_documents(hf_model, batch, "fp32") > 1e-3
 
 
 def test_our_loss_equals_transformers_padding_free_loss_on_the_same_weights(docs, tmp_path):
@@ -110,14 +111,14 @@ def test_our_loss_equals_transformers_padding_free_loss_on_the_same_weights(docs
     micro = build_micro_batch(docs, np.arange(len(LENGTHS)))
     with torch.no_grad():
         mine = LossModule(ours)(micro.input_ids, micro.position_ids, micro.cu_seqlens, micro.max_seqlen, micro.labels)
-        hf = theirs(**bench.padding_free_batch(micro), use_cache=False).loss
+        hf = theirs(**train_hf.padding_free_batch(micro), use_cache=False).loss
     assert micro.num_targets == sum(n - p for n, p in zip(LENGTHS, PROMPTS))
     assert (mine / micro.num_targets).item() == pytest.approx(hf.item(), rel=1e-5)
 
 
 def test_padded_batch_holds_the_same_tokens_and_targets(docs):
     micro = build_micro_batch(docs, np.arange(len(LENGTHS)))
-    padded = bench.padded_batch(docs, np.arange(len(LENGTHS)))
+    padded = train_hf.padded_batch(docs, np.arange(len(LENGTHS)))
     assert padded["input_ids"].shape == (len(LENGTHS), max(LENGTHS))
     assert bench.real_tokens(padded) == sum(LENGTHS)
     assert int((padded["labels"][:, 1:] != -100).sum()) == micro.num_targets
@@ -150,20 +151,20 @@ def test_quick_run_has_every_row_over_the_same_tokens(capsys):
 
 def test_liger_registry_rejects_an_unknown_model_type():
     with pytest.raises(ConfigError, match=r"'gpt2'.*known: qwen2, llama, mistral"):
-        bench.liger_patch("gpt2")
+        train_hf.liger_patch("gpt2")
 
 
 def test_liger_applied_refuses_an_unknown_model_type_even_on_cpu(hf_model):
     hf_model.config.model_type = "gpt2"
     try:
-        with pytest.raises(ConfigError, match="gpt2"), bench.liger_applied(hf_model, torch.device("cpu")):
+        with pytest.raises(ConfigError, match="gpt2"), train_hf.liger_applied(hf_model, torch.device("cpu")):
             pass
     finally:
         hf_model.config.model_type = "llama"
 
 
 def test_liger_is_not_applied_on_cpu(hf_model):
-    with bench.liger_applied(hf_model, torch.device("cpu")) as why_not:
+    with train_hf.liger_applied(hf_model, torch.device("cpu")) as why_not:
         assert why_not == "CPU"
 
 
@@ -181,7 +182,7 @@ def test_liger_is_not_applied_on_cpu(hf_model):
     ],
 )
 def test_profile_categories(name, expected):
-    assert bench.category(name) == expected
+    assert train_profile.category(name) == expected
 
 
 def test_liger_patch_is_undone_after_its_row(monkeypatch):
@@ -192,9 +193,9 @@ def test_liger_patch_is_undone_after_its_row(monkeypatch):
     from transformers.models.llama import modeling_llama
 
     before = {k: getattr(modeling_llama, k) for k in ("apply_rotary_pos_emb", "LlamaRMSNorm", "LlamaMLP")}
-    model = bench.build_hf("tiny", "fp32", "sdpa", torch.device("cpu"))
-    monkeypatch.setattr(bench, "liger_unavailable", lambda device: None)
-    with bench.liger_applied(model, torch.device("cpu")) as why_not:
+    model = train_hf.build_hf("tiny", "fp32", "sdpa", torch.device("cpu"))
+    monkeypatch.setattr(train_hf, "liger_unavailable", lambda device: None)
+    with train_hf.liger_applied(model, torch.device("cpu")) as why_not:
         assert why_not is None
         assert modeling_llama.apply_rotary_pos_emb is not before["apply_rotary_pos_emb"]
         assert modeling_llama.LlamaRMSNorm is not before["LlamaRMSNorm"]
