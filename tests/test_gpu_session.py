@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import tarfile
 import time
 from pathlib import Path
@@ -31,6 +32,13 @@ def test_every_gpu_plan_runs_pytest_on_existing_gpu_tests_first_and_fits_one_com
         assert sum(p.cap_s for p in gpu_session.PLANS[name]) <= 540, "one device command is at most 10 minutes"
         names = [p.name for p in gpu_session.PLANS[name]]
         assert len(names) == len(set(names)), "one log per phase"
+
+
+def test_every_test_file_with_gpu_tests_is_in_a_plan():
+    tests = Path(__file__).resolve().parent
+    marker = re.compile(r"^(?:@pytest\.mark\.gpu|pytestmark = pytest\.mark\.gpu)\b", re.MULTILINE)
+    marked = {f"tests/{f.name}" for f in tests.glob("test_*.py") if marker.search(f.read_text())}
+    assert marked and marked <= set(gpu_session.KERNEL_TESTS) | set(gpu_session.MODEL_TESTS)
 
 
 def test_gpu_plans_use_flags_the_benchmarks_accept():
