@@ -42,10 +42,16 @@ def check_targets(target: torch.Tensor, vocab_size: int, ignore_index: int) -> N
         )
 
 
-ROW_BLOCK_MAX = 32768  # a whole 32K-vocab row per iteration; its 3 per-lane fp32 vectors still fit at 32 warps
-WARPS_BY_BLOCK = ((2048, 4), (8192, 8), (16384, 16))  # (max block, warps): ≤ 16-32 elements per thread
-WARPS_WIDEST = 32  # blocks beyond the last threshold: the most warps a CUDA block may have (1024 threads)
+# Launch parameters below were chosen from `python -m mathforge.bench.kernel_resources` (compiled for sm_90 with
+# Triton's ptxas, not run; bench/results/sm90/kernel_resources.json holds every candidate). Rule, for every kernel:
+# no spills to local memory; rows read twice kept within L2; most bytes in flight per SM up to ~32 KB (H200's HBM
+# needs 4.8 TB/s × ~0.9 µs / 132 SMs); then most programs per SM; then fewest registers.
+ROW_BLOCK_MAX = 16384  # widest row kept whole in registers (one read). A whole 32768 row spills at every num_warps
+# (sm_90, fused fwd+bwd: 76-80 B/thread at 32 warps, 148 at 16; with softcap 172-336), 16384 at 32 warps does not
+WARPS_BY_BLOCK = ((4096, 4), (8192, 8))  # (max block, warps) for a whole row: 72, 80 registers, no spills
+WARPS_WIDEST = 32  # blocks beyond the last threshold (16384: 48-58 registers; 1024 threads, the most a block may have)
 INTERPRETER_WARPS = 1  # TRITON_INTERPRET=1 runs a block as numpy ops: more warps only add overhead
+INTERPRETER_ROW_BLOCK = 32768  # the interpreter's row block: bigger numpy ops, fewer loop steps
 
 
 def row_block(n_cols: int, cap: int = ROW_BLOCK_MAX) -> int:
@@ -53,8 +59,11 @@ def row_block(n_cols: int, cap: int = ROW_BLOCK_MAX) -> int:
     return min(triton.next_power_of_2(max(n_cols, 1)), cap)
 
 
-def num_warps_for(block: int) -> int:
-    """Warps for a program working on `block` elements (more warps for wide blocks)."""
-    if interpreting():
-        return INTERPRETER_WARPS
+def warps_for_block(block: int) -> int:
+    """Warps on a GPU for a program holding a whole row of `block` elements (more warps for wide blocks)."""
     return next((warps for limit, warps in WARPS_BY_BLOCK if block <= limit), WARPS_WIDEST)
+
+
+def num_warps_for(block: int) -> int:
+    """`warps_for_block`, or INTERPRETER_WARPS under the interpreter."""
+    return INTERPRETER_WARPS if interpreting() else warps_for_block(block)

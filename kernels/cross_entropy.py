@@ -8,10 +8,10 @@ Launch structure (one `_ce_kernel` program per row; [N, V] traffic per call):
 - logits need a gradient, reduction "mean"/"sum", logits not fp16 (training): ONE launch computes the
   loss and writes the gradient of the reduced loss (scale 1/n_valid for "mean", computed on the device;
   1 for "sum"). Reads the logits once from memory, writes the gradient once: for V ≤ ROW_BLOCK_MAX the
-  program keeps the row it loaded and computes the gradient from it (SINGLE_BLOCK; registers, of which
-  ptxas for sm_90 spills 44-128 B per thread to L1-cached local memory at V = 32000); for larger V the
-  gradient loop reads the row a second time, which a GPU should serve from L2 (a bf16 row of V = 151936
-  is 300 KB; with one 32-warp program per SM about 40 MB of rows are in flight, under H200's 50 MB L2).
+  program keeps the row it loaded and computes the gradient from it (SINGLE_BLOCK; registers, no spills on
+  sm_90); for larger V the gradient loop reads the row a second time, which a GPU should serve from L2 (a bf16
+  row of V = 151936 is 300 KB; with one 32-warp program per SM about 40 MB of rows are in flight, under H200's
+  50 MB L2). Launch parameters: `ce_launch_params` (chosen from bench/results/sm90/kernel_resources.json).
   Only the gradient is kept for the backward (not the logits), which multiplies it in place by the
   upstream scalar with `_scale_kernel`: when that scalar is 1 (`loss.backward()`) the kernel reads 4 bytes
   and returns, so the backward touches no [N, V] memory; otherwise it reads and writes the gradient once.
@@ -39,7 +39,15 @@ import torch
 import triton
 import triton.language as tl
 
-from mathforge.kernels._common import last_dim_contiguous, num_warps_for, row_block
+from mathforge.kernels._common import (
+    INTERPRETER_ROW_BLOCK,
+    INTERPRETER_WARPS,
+    ROW_BLOCK_MAX,
+    interpreting,
+    last_dim_contiguous,
+    row_block,
+    warps_for_block,
+)
 from mathforge.kernels.reference import reduce_rows, z_loss_rows
 from mathforge.kernels.validation import check_cross_entropy
 
@@ -185,7 +193,17 @@ def _ce_kernel(
                 tl.store(grad_ptr + offs, g * scale, mask=mask)
 
 
-SCALE_BLOCK = 8192  # elements per program and step of `_scale_kernel` (16 KB of bf16)
+# V > ROW_BLOCK_MAX: the row is looped over in LOOP_BLOCK pieces by one 32-warp program per SM, so the 132 rows the
+# fused launch reads twice are in L2 for the second read (40 MB at V = 151936 bf16; 4 programs per SM would need
+# 160 MB and send that read to HBM). The widest block without spills at 32 warps (sm_90), for the fused, forward-only
+# and backward-only launches: 16384 for 16-bit logits (64 registers), else 8192 (softcap: 52 registers, 16384
+# spills 212 B/thread; fp32 chunk logits of the fused linear CE: 41-57 registers, 16384 spills 48 B).
+# At V = 32000 the rule also allows 4096 × 4 warps (4 programs per SM: rows still fit L2); left for GPU timings.
+LOOP_WARPS = 32
+LOOP_BLOCK_WIDE = 16384  # 16-bit logits, no softcap
+LOOP_BLOCK = 8192  # otherwise
+SCALE_BLOCK = 4096  # elements per program and step of `_scale_kernel` (8 KB of bf16)
+SCALE_WARPS = 4  # 30 registers: 16 programs per SM (full occupancy), 128 KB in flight per SM
 SCALE_PROGRAMS_MAX = 1024  # grid-stride over the gradient: ~8 programs per SM, so the "scale is 1" exit is cheap
 
 
@@ -223,7 +241,10 @@ def launch_ce(
     if n == 0:
         return
     forward, backward = loss is not None, grad is not None
-    block = row_block(v)
+    if interpreting():
+        block, warps = row_block(v, INTERPRETER_ROW_BLOCK), INTERPRETER_WARPS
+    else:
+        block, warps = ce_launch_params(v, softcap is not None, logits.element_size())
     _ce_kernel[(n,)](
         logits,
         logits.stride(0),
@@ -244,8 +265,17 @@ def launch_ce(
         HAS_SOFTCAP=softcap is not None,
         SINGLE_BLOCK=v <= block,
         BLOCK=block,
-        num_warps=num_warps_for(block),
+        num_warps=warps,
     )
+
+
+def ce_launch_params(n_cols: int, softcap: bool, itemsize: int) -> tuple[int, int]:
+    """(BLOCK, num_warps) of `_ce_kernel` on a GPU for rows of `n_cols` logits of `itemsize` bytes: the whole row
+    up to ROW_BLOCK_MAX, else the loop block (LOOP_BLOCK_WIDE for 16-bit logits without softcap) at LOOP_WARPS."""
+    if n_cols <= ROW_BLOCK_MAX:
+        block = row_block(n_cols)
+        return block, warps_for_block(block)
+    return (LOOP_BLOCK_WIDE if itemsize <= 2 and not softcap else LOOP_BLOCK), LOOP_WARPS
 
 
 def launch_scale(grad: torch.Tensor, scale: torch.Tensor, max_programs: int = SCALE_PROGRAMS_MAX) -> None:
@@ -256,7 +286,11 @@ def launch_scale(grad: torch.Tensor, scale: torch.Tensor, max_programs: int = SC
     dtype = torch.float64 if grad.dtype == torch.float64 else torch.float32
     programs = min(triton.cdiv(grad.numel(), SCALE_BLOCK), max_programs)
     _scale_kernel[(programs,)](
-        grad, scale.reshape(1).to(dtype), grad.numel(), BLOCK=SCALE_BLOCK, num_warps=num_warps_for(SCALE_BLOCK)
+        grad,
+        scale.reshape(1).to(dtype),
+        grad.numel(),
+        BLOCK=SCALE_BLOCK,
+        num_warps=INTERPRETER_WARPS if interpreting() else SCALE_WARPS,
     )
 
 

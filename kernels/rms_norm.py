@@ -14,13 +14,20 @@ import torch
 import triton
 import triton.language as tl
 
-from mathforge.kernels._common import interpreting, last_dim_contiguous, num_warps_for
+from mathforge.kernels._common import INTERPRETER_WARPS, interpreting, last_dim_contiguous
 from mathforge.kernels.validation import check_rms_norm
 
-TILE_ELEMENTS = 8192  # elements per program tile (BLOCK_M rows × row): x, dy and products stay in registers
+# Chosen from bench/results/sm90/kernel_resources.json (sm_90, bf16, H = 2048, 4096 (issue 11), 8192; rule in
+# kernels/_common.py): one row per program for H ≥ 2048, no spills. Forward at 32 elements per thread (H = 4096:
+# 4 warps, 54 registers, 9 programs per SM, 72 KB in flight); backward at 8 (H = 4096: 16 warps, 63 registers,
+# 2 programs per SM). The previous 8192-element tile at 8 warps had 1 backward program per SM (162 registers).
+# Not covered: H = 16384 puts 16 elements per thread in the backward at 32 warps and spills ~124 B/thread.
+TILE_ELEMENTS = 2048  # elements per program tile (BLOCK_M rows × row, at least one row): x, dy stay in registers
 TILE_ELEMENTS_INTERPRETER = 65536  # the interpreter runs a tile as one numpy op: bigger tiles, fewer programs
+FWD_ELEMENTS_PER_THREAD = 32  # forward warps = tile / (32 · this), within 4..32
+BWD_ELEMENTS_PER_THREAD = 8  # backward warps = tile / (32 · this), within 4..32
 MAX_ROWS_PER_PROGRAM = 64  # narrow rows: at most 64 per program, so short inputs still spread over many SMs
-BWD_PROGRAMS_PER_SM = 4  # backward: 4 persistent programs per SM (enough to hide latency; few dw partials)
+BWD_PROGRAMS_PER_SM = 2  # backward: persistent programs per SM, as many as fit (2 at H = 4096; few dw partials)
 
 
 @triton.jit
@@ -95,10 +102,20 @@ def _rms_bwd_kernel(
         tl.store(dw_partial_ptr + pid * n_cols + cols, dw, mask=col_mask)
 
 
-def _blocks(n_cols: int) -> tuple[int, int]:
+def launch_params(n_cols: int, backward: bool) -> tuple[int, int, int]:
+    """(BLOCK_M, BLOCK_N, num_warps) on a GPU for rows of `n_cols`: rows per TILE_ELEMENTS tile, warps by tile."""
     block_n = triton.next_power_of_2(n_cols)
-    budget = TILE_ELEMENTS_INTERPRETER if interpreting() else TILE_ELEMENTS
-    return max(1, min(MAX_ROWS_PER_PROGRAM, budget // block_n)), block_n
+    block_m = max(1, min(MAX_ROWS_PER_PROGRAM, TILE_ELEMENTS // block_n))
+    per_thread = BWD_ELEMENTS_PER_THREAD if backward else FWD_ELEMENTS_PER_THREAD
+    return block_m, block_n, min(32, max(4, block_m * block_n // (32 * per_thread)))
+
+
+def _blocks(n_cols: int, backward: bool) -> tuple[int, int, int]:
+    """`launch_params`, or the interpreter's big tiles at INTERPRETER_WARPS."""
+    if not interpreting():
+        return launch_params(n_cols, backward)
+    block_n = triton.next_power_of_2(n_cols)
+    return max(1, min(MAX_ROWS_PER_PROGRAM, TILE_ELEMENTS_INTERPRETER // block_n)), block_n, INTERPRETER_WARPS
 
 
 def _rows2d(t: torch.Tensor) -> torch.Tensor:
@@ -114,7 +131,7 @@ def rms_norm_fwd(
     n, h = x2.shape
     y = torch.empty((n, h), device=x.device, dtype=x.dtype)
     rstd = torch.empty(n, device=x.device, dtype=torch.float32)
-    block_m, block_n = _blocks(h)
+    block_m, block_n, warps = _blocks(h, backward=False)
     if n:
         _rms_fwd_kernel[(triton.cdiv(n, block_m),)](
             x2,
@@ -129,7 +146,7 @@ def rms_norm_fwd(
             HAS_WEIGHT=weight is not None,
             BLOCK_M=block_m,
             BLOCK_N=block_n,
-            num_warps=num_warps_for(block_m * block_n),
+            num_warps=warps,
         )
     return y.view(x.shape), rstd
 
@@ -148,7 +165,7 @@ def rms_norm_bwd(
     """dx (x's dtype) and dweight (weight's dtype; accumulated in fp32; empty when weight is None)."""
     x2, dy2 = _rows2d(x), _rows2d(dy)
     n, h = x2.shape
-    block_m, block_n = _blocks(h)
+    block_m, block_n, warps = _blocks(h, backward=True)
     programs = _bwd_programs(triton.cdiv(n, block_m), x.device)
     dx = torch.empty((n, h), device=x.device, dtype=x.dtype)
     if weight is None:
@@ -171,7 +188,7 @@ def rms_norm_bwd(
             HAS_WEIGHT=weight is not None,
             BLOCK_M=block_m,
             BLOCK_N=block_n,
-            num_warps=num_warps_for(block_m * block_n),
+            num_warps=warps,
         )
     if weight is None:
         return dx.view(x.shape), x.new_empty(0)

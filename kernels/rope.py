@@ -16,6 +16,8 @@ import triton.language as tl
 from mathforge.kernels._common import INTERPRETER_WARPS, interpreting, last_dim_contiguous
 from mathforge.kernels.validation import check_apply_rope
 
+# Checked against bench/results/sm90/kernel_resources.json (sm_90, q 32 heads, k 8, D 128; rule in _common.py): one
+# token per program at 4 warps is 56 registers (78 with cos/sin gradients), no spills, 9 programs per SM; 8 tokens spill.
 TILE_ELEMENTS = 2048  # tokens × (Hq + Hk) × D/2 per program: both halves of q and k stay in registers at 4 warps
 TILE_ELEMENTS_INTERPRETER = 16384  # the interpreter runs a tile as one numpy op: bigger tiles, fewer programs
 MAX_TOKENS_PER_PROGRAM = 64  # few heads: at most 64 tokens per program, so short inputs still fill the SMs
@@ -181,10 +183,8 @@ def _launch(q, k, cos, sin, backward: bool, xq=None, xk=None):
         triton.next_power_of_2(n_kh),
         triton.next_power_of_2(half),
     )
-    per_token = (block_qh + block_kh) * block_d
     tile = TILE_ELEMENTS_INTERPRETER if interpreting() else TILE_ELEMENTS
-    block_t = max(1, min(MAX_TOKENS_PER_PROGRAM, tile // per_token))
-    block_t = 1 << (block_t.bit_length() - 1)
+    block_t = _tokens_per_program(block_qh + block_kh, block_d, tile)
     if n_tokens:
         if cos_grad:
             xq, xk = last_dim_contiguous(xq).contiguous(), last_dim_contiguous(xk).contiguous()
@@ -217,6 +217,18 @@ def _launch(q, k, cos, sin, backward: bool, xq=None, xk=None):
             num_warps=INTERPRETER_WARPS if interpreting() else NUM_WARPS,
         )
     return yq, yk, dcos, dsin
+
+
+def _tokens_per_program(heads: int, block_d: int, tile: int) -> int:
+    """BLOCK_T: the power of 2 of tokens (≤ MAX_TOKENS_PER_PROGRAM, ≥ 1) whose `heads` × `block_d` fit in `tile`."""
+    block_t = max(1, min(MAX_TOKENS_PER_PROGRAM, tile // (heads * block_d)))
+    return 1 << (block_t.bit_length() - 1)
+
+
+def launch_params(q_heads: int, kv_heads: int, head_dim: int) -> tuple[int, int]:
+    """(BLOCK_T, num_warps) on a GPU for q with `q_heads` and k with `kv_heads` heads of `head_dim`."""
+    heads = triton.next_power_of_2(q_heads) + triton.next_power_of_2(kv_heads)
+    return _tokens_per_program(heads, triton.next_power_of_2(head_dim // 2), TILE_ELEMENTS), NUM_WARPS
 
 
 @torch.library.custom_op("mathforge::rope_fwd", mutates_args=())

@@ -13,9 +13,12 @@ import triton.language as tl
 from mathforge.kernels._common import INTERPRETER_WARPS, interpreting
 from mathforge.kernels.validation import check_swiglu
 
-BLOCK_ELEMENTS = 2048  # elements per program: 8 per thread at 8 warps, enough loads in flight to saturate HBM
+# Chosen from bench/results/sm90/kernel_resources.json (sm_90; rule in kernels/_common.py): 1024 elements at 4 warps
+# (8 per thread) is 32 registers forward and backward, no spills, 16 programs = 64 warps per SM (full occupancy),
+# 64 KB (forward) / 96 KB (backward) in flight per SM. The previous 2048 at 8 warps had 8 programs per SM.
+BLOCK_ELEMENTS = 1024  # elements per program
 BLOCK_ELEMENTS_INTERPRETER = 65536  # the interpreter runs a block as one numpy op: bigger blocks, fewer programs
-NUM_WARPS = 8  # 256 threads: a full-occupancy block size for a memory-bound elementwise kernel
+NUM_WARPS = 4
 
 
 @triton.jit
