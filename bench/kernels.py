@@ -46,6 +46,7 @@ from mathforge.kernels import functional as ours  # noqa: E402
 from mathforge.kernels import reference  # noqa: E402
 from mathforge.kernels.fused_linear_cross_entropy import (  # noqa: E402
     CHUNK_LOGITS,
+    chunk_logits_bytes,
     chunk_rows,
     fused_linear_cross_entropy_triton,
     predicted_ms,
@@ -460,7 +461,7 @@ def add_flce_model(rows: list[dict[str, Any]], ceilings: dict[str, float]) -> No
         if row.get("mode") != "full" or "chunk_rows" not in row:
             continue
         shape = row["shape"]
-        bytes_ = 2 if row["chunk_logits"] == "input" and row["dtype"] in ("bfloat16", "float16") else 4
+        bytes_ = chunk_logits_bytes(getattr(torch, row["dtype"]), row["chunk_logits"])
         model = predicted_ms(
             shape["tokens"],
             shape["hidden"],

@@ -107,20 +107,30 @@ class Cleaned:
     unit_power: int = 0  # 2 for an area unit (cm^2, square feet), 3 for a volume unit, 0 when none is shown
 
 
+# A unit with a power: in words (square feet, cubic inches), inside \text{} / \mbox{} / \mathrm{} (\text{ m}^2,
+# \mathrm{m^2}), or bare when at least two letters long (cm^2, in^3, ft^2). A bare one-letter unit is left out:
+# `m^3 - m^2` is an expression in m, not an area.
+_MULTI_LETTER_UNITS = "|".join(u for u in UNITS.split("|") if len(u) > 1)
+_POWER = r"\^\s*\{?([23])\}?"
 _UNIT_POWER_SHOWN_RE = re.compile(
-    rf"(?<![a-zA-Z])(?:(square|sq|cubic)\s+(?:{UNITS})\b|(?:{UNITS})\s*\}}?\s*\^\s*\{{?([23])\}}?)", re.IGNORECASE
+    rf"(?<![a-zA-Z])(square|sq|cubic)\s+(?:{UNITS})\b"
+    rf"|\\(?:text|mbox|mathrm)\s*\{{\s*(?:{UNITS})\s*\}}\s*{_POWER}"
+    rf"|\\(?:text|mbox|mathrm)\s*\{{\s*(?:{UNITS})\s*{_POWER}\s*\}}"
+    rf"|(?<![a-zA-Z\\])(?:{_MULTI_LETTER_UNITS})\s*{_POWER}",
+    re.IGNORECASE,
 )
 
 
 def unit_power(text: str) -> int:
-    """The power of the last unit shown after a number: 2 (cm^2, \\text{m}^2, square feet), 3 (cubic inches,
+    """The power of the last unit shown with a number: 2 (cm^2, \\text{ m}^2, square feet), 3 (cubic inches,
     in^3), else 0. Units are dropped before values are compared; this keeps an area from equalling a volume."""
     if not re.search(r"\d", text):
         return 0
     found = list(_UNIT_POWER_SHOWN_RE.finditer(text))
     if not found:
         return 0
-    word, power = found[-1].groups()
+    word, *powers = found[-1].groups()
+    power = next((p for p in powers if p), None)
     return int(power) if power else (3 if word.lower() == "cubic" else 2)
 
 

@@ -65,7 +65,7 @@ CHUNK_LOGITS = ("fp32", "input")  # logits chunk dtype: fp32 (fp64 for fp64 inpu
 SECOND_BACKWARD = "fused_linear_cross_entropy: backward through the same loss twice is not supported"
 
 
-def _logits_bytes(dtype: torch.dtype, chunk_logits: str) -> int:
+def chunk_logits_bytes(dtype: torch.dtype, chunk_logits: str) -> int:
     """Bytes per logit of the chunk buffer: hidden's dtype for "input", else fp32 (fp64 for fp64)."""
     if chunk_logits == "input" or dtype == torch.float64:
         return torch.finfo(dtype).bits // 8
@@ -75,7 +75,7 @@ def _logits_bytes(dtype: torch.dtype, chunk_logits: str) -> int:
 def chunk_bytes_per_row(h: int, v: int, dtype: torch.dtype, chunk_logits: str = "fp32") -> int:
     """Bytes of chunk buffers per token row: the logits, dlogits in `dtype` unless written in place over
     logits of that same dtype, and a row of hidden in fp32 (the CPU path upcasts it)."""
-    logits = _logits_bytes(dtype, chunk_logits)
+    logits = chunk_logits_bytes(dtype, chunk_logits)
     dlogits = 0 if logits == torch.finfo(dtype).bits // 8 else torch.finfo(dtype).bits // 8
     return v * (logits + dlogits) + 4 * h
 

@@ -102,10 +102,15 @@ def _rms_bwd_kernel(
         tl.store(dw_partial_ptr + pid * n_cols + cols, dw, mask=col_mask)
 
 
+def _tile_rows(n_cols: int, tile: int) -> tuple[int, int]:
+    """(BLOCK_M, BLOCK_N): whole rows of `n_cols` per `tile` elements (at least one, at most MAX_ROWS_PER_PROGRAM)."""
+    block_n = triton.next_power_of_2(n_cols)
+    return max(1, min(MAX_ROWS_PER_PROGRAM, tile // block_n)), block_n
+
+
 def launch_params(n_cols: int, backward: bool) -> tuple[int, int, int]:
     """(BLOCK_M, BLOCK_N, num_warps) on a GPU for rows of `n_cols`: rows per TILE_ELEMENTS tile, warps by tile."""
-    block_n = triton.next_power_of_2(n_cols)
-    block_m = max(1, min(MAX_ROWS_PER_PROGRAM, TILE_ELEMENTS // block_n))
+    block_m, block_n = _tile_rows(n_cols, TILE_ELEMENTS)
     per_thread = BWD_ELEMENTS_PER_THREAD if backward else FWD_ELEMENTS_PER_THREAD
     return block_m, block_n, min(32, max(4, block_m * block_n // (32 * per_thread)))
 
@@ -114,8 +119,7 @@ def _blocks(n_cols: int, backward: bool) -> tuple[int, int, int]:
     """`launch_params`, or the interpreter's big tiles at INTERPRETER_WARPS."""
     if not interpreting():
         return launch_params(n_cols, backward)
-    block_n = triton.next_power_of_2(n_cols)
-    return max(1, min(MAX_ROWS_PER_PROGRAM, TILE_ELEMENTS_INTERPRETER // block_n)), block_n, INTERPRETER_WARPS
+    return *_tile_rows(n_cols, TILE_ELEMENTS_INTERPRETER), INTERPRETER_WARPS
 
 
 def _rows2d(t: torch.Tensor) -> torch.Tensor:
