@@ -30,7 +30,12 @@ from pathlib import Path
 from mathforge.bench.common import RESULTS_ENV
 from mathforge.errors import ConfigError
 
-KERNEL_TESTS = ("tests/test_kernels_gpu.py", "tests/test_kernels_ce_fused.py", "tests/test_kernels_flce_chunks.py")
+KERNEL_TESTS = (
+    "tests/test_kernels_gpu.py",
+    "tests/test_kernels_ce_fused.py",
+    "tests/test_kernels_flce_chunks.py",
+    "tests/test_kernels_flce_paths.py",
+)
 MODEL_TESTS = ("tests/test_attention.py", "tests/test_doctor.py")
 KILL_GRACE_S = 10  # after the cap: SIGTERM, then SIGKILL this much later
 LOG_TAIL_LINES = 12

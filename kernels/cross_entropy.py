@@ -294,7 +294,7 @@ def launch_scale(grad: torch.Tensor, scale: torch.Tensor, max_programs: int = SC
     )
 
 
-def _grad_scale(target: torch.Tensor, ignore_index: int, reduction: str) -> torch.Tensor:
+def reduction_grad_scale(target: torch.Tensor, ignore_index: int, reduction: str) -> torch.Tensor:
     """[1] fp32 on target's device: the factor that turns per-row gradients into the gradient of the reduced
     loss (1/n_valid for "mean", counted on the device with n_valid clamped to ≥ 1; 1 for "sum")."""
     if reduction == "sum":
@@ -358,7 +358,7 @@ def cross_entropy_fwd_grad(
         loss=loss,
         lse=lse,
         grad=grad,
-        scale=_grad_scale(target, ignore_index, reduction),
+        scale=reduction_grad_scale(target, ignore_index, reduction),
         ignore_index=ignore_index,
         label_smoothing=label_smoothing,
         z_loss=z_loss,
@@ -419,7 +419,7 @@ def _(grad_loss, logits, target, lse, ignore_index, label_smoothing, z_loss, sof
 
 
 SECOND_BACKWARD = "cross_entropy: backward through the same loss twice is not supported"
-_REDUCED = ("mean", "sum")  # reductions whose gradient the forward computes (the upstream is one scalar)
+REDUCED = ("mean", "sum")  # reductions whose gradient the forward computes (the upstream is one scalar)
 # logits dtypes for that one-launch path. Not fp16: its gradient would be stored already divided by n_valid
 # and only then multiplied by the upstream scalar, so under a loss scale (GradScaler's 2^16) the small
 # entries softmax/n_valid would lose bits below fp16's normal range (6e-5) and become 0 below 6e-8; the
@@ -442,7 +442,7 @@ class CrossEntropyFunction(torch.autograd.Function):
         ctx.fused = (
             grad_mode
             and ctx.needs_input_grad[0]
-            and reduction in _REDUCED
+            and reduction in REDUCED
             and logits.dtype in FUSED_DTYPES
             and not torch.compiler.is_compiling()
         )
@@ -470,8 +470,8 @@ class CrossEntropyFunction(torch.autograd.Function):
             torch.ops.mathforge.cross_entropy_grad_scale(grad, grad_out)
         else:
             logits, target, lse = ctx.saved_tensors
-            if ctx.reduction in _REDUCED:  # one upstream scalar: the per-row gradient of the reduction, on device
-                grad_out = grad_out.reshape(1).float() * _grad_scale(target, ctx.args[0], ctx.reduction)
+            if ctx.reduction in REDUCED:  # one upstream scalar: the per-row gradient of the reduction, on device
+                grad_out = grad_out.reshape(1).float() * reduction_grad_scale(target, ctx.args[0], ctx.reduction)
             grad = torch.ops.mathforge.cross_entropy_bwd(grad_out, logits, target, lse, *ctx.args)
         return grad, None, None, None, None, None, None, None
 

@@ -7,9 +7,12 @@ dloss/dlogits_c in the weight's dtype (in place when the logits already have tha
     grad_hidden_c = dlogits_c @ weight,   grad_weight (+)= dlogits_c.T @ hidden_c (fp32 accumulator),
     grad_bias (+)= sum_rows dlogits_c (fp32);
 the first chunk writes the accumulators (GEMM with beta = 0), later chunks add into them.
-For "mean"/"sum" the gradients are computed during the forward (Liger / CCE style) and the backward only
-scales them by the upstream scalar. For "none" the per-row upstream gradients are unknown until the
-backward, which therefore recomputes the chunks (using the lse saved by the forward). No host
+For "mean"/"sum" the gradients are computed during the forward (Liger / CCE style) when a backward can
+follow (grad mode on, an input requiring grad) and the backward only scales them by the upstream scalar (in
+fp32, skipped when it is 1). For "none" the per-row upstream gradients are unknown until the backward, which
+therefore recomputes the chunks (using the lse saved by the forward); fp16 inputs take that path for
+"mean"/"sum" too, like `cross_entropy`'s fp16 logits: gradients already divided by n_valid and rounded to fp16
+lose their small entries, and GradScaler's first upstream (2^16) is not even an fp16 number. No host
 synchronisation: the number of non-ignored tokens stays on the device. The matmuls run with autocast
 disabled (the logits are fp32 by contract, also inside a bf16 `torch.autocast` region).
 Out-of-range targets behave as in `mathforge.kernels.cross_entropy` (NaN rows; DataError with
@@ -47,7 +50,7 @@ import math
 
 import torch
 
-from mathforge.kernels.cross_entropy import launch_ce
+from mathforge.kernels.cross_entropy import FUSED_DTYPES, REDUCED, launch_ce, reduction_grad_scale
 from mathforge.kernels.reference import reduce_rows, z_loss_rows
 from mathforge.kernels.validation import check_fused_linear_cross_entropy
 
@@ -327,10 +330,8 @@ def _flce_fwd(
     loss = torch.empty(n, device=hidden.device, dtype=torch.float32)
     lse = torch.empty_like(loss)
     scale = None
-    if grad_scale_mode == 1:
-        scale = 1.0 / (target != ignore_index).sum().clamp(min=1).to(torch.float32).reshape(1)
-    elif grad_scale_mode == 2:
-        scale = torch.ones(1, device=hidden.device, dtype=torch.float32)
+    if grad_scale_mode:
+        scale = reduction_grad_scale(target, ignore_index, {1: "mean", 2: "sum"}[grad_scale_mode])
     gh, gw, gb = _chunked(
         hidden,
         weight,
@@ -449,6 +450,7 @@ class FusedLinearCrossEntropyFunction(torch.autograd.Function):
         weight,
         target,
         bias,
+        grad_mode,
         ignore_index,
         reduction,
         label_smoothing,
@@ -457,24 +459,29 @@ class FusedLinearCrossEntropyFunction(torch.autograd.Function):
         chunk,
         chunk_logits,
     ):
-        needs_grad = any(ctx.needs_input_grad[i] for i in (0, 1, 3))
-        mode = {"mean": 1, "sum": 2}.get(reduction, 0) if needs_grad else 0
+        # needs_input_grad follows requires_grad even under torch.no_grad: `grad_mode` (the caller's
+        # torch.is_grad_enabled()) tells whether a backward can follow at all
+        needs_grad = grad_mode and any(ctx.needs_input_grad[i] for i in (0, 1, 3))
+        fused = needs_grad and reduction in REDUCED and hidden.dtype in FUSED_DTYPES
+        mode = {"mean": 1, "sum": 2}[reduction] if fused else 0
         loss, lse, gh, gw, gb = torch.ops.mathforge.flce_fwd(
             hidden, weight, bias, target, ignore_index, label_smoothing, z_loss, softcap, mode, chunk, chunk_logits
         )
-        ctx.reduction, ctx.has_bias = reduction, bias is not None
+        ctx.reduction, ctx.has_bias, ctx.fused = reduction, bias is not None, fused
         ctx.args = (ignore_index, label_smoothing, z_loss, softcap, chunk, chunk_logits)
-        if mode:
+        if fused:
             ctx.save_for_backward(gh, gw, gb)
-        else:
+        elif needs_grad:
             ctx.save_for_backward(hidden, weight, bias, target, lse)
         ctx.mark_non_differentiable(lse)
         return reduce_rows(loss, target, ignore_index, reduction), lse
 
     @staticmethod
     def backward(ctx, grad_out, _grad_lse):
-        if ctx.reduction == "none":
+        if not ctx.fused:  # recompute the chunks with each row's upstream gradient, applied in fp32
             hidden, weight, bias, target, lse = ctx.saved_tensors
+            if ctx.reduction in REDUCED:  # one upstream scalar: the per-row gradient of the reduction, on device
+                grad_out = grad_out.reshape(1).float() * reduction_grad_scale(target, ctx.args[0], ctx.reduction)
             gh, gw, gb = torch.ops.mathforge.flce_bwd(grad_out, hidden, weight, bias, target, lse, *ctx.args)
         else:  # gradients of the reduced loss were computed in the forward: scale them by the upstream scalar,
             # in place so no second [V, H] buffer appears (hence a second backward through this node is refused)
@@ -482,9 +489,12 @@ class FusedLinearCrossEntropyFunction(torch.autograd.Function):
                 raise RuntimeError(SECOND_BACKWARD)
             ctx.consumed = True
             gh, gw, gb = ctx.saved_tensors
-            for g in (gh, gw, gb):
-                g.mul_(grad_out.to(g.dtype))
-        return gh, gw, None, gb if ctx.has_bias else None, None, None, None, None, None, None, None
+            for g in (gh, gw, gb) if ctx.has_bias else (gh, gw):
+                if torch.compiler.is_compiling():  # an opaque in-place op would be functionalised into a copy
+                    g.mul_(grad_out.to(g.dtype))
+                else:  # in fp32 on the device, and no pass over the gradient when the upstream is 1
+                    torch.ops.mathforge.cross_entropy_grad_scale(g, grad_out)
+        return gh, gw, None, gb if ctx.has_bias else None, None, None, None, None, None, None, None, None
 
 
 def fused_linear_cross_entropy_triton(
@@ -526,6 +536,7 @@ def fused_linear_cross_entropy_triton(
         weight,
         target,
         bias,
+        torch.is_grad_enabled(),
         int(ignore_index),
         reduction,
         float(label_smoothing),

@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from importlib.metadata import version
 
 import pytest
 import torch
@@ -16,7 +17,10 @@ def test_doctor_json_matches_environment(capsys):
         main(["doctor", "--json", "--no-measure"])
     assert exit_info.value.code == 0
     info = json.loads(capsys.readouterr().out)
-    assert info["versions"]["torch"] == torch.__version__
+    # the installed distribution's version: "2.11.0" for PyPI's CUDA build, whose torch.__version__ says
+    # "2.11.0+cu130" (the CUDA version is reported on its own, below)
+    assert info["versions"]["torch"] == version("torch") and torch.__version__.startswith(version("torch"))
+    assert info["cuda"]["torch_cuda"] == torch.version.cuda
     assert info["native_extension"]["ok"] is True
     backends = {b["name"]: b for b in info["attention_backends"]}
     assert list(backends) == ["flash-attn-3", "flash-attn-2", "torch-varlen", "flex", "sdpa"]
@@ -41,7 +45,7 @@ def test_doctor_does_not_import_bench_and_bench_measures_with_the_same_functions
     from mathforge.hardware import cpu_name, package_versions
 
     assert cpu_name()
-    assert package_versions("torch", "no-such-package-xyz") == {"torch": torch.__version__, "no-such-package-xyz": None}
+    assert package_versions("torch", "no-such-package-xyz") == {"torch": version("torch"), "no-such-package-xyz": None}
 
 
 @pytest.mark.gpu
