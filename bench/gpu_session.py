@@ -37,6 +37,7 @@ KERNEL_TESTS = (
     "tests/test_kernels_flce_paths.py",
 )
 MODEL_TESTS = ("tests/test_attention.py", "tests/test_doctor.py")
+CE_LAUNCHES = "16384x32,4096x8,4096x16,32768x32"
 KILL_GRACE_S = 10  # after the cap: SIGTERM, then SIGKILL this much later
 LOG_TAIL_LINES = 12
 RESERVE_S = 15  # kept back from the budget for packing the results
@@ -62,7 +63,8 @@ PLANS: dict[str, tuple[Phase, ...]] = {
     # fixed chunk sizes and 16-bit chunk logits next to the automatic choice (a results file of its own)
     "kernels": (
         _pytest_gpu(120, *KERNEL_TESTS, *MODEL_TESTS),
-        Phase("kernel-sweep", ("-m", "mathforge.bench.kernels"), 220, min_s=90),
+        # the CE at the launch candidates of bench.kernel_resources next to the kernel's own (8192 x 32 warps)
+        Phase("kernel-sweep", ("-m", "mathforge.bench.kernels", "--ce-launch", CE_LAUNCHES), 220, min_s=90),
         Phase(
             "flce-chunks",
             (

@@ -9,7 +9,9 @@ the specialisations a real launch gets (dtypes, 16-divisible pointers and ints, 
 `triton.compile(ASTSource(...), target=GPUTarget("cuda", arch, 32))` then runs the whole pipeline down to Triton's
 bundled ptxas, whose `-v` log (Triton's TRITON_DUMP_PTXAS_LOG) gives registers per thread, the stack frame and the
 spill stores/loads; the compiled metadata gives the shared memory. Nothing runs on a GPU ("compiled for sm_90, not
-run"): a GPU session still has to time the candidates.
+run"): a GPU session still has to time the candidates. Registers depend on the Triton version (its code generation
+and bundled ptxas: 16384-wide CE loops take 64 registers with Triton 3.9, 64 + 40 B of spills with 3.6), so the
+results file is per version (`result_name`), and the kernels' choices must not spill under any committed one.
 
 Occupancy (`occupancy`): programs (CTAs) per SM as the CUDA occupancy calculator computes it for sm_90 — registers
 are allocated per warp in units of 256 (the per-thread count rounded up to a multiple of 8) from 4 sub-partitions of
@@ -44,10 +46,19 @@ rope = importlib.import_module("mathforge.kernels.rope")
 swiglu = importlib.import_module("mathforge.kernels.swiglu")
 
 ISSUE = "compiled for sm_{arch}, not run"
-RESULT_NAME = "kernel_resources"
+RESULT_NAME = "kernel_resources"  # + "_triton<major>.<minor>": one file per Triton (registers differ between them)
 WARPS = (4, 8, 16, 32)  # num_warps tried for every block
 MAX_ELEMENTS_PER_THREAD = 64  # candidates with more are not compiled: they need > 255 registers and spill (and
 # ptxas takes up to 90 s on each)
+
+
+def result_name(triton_version: str | None = None) -> str:
+    """Results file name for a Triton version (default the installed one): "kernel_resources_triton3.6"."""
+    if triton_version is None:
+        import triton
+
+        triton_version = triton.__version__
+    return f"{RESULT_NAME}_triton{'.'.join(triton_version.split('.')[:2])}"
 
 
 class ToolchainError(RuntimeError):
@@ -342,7 +353,7 @@ def _ce_family(*, forward: bool, backward: bool, per_row: bool = False, dtype=BF
         shapes,
         (4096, 8192, 16384, 32768),
         lambda s, b, w: _ce_launch(s, b, w, forward=forward, backward=backward, per_row=per_row),
-        lambda s: ce.ce_launch_params(s.vocab, s.softcap, s.dtype.itemsize),
+        lambda s: ce.ce_launch_params(s.vocab),
         _ce_previous,
     )
 
@@ -564,7 +575,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"kernel_resources: cannot compile for CUDA sm_{args.arch} here: {exc}", file=sys.stderr)
         return 2
     out = args.out or RESULTS_DIR / f"sm{args.arch}"
-    path = write_result(RESULT_NAME, report(records, args.arch, ptxas), out)
+    path = write_result(result_name(), report(records, args.arch, ptxas), out)
     print(f"{ISSUE.format(arch=args.arch)}; ptxas {ptxas}")
     print(table(records, args.all))
     print(f"wrote {path}")

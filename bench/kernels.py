@@ -19,13 +19,19 @@ points (default on CUDA: issue 11's (4096, 128256), (1536, 151936), (3584, 15206
 (default 16384 on CUDA, 256 on CPU). On CPU the chunk providers run the Triton path under TRITON_INTERPRET=1
 (set here when there is no GPU): use tiny shapes, e.g.
 `--quick --ops flce --flce-tokens 32 --flce-shapes 16x100 --flce-chunks 8,16`.
+`--ce-launch 16384x32,4096x8` adds cross-entropy providers "mathforge[launch=16384x32]", ...: our Triton CE with
+that (BLOCK, num_warps) in place of `ce_launch_params`' choice (a block ≥ V keeps the whole row in registers), to
+time the launch candidates of `mathforge.bench.kernel_resources` (compiled there, not run). The training path of
+a mean loss makes its only [N, V] launch in the forward, inside the call; the interpreter (CPU) ignores it.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import fnmatch
+import importlib
 import os
 import statistics
 import sys
@@ -44,6 +50,7 @@ if not torch.cuda.is_available():  # the FLCE chunk providers run Triton: on CPU
 from mathforge.bench.common import environment, write_result  # noqa: E402
 from mathforge.kernels import functional as ours  # noqa: E402
 from mathforge.kernels import reference  # noqa: E402
+from mathforge.kernels.cross_entropy import cross_entropy_triton  # noqa: E402
 from mathforge.kernels.fused_linear_cross_entropy import (  # noqa: E402
     CHUNK_LOGITS,
     chunk_logits_bytes,
@@ -52,6 +59,7 @@ from mathforge.kernels.fused_linear_cross_entropy import (  # noqa: E402
     predicted_ms,
 )
 
+ce_module = importlib.import_module("mathforge.kernels.cross_entropy")  # the package re-exports a function so named
 FLCE_TOKENS = {"cuda": 16384, "cpu": 256}  # N of the fused linear CE points
 FLCE_SHAPES_CUDA = ((4096, 128256), (1536, 151936), (3584, 152064))  # (H, V) of issue 11
 FLCE_SHAPES_CPU = ((256, 32000),)
@@ -118,7 +126,32 @@ def case_id(case: Case) -> str:
     return f"{case.op}[{shape_key(case.shape)},{case.dtype}]"
 
 
-def cross_entropy_case(n: int, v: int, dtype: torch.dtype, device: str, quick: bool) -> Case:
+@contextlib.contextmanager
+def ce_launch(block: int, warps: int):
+    """Within: every `_ce_kernel` launch on a GPU uses (block, warps) instead of `ce_launch_params`' choice."""
+    chosen = ce_module.ce_launch_params
+    ce_module.ce_launch_params = lambda n_cols: (block, warps)
+    try:
+        yield
+    finally:
+        ce_module.ce_launch_params = chosen
+
+
+def ce_launch_variants(
+    logits: torch.Tensor, target: torch.Tensor, launches: tuple[tuple[int, int], ...]
+) -> dict[str, Callable]:
+    """Providers "mathforge[launch=BLOCKxWARPS]": our Triton CE with each (BLOCK, num_warps) of `launches`."""
+
+    def run(block: int, warps: int) -> torch.Tensor:
+        with ce_launch(block, warps):
+            return cross_entropy_triton(logits, target)
+
+    return {f"mathforge[launch={b}x{w}]": (lambda b=b, w=w: run(b, w)) for b, w in launches}
+
+
+def cross_entropy_case(
+    n: int, v: int, dtype: torch.dtype, device: str, quick: bool, launches: tuple[tuple[int, int], ...] = ()
+) -> Case:
     elt = torch.finfo(dtype).bits // 8
 
     def make():
@@ -127,6 +160,7 @@ def cross_entropy_case(n: int, v: int, dtype: torch.dtype, device: str, quick: b
         lf = _liger()
         base = {
             "mathforge": lambda: ours.cross_entropy(logits, target),
+            **ce_launch_variants(logits, target, launches),
             "torch": lambda: F.cross_entropy(logits.float(), target),
         }
         # Liger writes its gradient into its input in place (also under no_grad): a copy of its own keeps the
@@ -325,13 +359,15 @@ class FlceSweep:
         ]
 
 
-def sweep(device: str, quick: bool, flce_sweep: FlceSweep | None = None) -> list[Case]:
+def sweep(
+    device: str, quick: bool, flce_sweep: FlceSweep | None = None, ce_launches: tuple[tuple[int, int], ...] = ()
+) -> list[Case]:
     """The sweep points: real LLM sizes on CUDA (a subset with --quick), small shapes on CPU."""
     flce_sweep = flce_sweep or FlceSweep()
     if device != "cuda":
         f32 = torch.float32
         return [
-            cross_entropy_case(512, 32000, f32, device, quick),
+            cross_entropy_case(512, 32000, f32, device, quick, ce_launches),
             *flce_sweep.cases(device, quick, f32),
             rms_norm_case(4096, 1024, f32, device, quick),
             swiglu_case(2048, 2816, f32, device, quick),
@@ -339,7 +375,7 @@ def sweep(device: str, quick: bool, flce_sweep: FlceSweep | None = None) -> list
         ]
     bf16, n = torch.bfloat16, 16384
     vocabs = (32000, 128256) if quick else (32000, 128256, 151936)
-    cases = [cross_entropy_case(n, v, bf16, device, quick) for v in vocabs]
+    cases = [cross_entropy_case(n, v, bf16, device, quick, ce_launches) for v in vocabs]
     cases += flce_sweep.cases(device, quick, bf16)
     cases += [rms_norm_case(n, h, bf16, device, quick) for h in ((4096,) if quick else (2048, 4096, 8192))]
     cases += [swiglu_case(n, i, bf16, device, quick) for i in ((14336,) if quick else (11008, 14336))]
@@ -569,6 +605,22 @@ def _shape_list(text: str) -> tuple[tuple[int, int], ...]:
     return shapes
 
 
+def _launch_list(text: str) -> tuple[tuple[int, int], ...]:
+    """ "16384x32,4096x8" → ((16384, 32), (4096, 8)); BLOCK a power of two ≥ 128, warps one of 1, 2, ..., 32."""
+    try:
+        launches = tuple(tuple(int(x) for x in part.split("x")) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected BLOCKxWARPS,... with integers, got {text!r}") from None
+    for launch in launches:
+        ok = len(launch) == 2 and launch[0] >= 128 and launch[0] & (launch[0] - 1) == 0
+        if not (ok and launch[1] in (1, 2, 4, 8, 16, 32)):
+            raise argparse.ArgumentTypeError(
+                f"bad launch {'x'.join(map(str, launch))!r} in {text!r}: BLOCK a power of two >= 128, "
+                "warps one of 1, 2, 4, 8, 16, 32"
+            )
+    return launches
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m mathforge.bench.kernels", description=__doc__.splitlines()[0])
     parser.add_argument("--ops", nargs="+", choices=sorted(set(OPS) | set(OPS.values())), help="ops (default: all)")
@@ -595,6 +647,12 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="fused linear CE (H, V) points as HxV,... (default on CUDA: 4096x128256,1536x151936,3584x152064)",
     )
+    parser.add_argument(
+        "--ce-launch",
+        type=_launch_list,
+        default=(),
+        help="cross-entropy: also time our Triton CE at these BLOCKxWARPS launches, e.g. 16384x32,4096x8 (GPU)",
+    )
     parser.add_argument("--name", default=None, help="results file name (default kernels, or kernels_quick)")
     parser.add_argument(
         "--providers", nargs="+", default=None, help="only these providers, fnmatch patterns (e.g. 'mathforge*' liger)"
@@ -615,7 +673,7 @@ def main(argv: list[str] | None = None) -> Path:
     if args.flce_tokens is not None and args.flce_tokens < 1:
         parser.error(f"--flce-tokens must be >= 1, got {args.flce_tokens}")
     flce_sweep = FlceSweep(args.flce_shapes, args.flce_chunks, args.flce_logits, args.flce_tokens)
-    cases = [c for c in sweep(device, args.quick, flce_sweep) if c.op in wanted]
+    cases = [c for c in sweep(device, args.quick, flce_sweep, args.ce_launch) if c.op in wanted]
     name = args.name or ("kernels_quick" if args.quick else "kernels")
     payload = {
         "environment": environment("liger-kernel", "cut-cross-entropy"),

@@ -11,7 +11,7 @@ Launch structure (one `_ce_kernel` program per row; [N, V] traffic per call):
   program keeps the row it loaded and computes the gradient from it (SINGLE_BLOCK; registers, no spills on
   sm_90); for larger V the gradient loop reads the row a second time, which a GPU should serve from L2 (a bf16
   row of V = 151936 is 300 KB; with one 32-warp program per SM about 40 MB of rows are in flight, under H200's
-  50 MB L2). Launch parameters: `ce_launch_params` (chosen from bench/results/sm90/kernel_resources.json).
+  50 MB L2). Launch parameters: `ce_launch_params` (chosen from bench/results/sm90/kernel_resources_triton*.json).
   Only the gradient is kept for the backward (not the logits), which multiplies it in place by the
   upstream scalar with `_scale_kernel`: when that scalar is 1 (`loss.backward()`) the kernel reads 4 bytes
   and returns, so the backward touches no [N, V] memory; otherwise it reads and writes the gradient once.
@@ -195,13 +195,14 @@ def _ce_kernel(
 
 # V > ROW_BLOCK_MAX: the row is looped over in LOOP_BLOCK pieces by one 32-warp program per SM, so the 132 rows the
 # fused launch reads twice are in L2 for the second read (40 MB at V = 151936 bf16; 4 programs per SM would need
-# 160 MB and send that read to HBM). The widest block without spills at 32 warps (sm_90), for the fused, forward-only
-# and backward-only launches: 16384 for 16-bit logits (64 registers), else 8192 (softcap: 52 registers, 16384
-# spills 212 B/thread; fp32 chunk logits of the fused linear CE: 41-57 registers, 16384 spills 48 B).
-# At V = 32000 the rule also allows 4096 × 4 warps (4 programs per SM: rows still fit L2); left for GPU timings.
+# 160 MB and send that read to HBM). The widest block without spills at 32 warps (sm_90) under every Triton in
+# bench/results/sm90/kernel_resources_triton*.json, for the fused, forward-only and backward-only launches and the
+# fused linear CE's fp32 chunk logits: 8192 (41-58 registers). 16384 for 16-bit logits fits 64 registers with
+# Triton 3.9 but spills 40 B/thread with Triton 3.6 (the GPU image's); softcap at 16384 spills under both.
+# The 16384 block (32 KB in flight per SM instead of 16 KB) and 3 programs of 4096 × 8 warps at V = 32000 (rows
+# still fit L2) are timed against this by `mathforge.bench.kernels --ce-launch`.
 LOOP_WARPS = 32
-LOOP_BLOCK_WIDE = 16384  # 16-bit logits, no softcap
-LOOP_BLOCK = 8192  # otherwise
+LOOP_BLOCK = 8192
 SCALE_BLOCK = 4096  # elements per program and step of `_scale_kernel` (8 KB of bf16)
 SCALE_WARPS = 4  # 30 registers: 16 programs per SM (full occupancy), 128 KB in flight per SM
 SCALE_PROGRAMS_MAX = 1024  # grid-stride over the gradient: ~8 programs per SM, so the "scale is 1" exit is cheap
@@ -244,7 +245,7 @@ def launch_ce(
     if interpreting():
         block, warps = row_block(v, INTERPRETER_ROW_BLOCK), INTERPRETER_WARPS
     else:
-        block, warps = ce_launch_params(v, softcap is not None, logits.element_size())
+        block, warps = ce_launch_params(v)
     _ce_kernel[(n,)](
         logits,
         logits.stride(0),
@@ -269,13 +270,13 @@ def launch_ce(
     )
 
 
-def ce_launch_params(n_cols: int, softcap: bool, itemsize: int) -> tuple[int, int]:
-    """(BLOCK, num_warps) of `_ce_kernel` on a GPU for rows of `n_cols` logits of `itemsize` bytes: the whole row
-    up to ROW_BLOCK_MAX, else the loop block (LOOP_BLOCK_WIDE for 16-bit logits without softcap) at LOOP_WARPS."""
+def ce_launch_params(n_cols: int) -> tuple[int, int]:
+    """(BLOCK, num_warps) of `_ce_kernel` on a GPU for rows of `n_cols` logits: the whole row up to ROW_BLOCK_MAX,
+    else LOOP_BLOCK at LOOP_WARPS (the same for every logits dtype and softcap: see LOOP_BLOCK)."""
     if n_cols <= ROW_BLOCK_MAX:
         block = row_block(n_cols)
         return block, warps_for_block(block)
-    return (LOOP_BLOCK_WIDE if itemsize <= 2 and not softcap else LOOP_BLOCK), LOOP_WARPS
+    return LOOP_BLOCK, LOOP_WARPS
 
 
 def launch_scale(grad: torch.Tensor, scale: torch.Tensor, max_programs: int = SCALE_PROGRAMS_MAX) -> None:
