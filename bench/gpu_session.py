@@ -5,9 +5,10 @@ task, start-up included), so each GPU issue's checks run as one command that was
 the CPU first. A plan is a fixed list of phases (`PLANS`); each phase is a subprocess with its own log,
 given at most its cap and never more than what is left of the budget (a phase that would get less than
 its minimum is skipped and reported). Results of the benchmarks go to one folder (MATHFORGE_RESULTS_DIR,
-read by `bench.common.write_result`); at the end the results and logs are packed into DIR/session.tar.gz
-and the phases' outcomes into DIR/summary.json (two files: the device tool brings back at most eight), and
-a short table is printed last. Nothing here judges a result: the benchmarks and `pytest -m gpu` do.
+read by `bench.common.write_result`); after every phase the results and logs are packed into
+DIR/session.tar.gz and the phases' outcomes into DIR/summary.json (two files: the device tool brings back at
+most eight; rewritten per phase so that a command cut short still returns what was measured), and a short
+table is printed last. Nothing here judges a result: the benchmarks and `pytest -m gpu` do.
 
 On the GPU machine `bash bench/gpu_session.sh PLAN [BUDGET]` installs the carried peer wheels (.whl/),
 builds mathforge and runs this; README "GPU runs" says how to fetch the wheels and unpack the results.
@@ -62,7 +63,7 @@ PLANS: dict[str, tuple[Phase, ...]] = {
     # issue 11: kernels correct on the GPU; the sweep with the peers in the same run; our fused linear CE at
     # fixed chunk sizes and 16-bit chunk logits next to the automatic choice (a results file of its own)
     "kernels": (
-        _pytest_gpu(120, *KERNEL_TESTS, *MODEL_TESTS),
+        _pytest_gpu(150, *KERNEL_TESTS, *MODEL_TESTS),
         # the CE at the launch candidates of bench.kernel_resources next to the kernel's own (8192 x 32 warps)
         Phase("kernel-sweep", ("-m", "mathforge.bench.kernels", "--ce-launch", CE_LAUNCHES), 220, min_s=90),
         Phase(
@@ -175,8 +176,21 @@ def _stop(proc: subprocess.Popen) -> None:
             continue
 
 
+def _pack(work: Path, out: Path, summary: dict) -> None:
+    """out/session.tar.gz (work as "session/", with summary.json) and out/summary.json, each replaced whole
+    (written beside, then renamed): a command cut short by the device's limit still returns the last pack."""
+    text = json.dumps(summary, indent=2) + "\n"
+    (work / "summary.json").write_text(text)
+    with tarfile.open(out / "session.tar.gz.part", "w:gz") as tar:
+        tar.add(work, arcname="session")
+    (out / "session.tar.gz.part").replace(out / "session.tar.gz")
+    (out / "summary.json.part").write_text(text)
+    (out / "summary.json.part").replace(out / "summary.json")
+
+
 def run_plan(name: str, budget_s: float, out: Path) -> dict:
-    """Runs plan `name` within `budget_s` seconds; writes out/session.tar.gz and out/summary.json."""
+    """Runs plan `name` within `budget_s` seconds; after every phase (re)writes out/session.tar.gz and
+    out/summary.json, the phases not yet run listed as "pending"."""
     phases = plan_phases(name)
     deadline = time.monotonic() + budget_s - RESERVE_S
     out.mkdir(parents=True, exist_ok=True)
@@ -185,14 +199,12 @@ def run_plan(name: str, budget_s: float, out: Path) -> dict:
         (work / "results").mkdir(parents=True)
         env = {**os.environ, RESULTS_ENV: str(work / "results"), "PYTHONUNBUFFERED": "1"}
         outcomes = []
-        for phase in phases:
+        for i, phase in enumerate(phases):
             outcomes.append(run_phase(phase, work, deadline, env))
             print(f"[{phase.name}] {outcomes[-1]['status']}", flush=True)
-        summary = {"plan": name, "budget_s": budget_s, "phases": outcomes}
-        (work / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-        with tarfile.open(out / "session.tar.gz", "w:gz") as tar:
-            tar.add(work, arcname="session")
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+            pending = [{"phase": p.name, "status": "pending", "why": "not run yet"} for p in phases[i + 1 :]]
+            summary = {"plan": name, "budget_s": budget_s, "phases": outcomes + pending}
+            _pack(work, out, summary)
     return summary
 
 

@@ -87,6 +87,7 @@ def test_plan_packs_results_and_logs_into_two_files(tmp_path, monkeypatch):
     )
     summary = run_plan("probe", 120, tmp_path / "out")
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["session.tar.gz", "summary.json"]
+    assert all(o["status"] != "pending" for o in summary["phases"])
     assert [o["status"] for o in summary["phases"]] == ["ok", "failed"]
     assert "ZeroDivisionError: division by zero" in summary["phases"][1]["log_tail"][-1]
     assert json.loads((tmp_path / "out" / "summary.json").read_text()) == summary
@@ -96,6 +97,25 @@ def test_plan_packs_results_and_logs_into_two_files(tmp_path, monkeypatch):
     assert {"session/logs/write.log", "session/logs/fail.log", "session/summary.json"} <= names
     assert payload["rows"] == [1, 2]
     assert gpu_session.main(["probe", "--budget", "120", "--out", str(tmp_path / "again")]) == 1
+
+
+def test_each_phase_finds_the_earlier_phases_already_packed(tmp_path, monkeypatch):
+    """The device tool's limit can end the command mid-phase (less device time left than asked for): what the
+    earlier phases measured must already be in out/, with the phases still to run marked pending."""
+    out = tmp_path / "out"
+    check = (
+        "import json, sys, tarfile; "
+        f"tar = tarfile.open({str(out / 'session.tar.gz')!r}); "
+        "names = tar.getnames(); "
+        f"summary = json.load(open({str(out / 'summary.json')!r})); "
+        "ok = 'session/logs/first.log' in names and [o['status'] for o in summary['phases']] == "
+        "['ok', 'pending', 'pending']; "
+        "sys.exit(0 if ok else 3)"
+    )
+    phases = (Phase("first", ("-c", "print('measured')"), 60, 0), Phase("check", ("-c", check), 60, 0))
+    monkeypatch.setitem(gpu_session.PLANS, "probe", (*phases, Phase("last", ("-c", "pass"), 60, 0)))
+    summary = run_plan("probe", 120, out)
+    assert [o["status"] for o in summary["phases"]] == ["ok", "ok", "ok"], summary["phases"][1]["log_tail"]
 
 
 def test_results_folder_prefers_the_argument_then_the_environment(tmp_path, monkeypatch):
