@@ -3,7 +3,7 @@
 # Python 3.12, torch 2.11.0, triton 3.6.0, transformers 5.17.0; no datasets, openai or latex2sympy2 there) in a venv
 # of its own, then, with what the GPU machine would run:
 #   1. bench/gpu_session.sh smoke (carried wheels, the image's build line, one phase per kind);
-#   2. the kernel, attention and GPU-session tests under Triton 3.6's interpreter;
+#   2. the kernel, attention, model, GPU-session and bench.train tests under Triton 3.6's interpreter;
 #   3. every kernel compiled for sm_90 by Triton 3.6 (bench/results/sm90/kernel_resources_triton3.6.json).
 #     bash bench/gpu_image_check.sh [VENV]      (VENV default .venv-gpu-image; PYTHON312 picks the interpreter;
 #                                               NO_RESOURCES=1 skips step 3, ~15 minutes on one core)
@@ -23,5 +23,5 @@ export PATH="$venv/bin:$PATH"
 python -c "import sys, torch, triton; print('python', sys.version.split()[0], 'torch', torch.__version__, 'triton', triton.__version__)"
 OUT=$(mktemp -d) bash bench/gpu_session.sh smoke 300
 PYTHONPATH=/tmp/site python -m pytest -q -p no:cacheprovider tests/test_kernels_*.py tests/test_attention.py \
-  tests/test_kernel_resources.py tests/test_gpu_session.py tests/test_doctor.py
+  tests/test_kernel_resources.py tests/test_gpu_session.py tests/test_doctor.py tests/test_model.py tests/test_bench_train.py
 [ -n "${NO_RESOURCES:-}" ] || python -m mathforge.bench.kernel_resources
