@@ -378,7 +378,7 @@ def sweep(
     cases = [cross_entropy_case(n, v, bf16, device, quick, ce_launches) for v in vocabs]
     cases += flce_sweep.cases(device, quick, bf16)
     cases += [rms_norm_case(n, h, bf16, device, quick) for h in ((4096,) if quick else (2048, 4096, 8192))]
-    cases += [swiglu_case(n, i, bf16, device, quick) for i in ((14336,) if quick else (11008, 14336))]
+    cases += [swiglu_case(n, i, bf16, device, quick) for i in ((14336,) if quick else (4096, 11008, 14336))]
     rope_heads = ((32, 8),) if quick else ((32, 8), (28, 4))
     cases += [rope_case(n, hq, hk, 128, bf16, device, quick) for hq, hk in rope_heads]
     return cases
