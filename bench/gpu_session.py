@@ -36,6 +36,7 @@ KERNEL_TESTS = (
     "tests/test_kernels_ce_fused.py",
     "tests/test_kernels_flce_chunks.py",
     "tests/test_kernels_flce_paths.py",
+    "tests/test_kernels_peer_cases.py",
 )
 MODEL_TESTS = ("tests/test_attention.py", "tests/test_doctor.py")
 CE_LAUNCHES = "16384x32,4096x8,4096x16,32768x32"
