@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import warnings
 from collections import Counter
 from pathlib import Path
 
@@ -32,28 +33,15 @@ PEERS = Path(__file__).parent / "cases" / "peers"
 OPS = ("cross_entropy", "fused_linear_cross_entropy", "rms_norm", "swiglu", "rope")
 DEVICE = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-# Expected failures (on CPU, where they were shown; the GPU runs other shapes): the grad_logits of these cases
-# differ from the peer's torch reference by more than the peer's tolerance, and torch's side is the less exact one.
-# Against float64 (`_exact_ce`), ours is within the peer's tolerance at every element and, on the mismatched
-# elements, nearer to it than torch: max error there (ours, torch) as given. `_check_all` re-checks exactly this
-# before raising PeerMismatch, the one exception the xfail accepts. Numbers: tests/cases/peers/README.md.
-_BF16_REASON = "torch's bf16 CE backward (softmax = exp of the bf16-rounded log_softmax) is the less exact side"
-_FP32_REASON = (
-    "torch's fp32 label-smoothed 'sum' gradient (5.0e-8 from fp64 already without z-loss) is the less exact side"
-)
-XFAIL: dict[str, str] = {
-    "ce-sum-B3xT423xV32000-bf16": f"{_BF16_REASON}: fp64 error 1.8e-6 ours vs 1.5e-5 torch",
-    "ce-none-B3xT423xV32000-bf16": f"{_BF16_REASON}: fp64 error 1.7e-6 ours vs 1.2e-5 torch",
-    "ce-ignore-123-sum-B3xT423xV32000-bf16": f"{_BF16_REASON}: fp64 error 1.8e-6 ours vs 1.6e-5 torch",
-    "ce-ignore-123-none-B3xT423xV32000-bf16": f"{_BF16_REASON}: fp64 error 4.0e-7 ours vs 2.9e-6 torch",
-    "ce-ls0.1-B3xT423xV32000-bf16": f"{_BF16_REASON}: fp64 error 5.3e-9 ours vs 3.6e-7 torch",
-    "ce-ls0.2-ignore-300-B3xT423xV32000-bf16": f"{_BF16_REASON}: fp64 error 2.9e-8 ours vs 2.1e-7 torch",
-    "ce-notlast-sum-B3xT423xV32000-bf16": f"{_BF16_REASON}: fp64 error 5.6e-7 ours vs 1.9e-5 torch",
-    "ce-notlast-mean-B3xT423xV32000-bf16": f"{_BF16_REASON}: fp64 error 1.7e-7 ours vs 7.8e-7 torch",
-    "ce-z0.0001-rz1-ls0.2-ignore-42-sum-B3xT423xV32000-fp32": f"{_FP32_REASON}: fp64 error 9.5e-10 ours, 4.7e-8 torch",
-    "ce-z1e-05-rz0-ls0.2-ignore-42-sum-B3xT423xV32000-fp32": f"{_FP32_REASON}: fp64 error 1.5e-9 ours vs 5.6e-8 torch",
-}
+# When ours and the peer's torch reference differ by more than the peer's tolerance, a case that can compute the
+# same tensors in float64 (`exact`, the cross-entropy cases) is judged against that: it passes only if ours is
+# within the peer's tolerance of float64 at every element and nearer to it than torch on every mismatched element
+# (torch's side is then the less exact one); such a case is counted apart ("torch less exact") and warns with the
+# numbers, so a run shows how many cases pass the peer's own assert and how many only against float64. Measured
+# on CPU: 10 CE gradient cases (8 bf16: torch's bf16 backward is exp of the bf16-rounded log_softmax; 2 fp32
+# label-smoothed "sum"); numbers in tests/cases/peers/README.md.
 RESULTS: Counter = Counter()
+LESS_EXACT: set[str] = set()  # ids of the cases judged "torch less exact" in this session
 
 
 def load_cases(op: str) -> list[dict]:
@@ -64,11 +52,11 @@ def load_cases(op: str) -> list[dict]:
 
 def _param(case: dict):
     marks = [pytest.mark.gpu] if case["gpu_only"] and not case["unsupported"] else []
-    if case["id"] in XFAIL:
-        marks.append(
-            pytest.mark.xfail(DEVICE.type == "cpu", reason=XFAIL[case["id"]], raises=PeerMismatch, strict=True)
-        )
     return pytest.param(case, id=case["id"], marks=marks)
+
+
+class ReferenceLessExact(UserWarning):
+    """A case whose peer assert failed where float64 shows torch's reference, not ours, to be off."""
 
 
 ALL_CASES = [case for op in OPS for case in load_cases(op)]
@@ -129,32 +117,39 @@ class PeerMismatch(AssertionError):
     """Ours and the peer's torch reference differ by more than the peer's tolerance (the peer's own assert)."""
 
 
-def _check_all(case: dict, pairs: dict[str, tuple[torch.Tensor, torch.Tensor]], exact=None) -> None:
-    """Compares every (ours, reference) pair the case lists in `checks`; raises PeerMismatch with every mismatch.
-    For a case in XFAIL, `exact()` (the same tensors computed in float64) must first show that torch's reference
-    is the less exact side, else a plain AssertionError (which the case's xfail does not accept) is raised."""
+def _check_all(case: dict, pairs: dict[str, tuple[torch.Tensor, torch.Tensor]], exact=None) -> str:
+    """Compares every (ours, reference) pair the case lists in `checks`: "passed" when all are within the peer's
+    tolerance; else, when `exact()` (the same tensors in float64) shows torch's reference to be the less exact
+    side for every mismatch, "torch less exact" (with a ReferenceLessExact warning giving the numbers); else
+    PeerMismatch (or the AssertionError of the float64 check) with every mismatch."""
     missing = [c for c in case["checks"] if c not in pairs]
     assert not missing, f"{case['id']}: no tensors for checks {missing}"
     errors = {name: _mismatch(name, *pairs[name], case["atol"], case["rtol"]) for name in case["checks"]}
     errors = {name: e for name, e in errors.items() if e}
-    if errors and case["id"] in XFAIL:
-        assert exact is not None, f"{case['id']}: an expected failure needs its float64 computation"
-        fp64 = exact()
-        for name in errors:
-            _assert_reference_less_exact(case, name, *pairs[name], fp64[name])
-    if errors:
+    if not errors:
+        return "passed"
+    if exact is None:
         raise PeerMismatch(f"{case['id']}:\n  " + "\n  ".join(errors.values()))
+    fp64 = exact()
+    verdicts = [_reference_less_exact(case, name, *pairs[name], fp64[name]) for name in errors]
+    warnings.warn(ReferenceLessExact(f"{case['id']}: " + "; ".join(verdicts)), stacklevel=2)
+    LESS_EXACT.add(case["id"])
+    return "torch less exact"
 
 
-def _assert_reference_less_exact(case: dict, name: str, ours, ref, fp64: torch.Tensor) -> None:
-    """Ours within the peer's tolerance of float64 everywhere, and nearer to it than torch's reference on the
-    elements where the two differ by more than that tolerance."""
+def _reference_less_exact(case: dict, name: str, ours, ref, fp64: torch.Tensor) -> str:
+    """Asserts ours within the peer's tolerance of float64 everywhere, and nearer to it than torch's reference on
+    the elements where the two differ by more than that tolerance; returns the numbers."""
     atol, rtol = case["atol"], case["rtol"]
     ours, ref = ours.detach().double(), ref.detach().double()
-    assert torch.allclose(ours, fp64, atol=atol, rtol=rtol), f"{case['id']} {name}: ours is not within tol of fp64"
+    assert torch.allclose(ours, fp64, atol=atol, rtol=rtol), (
+        f"{case['id']} {name}: differs from the peer's reference and is not within its tolerance of float64 "
+        f"(max abs err {(ours - fp64).abs().max().item():.3g})"
+    )
     flagged = (ours - ref).abs() > atol + rtol * ref.abs()
     err_ours, err_ref = ((t - fp64).abs()[flagged].max().item() for t in (ours, ref))
-    assert err_ours < err_ref, f"{case['id']} {name}: fp64 error ours {err_ours:.3g} vs torch {err_ref:.3g}"
+    assert err_ours < err_ref, f"{case['id']} {name}: float64 error ours {err_ours:.3g} vs torch {err_ref:.3g}"
+    return f"{name}: {int(flagged.sum())} elements over the peer tolerance; float64 error ours {err_ours:.2g}, torch {err_ref:.2g}"
 
 
 def _grads(outs, inputs, upstream) -> tuple:
@@ -197,7 +192,7 @@ def _torch_ce_softcap(x: torch.Tensor, target: torch.Tensor, options: dict) -> t
 def _torch_ce_zloss(x: torch.Tensor, target: torch.Tensor, options: dict, out_dtype: torch.dtype, compute_dtype=None):
     """The peer's CrossEntropyWithZLoss: on fp32 logits, F.cross_entropy plus scale * lse² of the non-ignored rows
     (summed; "mean" divides by their count), each cast to `out_dtype` and then added; returns (total, z).
-    (`compute_dtype` float64 gives the float64 computation the expected failures are judged against.)"""
+    (`compute_dtype` float64 gives the float64 computation that a mismatch with the peer is judged against.)"""
     logits = x.to(compute_dtype or torch.float32)
     ignore_index, reduction = options.get("ignore_index", -100), options.get("reduction", "mean")
     valid = target != ignore_index
@@ -566,7 +561,7 @@ def test_peer_case(case, monkeypatch):
     except BaseException:
         RESULTS[(case["op"], "error")] += 1
         raise
-    RESULTS[(case["op"], "passed")] += 1
+    RESULTS[(case["op"], "torch less exact" if case["id"] in LESS_EXACT else "passed")] += 1
 
 
 # ---------------------------------------------------------------- counts
@@ -597,13 +592,14 @@ def readme_counts() -> dict[str, dict[str, int]]:
 
 def test_summary(capsys):
     """The data's counts match the README's table; prints them with this session's outcomes (the cases run
-    before this test; "mismatch" counts the expected failures too, "gpu_only skipped" the cases needing CUDA)."""
+    before this test: "passed" the peer's own assert, "torch less exact" passed only against float64,
+    "gpu_only skipped" the cases needing CUDA)."""
     counts = data_counts()
     with capsys.disabled():
         print("\nLiger peer cases (data counts; this session's outcomes):")
         for name, row in counts.items():
             op = name.removeprefix("liger_").removesuffix(".jsonl")
-            ran = {k: RESULTS[(op, k)] for k in ("passed", "mismatch", "error", "unsupported")}
+            ran = {k: RESULTS[(op, k)] for k in ("passed", "torch less exact", "mismatch", "error", "unsupported")}
             ran["gpu_only skipped"] = 0 if DEVICE.type == "cuda" else row["gpu_only"]
             print(f"  {name}: {row}; {ran}")
     assert counts == readme_counts()
