@@ -64,7 +64,7 @@ PLANS: dict[str, tuple[Phase, ...]] = {
     # issue 11: kernels correct on the GPU; the sweep with the peers in the same run; our fused linear CE at
     # fixed chunk sizes and 16-bit chunk logits next to the automatic choice (a results file of its own)
     "kernels": (
-        _pytest_gpu(150, *KERNEL_TESTS, *MODEL_TESTS),
+        _pytest_gpu(180, *KERNEL_TESTS, *MODEL_TESTS),
         # the CE at the launch candidates of bench.kernel_resources next to the kernel's own (8192 x 32 warps)
         Phase("kernel-sweep", ("-m", "mathforge.bench.kernels", "--ce-launch", CE_LAUNCHES), 220, min_s=90),
         Phase(
@@ -224,7 +224,7 @@ def print_summary(summary: dict) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mathforge.bench.gpu_session", description=__doc__.splitlines()[0])
     parser.add_argument("plan", help=f"one of: {', '.join(sorted(PLANS))}")
-    parser.add_argument("--budget", type=float, default=480.0, help="seconds for the whole plan (default 480)")
+    parser.add_argument("--budget", type=float, default=540.0, help="seconds for the whole plan (default 540)")
     parser.add_argument("--out", type=Path, required=True, help="folder for session.tar.gz and summary.json")
     args = parser.parse_args(argv)
     try:

@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # The one device call of a GPU issue, from the repository root on the GPU machine:
-#     bash bench/gpu_session.sh PLAN [BUDGET_S]      (PLAN: kernels = issue 11, train = issue 12; BUDGET_S 480)
-# with the device tool: run(command="bash bench/gpu_session.sh kernels 480", carry=[".whl"], timeout_s=560).
+#     bash bench/gpu_session.sh PLAN [BUDGET_S]      (PLAN: kernels = issue 11, train = issue 12; BUDGET_S 540)
+# with the device tool: run(command="bash bench/gpu_session.sh kernels 540", carry=[".whl"], timeout_s=590).
 # Installs the carried peer wheels from .whl/ (README "GPU runs" says how to fetch them), builds mathforge
 # against the image's torch, then runs `python -m mathforge.bench.gpu_session`, which writes
 # $OUT/session.tar.gz and $OUT/summary.json.
 set -uo pipefail
 plan=${1:?usage: bash bench/gpu_session.sh PLAN [BUDGET_S]}
-budget=${2:-480}
+budget=${2:-540}
 out=${OUT:-/tmp/gpu-session-out}
 mkdir -p "$out"
 start=$SECONDS
