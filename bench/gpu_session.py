@@ -36,9 +36,9 @@ KERNEL_TESTS = (
     "tests/test_kernels_ce_fused.py",
     "tests/test_kernels_flce_chunks.py",
     "tests/test_kernels_flce_paths.py",
-    "tests/test_kernels_peer_cases.py",
 )
 MODEL_TESTS = ("tests/test_attention.py", "tests/test_doctor.py")
+PEER_CASE_TESTS = ("tests/test_kernels_peer_cases.py", "tests/test_kernels_peer_cases_cce.py")  # marked peer_cases
 CE_LAUNCHES = "16384x32,4096x8,4096x16,32768x32"
 KILL_GRACE_S = 10  # after the cap: SIGTERM, then SIGKILL this much later
 LOG_TAIL_LINES = 12
@@ -64,9 +64,9 @@ PLANS: dict[str, tuple[Phase, ...]] = {
     # issue 11: kernels correct on the GPU; the sweep with the peers in the same run; our fused linear CE at
     # fixed chunk sizes and 16-bit chunk logits next to the automatic choice (a results file of its own)
     "kernels": (
-        _pytest_gpu(180, *KERNEL_TESTS, *MODEL_TESTS),
+        _pytest_gpu(150, *KERNEL_TESTS, *MODEL_TESTS),
         # the CE at the launch candidates of bench.kernel_resources next to the kernel's own (8192 x 32 warps)
-        Phase("kernel-sweep", ("-m", "mathforge.bench.kernels", "--ce-launch", CE_LAUNCHES), 220, min_s=90),
+        Phase("kernel-sweep", ("-m", "mathforge.bench.kernels", "--ce-launch", CE_LAUNCHES), 200, min_s=90),
         Phase(
             "flce-chunks",
             (
@@ -83,8 +83,15 @@ PLANS: dict[str, tuple[Phase, ...]] = {
                 "--flce-logits",
                 "fp32,input",
             ),
-            120,
+            100,
             min_s=60,
+        ),
+        # last (skipped first when time is short): Liger's and CCE's own test cases at their full shapes
+        Phase(
+            "peer-cases",
+            ("-m", "pytest", "-q", "-m", "peer_cases", "-p", "no:cacheprovider", *PEER_CASE_TESTS),
+            90,
+            min_s=30,
         ),
     ),
     # issue 12: full training steps against transformers + Liger padding-free and padded (bench.train writes

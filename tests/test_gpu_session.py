@@ -38,7 +38,13 @@ def test_every_test_file_with_gpu_tests_is_in_a_plan():
     tests = Path(__file__).resolve().parent
     marker = re.compile(r"\bpytest\.mark\.gpu\b")  # a decorator, pytestmark, or marks=... of a pytest.param
     marked = {f"tests/{f.name}" for f in tests.glob("test_*.py") if marker.search(f.read_text())}
-    assert marked and marked <= set(gpu_session.KERNEL_TESTS) | set(gpu_session.MODEL_TESTS)
+    planned = set(gpu_session.KERNEL_TESTS) | set(gpu_session.MODEL_TESTS) | set(gpu_session.PEER_CASE_TESTS)
+    assert marked and marked <= planned
+    peers = re.compile(r"^pytestmark = pytest\.mark\.peer_cases\b", re.MULTILINE)
+    peer_files = {f"tests/{f.name}" for f in tests.glob("test_*.py") if peers.search(f.read_text())}
+    assert peer_files == set(gpu_session.PEER_CASE_TESTS)
+    (phase,) = [p for p in gpu_session.PLANS["kernels"] if p.name == "peer-cases"]
+    assert phase.argv[3:5] == ("-m", "peer_cases") and set(gpu_session.PEER_CASE_TESTS) <= set(phase.argv)
 
 
 def test_gpu_plans_use_flags_the_benchmarks_accept():

@@ -29,6 +29,8 @@ from mathforge.kernels.rms_norm import rms_norm_triton
 from mathforge.kernels.rope import apply_rope_triton
 from mathforge.kernels.swiglu import swiglu_triton
 
+pytestmark = pytest.mark.peer_cases  # a GPU plan runs them at the peers' full shapes (bench.gpu_session)
+
 PEERS = Path(__file__).parent / "cases" / "peers"
 OPS = ("cross_entropy", "fused_linear_cross_entropy", "rms_norm", "swiglu", "rope")
 DEVICE = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")

@@ -26,6 +26,8 @@ import torch.nn.functional as F
 
 from mathforge.kernels.fused_linear_cross_entropy import fused_linear_cross_entropy_triton
 
+pytestmark = pytest.mark.peer_cases  # a GPU plan runs them at the peers' full shapes (bench.gpu_session)
+
 PEERS = Path(__file__).parent / "cases" / "peers"
 DATA = PEERS / "cce_linear_cross_entropy.jsonl"
 DEVICE = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
