@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import importlib
+
 import torch
+
+_ce = importlib.import_module("mathforge.kernels.cross_entropy")  # the package re-exports a function so named
 
 TOL = {torch.float32: 2e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
 
@@ -38,3 +42,22 @@ def compare(ours_fn, ref_fn, inputs: list[torch.Tensor], tol: float, upstream=No
         assert err <= tol * (1.0 + scale), f"{name}: max error {err:.3g} (scale {scale:.3g}, tol {tol})"
     for t, g in zip(ours_in, grads):
         assert g.dtype == t.dtype, "gradients come back in the input dtypes"
+
+
+def record_launches(monkeypatch, caller) -> dict[str, list]:
+    """Records (forward, backward) of every `_ce_kernel` launch made through `caller.launch_ce` (the CE module, or a
+    module that imported `launch_ce` by name) and the upstream scale of every `_scale_kernel` launch."""
+    record = {"ce": [], "scale": []}
+    launch_ce, launch_scale = caller.launch_ce, _ce.launch_scale
+
+    def counted_ce(*args, **kwargs):
+        record["ce"].append((kwargs["loss"] is not None, kwargs["grad"] is not None))
+        return launch_ce(*args, **kwargs)
+
+    def counted_scale(grad, scale, *args):
+        record["scale"].append(float(scale))
+        return launch_scale(grad, scale, *args)
+
+    monkeypatch.setattr(caller, "launch_ce", counted_ce)
+    monkeypatch.setattr(_ce, "launch_scale", counted_scale)
+    return record

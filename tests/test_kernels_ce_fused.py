@@ -10,7 +10,7 @@ import importlib
 
 import pytest
 import torch
-from _kernel_utils import TOL, compare, leaf
+from _kernel_utils import TOL, compare, leaf, record_launches
 
 from mathforge.kernels import reference
 
@@ -41,20 +41,7 @@ def _logits(n: int, v: int, seed: int, scale: float = 3.0, dtype: torch.dtype = 
 @pytest.fixture
 def launches(monkeypatch):
     """Records (forward, backward) of every `_ce_kernel` launch and the scale of every `_scale_kernel` launch."""
-    record = {"ce": [], "scale": []}
-    launch_ce, launch_scale = ce.launch_ce, ce.launch_scale
-
-    def counted_ce(*args, **kwargs):
-        record["ce"].append((kwargs["loss"] is not None, kwargs["grad"] is not None))
-        return launch_ce(*args, **kwargs)
-
-    def counted_scale(grad, scale, *args):
-        record["scale"].append(float(scale))
-        return launch_scale(grad, scale, *args)
-
-    monkeypatch.setattr(ce, "launch_ce", counted_ce)
-    monkeypatch.setattr(ce, "launch_scale", counted_scale)
-    return record
+    return record_launches(monkeypatch, ce)
 
 
 def _check(logits, target, upstream, tol, **kw):

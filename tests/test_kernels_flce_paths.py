@@ -8,7 +8,7 @@ import importlib
 
 import pytest
 import torch
-from _kernel_utils import leaf
+from _kernel_utils import leaf, record_launches
 
 from mathforge.kernels import reference
 
@@ -19,20 +19,7 @@ flce = importlib.import_module("mathforge.kernels.fused_linear_cross_entropy")
 @pytest.fixture
 def launches(monkeypatch):
     """(forward, backward) of every `_ce_kernel` launch the fused linear CE makes, and every upstream scale."""
-    record = {"ce": [], "scale": []}
-    launch_ce, launch_scale = flce.launch_ce, ce.launch_scale
-
-    def counted_ce(*args, **kwargs):
-        record["ce"].append((kwargs["loss"] is not None, kwargs["grad"] is not None))
-        return launch_ce(*args, **kwargs)
-
-    def counted_scale(grad, scale, *args):
-        record["scale"].append(float(scale))
-        return launch_scale(grad, scale, *args)
-
-    monkeypatch.setattr(flce, "launch_ce", counted_ce)
-    monkeypatch.setattr(ce, "launch_scale", counted_scale)
-    return record
+    return record_launches(monkeypatch, flce)
 
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]

@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import warnings
 from collections import Counter
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+from _peer_cases import PEERS, case_counts
+from _peer_cases import readme_counts as _readme_counts
 
 from mathforge.errors import DataError
 from mathforge.kernels import functional
@@ -31,7 +31,6 @@ from mathforge.kernels.swiglu import swiglu_triton
 
 pytestmark = pytest.mark.peer_cases  # a GPU plan runs them at the peers' full shapes (bench.gpu_session)
 
-PEERS = Path(__file__).parent / "cases" / "peers"
 OPS = ("cross_entropy", "fused_linear_cross_entropy", "rms_norm", "swiglu", "rope")
 DEVICE = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -570,26 +569,13 @@ def test_peer_case(case, monkeypatch):
 
 
 def data_counts() -> dict[str, dict[str, int]]:
-    """Per file: cases, unsupported, GPU-only (supported), CPU-run (supported, not GPU-only), derived."""
-    counts = {}
-    for op in OPS:
-        cases = load_cases(op)
-        supported = [c for c in cases if not c["unsupported"]]
-        counts[f"liger_{op}.jsonl"] = {
-            "cases": len(cases),
-            "unsupported": len(cases) - len(supported),
-            "gpu_only": sum(c["gpu_only"] for c in supported),
-            "cpu": sum(not c["gpu_only"] for c in supported),
-            "derived": sum(bool(c.get("derived_from")) for c in cases),
-        }
-    return counts
+    """Per file: `case_counts` of its cases."""
+    return {f"liger_{op}.jsonl": case_counts(load_cases(op)) for op in OPS}
 
 
 def readme_counts() -> dict[str, dict[str, int]]:
-    """The counts table of tests/cases/peers/README.md: rows `| liger_x.jsonl | n | n | n | n | n |`."""
-    keys = ("cases", "unsupported", "gpu_only", "cpu", "derived")
-    rows = re.findall(r"^\|\s*(liger_\w+\.jsonl)\s*\|((?:\s*\d+\s*\|){5})\s*$", (PEERS / "README.md").read_text(), re.M)
-    return {name: dict(zip(keys, map(int, re.findall(r"\d+", cells)))) for name, cells in rows}
+    """The Liger rows of tests/cases/peers/README.md's counts table: `| liger_x.jsonl | n | n | n | n | n |`."""
+    return _readme_counts(r"(liger_\w+\.jsonl)")
 
 
 def test_summary(capsys):

@@ -16,19 +16,18 @@ On CPU a case runs its `cpu_shape` (fewer rows, V and D kept); on CUDA the peer'
 from __future__ import annotations
 
 import json
-import re
 from collections import Counter
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+from _peer_cases import PEERS, case_counts
+from _peer_cases import readme_counts as _readme_counts
 
 from mathforge.kernels.fused_linear_cross_entropy import fused_linear_cross_entropy_triton
 
 pytestmark = pytest.mark.peer_cases  # a GPU plan runs them at the peers' full shapes (bench.gpu_session)
 
-PEERS = Path(__file__).parent / "cases" / "peers"
 DATA = PEERS / "cce_linear_cross_entropy.jsonl"
 DEVICE = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -251,27 +250,13 @@ def test_cce_case(case):
 
 
 def data_counts() -> dict[str, dict[str, int]]:
-    """Per peer test: cases, unsupported, GPU-only (supported), CPU-run (supported, not GPU-only), derived."""
-    counts = {}
-    for test in TESTS:
-        cases = [c for c in ALL_CASES if c["source"]["test"] == test]
-        supported = [c for c in cases if not c["unsupported"]]
-        counts[test] = {
-            "cases": len(cases),
-            "unsupported": len(cases) - len(supported),
-            "gpu_only": sum(c["gpu_only"] for c in supported),
-            "cpu": sum(not c["gpu_only"] for c in supported),
-            "derived": sum(bool(c.get("derived_from")) for c in cases),
-        }
-    return counts
+    """Per peer test: `case_counts` of its cases."""
+    return {test: case_counts([c for c in ALL_CASES if c["source"]["test"] == test]) for test in TESTS}
 
 
 def readme_counts() -> dict[str, dict[str, int]]:
-    """The CCE counts table of tests/cases/peers/README.md: rows `| cce: test_x | n | n | n | n | n |`."""
-    keys = ("cases", "unsupported", "gpu_only", "cpu", "derived")
-    pattern = r"^\|\s*cce: (test_\w+)\s*\|((?:\s*\d+\s*\|){5})\s*$"
-    rows = re.findall(pattern, (PEERS / "README.md").read_text(), re.M)
-    return {name: dict(zip(keys, map(int, re.findall(r"\d+", cells)))) for name, cells in rows}
+    """The CCE rows of tests/cases/peers/README.md's counts table: `| cce: test_x | n | n | n | n | n |`."""
+    return _readme_counts(r"cce: (test_\w+)")
 
 
 def test_summary(capsys):
