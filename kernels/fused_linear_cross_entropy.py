@@ -12,7 +12,9 @@ follow (grad mode on, an input requiring grad) and the backward only scales them
 fp32, skipped when it is 1). For "none" the per-row upstream gradients are unknown until the backward, which
 therefore recomputes the chunks (using the lse saved by the forward); fp16 inputs take that path for
 "mean"/"sum" too, like `cross_entropy`'s fp16 logits: gradients already divided by n_valid and rounded to fp16
-lose their small entries, and GradScaler's first upstream (2^16) is not even an fp16 number. No host
+lose their small entries, and GradScaler's first upstream (2^16) is not even an fp16 number. Only the gradients
+of inputs that require grad are computed: a frozen LM head (LoRA, a frozen tied embedding) costs neither the
+weight-gradient GEMM nor the [V, H] fp32 accumulator; a frozen trunk skips the grad_hidden GEMM. No host
 synchronisation: the number of non-ignored tokens stays on the device. The matmuls run with autocast
 disabled (the logits are fp32 by contract, also inside a bf16 `torch.autocast` region).
 Out-of-range targets behave as in `mathforge.kernels.cross_entropy` (NaN rows; DataError with
@@ -66,6 +68,8 @@ CHUNK_ROW_MULTIPLE = 128  # rows rounded to a multiple of 128: whole tiles for t
 CHUNK_LOGITS = ("fp32", "input")  # logits chunk dtype: fp32 (fp64 for fp64 inputs), or hidden's dtype
 
 SECOND_BACKWARD = "fused_linear_cross_entropy: backward through the same loss twice is not supported"
+GRAD_HIDDEN, GRAD_WEIGHT, GRAD_BIAS = 1, 2, 4  # bits of `wanted`: the gradients to compute
+GRAD_ALL = GRAD_HIDDEN | GRAD_WEIGHT | GRAD_BIAS
 
 
 def chunk_logits_bytes(dtype: torch.dtype, chunk_logits: str) -> int:
@@ -233,7 +237,7 @@ def _chunked(
     loss: torch.Tensor | None,
     lse: torch.Tensor,
     scale: torch.Tensor | None,
-    grads: bool,
+    wanted: int,
     chunk: int,
     ignore_index: int,
     label_smoothing: float,
@@ -241,15 +245,18 @@ def _chunked(
     softcap: float | None,
     chunk_logits: str,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
-    """One pass over the token chunks. `loss` given → fill loss/lse; `grads` → return (grad_hidden,
-    grad_weight, grad_bias) with row i scaled by scale[i] (or scale[0]). The first chunk writes the fp32
-    accumulators (so they start uninitialised; zeros only when there is no chunk at all)."""
+    """One pass over the token chunks. `loss` given → fill loss/lse; `wanted` (GRAD_* bits) → return
+    (grad_hidden, grad_weight, grad_bias), each None unless wanted, with row i scaled by scale[i] (or scale[0]);
+    the GEMM and accumulator of a gradient not wanted are skipped (a frozen LM head costs no [V, H] buffer). The
+    first chunk writes the fp32 accumulators (so they start uninitialised; zeros only when there is no chunk)."""
     n, v = hidden.shape[0], weight.shape[0]
     acc_dtype = torch.float64 if weight.dtype == torch.float64 else torch.float32
     new_acc = torch.zeros if n == 0 else torch.empty
-    grad_hidden = torch.empty_like(hidden) if grads else None
-    grad_weight = new_acc(weight.shape, device=weight.device, dtype=acc_dtype) if grads else None
-    grad_bias = new_acc(v, device=weight.device, dtype=acc_dtype) if grads and bias is not None else None
+    want_bias = bool(wanted & GRAD_BIAS) and bias is not None
+    grad_hidden = torch.empty_like(hidden) if wanted & GRAD_HIDDEN else None
+    grad_weight = new_acc(weight.shape, device=weight.device, dtype=acc_dtype) if wanted & GRAD_WEIGHT else None
+    grad_bias = new_acc(v, device=weight.device, dtype=acc_dtype) if want_bias else None
+    grads = any(g is not None for g in (grad_hidden, grad_weight, grad_bias))
     for start in range(0, n, chunk):
         stop = min(start + chunk, n)
         h = hidden[start:stop]
@@ -269,16 +276,21 @@ def _chunked(
             z_loss=z_loss,
             softcap=softcap,
         )
-        if grads:
+        if grad_hidden is not None:
             torch.mm(dlogits, weight, out=grad_hidden[start:stop])
+        if grad_weight is not None:
             _accumulate_weight_grad(grad_weight, dlogits, h, first=start == 0)
-            if grad_bias is not None:
-                _accumulate_bias_grad(grad_bias, dlogits, first=start == 0)
+        if grad_bias is not None:
+            _accumulate_bias_grad(grad_bias, dlogits, first=start == 0)
         del logits, dlogits
-    if grads:
-        grad_weight = grad_weight.to(weight.dtype)
-        grad_bias = grad_bias.to(bias.dtype) if grad_bias is not None else None
+    grad_weight = grad_weight.to(weight.dtype) if grad_weight is not None else None
+    grad_bias = grad_bias.to(bias.dtype) if grad_bias is not None else None
     return grad_hidden, grad_weight, grad_bias
+
+
+def wanted_grads(needs_hidden: bool, needs_weight: bool, needs_bias: bool) -> int:
+    """The GRAD_* bits of the gradients a backward needs."""
+    return GRAD_HIDDEN * needs_hidden | GRAD_WEIGHT * needs_weight | GRAD_BIAS * needs_bias
 
 
 @torch.library.custom_op("mathforge::flce_fwd", mutates_args=())
@@ -294,9 +306,11 @@ def flce_fwd(
     grad_scale_mode: int,
     chunk: int,
     chunk_logits: str = "fp32",
+    wanted: int = GRAD_ALL,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-row loss [N] and lse [N] (fp32); with grad_scale_mode 1 ("mean") or 2 ("sum") also the gradients
-    of the reduced loss (grad_hidden, grad_weight, grad_bias; empty tensors when mode is 0 or no bias)."""
+    """Per-row loss [N] and lse [N] (fp32); with grad_scale_mode 1 ("mean") or 2 ("sum") also the `wanted`
+    gradients of the reduced loss (grad_hidden, grad_weight, grad_bias; empty tensors for the others, when mode
+    is 0 or there is no bias)."""
     with torch.autocast(hidden.device.type, enabled=False):
         return _flce_fwd(
             hidden,
@@ -310,6 +324,7 @@ def flce_fwd(
             grad_scale_mode,
             chunk,
             chunk_logits,
+            wanted,
         )
 
 
@@ -325,6 +340,7 @@ def _flce_fwd(
     grad_scale_mode,
     chunk,
     chunk_logits,
+    wanted,
 ):
     n = hidden.shape[0]
     loss = torch.empty(n, device=hidden.device, dtype=torch.float32)
@@ -340,7 +356,7 @@ def _flce_fwd(
         loss,
         lse,
         scale,
-        grad_scale_mode > 0,
+        wanted if grad_scale_mode else 0,
         chunk or chunk_rows(n, hidden.shape[1], weight.shape[0], weight.dtype, hidden.device, chunk_logits),
         ignore_index,
         label_smoothing,
@@ -368,15 +384,19 @@ def _(
     grad_scale_mode,
     chunk,
     chunk_logits="fp32",
+    wanted=GRAD_ALL,
 ):
     loss = hidden.new_empty(hidden.shape[0], dtype=torch.float32)
-    grads = grad_scale_mode > 0
+    return (loss, torch.empty_like(loss), *_fake_grads(hidden, weight, bias, wanted if grad_scale_mode else 0))
+
+
+def _fake_grads(hidden, weight, bias, wanted: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Shapes of (grad_hidden, grad_weight, grad_bias) for `wanted`: empty tensors for the others."""
+    want_bias = wanted & GRAD_BIAS and bias is not None
     return (
-        loss,
-        torch.empty_like(loss),
-        torch.empty_like(hidden) if grads else hidden.new_empty(0),
-        torch.empty_like(weight) if grads else hidden.new_empty(0),
-        torch.empty_like(bias) if grads and bias is not None else hidden.new_empty(0),
+        torch.empty_like(hidden) if wanted & GRAD_HIDDEN else hidden.new_empty(0),
+        torch.empty_like(weight) if wanted & GRAD_WEIGHT else hidden.new_empty(0),
+        torch.empty_like(bias) if want_bias else hidden.new_empty(0),
     )
 
 
@@ -394,8 +414,10 @@ def flce_bwd(
     softcap: float | None,
     chunk: int,
     chunk_logits: str = "fp32",
+    wanted: int = GRAD_ALL,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Gradients for reduction "none": recomputes each chunk, row i scaled by grad_loss[i]."""
+    """The `wanted` gradients (empty tensors for the others), recomputing each chunk, row i scaled by
+    grad_loss[i] (or grad_loss[0])."""
     n, h, v = hidden.shape[0], hidden.shape[1], weight.shape[0]
     with torch.autocast(hidden.device.type, enabled=False):
         gh, gw, gb = _chunked(
@@ -406,7 +428,7 @@ def flce_bwd(
             None,
             lse,
             grad_loss.to(torch.float32).contiguous(),
-            True,
+            wanted,
             chunk or chunk_rows(n, h, v, weight.dtype, hidden.device, chunk_logits),
             ignore_index,
             label_smoothing,
@@ -414,7 +436,7 @@ def flce_bwd(
             softcap,
             chunk_logits,
         )
-    return gh, gw, hidden.new_empty(0) if gb is None else gb
+    return tuple(hidden.new_empty(0) if g is None else g for g in (gh, gw, gb))
 
 
 @flce_bwd.register_fake
@@ -431,12 +453,9 @@ def _(
     softcap,
     chunk,
     chunk_logits="fp32",
+    wanted=GRAD_ALL,
 ):
-    return (
-        torch.empty_like(hidden),
-        torch.empty_like(weight),
-        (hidden.new_empty(0) if bias is None else torch.empty_like(bias)),
-    )
+    return _fake_grads(hidden, weight, bias, wanted)
 
 
 class FusedLinearCrossEntropyFunction(torch.autograd.Function):
@@ -461,17 +480,29 @@ class FusedLinearCrossEntropyFunction(torch.autograd.Function):
     ):
         # needs_input_grad follows requires_grad even under torch.no_grad: `grad_mode` (the caller's
         # torch.is_grad_enabled()) tells whether a backward can follow at all
-        needs_grad = grad_mode and any(ctx.needs_input_grad[i] for i in (0, 1, 3))
-        fused = needs_grad and reduction in REDUCED and hidden.dtype in FUSED_DTYPES
+        needs = ctx.needs_input_grad
+        wanted = wanted_grads(needs[0], needs[1], needs[3] and bias is not None) if grad_mode else 0
+        fused = bool(wanted) and reduction in REDUCED and hidden.dtype in FUSED_DTYPES
         mode = {"mean": 1, "sum": 2}[reduction] if fused else 0
         loss, lse, gh, gw, gb = torch.ops.mathforge.flce_fwd(
-            hidden, weight, bias, target, ignore_index, label_smoothing, z_loss, softcap, mode, chunk, chunk_logits
+            hidden,
+            weight,
+            bias,
+            target,
+            ignore_index,
+            label_smoothing,
+            z_loss,
+            softcap,
+            mode,
+            chunk,
+            chunk_logits,
+            wanted,
         )
-        ctx.reduction, ctx.has_bias, ctx.fused = reduction, bias is not None, fused
-        ctx.args = (ignore_index, label_smoothing, z_loss, softcap, chunk, chunk_logits)
+        ctx.reduction, ctx.wanted, ctx.fused = reduction, wanted, fused
+        ctx.args = (ignore_index, label_smoothing, z_loss, softcap, chunk, chunk_logits, wanted)
         if fused:
             ctx.save_for_backward(gh, gw, gb)
-        elif needs_grad:
+        elif wanted:
             ctx.save_for_backward(hidden, weight, bias, target, lse)
         ctx.mark_non_differentiable(lse)
         return reduce_rows(loss, target, ignore_index, reduction), lse
@@ -489,12 +520,17 @@ class FusedLinearCrossEntropyFunction(torch.autograd.Function):
                 raise RuntimeError(SECOND_BACKWARD)
             ctx.consumed = True
             gh, gw, gb = ctx.saved_tensors
-            for g in (gh, gw, gb) if ctx.has_bias else (gh, gw):
+            for bit, g in zip((GRAD_HIDDEN, GRAD_WEIGHT, GRAD_BIAS), (gh, gw, gb)):
+                if not ctx.wanted & bit:
+                    continue
                 if torch.compiler.is_compiling():  # an opaque in-place op would be functionalised into a copy
                     g.mul_(grad_out.to(g.dtype))
                 else:  # in fp32 on the device, and no pass over the gradient when the upstream is 1
                     torch.ops.mathforge.cross_entropy_grad_scale(g, grad_out)
-        return gh, gw, None, gb if ctx.has_bias else None, None, None, None, None, None, None, None, None
+        gh, gw, gb = (
+            g if ctx.wanted & bit else None for bit, g in zip((GRAD_HIDDEN, GRAD_WEIGHT, GRAD_BIAS), (gh, gw, gb))
+        )
+        return gh, gw, None, gb, None, None, None, None, None, None, None, None
 
 
 def fused_linear_cross_entropy_triton(

@@ -107,3 +107,64 @@ def test_fp16_sum_with_all_rows_ignored_gives_zero_gradients():
     (loss * 2.0**16).backward()
     assert loss.item() == 0.0
     assert hh.grad.abs().max().item() == 0.0 and ww.grad.abs().max().item() == 0.0
+
+
+def _count_weight_accumulations(monkeypatch) -> list:
+    calls = []
+    accumulate = flce._accumulate_weight_grad
+    monkeypatch.setattr(flce, "_accumulate_weight_grad", lambda *a, **k: (calls.append(1), accumulate(*a, **k)))
+    return calls
+
+
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+@pytest.mark.parametrize("trainable", [("hidden",), ("weight", "bias"), ("bias",), ("hidden", "bias")])
+def test_only_the_inputs_that_require_grad_get_gradients_computed(trainable, reduction, monkeypatch):
+    """A frozen LM head (LoRA) must not pay the weight-gradient GEMM and its [V, H] fp32 accumulator; the
+    gradients that are asked for still match the float64 reference (the "none" path recomputes in the
+    backward and must skip the same work)."""
+    hidden, weight, target = _inputs(30, 8, 50, seed=5)
+    bias = torch.randn(50, generator=torch.Generator().manual_seed(6))
+    inputs = {"hidden": hidden, "weight": weight, "bias": bias}
+    ours = {k: leaf(t) if k in trainable else t.clone() for k, t in inputs.items()}
+    ref = {k: leaf(t, torch.float64) if k in trainable else t.double() for k, t in inputs.items()}
+    accumulations = _count_weight_accumulations(monkeypatch)
+    loss = flce.fused_linear_cross_entropy_triton(
+        ours["hidden"], ours["weight"], target, bias=ours["bias"], reduction=reduction
+    )
+    (loss.sum() * 2.5).backward()
+    ref_loss = reference.fused_linear_cross_entropy(
+        ref["hidden"], ref["weight"], target, bias=ref["bias"], reduction=reduction
+    )
+    (ref_loss.sum() * 2.5).backward()
+    assert len(accumulations) == ("weight" in trainable), "weight gradient accumulated only when the weight trains"
+    for name in inputs:
+        if name in trainable:
+            torch.testing.assert_close(ours[name].grad.double(), ref[name].grad, rtol=1e-4, atol=1e-6)
+        else:
+            assert ours[name].grad is None
+
+
+def test_the_ops_return_only_the_wanted_gradients():
+    """The custom ops' contract (also their fake implementations, which torch.compile traces): empty tensors for
+    the gradients not asked for."""
+    hidden, weight, target = _inputs(12, 4, 9, seed=7)
+    bias = torch.zeros(9)
+    grad_scale_mean = 1
+    for wanted in (flce.GRAD_WEIGHT, flce.GRAD_HIDDEN | flce.GRAD_BIAS, flce.GRAD_ALL):
+        _, _, gh, gw, gb = torch.ops.mathforge.flce_fwd(
+            hidden, weight, bias, target, -100, 0.0, 0.0, None, grad_scale_mean, 0, "fp32", wanted
+        )
+        sizes = [g.numel() for g in (gh, gw, gb)]
+        assert sizes == [hidden.numel() * bool(wanted & 1), weight.numel() * bool(wanted & 2), 9 * bool(wanted & 4)]
+        lse = torch.zeros(12)
+        grads = torch.ops.mathforge.flce_bwd(
+            torch.ones(12), hidden, weight, bias, target, lse, -100, 0.0, 0.0, None, 0, "fp32", wanted
+        )
+        assert [g.numel() for g in grads] == sizes
+    for name in ("flce_fwd", "flce_bwd"):
+        args = (
+            (hidden, weight, bias, target, -100, 0.0, 0.0, None, grad_scale_mean, 0, "fp32", flce.GRAD_WEIGHT)
+            if name == "flce_fwd"
+            else (torch.ones(12), hidden, weight, bias, target, torch.zeros(12), -100, 0.0, 0.0, None, 0, "fp32", 2)
+        )
+        torch.library.opcheck(getattr(torch.ops.mathforge, name), args, test_utils=("test_schema", "test_faketensor"))
