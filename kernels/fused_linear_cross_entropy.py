@@ -311,64 +311,35 @@ def flce_fwd(
     """Per-row loss [N] and lse [N] (fp32); with grad_scale_mode 1 ("mean") or 2 ("sum") also the `wanted`
     gradients of the reduced loss (grad_hidden, grad_weight, grad_bias; empty tensors for the others, when mode
     is 0 or there is no bias)."""
-    with torch.autocast(hidden.device.type, enabled=False):
-        return _flce_fwd(
-            hidden,
-            weight,
-            bias,
-            target,
-            ignore_index,
-            label_smoothing,
-            z_loss,
-            softcap,
-            grad_scale_mode,
-            chunk,
-            chunk_logits,
-            wanted,
-        )
-
-
-def _flce_fwd(
-    hidden,
-    weight,
-    bias,
-    target,
-    ignore_index,
-    label_smoothing,
-    z_loss,
-    softcap,
-    grad_scale_mode,
-    chunk,
-    chunk_logits,
-    wanted,
-):
     n = hidden.shape[0]
     loss = torch.empty(n, device=hidden.device, dtype=torch.float32)
     lse = torch.empty_like(loss)
     scale = None
     if grad_scale_mode:
         scale = reduction_grad_scale(target, ignore_index, {1: "mean", 2: "sum"}[grad_scale_mode])
-    gh, gw, gb = _chunked(
-        hidden,
-        weight,
-        bias,
-        target,
-        loss,
-        lse,
-        scale,
-        wanted if grad_scale_mode else 0,
-        chunk or chunk_rows(n, hidden.shape[1], weight.shape[0], weight.dtype, hidden.device, chunk_logits),
-        ignore_index,
-        label_smoothing,
-        z_loss,
-        softcap,
-        chunk_logits,
-    )
+    with torch.autocast(hidden.device.type, enabled=False):
+        gh, gw, gb = _chunked(
+            hidden,
+            weight,
+            bias,
+            target,
+            loss,
+            lse,
+            scale,
+            wanted if grad_scale_mode else 0,
+            chunk or chunk_rows(n, hidden.shape[1], weight.shape[0], weight.dtype, hidden.device, chunk_logits),
+            ignore_index,
+            label_smoothing,
+            z_loss,
+            softcap,
+            chunk_logits,
+        )
+    return loss, lse, *_or_empty(hidden, (gh, gw, gb))
 
-    def or_empty(t: torch.Tensor | None) -> torch.Tensor:  # outputs may not alias each other
-        return hidden.new_empty(0) if t is None else t
 
-    return loss, lse, or_empty(gh), or_empty(gw), or_empty(gb)
+def _or_empty(like: torch.Tensor, grads: tuple) -> tuple[torch.Tensor, ...]:
+    """The gradients with each None as a new empty tensor (a custom op's outputs are tensors and may not alias)."""
+    return tuple(like.new_empty(0) if g is None else g for g in grads)
 
 
 @flce_fwd.register_fake
@@ -436,7 +407,7 @@ def flce_bwd(
             softcap,
             chunk_logits,
         )
-    return tuple(hidden.new_empty(0) if g is None else g for g in (gh, gw, gb))
+    return _or_empty(hidden, (gh, gw, gb))
 
 
 @flce_bwd.register_fake
@@ -484,22 +455,12 @@ class FusedLinearCrossEntropyFunction(torch.autograd.Function):
         wanted = wanted_grads(needs[0], needs[1], needs[3] and bias is not None) if grad_mode else 0
         fused = bool(wanted) and reduction in REDUCED and hidden.dtype in FUSED_DTYPES
         mode = {"mean": 1, "sum": 2}[reduction] if fused else 0
+        options = (ignore_index, label_smoothing, z_loss, softcap)
         loss, lse, gh, gw, gb = torch.ops.mathforge.flce_fwd(
-            hidden,
-            weight,
-            bias,
-            target,
-            ignore_index,
-            label_smoothing,
-            z_loss,
-            softcap,
-            mode,
-            chunk,
-            chunk_logits,
-            wanted,
+            hidden, weight, bias, target, *options, mode, chunk, chunk_logits, wanted
         )
         ctx.reduction, ctx.wanted, ctx.fused = reduction, wanted, fused
-        ctx.args = (ignore_index, label_smoothing, z_loss, softcap, chunk, chunk_logits, wanted)
+        ctx.args = (*options, chunk, chunk_logits, wanted)
         if fused:
             ctx.save_for_backward(gh, gw, gb)
         elif wanted:
