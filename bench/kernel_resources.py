@@ -362,6 +362,28 @@ def _hidden_label(h: int) -> str:
     return f"[{ROWS}, {h}] bf16"
 
 
+def _rms_family(*, backward: bool) -> Family:
+    return Family(
+        "BLOCK_M (rows per program)",
+        {_hidden_label(h): h for h in RMS_HIDDENS},
+        (1, 2, 4, 8),
+        lambda h, b, w: _rms_launch(h, b, w, backward=backward),
+        lambda h: rms_norm.launch_params(h, backward=backward)[::2],
+        lambda h: (max(1, 8192 // h), 8),  # the old 8192-element tile at 8 warps
+    )
+
+
+def _swiglu_family(*, backward: bool) -> Family:
+    return Family(
+        "BLOCK",
+        {"[16384, 14336] bf16": SWIGLU_SHAPE},
+        (1024, 2048, 4096, 8192),
+        lambda s, b, w: _swiglu_launch(s, b, w, backward=backward),
+        lambda s: (swiglu.BLOCK_ELEMENTS, swiglu.NUM_WARPS),
+        lambda s: (2048, 8),
+    )
+
+
 FAMILIES: dict[str, Family] = {
     "ce_fused": _ce_family(forward=True, backward=True),
     "ce_forward": _ce_family(forward=True, backward=False),
@@ -375,38 +397,10 @@ FAMILIES: dict[str, Family] = {
         lambda v: (ce.SCALE_BLOCK, ce.SCALE_WARPS),
         lambda v: (8192, 8),
     ),
-    "rms_norm_fwd": Family(
-        "BLOCK_M (rows per program)",
-        {_hidden_label(h): h for h in RMS_HIDDENS},
-        (1, 2, 4, 8),
-        lambda h, b, w: _rms_launch(h, b, w, backward=False),
-        lambda h: rms_norm.launch_params(h, backward=False)[::2],
-        lambda h: (max(1, 8192 // h), 8),  # the old 8192-element tile at 8 warps
-    ),
-    "rms_norm_bwd": Family(
-        "BLOCK_M (rows per program)",
-        {_hidden_label(h): h for h in RMS_HIDDENS},
-        (1, 2, 4, 8),
-        lambda h, b, w: _rms_launch(h, b, w, backward=True),
-        lambda h: rms_norm.launch_params(h, backward=True)[::2],
-        lambda h: (max(1, 8192 // h), 8),  # the old 8192-element tile at 8 warps
-    ),
-    "swiglu_fwd": Family(
-        "BLOCK",
-        {"[16384, 14336] bf16": SWIGLU_SHAPE},
-        (1024, 2048, 4096, 8192),
-        lambda s, b, w: _swiglu_launch(s, b, w, backward=False),
-        lambda s: (swiglu.BLOCK_ELEMENTS, swiglu.NUM_WARPS),
-        lambda s: (2048, 8),
-    ),
-    "swiglu_bwd": Family(
-        "BLOCK",
-        {"[16384, 14336] bf16": SWIGLU_SHAPE},
-        (1024, 2048, 4096, 8192),
-        lambda s, b, w: _swiglu_launch(s, b, w, backward=True),
-        lambda s: (swiglu.BLOCK_ELEMENTS, swiglu.NUM_WARPS),
-        lambda s: (2048, 8),
-    ),
+    "rms_norm_fwd": _rms_family(backward=False),
+    "rms_norm_bwd": _rms_family(backward=True),
+    "swiglu_fwd": _swiglu_family(backward=False),
+    "swiglu_bwd": _swiglu_family(backward=True),
 }
 for _name, _backward, _cos_grad in (
     ("rope_fwd", False, False),

@@ -594,29 +594,32 @@ def _logits_list(text: str) -> tuple[str, ...]:
     return values
 
 
-def _shape_list(text: str) -> tuple[tuple[int, int], ...]:
-    """ "4096x128256,1536x151936" → ((4096, 128256), (1536, 151936))."""
+def _pairs(text: str, form: str) -> tuple[tuple[int, ...], ...]:
+    """ "4096x128256,1536x151936" → ((4096, 128256), (1536, 151936)); each part two integers joined by "x"."""
     try:
-        shapes = tuple(tuple(int(x) for x in part.split("x")) for part in text.split(","))
+        pairs = tuple(tuple(int(x) for x in part.split("x")) for part in text.split(","))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected HxV,... with integers, got {text!r}") from None
-    if any(len(shape) != 2 or min(shape) < 1 for shape in shapes):
+        raise argparse.ArgumentTypeError(f"expected {form},... with integers, got {text!r}") from None
+    if any(len(pair) != 2 for pair in pairs):
+        raise argparse.ArgumentTypeError(f"expected {form},... (two integers joined by x), got {text!r}")
+    return pairs
+
+
+def _shape_list(text: str) -> tuple[tuple[int, int], ...]:
+    """ "4096x128256,1536x151936" → ((4096, 128256), (1536, 151936)): (H, V) points, both positive."""
+    shapes = _pairs(text, "HxV")
+    if any(min(shape) < 1 for shape in shapes):
         raise argparse.ArgumentTypeError(f"expected HxV,... with positive H and V, got {text!r}")
     return shapes
 
 
 def _launch_list(text: str) -> tuple[tuple[int, int], ...]:
     """ "16384x32,4096x8" → ((16384, 32), (4096, 8)); BLOCK a power of two ≥ 128, warps one of 1, 2, ..., 32."""
-    try:
-        launches = tuple(tuple(int(x) for x in part.split("x")) for part in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected BLOCKxWARPS,... with integers, got {text!r}") from None
-    for launch in launches:
-        ok = len(launch) == 2 and launch[0] >= 128 and launch[0] & (launch[0] - 1) == 0
-        if not (ok and launch[1] in (1, 2, 4, 8, 16, 32)):
+    launches = _pairs(text, "BLOCKxWARPS")
+    for block, warps in launches:
+        if not (block >= 128 and block & (block - 1) == 0 and warps in (1, 2, 4, 8, 16, 32)):
             raise argparse.ArgumentTypeError(
-                f"bad launch {'x'.join(map(str, launch))!r} in {text!r}: BLOCK a power of two >= 128, "
-                "warps one of 1, 2, 4, 8, 16, 32"
+                f"bad launch '{block}x{warps}' in {text!r}: BLOCK a power of two >= 128, warps one of 1, 2, 4, 8, 16, 32"
             )
     return launches
 
